@@ -1,0 +1,54 @@
+# img2imgd — `make run` starts the daemon, `make test` runs the suite; both set up .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is installed before the project so pip never picks a build by itself: 2.13.0 is the
+# CPU build on machines that carry it locally and the CUDA build from PyPI elsewhere. Extra
+# pip options go in TORCH_PIP_ARGS (e.g. an index URL for CPU-only wheels).
+TORCH_SPEC ?= torch==2.13.0
+TORCH_PIP_ARGS ?=
+STAMP := $(VENV)/.installed
+
+.PHONY: venv run once check-config test lint typecheck check bench clean help
+
+help:
+	@echo "make run      set up .venv and start the daemon on ./inbox with ./profiles"
+	@echo "make once     process what is in ./inbox now, then exit"
+	@echo "make test     set up .venv and run the test suite (offline, CPU, a few minutes)"
+	@echo "make check    ruff, mypy and the tests"
+	@echo "make bench    daemon time per image vs a plain diffusers loop, and drop-to-start latency"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+run: venv
+	$(BIN)/img2imgd run
+
+once: venv
+	$(BIN)/img2imgd once
+
+check-config: venv
+	$(BIN)/img2imgd check
+
+test: venv
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check daemon tests bench
+	$(BIN)/ruff format --check daemon tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+bench: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache state

@@ -1,0 +1,290 @@
+"""Built-in tiny models: random weights from a fixed seed, saved as a normal diffusers folder.
+
+Why: the product and its tests must exercise the real ``from_pretrained`` loading path, on a
+CPU, offline, in seconds. A real Stable Diffusion checkpoint is gigabytes and needs a download;
+a *tiny* pipeline with the same architecture (SD-1 layout, 8x VAE, CLIP text encoder, BPE
+tokenizer) behaves the same way towards the code around it — sizes, schedulers, prompts,
+clip skip, LoRA, single-file conversion — while its output is just noise.
+
+The folder is generated on first use into ``cache_dir/<name>-v<BUILD_VERSION>/`` and reused
+afterwards. Bump :data:`BUILD_VERSION` whenever the recipe changes, so that old caches are
+never mistaken for the new recipe.
+
+torch, diffusers and transformers are imported inside the functions that need them, so that
+importing this module (e.g. for ``is_builtin`` in config validation) is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections import Counter
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+BUILTIN_PREFIX = "builtin:"
+"""A model reference of the form ``builtin:<name>`` names a built-in model, not a path or repo."""
+
+BUILTIN_MODELS: dict[str, str] = {
+    "tiny-sd": "tiny random SD-1-style pipeline (output is noise)",
+}
+
+BUILD_VERSION = 1
+"""Bump when the recipe changes (configs, seed, tokenizer): the cache folder name changes too."""
+
+_SEED = 0
+"""Every module is built right after ``torch.manual_seed(_SEED)``: same bytes on every build."""
+
+_BUILD_LOCK = threading.Lock()
+_TMP_MARK = ".tmp-"
+_STALE_TMP_SECONDS = 3600.0
+"""Temp build folders older than this are leftovers of a crashed build and may be deleted."""
+
+# Words given whole-word BPE merges, so that ordinary prompts tokenize to a few ids per word
+# (like the real CLIP vocabulary) instead of one id per letter. Anything else still works,
+# spelled out from the 256 byte-level symbols. Letters only: CLIP splits digits one by one.
+_WORDS = (
+    "a an the of and or in on at to with by for from is are it this that as be no not very "
+    "photo photograph portrait picture painting drawing sketch illustration art artwork style "
+    "detailed highly best quality masterpiece high low resolution sharp focus blurry lowres "
+    "ugly bad worst cropped watermark text signature deformed realistic cinematic lighting "
+    "light dark color colorful black white red green blue yellow orange purple pink brown "
+    "gray man woman girl boy person people face eyes hair hand smile cat dog bird horse tree "
+    "flower forest mountain sky cloud sun moon sea water river city street house castle car "
+    "astronaut space night day snow rain fire landscape background oil canvas digital concept "
+    "anime cartoon render hdr soft beautiful cute old young small big"
+)
+
+_SPECIAL_BOS = "<|startoftext|>"
+_SPECIAL_EOS = "<|endoftext|>"
+_VOCAB_SIZE = 1000
+_MAX_LENGTH = 77
+
+
+def is_builtin(ref: str) -> bool:
+    """True for a ``builtin:<name>`` model reference."""
+    return ref.startswith(BUILTIN_PREFIX)
+
+
+def ensure_builtin(name: str, cache_dir: Path) -> Path:
+    """Return the folder of built-in model `name` ("tiny-sd"), generating it on first use.
+
+    The folder is ``cache_dir/<name>-v<BUILD_VERSION>/``. Generation is deterministic (fixed
+    seed, same bytes every time) and needs no network. It is atomic: the model is built in a
+    temp folder beside the final one and renamed into place, so the final folder exists only
+    when complete. Two processes building at once both succeed; the loser discards its copy.
+
+    Raises ValueError for an unknown name, listing the known names.
+    """
+    if name not in BUILTIN_MODELS:
+        known = ", ".join(sorted(BUILTIN_MODELS))
+        raise ValueError(f"unknown built-in model {name!r}; known: {known}")
+    cache_dir = Path(cache_dir)
+    final = cache_dir / f"{name}-v{BUILD_VERSION}"
+    if _is_complete(final):
+        return final
+    with _BUILD_LOCK:  # one build per process; other processes are handled by the rename
+        if _is_complete(final):
+            return final
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(cache_dir, final.name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{_TMP_MARK}", dir=cache_dir))
+        try:
+            _build_tiny_sd(tmp)
+            tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared by users
+            try:
+                os.rename(tmp, final)  # atomic; replaces at most an empty folder
+            except OSError:
+                # Another process finished first (the target is not empty): use its copy.
+                if not _is_complete(final):
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def model_hash_file(folder: Path) -> Path:
+    """Return the file whose sha256 identifies a diffusers folder (A1111's "Model hash").
+
+    That is the UNet weights file: the UNet is what makes a model what it is, and the file is
+    the same bytes however the folder was copied. Folders saved in other variants (fp16,
+    legacy ``.bin``) fall back to those files. Raises FileNotFoundError if there is none.
+    """
+    unet = Path(folder) / "unet"
+    for filename in (
+        "diffusion_pytorch_model.safetensors",
+        "diffusion_pytorch_model.fp16.safetensors",
+        "diffusion_pytorch_model.bin",
+        "diffusion_pytorch_model.fp16.bin",
+    ):
+        if (unet / filename).is_file():
+            return unet / filename
+    raise FileNotFoundError(f"no UNet weights file in {unet}")
+
+
+def _is_complete(folder: Path) -> bool:
+    """A built folder only ever appears whole (by rename), so its index file is the sign."""
+    return (folder / "model_index.json").is_file()
+
+
+def _remove_stale_temps(cache_dir: Path, final_name: str) -> None:
+    """Delete temp build folders left by crashed builds (old enough not to be in progress)."""
+    now = time.time()
+    for path in cache_dir.glob(f".{final_name}{_TMP_MARK}*"):
+        try:
+            if now - path.stat().st_mtime > _STALE_TMP_SECONDS:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass  # removed concurrently by another process
+
+
+def _bpe_vocab() -> tuple[dict[str, int], list[tuple[str, str]]]:
+    """Build a tiny CLIP-style BPE vocabulary: the real layout, with far fewer merges.
+
+    Layout as in OpenAI's CLIP: the 256 byte-level symbols, the same 256 with ``</w>``, one
+    entry per merge, then ``<|startoftext|>`` and ``<|endoftext|>``. The merges are learnt
+    from :data:`_WORDS` by the ordinary BPE training loop (most frequent pair first, ties by
+    text, so the result is fixed) until every word is one token: applying them in rank order,
+    as the tokenizer does, then turns each of those words back into a single token.
+    """
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_symbols = list(bytes_to_unicode().values())
+    tokens = byte_symbols + [s + "</w>" for s in byte_symbols]
+    words = [[*w[:-1], w[-1] + "</w>"] for w in dict.fromkeys(_WORDS.split())]
+    merges: list[tuple[str, str]] = []
+    while True:
+        counts = Counter(pair for w in words for pair in pairwise(w))
+        if not counts:
+            break
+        best = min(counts, key=lambda pair: (-counts[pair], pair))
+        merges.append(best)
+        tokens.append(best[0] + best[1])
+        words = [_apply_merge(w, best) for w in words]
+    tokens += [_SPECIAL_BOS, _SPECIAL_EOS]
+    if len(tokens) > _VOCAB_SIZE:
+        raise AssertionError(f"tiny vocabulary has {len(tokens)} entries > {_VOCAB_SIZE}")
+    return {token: i for i, token in enumerate(tokens)}, merges
+
+
+def _apply_merge(symbols: list[str], pair: tuple[str, str]) -> list[str]:
+    """Join every occurrence of `pair` in `symbols`, left to right."""
+    out: list[str] = []
+    i = 0
+    while i < len(symbols):
+        if i + 1 < len(symbols) and (symbols[i], symbols[i + 1]) == pair:
+            out.append(symbols[i] + symbols[i + 1])
+            i += 2
+        else:
+            out.append(symbols[i])
+            i += 1
+    return out
+
+
+def _write_tokenizer_files(folder: Path) -> None:
+    """Write ``vocab.json`` and ``merges.txt``, the two files a CLIP tokenizer is made from."""
+    vocab, merges = _bpe_vocab()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    lines = ["#version: 0.2", *(f"{a} {b}" for a, b in merges)]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _build_tiny_sd(folder: Path) -> None:
+    """Build the tiny SD-1-style img2img pipeline and save it to `folder` (safetensors).
+
+    SD-1's shape at toy sizes. The UNet has two blocks on 4 latent channels, with 2 layers per
+    block like SD; its cross-attention sits in the lower-resolution block, because attention
+    over the full latent grid costs 8x more at 512 px. The VAE has four blocks, so that its
+    scale factor is 8 and image sizes behave like real SD (64 px -> 8x8 latents). The CLIP
+    text encoder has 3 layers, so that clip skip 2 still leaves a layer to skip to.
+    """
+    import torch
+    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+
+    # From its own module: mypy reads `from diffusers import` as diffusers' dummy placeholder
+    # class (no `save_pretrained`), because diffusers' lazy __init__ defeats type checking.
+    from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import (
+        StableDiffusionImg2ImgPipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    tok_dir = folder / "tokenizer"
+    _write_tokenizer_files(tok_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(
+        tok_dir, model_max_length=_MAX_LENGTH, pad_token=_SPECIAL_EOS
+    )
+    eos_id = tokenizer.eos_token_id
+
+    # fork_rng: seeding must not disturb the random state of the process that asked for it.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        )
+        torch.manual_seed(_SEED)
+        vae = AutoencoderKL(
+            sample_size=64,
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=(16, 16, 32, 32),
+            layers_per_block=2,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            norm_num_groups=16,
+            scaling_factor=0.18215,
+        )
+        torch.manual_seed(_SEED)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                hidden_size=32,
+                intermediate_size=37,
+                num_attention_heads=4,
+                num_hidden_layers=3,
+                vocab_size=_VOCAB_SIZE,
+                max_position_embeddings=_MAX_LENGTH,
+                hidden_act="quick_gelu",
+                layer_norm_eps=1e-5,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=eos_id,  # the pooled output is taken at the first eos token
+                pad_token_id=eos_id,
+            )
+        )
+    # SD-1.5's noise schedule; steps_offset=1 as in SD-1.5 (diffusers warns without it).
+    scheduler = DPMSolverMultistepScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        prediction_type="epsilon",
+    )
+    # A plain dict: diffusers' annotations reject None for the safety checker (and mypy sees
+    # the dummy classes of `from diffusers import`), although None is what SD without it takes.
+    components: dict[str, Any] = {
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "unet": unet,
+        "scheduler": scheduler,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "requires_safety_checker": False,
+    }
+    pipe = StableDiffusionImg2ImgPipeline(**components)
+    pipe.save_pretrained(folder, safe_serialization=True)

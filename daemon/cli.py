@@ -1,0 +1,177 @@
+"""Command line: ``img2imgd run | once | check``."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+from loguru import logger
+
+from daemon import __version__
+from daemon.config import Settings, load_settings
+from daemon.errors import ConfigError
+
+EXIT_OK, EXIT_FAILED_INPUTS, EXIT_CONFIG, EXIT_DEFERRED = 0, 1, 2, 3
+LOG_FORMAT = "<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> {message}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from daemon.models import quiet_libraries
+
+    quiet_libraries()
+    parser = _parser()
+    args = parser.parse_args(argv)
+    _setup_logging("INFO")
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            logger.error(problem)
+        return EXIT_CONFIG
+    _setup_logging(settings.log_level)
+    return int(args.command(settings, args))
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="img2imgd",
+        description="Watch-folder daemon for Stable Diffusion img2img, sketch and inpaint.",
+    )
+    parser.add_argument("--version", action="version", version=f"img2imgd {__version__}")
+    parser.add_argument(
+        "--config", type=Path, default=None,
+        help="config file (default: ./img2imgd.yaml if present, else built-in defaults)",
+    )  # fmt: skip
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    run = commands.add_parser("run", help="watch the inbox and process files until stopped")
+    run.set_defaults(command=cmd_run)
+    once = commands.add_parser(
+        "once", help="process what is in the inbox now, then exit (0 ok, 1 inputs failed, "
+        "2 configuration error, 3 some inputs left for a later run)",
+    )  # fmt: skip
+    once.set_defaults(command=cmd_once)
+    check = commands.add_parser("check", help="validate the config and every profile")
+    check.set_defaults(command=cmd_check)
+    return parser
+
+
+def _setup_logging(level: str, *, through_tqdm: bool = False) -> None:
+    logger.remove()
+    if through_tqdm:
+        from tqdm import tqdm
+
+        logger.add(lambda line: tqdm.write(line, end="", file=sys.stderr), level=level,
+                   format=LOG_FORMAT, colorize=sys.stderr.isatty())  # fmt: skip
+    else:
+        logger.add(sys.stderr, level=level, format=LOG_FORMAT)
+
+
+def _preflight(settings: Settings) -> list[str]:
+    """Problems that stop the daemon from starting: every profile, and the models they name."""
+    from daemon.models import resolve_model
+    from daemon.profiles import check_all
+
+    loaded, problems = check_all(settings.profiles)
+    for name, profile in loaded.items():
+        try:
+            resolve_model(
+                profile.settings.model,
+                models_dir=settings.models_dir,
+                state_dir=settings.state_dir,
+                build=False,
+            )
+        except ConfigError as exc:
+            problems.append(f"{profile.files[0]}: {exc}")
+        del name
+    return problems
+
+
+def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
+    from daemon.profiles import profile_names
+
+    problems = _preflight(settings)
+    for problem in problems:
+        logger.error(problem)
+    if problems:
+        logger.error("{} problem(s) found", len(problems))
+        return EXIT_CONFIG
+    names = profile_names(settings.profiles)
+    logger.success("config and {} profile(s) are valid: {}", len(names), ", ".join(names))
+    return EXIT_OK
+
+
+def _install_signal_handlers(on_first: object) -> None:
+    """First SIGTERM/SIGINT: finish the job in hand, then exit. Second: exit now."""
+    state = {"count": 0}
+
+    def handler(signum: int, _frame: FrameType | None) -> None:
+        state["count"] += 1
+        if state["count"] == 1:
+            logger.info(
+                "{} received: finishing the job in hand, then exiting (again to stop now)",
+                signal.Signals(signum).name,
+            )
+            on_first.set()  # type: ignore[attr-defined]
+        else:
+            logger.warning("stopping now; the unfinished job stays in the inbox")
+            raise SystemExit(130)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
+    from daemon.service import Daemon
+
+    problems = _preflight(settings)
+    for problem in problems:
+        logger.error(problem)
+    if problems:
+        logger.error("fix the problems above (img2imgd check lists them), then start again")
+        return EXIT_CONFIG
+    daemon = Daemon(settings)
+    _install_signal_handlers(daemon.stop_event)
+    daemon.run_forever()
+    logger.info("stopped")
+    return EXIT_OK
+
+
+def cmd_once(settings: Settings, _args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from daemon.jobs import Job
+    from daemon.service import Daemon
+
+    problems = _preflight(settings)
+    for problem in problems:
+        logger.error(problem)
+    if problems:
+        return EXIT_CONFIG
+    daemon = Daemon(settings, watch=False)
+    _install_signal_handlers(daemon.stop_event)
+    _setup_logging(settings.log_level, through_tqdm=True)
+    bar = tqdm(total=0, unit="image", desc="img2imgd once", file=sys.stderr, disable=None,
+               dynamic_ncols=True)  # fmt: skip
+
+    def on_job_queued(_job: Job) -> None:
+        bar.total += 1
+        bar.refresh()
+
+    daemon.on_job_queued = on_job_queued
+    daemon.on_job_end = lambda _job, _status: bar.update(1)
+    tally = daemon.run_once()
+    bar.close()
+    _setup_logging(settings.log_level)
+    logger.info(
+        "{} done, {} failed, {} left in the inbox", tally.done, tally.failed, tally.deferred
+    )
+    if tally.failed:
+        return EXIT_FAILED_INPUTS
+    return EXIT_DEFERRED if tally.deferred else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,277 @@
+"""img2img, sketch and inpaint on diffusers, with A1111's pre- and post-processing.
+
+The order of the steps follows A1111's img2img (REFERENCE-A1111.md, "The inpaint pipeline"):
+mask → invert → blur → only-masked crop or whole-picture resize → masked content → sampling
+→ paste back → overlay of the original through the mask. The pure image steps live in
+``daemon.imaging`` and ``daemon.masks``; this module drives the pipeline.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+from PIL import Image
+
+from daemon.imaging import ResizeMode, resize_image
+from daemon.masks import (
+    expand_to_aspect,
+    fill_masked,
+    mask_bbox,
+    overlay_original,
+    paste_back,
+    prepare_mask,
+)
+from daemon.models import ModelCache
+from daemon.profiles import Profile
+
+if TYPE_CHECKING:
+    import torch
+
+Region = tuple[int, int, int, int]
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Canvas:
+    """What the engine paints on: the (sketched, flattened) image and the optional raw mask."""
+
+    image: Image.Image  # RGB, the input's own size
+    mask: Image.Image | None  # L at the image's size; white = repaint (before invert/blur)
+
+
+@dataclass(frozen=True)
+class Painting:
+    images: list[Image.Image]
+    seeds: list[int]
+    width: int  # processing size, A1111's "Size"
+    height: int
+    inpainted: bool
+    notes: tuple[str, ...] = ()
+
+
+def draw_seed(seed: int) -> int:
+    """A1111: -1 means a random seed; the drawn value is what gets recorded."""
+    return random.randint(0, MAX_SEED) if seed == -1 else seed
+
+
+def inference_steps(steps: int, strength: float, *, fix_steps: bool) -> tuple[int, float]:
+    """(num_inference_steps, strength) for diffusers.
+
+    diffusers runs int(N × strength) steps, which is A1111's default; A1111's
+    ``img2img_fix_steps`` runs exactly ``steps`` by building the schedule for steps/strength.
+    At least one step always runs (A1111 with strength 0 returns the VAE round-trip).
+    """
+    strength = min(max(strength, 0.0), 1.0)
+    total = int(steps / min(strength, 0.999)) if fix_steps and strength > 0 else steps
+    if int(total * strength) < 1:
+        strength = 1.0 / total
+    return total, strength
+
+
+class DiffusionEngine:
+    def __init__(self, models: ModelCache) -> None:
+        self.models = models
+
+    def paint(
+        self,
+        canvas: Canvas,
+        settings: Profile,
+        *,
+        width: int,
+        height: int,
+        seed: int,
+        prompt: str,
+        negative_prompt: str,
+        on_step: Callable[[int, int], None] | None = None,
+    ) -> Painting:
+        """Run the profile on the canvas; ``seed`` is already drawn (never -1)."""
+        notes: list[str] = []
+        image, original = canvas.image, canvas.image
+        mode = settings.resize_mode
+        region: Region | None = None
+        mask = overlay_mask = None
+        if canvas.mask is not None:
+            blurred = prepare_mask(
+                canvas.mask, invert=settings.inpainting_mask_invert, blur=settings.mask_blur
+            )
+            if settings.inpaint_full_res:
+                box = mask_bbox(blurred, settings.inpaint_full_res_padding)
+                if box is None:
+                    notes.append("the mask is empty, so 'only masked' fell back to plain img2img")
+                else:
+                    region = expand_to_aspect(box, width, height, image.width, image.height)
+                    mask = resize_image(
+                        blurred.crop(region), ResizeMode.RESIZE_AND_FILL, width, height
+                    )
+                    image = resize_image(
+                        image.crop(region), ResizeMode.RESIZE_AND_FILL, width, height
+                    )
+                    overlay_mask = blurred
+            else:
+                mask_mode = ResizeMode.JUST_RESIZE if mode is ResizeMode.LATENT_UPSCALE else mode
+                mask = resize_image(blurred, mask_mode, width, height)
+                # A1111 widens the overlay mask (×2) so the seam falls inside the repainted area.
+                overlay_mask = mask.point(lambda v: min(255, v * 2))
+        if region is None and (mask is not None or mode is not ResizeMode.LATENT_UPSCALE):
+            if mask is not None and mode is ResizeMode.LATENT_UPSCALE:
+                notes.append("latent upscale does not apply to inpainting; used just resize")
+                mode = ResizeMode.JUST_RESIZE
+            image = resize_image(image, mode, width, height)
+            original = image
+        if mask is not None and settings.inpainting_fill == "fill":
+            image = fill_masked(image, mask)
+
+        images, seeds = self._sample(
+            image, mask, settings, width=width, height=height, seed=seed,
+            prompt=prompt, negative_prompt=negative_prompt, on_step=on_step,
+        )  # fmt: skip
+        if mask is not None and overlay_mask is not None:
+            if region is not None:
+                images = [paste_back(result, canvas.image, region) for result in images]
+                original = canvas.image
+            images = [overlay_original(result, original, overlay_mask) for result in images]
+        return Painting(
+            images, seeds, width, height, inpainted=mask is not None, notes=tuple(notes)
+        )
+
+    def _sample(
+        self,
+        image: Image.Image,
+        mask: Image.Image | None,
+        settings: Profile,
+        *,
+        width: int,
+        height: int,
+        seed: int,
+        prompt: str,
+        negative_prompt: str,
+        on_step: Callable[[int, int], None] | None,
+    ) -> tuple[list[Image.Image], list[int]]:
+        import torch
+
+        from daemon.samplers import build_scheduler
+
+        pipe = self.models.pipeline(settings.model, "inpaint" if mask is not None else "img2img")
+        pipe.scheduler = build_scheduler(settings.sampler, pipe.scheduler.config)
+        steps, strength = inference_steps(
+            settings.steps, settings.denoising_strength, fix_steps=settings.img2img_fix_steps
+        )
+        total = settings.n_iter * int(steps * strength)
+        done = 0
+
+        def step_end(_pipe: Any, _step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            nonlocal done
+            done += 1
+            if on_step is not None:
+                on_step(done, total)
+            return kwargs
+
+        outputs: list[Image.Image] = []
+        seeds: list[int] = []
+        for iteration in range(settings.n_iter):
+            batch_seeds = [
+                (seed + iteration * settings.batch_size + k) % (MAX_SEED + 1)
+                for k in range(settings.batch_size)
+            ]
+            # CPU generators: the same seed gives the same image on any device.
+            generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
+            call: dict[str, Any] = dict(
+                prompt=prompt,
+                negative_prompt=negative_prompt or None,
+                num_inference_steps=steps,
+                strength=strength,
+                guidance_scale=settings.cfg_scale,
+                num_images_per_prompt=settings.batch_size,
+                generator=generators,
+                callback_on_step_end=step_end,
+            )
+            if mask is None:
+                call["image"] = self._init_image(pipe, image, settings, width, height, generators)
+            else:
+                call.update(self._inpaint_inputs(pipe, image, mask, settings, generators))
+                call.update(width=width, height=height)
+            with torch.inference_mode():
+                outputs += pipe(**call).images
+            seeds += batch_seeds
+        return outputs, seeds
+
+    def _init_image(
+        self,
+        pipe: Any,
+        image: Image.Image,
+        settings: Profile,
+        width: int,
+        height: int,
+        generators: list[torch.Generator],
+    ) -> Any:
+        if settings.resize_mode is not ResizeMode.LATENT_UPSCALE:
+            return image
+        import torch.nn.functional as F
+
+        # A1111 "Just resize (latent upscale)": encode at the image's own size, then
+        # interpolate the latents bilinearly to the processing size.
+        own = resize_image(image, ResizeMode.LATENT_UPSCALE, width, height)
+        latents = _encode(pipe, own, generators[0])
+        factor = pipe.vae_scale_factor
+        return F.interpolate(latents, size=(height // factor, width // factor), mode="bilinear")
+
+    def _inpaint_inputs(
+        self,
+        pipe: Any,
+        image: Image.Image,
+        mask: Image.Image,
+        settings: Profile,
+        generators: list[torch.Generator],
+    ) -> dict[str, Any]:
+        inputs: dict[str, Any] = {"image": image, "mask_image": mask}
+        if settings.inpainting_fill not in ("latent noise", "latent nothing"):
+            return inputs
+        import torch
+
+        # A1111 replaces the masked latents before sampling: seeded noise or zeros. The
+        # pipeline takes ready latents when given a 4-channel tensor.
+        latents = _encode(pipe, image, generators[0])
+        keep = _latent_mask(pipe, mask, latents)
+        if settings.inpainting_fill == "latent noise":
+            noise = torch.randn(latents.shape, generator=generators[0]).to(latents)
+            latents = latents * keep + noise * (1 - keep)
+        else:
+            latents = latents * keep
+        masked = Image.composite(
+            Image.new("RGB", image.size), image, mask.point(lambda v: 255 * (v >= 128))
+        )
+        return {
+            "image": latents,
+            "mask_image": mask,
+            "masked_image_latents": _encode(pipe, masked, generators[0]),
+        }
+
+
+def _encode(pipe: Any, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
+    import torch
+
+    device = pipe._execution_device
+    pixels = pipe.image_processor.preprocess(image).to(device=device, dtype=pipe.vae.dtype)
+    with torch.inference_mode():
+        posterior = pipe.vae.encode(pixels).latent_dist
+        sample = posterior.sample(generator=generator)
+    return sample * pipe.vae.config.scaling_factor
+
+
+def _latent_mask(pipe: Any, mask: Image.Image, latents: torch.Tensor) -> torch.Tensor:
+    """1 where the latent is kept, 0 where it is repainted, at the latents' resolution."""
+    import numpy as np
+    import torch
+
+    small = mask.resize((latents.shape[-1], latents.shape[-2]), Image.Resampling.BILINEAR)
+    repaint = torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0).round()
+    return (1 - repaint)[None, None].to(latents)
+
+
+def log_notes(painting: Painting, name: str) -> None:
+    for note in painting.notes:
+        logger.info("{}: {}", name, note)

@@ -1,0 +1,81 @@
+"""Jobs and the queue between the main loop and the single worker that owns the GPU."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+
+from daemon.pairing import Companions
+
+_ids = itertools.count(1)
+
+
+class JobStatus(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"  # the input's fault: moved to _failed
+    DEFERRED = "deferred"  # the process's fault: input left in the inbox, retried later
+
+
+@dataclass(frozen=True)
+class Job:
+    """One input image and its companions, routed to a profile."""
+
+    profile: str
+    image: Path
+    sub_dir: PurePosixPath
+    companions: Companions = field(default_factory=Companions)
+    attempt: int = 0
+    id: int = field(default_factory=lambda: next(_ids))
+    queued_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def inputs(self) -> tuple[Path, ...]:
+        return (self.image, *self.companions.paths())
+
+    @property
+    def label(self) -> str:
+        return str(PurePosixPath(self.profile, self.sub_dir, self.image.name))
+
+    def retry(self) -> Job:
+        return replace(self, attempt=self.attempt + 1)
+
+
+class JobQueue:
+    """FIFO of jobs with a set of the paths it holds, so no path is ever queued twice."""
+
+    def __init__(self) -> None:
+        self._jobs: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, job: Job) -> None:
+        with self._cond:
+            self._jobs.append(job)
+            self._cond.notify()
+
+    def get(self, timeout: float | None = None) -> Job | None:
+        """The next job, or None when closed or on time-out."""
+        with self._cond:
+            if not self._jobs and not self._closed:
+                self._cond.wait(timeout)
+            return self._jobs.popleft() if self._jobs else None
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._jobs)
+
+    def snapshot(self) -> list[Job]:
+        with self._cond:
+            return list(self._jobs)

@@ -1,0 +1,294 @@
+"""Model references → loaded diffusers pipelines, kept warm and shared between tasks.
+
+A profile's ``model:`` is one of
+
+* ``builtin:tiny-sd`` — generated once into the state folder, then loaded like any folder;
+* a diffusers folder or a single-file ``.safetensors`` checkpoint (absolute, or relative to
+  the working directory);
+* a name looked up in ``models_dir`` (also in A1111's ``Stable-diffusion`` sub-folder), with
+  or without its extension;
+* a hub repo id (``org/name``), downloaded when online and then used from the local cache.
+
+The img2img pipeline of a model is loaded once; the inpaint pipeline is made from it with
+``from_pipe``, which shares the same modules, so switching tasks never reloads weights.
+torch and diffusers are imported here, lazily, so that ``check`` and the pure modules start fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from loguru import logger
+
+from daemon.builtin import (
+    BUILTIN_MODELS,
+    BUILTIN_PREFIX,
+    ensure_builtin,
+    is_builtin,
+    model_hash_file,
+)
+from daemon.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+SourceKind = Literal["folder", "single_file", "hub"]
+PipelineTask = Literal["img2img", "inpaint"]
+SAFE_CHECKPOINT_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    ref: str  # as written in the profile
+    kind: SourceKind
+    location: str  # a path, or a hub repo id
+    name: str  # A1111's "Model": the checkpoint's stem
+
+    @property
+    def hash_file(self) -> Path | None:
+        """The file whose sha256 is A1111's "Model hash"."""
+        if self.kind == "single_file":
+            return Path(self.location)
+        if self.kind == "folder":
+            return model_hash_file(Path(self.location))
+        return None
+
+
+def resolve_model(
+    ref: str, *, models_dir: Path | None, state_dir: Path, build: bool = True
+) -> ModelSource:
+    """Find what ``ref`` names, without loading it. Unknown → ConfigError saying where we looked.
+
+    ``build=False`` only checks a built-in's name instead of generating it (``check`` stays fast).
+    """
+    ref = ref.strip()
+    if is_builtin(ref):
+        name = ref[len(BUILTIN_PREFIX) :]
+        if not build and name in BUILTIN_MODELS:
+            return ModelSource(ref, "folder", str(state_dir / "builtin" / name), f"builtin-{name}")
+        try:
+            folder = ensure_builtin(name, state_dir / "builtin")
+        except ValueError as exc:
+            raise ConfigError(f"model '{ref}': {exc}") from exc
+        return ModelSource(ref, "folder", str(folder), f"builtin-{name}")
+    looked: list[Path] = []
+    for candidate in _candidates(ref, models_dir):
+        looked.append(candidate)
+        if candidate.is_dir() and (candidate / "model_index.json").is_file():
+            return ModelSource(ref, "folder", str(candidate.resolve()), candidate.name)
+        if candidate.is_file():
+            _refuse_pickle(candidate)
+            if candidate.suffix.lower() in SAFE_CHECKPOINT_SUFFIXES:
+                return ModelSource(ref, "single_file", str(candidate.resolve()), candidate.stem)
+    if _REPO_ID.match(ref) and not Path(ref).exists():
+        return ModelSource(ref, "hub", ref, ref.split("/")[-1])
+    places = ", ".join(str(p) for p in looked) or "nowhere (no models_dir configured)"
+    raise ConfigError(
+        f"model '{ref}' not found: looked for a diffusers folder or a .safetensors file at {places}"
+    )
+
+
+def _candidates(ref: str, models_dir: Path | None) -> list[Path]:
+    given = Path(ref).expanduser()
+    roots = [Path.cwd()] if not given.is_absolute() else [Path("/")]
+    if models_dir is not None and not given.is_absolute():
+        roots += [models_dir, models_dir / "Stable-diffusion"]
+    found = []
+    for root in roots:
+        base = root / given
+        found.append(base)
+        if not base.suffix:
+            found += [
+                base.with_name(base.name + s) for s in (*SAFE_CHECKPOINT_SUFFIXES, *PICKLE_SUFFIXES)
+            ]
+    return found
+
+
+def _refuse_pickle(path: Path) -> None:
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise ConfigError(
+            f"model {path} is a pickled checkpoint ({path.suffix}), which can run code when "
+            "loaded; convert it to .safetensors"
+        )
+
+
+def quiet_libraries() -> None:
+    """diffusers and transformers print progress bars and advice meant for notebooks.
+
+    A daemon's log wants neither; these are defaults, so a user's environment still wins.
+    Must run before transformers is imported to take full effect.
+    """
+    for name, value in (
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("DIFFUSERS_VERBOSITY", "error"),
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+        ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+    ):
+        os.environ.setdefault(name, value)
+
+
+def pick_device(requested: str) -> tuple[str, torch.dtype]:
+    """``auto`` → CUDA with fp16 when present, else Apple MPS (fp16), else CPU (fp32)."""
+    import torch
+
+    device = requested
+    if requested == "auto":
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    dtype = torch.float32 if device == "cpu" else torch.float16
+    return device, dtype
+
+
+class HashCache:
+    """sha256 of big files, remembered by (path, size, mtime) in ``state/hashes.json``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            self._data: dict[str, Any] = json.loads(path.read_text())
+        except (OSError, ValueError):
+            self._data = {}
+
+    def sha256(self, file: Path) -> str:
+        st = file.stat()
+        key = str(file.resolve())
+        stamp = [st.st_size, st.st_mtime_ns]
+        with self._lock:
+            known = self._data.get(key)
+            if known and known["stamp"] == stamp:
+                return str(known["sha256"])
+        digest = hashlib.sha256()
+        with file.open("rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+        value = digest.hexdigest()
+        with self._lock:
+            self._data[key] = {"stamp": stamp, "sha256": value}
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = self.path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(self._data, indent=1))
+                tmp.replace(self.path)
+            except OSError as exc:  # a cache; never worth failing a job for
+                logger.debug("could not save the hash cache: {}", exc)
+        return value
+
+
+@dataclass
+class _Loaded:
+    source: ModelSource
+    pipelines: dict[PipelineTask, Any]
+
+
+class ModelCache:
+    """Loaded pipelines by model reference. Used by the single worker thread."""
+
+    def __init__(self, *, models_dir: Path | None, state_dir: Path, device: str = "auto") -> None:
+        quiet_libraries()
+        self.models_dir = models_dir
+        self.state_dir = state_dir
+        self.requested_device = device
+        self.hashes = HashCache(state_dir / "hashes.json")
+        self._loaded: dict[str, _Loaded] = {}
+        self._device: tuple[str, torch.dtype] | None = None
+
+    @property
+    def device(self) -> tuple[str, torch.dtype]:
+        if self._device is None:
+            self._device = pick_device(self.requested_device)
+        return self._device
+
+    def source(self, ref: str) -> ModelSource:
+        if ref in self._loaded:
+            return self._loaded[ref].source
+        return resolve_model(ref, models_dir=self.models_dir, state_dir=self.state_dir)
+
+    def model_hash(self, source: ModelSource) -> str | None:
+        file = source.hash_file
+        return self.hashes.sha256(file)[:10] if file and file.is_file() else None
+
+    def pipeline(self, ref: str, task: PipelineTask) -> Any:
+        loaded = self._loaded.get(ref)
+        if loaded is None:
+            source = self.source(ref)
+            loaded = _Loaded(source, {"img2img": self._load(source)})
+            self._loaded[ref] = loaded
+        if task not in loaded.pipelines:
+            from diffusers import AutoPipelineForInpainting
+
+            loaded.pipelines[task] = AutoPipelineForInpainting.from_pipe(
+                loaded.pipelines["img2img"]
+            )
+            loaded.pipelines[task].set_progress_bar_config(disable=True)
+        return loaded.pipelines[task]
+
+    def _load(self, source: ModelSource) -> Any:
+        from diffusers import AutoPipelineForImage2Image, StableDiffusionImg2ImgPipeline
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+
+        device, dtype = self.device
+        logger.info("loading model {} ({}) on {}", source.name, source.location, device)
+        if source.ref.startswith(BUILTIN_PREFIX):
+            logger.warning(
+                "model {} has random weights: its output is noise. It exists to try the "
+                "whole flow offline; point `model:` at a real checkpoint for real images.",
+                source.ref,
+            )
+        options: dict[str, Any] = {"dtype": dtype}
+        if source.kind == "folder" and _has_safety_checker(Path(source.location)):
+            options.update(safety_checker=None, requires_safety_checker=False)  # as A1111
+        if source.kind == "single_file":
+            pipe = StableDiffusionImg2ImgPipeline.from_single_file(source.location, **options)
+        else:
+            pipe = AutoPipelineForImage2Image.from_pretrained(
+                source.location, local_files_only=source.kind == "folder", **options
+            )
+        pipe = pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def unload(self, ref: str) -> None:
+        if self._loaded.pop(ref, None) is not None:
+            _free_device_memory()
+
+    def unload_all(self) -> None:
+        self._loaded.clear()
+        _free_device_memory()
+
+    @property
+    def loaded(self) -> list[str]:
+        return list(self._loaded)
+
+
+def _has_safety_checker(folder: Path) -> bool:
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(index.get("safety_checker") and index["safety_checker"][0])
+
+
+def _free_device_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,156 @@
+"""What a path in the inbox is, which profile it belongs to, and which files go with it.
+
+Pure functions on names: nothing here touches the disk except ``companions_on_disk``, which
+lists one folder. The folder contract:
+
+* ``inbox/<profile>/<sub-path>/<stem>.<image ext>`` is a job for ``profiles/<profile>.yaml``;
+* ``<stem>.mask.<image ext>`` or ``masks/<stem>.<image ext>`` is its inpaint mask;
+* ``<stem>.sketch.png`` is its scribble layer; ``<stem>.yaml`` its per-image settings;
+* folders starting with ``_`` or ``.`` (``_done``, ``_failed``) are never profiles or jobs;
+* temporaries and junk that editors and sync tools leave are ignored.
+"""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import re
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from daemon.imaging import IMAGE_EXTENSIONS
+
+SETTINGS_EXTENSIONS = frozenset({".yaml", ".yml"})
+MASK_FOLDER = "masks"
+
+# Names that are never inputs: partial downloads and uploads, editor and sync temporaries,
+# OS metadata (RELIABILITY.md). Dotfiles and `._*` resource forks are covered by the dot rule.
+_JUNK_NAME_PATTERNS = (
+    "~$*", "*~", "*.tmp", "*.temp", "*.part", "*.partial", "*.crdownload", "*.filepart",
+    "*.download", "~syncthing~*", "thumbs.db", "desktop.ini", "icon\r",
+)  # fmt: skip
+_JUNK_DIRS = frozenset({"@eadir", "__macosx", "$recycle.bin", "lost+found"})
+# Syncthing keeps the extension on conflict copies; they are someone's other version of a
+# file, never a new job, so they wait in the inbox for a person (README: "Sync conflicts").
+_SYNC_CONFLICT = re.compile(r"\.sync-conflict-\d{8}-\d{6}-[A-Z0-9]{7}", re.IGNORECASE)
+
+
+class Kind(enum.Enum):
+    IMAGE = "image"
+    MASK = "mask"
+    SKETCH = "sketch"
+    SETTINGS = "settings"
+    UNSUPPORTED = "unsupported"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where an inbox file belongs: ``inbox/<profile>/<sub_dir>/<name>``."""
+
+    profile: str
+    sub_dir: PurePosixPath
+    name: str
+
+    @property
+    def stem(self) -> str:
+        return job_stem(self.name)
+
+
+def is_ignored_name(name: str) -> bool:
+    lowered = name.lower()
+    if lowered.startswith(".") or _SYNC_CONFLICT.search(name):
+        return True
+    return any(fnmatch.fnmatchcase(lowered, pattern) for pattern in _JUNK_NAME_PATTERNS)
+
+
+def is_ignored_dir(name: str) -> bool:
+    """Folders never entered: our own ``_done``/``_failed``, hidden and OS metadata folders."""
+    return name.startswith(("_", ".", "~")) or name.lower() in _JUNK_DIRS
+
+
+def route(inbox: Path, path: Path) -> Route | None:
+    """The profile and sub-path of ``path``, or None when it is not an input at all."""
+    try:
+        parts = path.relative_to(inbox).parts
+    except ValueError:
+        return None
+    if len(parts) < 2 or any(is_ignored_dir(part) for part in parts[:-1]):
+        return None
+    if is_ignored_name(parts[-1]):
+        return None
+    return Route(profile=parts[0], sub_dir=PurePosixPath(*parts[1:-1]), name=parts[-1])
+
+
+def classify(where: Route) -> Kind:
+    name = where.name.lower()
+    suffix = PurePosixPath(name).suffix
+    if suffix in SETTINGS_EXTENSIONS:
+        return Kind.SETTINGS
+    if suffix not in IMAGE_EXTENSIONS:
+        return Kind.UNSUPPORTED
+    if where.sub_dir.name == MASK_FOLDER or PurePosixPath(name).stem.endswith(".mask"):
+        return Kind.MASK
+    if name.endswith(".sketch.png"):
+        return Kind.SKETCH
+    return Kind.IMAGE
+
+
+def job_stem(name: str) -> str:
+    return PurePosixPath(name).stem
+
+
+@dataclass(frozen=True)
+class Companions:
+    mask: Path | None = None
+    sketch: Path | None = None
+    settings: Path | None = None
+
+    def paths(self) -> tuple[Path, ...]:
+        return tuple(p for p in (self.mask, self.sketch, self.settings) if p is not None)
+
+
+def find_companions(image: Path, names: set[str], mask_names: set[str]) -> Companions:
+    """Companions of ``image`` among the names in its folder and in its ``masks/`` folder.
+
+    A mask next to the image wins over one in ``masks/``; matching is case-insensitive on
+    the extension because Windows tools write ``.PNG``.
+    """
+    stem = job_stem(image.name)
+    folder = image.parent
+    by_lower = {name.lower(): name for name in names}
+
+    def first(candidates: list[str], pool: dict[str, str]) -> str | None:
+        return next((pool[c] for c in candidates if c in pool), None)
+
+    image_exts = sorted(IMAGE_EXTENSIONS)
+    mask = first([f"{stem.lower()}.mask{ext}" for ext in image_exts], by_lower)
+    mask_path = folder / mask if mask else None
+    if mask_path is None:
+        in_masks = first(
+            [f"{stem.lower()}{ext}" for ext in image_exts], {n.lower(): n for n in mask_names}
+        )
+        mask_path = folder / MASK_FOLDER / in_masks if in_masks else None
+    sketch = by_lower.get(f"{stem.lower()}.sketch.png")
+    settings = first([f"{stem.lower()}{ext}" for ext in sorted(SETTINGS_EXTENSIONS)], by_lower)
+    return Companions(
+        mask=mask_path,
+        sketch=folder / sketch if sketch else None,
+        settings=folder / settings if settings else None,
+    )
+
+
+def companions_on_disk(image: Path) -> Companions:
+    folder = image.parent
+    try:
+        names = {entry.name for entry in _files(folder)}
+        mask_names = {entry.name for entry in _files(folder / MASK_FOLDER)}
+    except OSError:
+        return Companions()
+    names.discard(image.name)
+    return find_companions(image, names, mask_names)
+
+
+def _files(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return [p for p in folder.iterdir() if not is_ignored_name(p.name)]

@@ -1,0 +1,297 @@
+"""Run one job: read and check its inputs, paint, write the results with their parameters.
+
+Everything that can be wrong with the file raises InputError (the job fails and is archived
+with a report); everything that is the process's fault raises TransientError (the input
+stays and is retried). Moving the inputs afterwards is the lifecycle's job, not this one's.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from loguru import logger
+from PIL import Image
+
+from daemon import __version__
+from daemon.config import Settings
+from daemon.engines.diffusion import Canvas, DiffusionEngine, Painting, draw_seed
+from daemon.errors import ConfigError, InputError, TransientError
+from daemon.imaging import (
+    ResizeMode,
+    aspect_mismatch,
+    fit_size,
+    flatten_on_white,
+    load_image,
+    load_mask,
+    scaled_size,
+)
+from daemon.infotext import format_infotext
+from daemon.jobs import Job
+from daemon.masks import composite_sketch, sketch_mask
+from daemon.models import ModelCache, ModelSource
+from daemon.outputs import claim_names, inside, output_stems, write_image, write_text
+from daemon.profiles import Profile, ProfileStore
+from daemon.samplers import infotext_fields
+from daemon.yamlsafe import YamlProblem, read_mapping
+
+_T = TypeVar("_T")
+ASPECT_TOLERANCE = 0.03  # fixed sizes further than this from the input's ratio are logged
+PER_IMAGE_YAML_BYTES = 64 * 1024
+MASK_MODES = {False: "Inpaint masked", True: "Inpaint not masked"}
+# Read errors that say the storage failed, not the file: a dropped share, a dying disk.
+STORAGE_ERRNOS = frozenset({errno.EIO, errno.ENOENT, errno.ESTALE, errno.ENOTCONN, errno.EHOSTDOWN})
+
+
+@dataclass(frozen=True)
+class JobResult:
+    outputs: list[Path]
+    notes: list[str]
+
+
+def processing_size(settings: Profile, width: int, height: int) -> tuple[int, int]:
+    """The size the model works at: fixed, scaled (A1111 "Resize by") or auto.
+
+    Auto (width/height left out) keeps the input's aspect ratio at ``max_pixels``; one side
+    given derives the other from the input's ratio; all sides are multiples of 8.
+    """
+    if settings.scale is not None:
+        return scaled_size(width, height, settings.scale)
+    if settings.width and settings.height:
+        return settings.width, settings.height
+    if settings.width:
+        return settings.width, max(8, round(settings.width * height / width / 8) * 8)
+    if settings.height:
+        return max(8, round(settings.height * width / height / 8) * 8), settings.height
+    return fit_size(width, height, max_pixels=settings.max_pixels)
+
+
+def aspect_note(settings: Profile, source: tuple[int, int], size: tuple[int, int]) -> str | None:
+    """Say so when a fixed size distorts or crops the input noticeably."""
+    if not (settings.width and settings.height):
+        return None
+    mismatch = aspect_mismatch(source, size)
+    if mismatch <= ASPECT_TOLERANCE:
+        return None
+    return (
+        f"input is {source[0]}x{source[1]} but the profile asks for {size[0]}x{size[1]} "
+        f"({mismatch:.0%} off in aspect ratio); '{settings.resize_mode.value}' applies"
+    )
+
+
+def infotext_params(
+    settings: Profile,
+    painting: Painting,
+    seed: int,
+    index: int,
+    *,
+    model_name: str,
+    model_hash: str | None,
+) -> dict[str, object]:
+    """A1111's parameter line for one image, in its key names; enough to reproduce it."""
+    params: dict[str, object] = {"Steps": settings.steps}
+    params.update(infotext_fields(settings.sampler))
+    params.update({
+        "CFG scale": settings.cfg_scale,
+        "Seed": seed,
+        "Size": f"{painting.width}x{painting.height}",
+        "Model hash": model_hash,
+        "Model": model_name,
+        "Denoising strength": settings.denoising_strength,
+    })  # fmt: skip
+    if painting.inpainted:
+        params.update({
+            "Mask blur": settings.mask_blur,
+            "Mask mode": MASK_MODES[settings.inpainting_mask_invert],
+            "Inpaint area": "Only masked" if settings.inpaint_full_res else "Whole picture",
+            "Masked area padding": settings.inpaint_full_res_padding,
+            "Masked content": settings.inpainting_fill,
+        })  # fmt: skip
+    if settings.batch_size > 1:
+        params.update({"Batch size": settings.batch_size, "Batch pos": index % settings.batch_size})
+    if settings.resize_mode is not ResizeMode.JUST_RESIZE:
+        params["Resize mode"] = settings.resize_mode.value.capitalize()
+    if settings.img2img_fix_steps:
+        params["Img2img fix steps"] = True
+    params["Version"] = f"img2imgd v{__version__}"
+    return params
+
+
+class JobRunner:
+    """Turns a Job into files in the outbox. Used by the single worker thread."""
+
+    def __init__(self, settings: Settings, profiles: ProfileStore, models: ModelCache) -> None:
+        self.settings = settings
+        self.profiles = profiles
+        self.models = models
+        self.engine = DiffusionEngine(models)
+
+    def run(self, job: Job, *, on_step: Callable[[int, int], None] | None = None) -> JobResult:
+        notes: list[str] = []
+        self._check_regular_file(job.image)
+        profile = self.profiles.get(job.profile)  # ConfigError: the profile's fault, not the file's
+        settings = profile.settings
+        yaml_path = job.companions.settings
+        if yaml_path is not None:
+            self._check_regular_file(yaml_path)
+            try:
+                overrides = read_mapping(yaml_path, max_bytes=PER_IMAGE_YAML_BYTES)
+            except YamlProblem as exc:
+                raise InputError(f"{yaml_path.name}: {exc}") from exc
+            settings = profile.with_overrides(overrides, yaml_path)
+
+        canvas = self._canvas(job, settings, notes)
+        width, height = processing_size(settings, canvas.image.width, canvas.image.height)
+        note = aspect_note(settings, canvas.image.size, (width, height))
+        if note:
+            notes.append(note)
+        source = self._model_source(settings.model)
+        seed = draw_seed(settings.seed)
+        try:
+            painting = self.engine.paint(
+                canvas, settings, width=width, height=height, seed=seed,
+                prompt=settings.prompt, negative_prompt=settings.negative_prompt, on_step=on_step,
+            )  # fmt: skip
+        except Exception as exc:
+            raise _classify_runtime_error(exc) from exc
+        notes += painting.notes
+        outputs = self._write(job, settings, painting, source)
+        return JobResult(outputs, notes)
+
+    def _check_regular_file(self, path: Path) -> None:
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError as exc:
+            raise TransientError(f"{path.name} vanished before it could be read") from exc
+        if stat.S_ISLNK(st.st_mode):
+            raise InputError(
+                f"{path.name} is a symbolic link; links are never followed, copy the file itself"
+            )
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{path.name} is not a regular file")
+        if st.st_nlink > 1:
+            raise InputError(
+                f"{path.name} is a hard link to another file; copy the file into the inbox instead"
+            )
+        if st.st_size > self.settings.max_input_bytes:
+            limit = self.settings.max_input_bytes / 2**20
+            raise InputError(
+                f"{path.name} is {st.st_size / 2**20:.0f} MiB, over the {limit:.0f} MiB limit "
+                "(max_input_bytes in img2imgd.yaml)"
+            )
+        if st.st_size == 0:
+            raise InputError(f"{path.name} is empty (0 bytes)")
+
+    def _canvas(self, job: Job, settings: Profile, notes: list[str]) -> Canvas:
+        cap = self.settings.max_image_pixels
+        image = _storage_safe(load_image, job.image, max_pixels=cap)
+        image = flatten_on_white(image)
+        mask: Image.Image | None = None
+        companions = job.companions
+        if companions.sketch is not None:
+            self._check_regular_file(companions.sketch)
+            sketch = _storage_safe(load_image, companions.sketch, max_pixels=cap).convert("RGBA")
+            sketched, note = composite_sketch(image, sketch)
+            if note:
+                notes.append(f"sketch: {note}")
+            if settings.task == "inpaint_sketch" and companions.mask is None:
+                from daemon.masks import blend_sketch_for_inpaint
+
+                mask = sketch_mask(sketch, image.size)
+                image = blend_sketch_for_inpaint(image, sketched, mask, settings.mask_blur)
+            else:
+                image = sketched
+        if companions.mask is not None:
+            self._check_regular_file(companions.mask)
+            mask, note = _storage_safe(load_mask, companions.mask, image.size, max_pixels=cap)
+            if note:
+                notes.append(f"mask: {note}")
+        if settings.needs_mask and mask is None:
+            raise InputError(
+                f"no mask for {job.image.name}: an inpaint profile needs {job.image.stem}.mask.png "
+                "beside it (or masks/" + job.image.stem + ".png)"
+            )
+        if settings.needs_sketch and companions.sketch is None:
+            raise InputError(
+                f"no sketch for {job.image.name}: a {settings.task} profile needs "
+                f"{job.image.stem}.sketch.png beside it"
+            )
+        return Canvas(image=image, mask=mask)
+
+    def _model_source(self, ref: str) -> ModelSource:
+        try:
+            return self.models.source(ref)
+        except ConfigError as exc:
+            raise TransientError(f"{exc}; the input waits in the inbox") from exc
+
+    def _write(
+        self, job: Job, settings: Profile, painting: Painting, source: ModelSource
+    ) -> list[Path]:
+        folder = inside(self.settings.outbox, job.profile, job.sub_dir)
+        extension = f".{settings.output_format}"
+        stems = claim_names(
+            folder,
+            output_stems(job.image.stem, len(painting.images)),
+            (extension, ".txt"),
+            overwrite=settings.overwrite,
+        )
+        model_hash = self.models.model_hash(source)
+        written: list[Path] = []
+        try:
+            for index, (image, seed, stem) in enumerate(
+                zip(painting.images, painting.seeds, stems, strict=True)
+            ):
+                params = infotext_params(
+                    settings, painting, seed, index, model_name=source.name, model_hash=model_hash
+                )
+                text = format_infotext(settings.prompt, settings.negative_prompt, params)
+                target = folder / f"{stem}{extension}"
+                write_image(image, target, output_format=settings.output_format, infotext=text,
+                            quality=settings.output_quality)  # fmt: skip
+                written.append(target)
+                write_text(folder / f"{stem}.txt", text + "\n")
+                written.append(folder / f"{stem}.txt")
+        except OSError as exc:
+            for path in written:  # all or nothing: a retry must not find half a batch
+                path.unlink(missing_ok=True)
+            raise TransientError(f"could not write to {folder}: {exc.strerror or exc}") from exc
+        return written
+
+
+def _storage_safe(read: Callable[..., _T], path: Path, *args: Any, **kwargs: Any) -> _T:
+    """Call a loader; an I/O failure of the storage is the process's fault, not the file's."""
+    try:
+        return read(path, *args, **kwargs)
+    except InputError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.errno in STORAGE_ERRNOS:
+            raise TransientError(f"could not read {path.name}: {cause.strerror}") from exc
+        raise
+
+
+def _classify_runtime_error(exc: Exception) -> Exception:
+    """Errors out of the model: out of memory and I/O are the process's fault."""
+    if isinstance(exc, (InputError, TransientError, ConfigError)):
+        return exc
+    name = type(exc).__name__
+    if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        _empty_cuda_cache()
+        return TransientError("the GPU ran out of memory; the job will be retried")
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EIO, errno.ENOENT):
+        return TransientError(f"I/O error while painting: {exc}")
+    return exc
+
+
+def _empty_cuda_cache() -> None:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover - best effort on a GPU machine
+        logger.debug("could not empty the CUDA cache")

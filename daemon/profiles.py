@@ -1,0 +1,247 @@
+"""Profiles: one YAML file per inbox folder, keyed with A1111's API names.
+
+``profiles/<name>.yaml`` serves ``inbox/<name>/``. A profile may ``extends:`` another (files
+whose names start with ``_`` are bases only). Profiles are re-read when their files change,
+so an edit takes effect for the next job without a restart. Validation reports the file, the
+key and what is allowed; ``check_all`` collects every problem of every profile at once.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from daemon.errors import ConfigError, InputError
+from daemon.imaging import ResizeMode
+from daemon.samplers import SamplerChoice, parse_sampler
+from daemon.validation import describe
+from daemon.yamlsafe import YamlProblem, read_mapping
+
+Task = Literal["img2img", "sketch", "inpaint", "inpaint_sketch"]
+MaskedContent = Literal["fill", "original", "latent noise", "latent nothing"]
+MASKED_CONTENT: tuple[MaskedContent, ...] = ("fill", "original", "latent noise", "latent nothing")
+MAX_EXTENDS_DEPTH = 8
+# Per-image YAML sits in the inbox, which anyone who can drop a file can write: it may tune
+# the generation but never choose which files are loaded.
+NOT_PER_IMAGE = frozenset({"model", "extends"})
+
+
+class Profile(BaseModel):
+    """The effective settings of one job. Defaults are A1111's img2img UI defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    task: Task = "img2img"
+    model: str = Field(min_length=1)
+    prompt: str = ""
+    negative_prompt: str = ""
+    sampler_name: str = "DPM++ 2M"
+    scheduler: str = "Automatic"
+    steps: int = Field(20, ge=1, le=150)
+    cfg_scale: float = Field(7.0, ge=0.0, le=30.0)
+    seed: int = Field(-1, ge=-1, le=2**32 - 1)
+    width: int | None = Field(None, ge=8, le=8192)
+    height: int | None = Field(None, ge=8, le=8192)
+    max_pixels: int = Field(512 * 512, ge=64, le=8192 * 8192)
+    scale: float | None = Field(None, gt=0.0, le=8.0)
+    resize_mode: ResizeMode = ResizeMode.JUST_RESIZE
+    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
+    img2img_fix_steps: bool = False
+    mask_blur: int = Field(4, ge=0, le=64)
+    inpainting_fill: MaskedContent = "original"
+    inpaint_full_res: bool = False
+    inpaint_full_res_padding: int = Field(32, ge=0, le=1024)
+    inpainting_mask_invert: bool = False
+    batch_size: int = Field(1, ge=1, le=16)
+    n_iter: int = Field(1, ge=1, le=100)
+    output_format: Literal["png", "jpg", "webp"] = "png"
+    output_quality: int = Field(95, ge=1, le=100)
+    overwrite: bool = False
+
+    @field_validator("width", "height", mode="before")
+    @classmethod
+    def _auto_size(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and value.strip().lower() == "auto" else value
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_8(cls, value: int | None) -> int | None:
+        if value is not None and value % 8:
+            raise ValueError(f"must be a multiple of 8, such as {value - value % 8 or 8}")
+        return value
+
+    @field_validator("resize_mode", mode="before")
+    @classmethod
+    def _resize_mode(cls, value: Any) -> ResizeMode:
+        return ResizeMode.parse(value)
+
+    @field_validator("inpainting_fill", mode="before")
+    @classmethod
+    def _masked_content(cls, value: Any) -> Any:
+        if (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            and 0 <= value < len(MASKED_CONTENT)
+        ):
+            return MASKED_CONTENT[value]  # A1111's API sends 0..3
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("output_format", mode="before")
+    @classmethod
+    def _format(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower().lstrip(".")
+            return "jpg" if value == "jpeg" else value
+        return value
+
+    @field_validator("inpainting_mask_invert", mode="before")
+    @classmethod
+    def _mask_mode(cls, value: Any) -> Any:
+        if isinstance(value, str):  # A1111 labels
+            label = value.strip().lower()
+            if label in ("inpaint masked", "inpaint not masked"):
+                return label == "inpaint not masked"
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Profile:
+        if self.scale is not None and (self.width is not None or self.height is not None):
+            raise ValueError("set either scale or width/height, not both")
+        self.sampler  # noqa: B018 - raises ValueError listing the valid labels
+        return self
+
+    @property
+    def sampler(self) -> SamplerChoice:
+        return parse_sampler(self.sampler_name, self.scheduler)
+
+    @property
+    def needs_mask(self) -> bool:
+        return self.task == "inpaint"
+
+    @property
+    def needs_sketch(self) -> bool:
+        return self.task in ("sketch", "inpaint_sketch")
+
+
+@dataclass(frozen=True)
+class LoadedProfile:
+    name: str
+    settings: Profile
+    raw: dict[str, Any]  # merged keys before validation, so per-image YAML can be laid over
+    files: tuple[Path, ...]  # the profile and the ones it extends, for change detection
+
+    def with_overrides(self, overrides: dict[str, Any], source: Path) -> Profile:
+        """The profile with a per-image YAML laid over it; any problem is the file's fault."""
+        forbidden = sorted(NOT_PER_IMAGE & overrides.keys())
+        if forbidden:
+            raise InputError(
+                f"{source.name} sets '{forbidden[0]}', which only a profile may set "
+                f"(models and bases come from profiles/{self.name}.yaml)"
+            )
+        try:
+            return Profile.model_validate({**self.raw, **overrides})
+        except ValidationError as exc:
+            problems = describe(exc, source.name)
+            raise InputError(
+                f"{problems[0]}",
+            ) from exc
+
+
+def profile_names(folder: Path) -> list[str]:
+    """Names of the usable profiles (bases starting with ``_`` are not inbox folders)."""
+    if not folder.is_dir():
+        return []
+    return sorted(
+        path.stem for path in folder.glob("*.yaml") if not path.name.startswith(("_", "."))
+    )
+
+
+def load_profile(folder: Path, name: str) -> LoadedProfile:
+    raw, files = _merged_raw(folder, name)
+    try:
+        settings = Profile.model_validate(raw)
+    except ValidationError as exc:
+        problems = describe(exc, files[0])
+        raise ConfigError(problems[0], problems) from exc
+    return LoadedProfile(name=name, settings=settings, raw=raw, files=files)
+
+
+def _merged_raw(folder: Path, name: str) -> tuple[dict[str, Any], tuple[Path, ...]]:
+    chain: list[tuple[Path, dict[str, Any]]] = []
+    current: str | None = name
+    while current is not None:
+        if "/" in current or "\\" in current or current.startswith("."):
+            raise ConfigError(f"{chain[-1][0]}: extends: '{current}' must be a profile name")
+        path = folder / f"{current}.yaml"
+        if any(seen == path for seen, _ in chain):
+            raise ConfigError(f"{path}: extends: '{current}' makes a loop")
+        if len(chain) >= MAX_EXTENDS_DEPTH:
+            raise ConfigError(f"{path}: extends: more than {MAX_EXTENDS_DEPTH} levels")
+        if not path.is_file():
+            where = f"{chain[-1][0]}: extends: " if chain else ""
+            raise ConfigError(f"{where}profile {path} does not exist")
+        try:
+            data = read_mapping(path)
+        except YamlProblem as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        parent = data.pop("extends", None)
+        if parent is not None and not isinstance(parent, str):
+            raise ConfigError(f"{path}: extends: must be a profile name (got {parent!r})")
+        chain.append((path, data))
+        current = parent
+    merged: dict[str, Any] = {}
+    for _, data in reversed(chain):
+        merged.update(data)
+    return merged, tuple(path for path, _ in chain)
+
+
+class ProfileStore:
+    """Profiles by name, re-read when any file of their ``extends`` chain changes."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._lock = threading.Lock()
+        self._cache: dict[str, tuple[tuple[tuple[Path, int, int], ...], LoadedProfile]] = {}
+
+    def get(self, name: str) -> LoadedProfile:
+        with self._lock:
+            cached = self._cache.get(name)
+            if cached and cached[0] == _stamp(cached[1].files):
+                return cached[1]
+            profile = load_profile(self.folder, name)
+            self._cache[name] = (_stamp(profile.files), profile)
+            return profile
+
+    def exists(self, name: str) -> bool:
+        return (self.folder / f"{name}.yaml").is_file()
+
+
+def _stamp(files: tuple[Path, ...]) -> tuple[tuple[Path, int, int], ...]:
+    stamps = []
+    for path in files:
+        try:
+            st = path.stat()
+        except OSError:
+            return ()
+        stamps.append((path, st.st_mtime_ns, st.st_size))
+    return tuple(stamps)
+
+
+def check_all(folder: Path) -> tuple[dict[str, LoadedProfile], list[str]]:
+    """Load every profile; return the good ones and every problem found."""
+    loaded: dict[str, LoadedProfile] = {}
+    problems: list[str] = []
+    if not folder.is_dir():
+        return loaded, [f"profiles folder {folder} does not exist"]
+    for name in profile_names(folder):
+        try:
+            loaded[name] = load_profile(folder, name)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    if not loaded and not problems:
+        problems.append(f"profiles folder {folder} holds no profile (<name>.yaml)")
+    return loaded, problems

@@ -1,0 +1,360 @@
+"""The daemon: watcher → stability → pairing → queue → worker → lifecycle, wired together.
+
+Threads: watchdog's observer thread only records paths in the stability tracker; the main
+loop turns complete files into jobs (pairing, waiting for late companions); one worker
+thread owns the model and runs jobs in arrival order; apscheduler runs the periodic rescan.
+The worker never waits on the watcher and the watcher never waits on the worker.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from loguru import logger
+from natsort import natsorted
+
+from daemon.config import Settings
+from daemon.errors import ConfigError, InputError, TransientError
+from daemon.imaging import IMAGE_EXTENSIONS
+from daemon.jobs import Job, JobQueue, JobStatus
+from daemon.lifecycle import archive, fail
+from daemon.models import ModelCache
+from daemon.pairing import Kind, classify, companions_on_disk, route
+from daemon.processing import JobRunner
+from daemon.profiles import ProfileStore, profile_names
+from daemon.stability import StabilityTracker
+from daemon.watcher import InboxWatcher, walk_files
+
+TICK = 0.05  # s between passes of the main loop over completed files
+MAX_BACKOFF = 600.0  # s, cap on the retry delay for jobs that hit a process fault
+UNEXPECTED_ERROR_TRIES = 3  # an unknown error fails the file only when it repeats
+RECENT_WRITE = 10.0  # s; an undecodable file this fresh may still be being written
+STILL_WRITING_TRIES = 3
+
+
+@dataclass
+class Tally:
+    """What happened since start; ``once`` turns it into its exit code."""
+
+    done: int = 0
+    failed: int = 0
+    deferred: int = 0
+    seconds: list[float] = field(default_factory=list)
+
+
+class Daemon:
+    def __init__(
+        self, settings: Settings, *, watch: bool = True, models: ModelCache | None = None
+    ) -> None:
+        self.settings = settings
+        self.watch = watch
+        self.profiles = ProfileStore(settings.profiles)
+        self.tracker = StabilityTracker(settings.stability_delay)
+        self.queue = JobQueue()
+        self.models = models or ModelCache(
+            models_dir=settings.models_dir, state_dir=settings.state_dir, device=settings.device
+        )
+        self.runner = JobRunner(settings, self.profiles, self.models)
+        self.tally = Tally()
+        self.stop_event = threading.Event()
+        self.current: Job | None = None
+        self.on_job_queued: Callable[[Job], None] | None = None
+        self.on_job_end: Callable[[Job, JobStatus], None] | None = None
+        self._lock = threading.Lock()
+        self._claimed: set[Path] = set()  # paths of queued or running jobs
+        self._waiting: dict[Path, float] = {}  # image -> deadline for a required companion
+        self._attempts: dict[Path, int] = {}
+        self._said: set[str] = set()  # warnings already logged once
+        self._watcher: InboxWatcher | None = None
+        self._worker = threading.Thread(target=self._work, name="img2imgd-worker", daemon=True)
+        self._scheduler: BackgroundScheduler | None = None
+
+    # ----------------------------------------------------------------- start and stop
+
+    def prepare_folders(self) -> list[str]:
+        """Create the roots and one inbox folder per profile; return the profile names."""
+        for folder in (self.settings.inbox, self.settings.outbox, self.settings.state_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        names = profile_names(self.settings.profiles)
+        for name in names:
+            (self.settings.inbox / name).mkdir(exist_ok=True)
+        return names
+
+    def start(self) -> None:
+        names = self.prepare_folders()
+        logger.info(
+            "watching {} for profiles {} → results in {}",
+            self.settings.inbox, ", ".join(names) or "(none)", self.settings.outbox,
+        )  # fmt: skip
+        self._worker.start()
+        if self.watch:
+            self._watcher = InboxWatcher(
+                self.settings.inbox,
+                self._on_path,
+                polling=self.settings.polling,
+                poll_interval=self.settings.poll_interval,
+            )
+            self._watcher.start()
+            self._scheduler = BackgroundScheduler(daemon=True)
+            self._scheduler.add_job(
+                self.rescan, "interval", seconds=self.settings.rescan_interval,
+                id="rescan", max_instances=1, coalesce=True,
+            )  # fmt: skip
+            self._scheduler.start()
+        self.rescan()  # files already present go through the same stability check
+
+    def stop(self) -> None:
+        """Stop taking files; the job in hand finishes; queued jobs stay in the inbox."""
+        self.stop_event.set()
+        self.queue.close()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        if self._watcher is not None:
+            self._watcher.stop()
+        if self._worker.is_alive():
+            self._worker.join()
+
+    def run_forever(self, *, tick: float = TICK) -> None:
+        self.start()
+        try:
+            while not self.stop_event.wait(tick):
+                self.step()
+        finally:
+            self.stop()
+
+    def run_once(self, *, tick: float = TICK) -> Tally:
+        """Process what is in the inbox now; return when nothing is left to do."""
+        self.start()
+        try:
+            while not self.stop_event.wait(tick):
+                self.step()
+                if self.idle():
+                    break
+        finally:
+            self.stop()
+        return self.tally
+
+    def idle(self) -> bool:
+        with self._lock:
+            busy = bool(self._claimed or self._waiting)
+        return not busy and len(self.tracker) == 0 and len(self.queue) == 0
+
+    # ----------------------------------------------------------------- noticing files
+
+    def _on_path(self, path: Path, closed: bool) -> None:
+        """Watcher thread: only record the path."""
+        if path in self._claimed:  # our own reads and moves of files in hand
+            return
+        self.tracker.touch(path, closed=closed)
+
+    def rescan(self) -> None:
+        """Catch what the watcher missed (dropped events, network shares, start-up)."""
+        if (
+            self._watcher is not None
+            and not self._watcher.is_alive()
+            and not self.stop_event.is_set()
+        ):
+            logger.warning("the inbox watcher stopped; starting it again")
+            self._watcher.start()
+        for path in walk_files(self.settings.inbox):
+            with self._lock:
+                known = path in self._claimed or path in self._waiting
+            if not known and path not in self.tracker:
+                self.tracker.touch(path)
+
+    def step(self) -> None:
+        """Main loop: turn complete files into jobs, and re-check images waiting for companions."""
+        for path in natsorted(self.tracker.poll(), key=str):
+            self._consider(path)
+        now = time.monotonic()
+        with self._lock:
+            waiting = list(self._waiting.items())
+        for path, deadline in waiting:
+            self._consider(path, deadline=deadline, now=now)
+
+    def _consider(
+        self, path: Path, *, deadline: float | None = None, now: float | None = None
+    ) -> None:
+        where = route(self.settings.inbox, path)
+        if where is None:
+            return
+        with self._lock:
+            if path in self._claimed:
+                return
+        kind = classify(where)
+        if kind is Kind.UNSUPPORTED:
+            self._refuse_unsupported(path, where.profile)
+            return
+        if kind is not Kind.IMAGE:
+            return  # a companion: it travels with its image
+        if not path.exists() and not path.is_symlink():
+            with self._lock:
+                self._waiting.pop(path, None)
+            return
+        if not self.profiles.exists(where.profile):
+            self._say_once(
+                f"no-profile:{where.profile}",
+                f"inbox/{where.profile}/ holds files but there is no profiles/{where.profile}.yaml;"
+                " they wait until there is (or move them to a profile folder)",
+            )
+            self.tracker.touch(path, not_before=time.monotonic() + self.settings.rescan_interval)
+            return
+        try:
+            profile = self.profiles.get(where.profile).settings
+        except ConfigError as exc:
+            self._say_once(
+                f"bad-profile:{where.profile}:{exc}",
+                f"profile {where.profile} is invalid, its files wait until it is fixed: {exc}",
+            )
+            self.tracker.touch(
+                path, not_before=time.monotonic() + min(self.settings.retry_delay, 5.0)
+            )
+            return
+        companions = companions_on_disk(path)
+        now = time.monotonic() if now is None else now
+        still_writing = [c for c in companions.paths() if c in self.tracker]
+        missing = (
+            profile.needs_mask and companions.mask is None and companions.sketch is None
+        ) or (profile.needs_sketch and companions.sketch is None)
+        if still_writing or missing:
+            deadline = deadline if deadline is not None else now + self.settings.pairing_window
+            if still_writing or now < deadline:
+                with self._lock:
+                    self._waiting[path] = deadline
+                return
+        job = Job(
+            profile=where.profile,
+            image=path,
+            sub_dir=where.sub_dir,
+            companions=companions,
+            attempt=self._attempts.get(path, 0),
+        )
+        with self._lock:
+            self._waiting.pop(path, None)
+            if any(p in self._claimed for p in job.inputs):
+                return  # a companion already belongs to a job in hand
+            self._claimed.update(job.inputs)
+        for companion in companions.paths():
+            self.tracker.forget(companion)
+        self.queue.put(job)
+        if self.on_job_queued is not None:
+            self.on_job_queued(job)
+
+    def _refuse_unsupported(self, path: Path, profile: str) -> None:
+        job = Job(profile=profile, image=path, sub_dir=route(self.settings.inbox, path).sub_dir)  # type: ignore[union-attr]
+        kinds = " ".join(sorted(IMAGE_EXTENSIONS))
+        self._finish_failed(
+            job,
+            f"{path.name} is not a file type img2imgd handles (images: {kinds}; settings: .yaml)",
+            None,
+        )
+
+    def _say_once(self, key: str, message: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            logger.warning(message)
+
+    # ----------------------------------------------------------------- the worker
+
+    def _work(self) -> None:
+        while not self.stop_event.is_set():
+            job = self.queue.get(timeout=0.5)
+            if job is None:
+                continue
+            if self.stop_event.is_set():
+                self._release(job)  # not started: it stays in the inbox for the next run
+                break
+            self.current = job
+            try:
+                status = self._execute(job)
+            finally:
+                self.current = None
+                self._release(job)
+            if self.on_job_end is not None:
+                self.on_job_end(job, status)
+
+    def _execute(self, job: Job) -> JobStatus:
+        started = time.monotonic()
+        try:
+            result = self.runner.run(job)
+        except InputError as exc:
+            if self._maybe_still_writing(job):
+                return self._defer(job, f"{exc} (it was written moments ago; trying again)",
+                                   delay=max(self.settings.stability_delay, 0.2) * 2)  # fmt: skip
+            return self._finish_failed(job, str(exc), exc)
+        except (TransientError, ConfigError) as exc:
+            return self._defer(job, str(exc))
+        except Exception as exc:
+            if job.attempt + 1 < UNEXPECTED_ERROR_TRIES:
+                logger.exception("{}: unexpected error", job.label)
+                return self._defer(job, f"unexpected {type(exc).__name__}: {exc}")
+            return self._finish_failed(
+                job, f"{job.image.name} failed {UNEXPECTED_ERROR_TRIES} times with an unexpected "
+                f"{type(exc).__name__}: {exc}", exc,
+            )  # fmt: skip
+        seconds = time.monotonic() - started
+        try:
+            archive(job, self.settings.inbox)
+        except OSError as exc:  # the results exist; the input stays, and a rerun adds -1 copies
+            logger.error(
+                "{}: results written but the input could not be archived: {}", job.label, exc
+            )
+        for note in result.notes:
+            logger.info("{}: {}", job.label, note)
+        outputs = ", ".join(
+            str(p.relative_to(self.settings.outbox)) for p in result.outputs if p.suffix != ".txt"
+        )
+        logger.success("done {} → {} ({:.1f} s)", job.label, outputs, seconds)
+        self._attempts.pop(job.image, None)
+        self.tally.done += 1
+        self.tally.seconds.append(seconds)
+        return JobStatus.DONE
+
+    def _maybe_still_writing(self, job: Job) -> bool:
+        """A file that looked complete but fails to decode may just be paused mid-write."""
+        if job.attempt + 1 >= STILL_WRITING_TRIES:
+            return False
+        try:
+            age = time.time() - os.lstat(job.image).st_mtime
+        except OSError:
+            return False
+        return age < RECENT_WRITE
+
+    def _defer(self, job: Job, reason: str, *, delay: float | None = None) -> JobStatus:
+        """Leave the input in the inbox and try it again later (``delay`` None: a process fault)."""
+        attempts = job.attempt + 1
+        self._attempts[job.image] = attempts
+        if delay is None:
+            self.tally.deferred += 1
+            if not self.watch:  # `once`: the next run tries again
+                logger.warning("{}: not done, left in the inbox: {}", job.label, reason)
+                return JobStatus.DEFERRED
+            delay = min(self.settings.retry_delay * 2 ** (attempts - 1), MAX_BACKOFF)
+        logger.warning("{}: {}; retrying in {:.1f} s", job.label, reason, delay)
+        self.tracker.touch(job.image, not_before=time.monotonic() + delay)
+        return JobStatus.DEFERRED
+
+    def _finish_failed(self, job: Job, reason: str, error: BaseException | None) -> JobStatus:
+        try:
+            report = fail(job, self.settings.inbox, reason, error)
+        except OSError as exc:
+            logger.error(
+                "{}: failed ({}), and could not be moved to _failed: {}", job.label, reason, exc
+            )
+            return self._defer(job, "could not move the failed input")
+        self._attempts.pop(job.image, None)
+        self.tally.failed += 1
+        logger.error(
+            "FAILED {}: {} (report: {})", job.label, reason, report.relative_to(self.settings.inbox)
+        )
+        return JobStatus.FAILED
+
+    def _release(self, job: Job) -> None:
+        with self._lock:
+            self._claimed.difference_update(job.inputs)
