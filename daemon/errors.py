@@ -19,6 +19,11 @@ class InputError(Img2ImgdError):
     """The input file (or one of its companions) is bad; the job fails and is archived."""
 
 
+class UnreadableInput(InputError):
+    """The file does not decode. It may be broken, or its writer may only have paused, so
+    a file written moments ago gets a few more tries before it fails."""
+
+
 class TransientError(Img2ImgdError):
     """Not the file's fault; the job is retried later and the input stays in the inbox."""
 

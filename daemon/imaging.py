@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
 
-from daemon.errors import InputError
+from daemon.errors import InputError, UnreadableInput
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"})
 """Extensions the inbox picks up (A1111's batch list). Decoding itself goes by content."""
@@ -143,7 +143,7 @@ def _decode(path: Path, *, max_pixels: int) -> Image.Image:
                 "pixels (a possible decompression bomb); shrink it and drop it again."
             ) from exc
         except _DECODE_ERRORS as exc:
-            raise InputError(
+            raise UnreadableInput(
                 f"{name} is not an image this daemon can read "
                 f"({', '.join(_ALLOWED_FORMATS)}); save it as PNG or JPEG and drop it again."
             ) from exc
@@ -156,7 +156,7 @@ def _decode(path: Path, *, max_pixels: int) -> Image.Image:
                 oriented = ImageOps.exif_transpose(opened) or opened
                 result = _standard_mode(oriented)
             except _DECODE_ERRORS as exc:
-                raise InputError(
+                raise UnreadableInput(
                     f"{name} is truncated or corrupt ({exc}); export it again and drop it again."
                 ) from exc
             # Detach from the file handle that is about to close.

@@ -21,7 +21,7 @@ from PIL import Image
 from daemon import __version__
 from daemon.config import Settings
 from daemon.engines.diffusion import Canvas, DiffusionEngine, Painting, draw_seed
-from daemon.errors import ConfigError, InputError, TransientError
+from daemon.errors import ConfigError, InputError, TransientError, UnreadableInput
 from daemon.imaging import (
     ResizeMode,
     aspect_mismatch,
@@ -185,7 +185,7 @@ class JobRunner:
                 "(max_input_bytes in img2imgd.yaml)"
             )
         if st.st_size == 0:
-            raise InputError(f"{path.name} is empty (0 bytes)")
+            raise UnreadableInput(f"{path.name} is empty (0 bytes)")
 
     def _canvas(self, job: Job, settings: Profile, notes: list[str]) -> Canvas:
         cap = self.settings.max_image_pixels

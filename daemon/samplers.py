@@ -112,11 +112,13 @@ SAMPLERS: dict[str, SamplerSpec] = {
         uniform_spacing=None,
         aliases=("plms",),
     ),
-    # A1111's UniPC defaults: variant bh1, order 3, lower order final; its time_uniform
+    # A1111's UniPC defaults are variant bh1, order 3, lower order final. diffusers' bh1
+    # produces NaN (black images) when img2img starts part-way into the schedule, so the
+    # variant is bh2, diffusers' default; order and final step follow A1111. Its time_uniform
     # skip type is closest to diffusers' "linspace".
     "UniPC": SamplerSpec(
         "UniPCMultistepScheduler",
-        _frozen(solver_type="bh1", solver_order=3, lower_order_final=True, predict_x0=True),
+        _frozen(solver_type="bh2", solver_order=3, lower_order_final=True, predict_x0=True),
         aliases=("unipc",),
     ),
 }

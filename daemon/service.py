@@ -20,7 +20,7 @@ from loguru import logger
 from natsort import natsorted
 
 from daemon.config import Settings
-from daemon.errors import ConfigError, InputError, TransientError
+from daemon.errors import ConfigError, InputError, TransientError, UnreadableInput
 from daemon.imaging import IMAGE_EXTENSIONS
 from daemon.jobs import Job, JobQueue, JobStatus
 from daemon.lifecycle import archive, fail
@@ -284,7 +284,7 @@ class Daemon:
         try:
             result = self.runner.run(job)
         except InputError as exc:
-            if self._maybe_still_writing(job):
+            if isinstance(exc, UnreadableInput) and self._maybe_still_writing(job):
                 return self._defer(job, f"{exc} (it was written moments ago; trying again)",
                                    delay=max(self.settings.stability_delay, 0.2) * 2)  # fmt: skip
             return self._finish_failed(job, str(exc), exc)

@@ -51,6 +51,10 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
     raise AssertionError(f"condition not met within {timeout} s: {predicate}")
 
 
+# Threads that libraries keep for the life of the process, not ours to stop.
+LIBRARY_THREADS = ("pydevd", "ThreadPoolExecutor", "tqdm_monitor")
+
+
 @pytest.fixture(scope="session")
 def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("state")
@@ -174,9 +178,10 @@ def no_leaked_threads() -> Iterator[None]:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         leaked = [
-            t for t in set(threading.enumerate()) - before
-            if t.is_alive() and not t.name.startswith(("pydevd", "ThreadPoolExecutor", "tqdm_monitor"))
-        ]  # fmt: skip
+            t
+            for t in set(threading.enumerate()) - before
+            if t.is_alive() and not t.name.startswith(LIBRARY_THREADS)
+        ]
         if not leaked:
             return
         time.sleep(0.05)

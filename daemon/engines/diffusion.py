@@ -9,6 +9,7 @@ mask → invert → blur → only-masked crop or whole-picture resize → masked
 from __future__ import annotations
 
 import random
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,9 @@ from daemon.profiles import Profile
 
 if TYPE_CHECKING:
     import torch
+
+# torchsde (DPM++ SDE) warns about float rounding of its Brownian interval; harmless.
+warnings.filterwarnings("ignore", message="Should have ta>=t0", category=UserWarning)
 
 Region = tuple[int, int, int, int]
 MAX_SEED = 2**32 - 1

@@ -1,0 +1,177 @@
+"""Section 7: bad input gets a clear error and nothing is lost; the next job goes on."""
+
+from __future__ import annotations
+
+import errno
+import struct
+import zlib
+
+from PIL import Image
+
+from tests.conftest import DATA, Workspace, wait_for
+
+
+def report_for(workspace: Workspace, profile: str, stem: str) -> str:
+    return (workspace.inbox / "_failed" / profile / f"{stem}.error.txt").read_text()
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A valid PNG header that claims a huge size; the pixel data is never reached."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def drop_good_after(workspace: Workspace, profile: str) -> None:
+    """Every bad input is followed by a good one, which must succeed."""
+    workspace.drop("chelsea.png", f"{profile}/good.png")
+    wait_for(lambda: any(p.name == "good.png" for p in workspace.done(profile)))
+
+
+def test_non_image_truncated_and_bomb_fail_with_reports(workspace: Workspace, running):
+    workspace.profile("img2img")
+    data = (DATA / "chelsea.png").read_bytes()
+    (workspace.inbox / "img2img/notes.png").write_text("this is not an image")
+    (workspace.inbox / "img2img/cut.png").write_bytes(data[: len(data) // 2])
+    (workspace.inbox / "img2img/bomb.png").write_bytes(bomb_png(30000, 30000))
+    (workspace.inbox / "img2img/empty.png").write_bytes(b"")
+    running(stability_delay=0.05)
+    wait_for(lambda: len([p for p in workspace.failed("img2img") if p.suffix == ".txt"]) == 4)
+    drop_good_after(workspace, "img2img")
+
+    assert "notes.png" in report_for(workspace, "img2img", "notes").splitlines()[0]
+    assert "cut.png" in report_for(workspace, "img2img", "cut").splitlines()[0]
+    assert "pixel" in report_for(workspace, "img2img", "bomb").splitlines()[0]
+    assert "empty" in report_for(workspace, "img2img", "empty").splitlines()[0]
+    for name in ("notes.png", "cut.png", "bomb.png", "empty.png"):
+        assert (workspace.inbox / "_failed/img2img" / name).exists(), name
+    assert not list((workspace.inbox / "img2img").iterdir())
+
+
+def test_mask_that_is_not_an_image_fails_the_job(workspace: Workspace, running):
+    workspace.profile("inpaint", task="inpaint")
+    (workspace.inbox / "inpaint/a.mask.png").write_text("not a mask")
+    Image.new("RGB", (64, 64)).save(workspace.inbox / "inpaint/a.png")
+    running()
+    wait_for(lambda: workspace.failed("inpaint"))
+    wait_for(lambda: (workspace.inbox / "_failed/inpaint/a.error.txt").exists())
+    assert "a.mask.png" in report_for(workspace, "inpaint", "a").splitlines()[0]
+    assert (workspace.inbox / "_failed/inpaint/a.mask.png").exists()
+    Image.new("L", (64, 64), 255).save(workspace.inbox / "inpaint/good.mask.png")
+    drop_good_after(workspace, "inpaint")
+
+
+def test_broken_per_image_yaml_fails_with_the_key_named(workspace: Workspace, running):
+    workspace.profile("img2img")
+    running()
+    (workspace.inbox / "img2img/a.yaml").write_text("steps: 9000\n")
+    workspace.drop("chelsea.png", "img2img/a.png")
+    (workspace.inbox / "img2img/b.yaml").write_text("prompt: [unclosed\n")
+    workspace.drop("chelsea.png", "img2img/b.png")
+    (workspace.inbox / "img2img/c.yaml").write_text("model: /etc/passwd\n")
+    workspace.drop("chelsea.png", "img2img/c.png")
+    wait_for(lambda: len([p for p in workspace.failed("img2img") if p.suffix == ".txt"]) == 3)
+    drop_good_after(workspace, "img2img")
+    assert "steps" in report_for(workspace, "img2img", "a").splitlines()[0]
+    assert "not valid YAML" in report_for(workspace, "img2img", "b").splitlines()[0]
+    assert "only a profile may set" in report_for(workspace, "img2img", "c").splitlines()[0]
+    assert (workspace.inbox / "_failed/img2img/a.yaml").exists()
+
+
+def test_yaml_alias_bomb_is_refused(workspace: Workspace, running):
+    workspace.profile("img2img")
+    running()
+    lines = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for index in range(1, 9):
+        prev = chr(ord("a") + index - 1)
+        lines.append(f"{chr(ord('a') + index)}: &{chr(ord('a') + index)} [*{prev},*{prev},*{prev}]")
+    (workspace.inbox / "img2img/lol.yaml").write_text("\n".join(lines) + "\n")
+    workspace.drop("chelsea.png", "img2img/lol.png")
+    wait_for(lambda: (workspace.inbox / "_failed/img2img/lol.error.txt").exists())
+    assert "aliases" in report_for(workspace, "img2img", "lol")
+
+
+def test_unsupported_file_type_goes_to_failed(workspace: Workspace, running):
+    workspace.profile("img2img")
+    running()
+    (workspace.inbox / "img2img/brief.docx").write_bytes(b"PK\x03\x04")
+    wait_for(lambda: (workspace.inbox / "_failed/img2img/brief.error.txt").exists())
+    assert "not a file type" in report_for(workspace, "img2img", "brief")
+    assert (workspace.inbox / "_failed/img2img/brief.docx").exists()
+
+
+def test_symlink_in_inbox_is_refused_not_followed(workspace: Workspace, running, tmp_path):
+    workspace.profile("img2img")
+    secret = tmp_path / "secret.png"
+    Image.new("RGB", (64, 64), (255, 0, 0)).save(secret)
+    running()
+    (workspace.inbox / "img2img/link.png").symlink_to(secret)
+    wait_for(lambda: (workspace.inbox / "_failed/img2img/link.error.txt").exists())
+    assert "symbolic link" in report_for(workspace, "img2img", "link")
+    assert (workspace.inbox / "_failed/img2img/link.png").is_symlink()
+    assert secret.exists() and not workspace.outputs("img2img")
+
+
+def test_missing_model_leaves_input_in_inbox_and_retries(workspace: Workspace, running, logs):
+    path = workspace.profile("img2img", model="/nowhere/model.safetensors")
+    running(retry_delay=0.2)
+    workspace.drop("chelsea.png", "img2img/wait.png")
+    wait_for(lambda: any("model '/nowhere/model.safetensors' not found" in line for line in logs))
+    assert (workspace.inbox / "img2img/wait.png").exists()
+    assert not workspace.failed("img2img")
+    path.write_text(path.read_text().replace("/nowhere/model.safetensors", "builtin:tiny-sd"))
+    wait_for(lambda: workspace.done("img2img"), timeout=30)
+    assert (workspace.outbox / "img2img/wait.png").exists()
+
+
+def test_disk_full_while_writing_keeps_the_input(workspace: Workspace, running, monkeypatch, logs):
+    """Fault injection: the first write of the results fails with ENOSPC."""
+    import daemon.processing as processing
+
+    real_write = processing.write_image
+    calls = {"n": 0}
+
+    def full_disk(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(processing, "write_image", full_disk)
+    workspace.profile("img2img")
+    running(retry_delay=0.2)
+    workspace.drop("chelsea.png", "img2img/full.png")
+    wait_for(lambda: workspace.done("img2img"))
+    assert any("No space left on device" in line and "retrying" in line for line in logs)
+    assert not workspace.failed("img2img")
+    names = sorted(p.name for p in workspace.outputs("img2img"))
+    assert names == ["full.png", "full.txt"]  # the failed attempt left nothing behind
+    assert not [p for p in (workspace.outbox / "img2img").iterdir() if p.name.startswith(".")]
+
+
+def test_gpu_out_of_memory_does_not_fail_the_file(workspace: Workspace, running, monkeypatch, logs):
+    """Fault injection: the pipeline raises torch's OutOfMemoryError once."""
+    import torch
+
+    from daemon.engines import diffusion
+
+    real = diffusion.DiffusionEngine._sample
+    calls = {"n": 0}
+
+    def out_of_memory(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(diffusion.DiffusionEngine, "_sample", out_of_memory)
+    workspace.profile("img2img")
+    running(retry_delay=0.2)
+    workspace.drop("chelsea.png", "img2img/oom.png")
+    wait_for(lambda: workspace.done("img2img"))
+    assert any("ran out of memory" in line for line in logs)
+    assert not workspace.failed("img2img")
