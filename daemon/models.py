@@ -34,7 +34,7 @@ from daemon.builtin import (
     is_builtin,
     model_hash_file,
 )
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, TransientError
 
 if TYPE_CHECKING:
     import torch
@@ -225,7 +225,13 @@ class ModelCache:
         loaded = self._loaded.get(ref)
         if loaded is None:
             source = self.source(ref)
-            loaded = _Loaded(source, {"img2img": self._load(source)})
+            try:
+                loaded = _Loaded(source, {"img2img": self._load(source)})
+            except Exception as exc:  # a broken or unreachable model is never the input's fault
+                raise TransientError(
+                    f"could not load model {source.name} ({source.location}): "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
             self._loaded[ref] = loaded
         if task not in loaded.pipelines:
             from diffusers import AutoPipelineForInpainting

@@ -219,9 +219,9 @@ class Daemon:
         companions = companions_on_disk(path)
         now = time.monotonic() if now is None else now
         still_writing = [c for c in companions.paths() if c in self.tracker]
-        missing = (
-            profile.needs_mask and companions.mask is None and companions.sketch is None
-        ) or (profile.needs_sketch and companions.sketch is None)
+        missing = (profile.needs_mask and companions.mask is None) or (
+            profile.needs_sketch and companions.sketch is None
+        )
         if still_writing or missing:
             deadline = deadline if deadline is not None else now + self.settings.pairing_window
             if still_writing or now < deadline:

@@ -175,3 +175,20 @@ def test_gpu_out_of_memory_does_not_fail_the_file(workspace: Workspace, running,
     wait_for(lambda: workspace.done("img2img"))
     assert any("ran out of memory" in line for line in logs)
     assert not workspace.failed("img2img")
+
+
+def test_broken_model_files_never_fail_the_input(workspace: Workspace, running, models, logs):
+    """A checkpoint that does not load is the process's problem: the input waits."""
+    import shutil
+
+    from daemon.builtin import ensure_builtin
+
+    broken = workspace.root / "broken-model"
+    shutil.copytree(ensure_builtin("tiny-sd", workspace.state_dir / "builtin"), broken)
+    (broken / "unet/diffusion_pytorch_model.safetensors").write_bytes(b"\0" * 100)
+    workspace.profile("img2img", model=str(broken))
+    running(retry_delay=60)
+    workspace.drop("chelsea.png", "img2img/patient.png")
+    wait_for(lambda: any("could not load model broken-model" in line for line in logs))
+    assert (workspace.inbox / "img2img/patient.png").exists()
+    assert not workspace.failed("img2img")

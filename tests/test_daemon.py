@@ -186,3 +186,38 @@ def test_changed_profile_applies_to_next_job_without_restart(workspace: Workspac
     workspace.drop("chelsea.png", "img2img/b.png")
     wait_for(lambda: len(workspace.done("img2img")) == 2)
     assert parse_infotext((workspace.outbox / "img2img/b.txt").read_text()).prompt == "second"
+
+
+def test_polling_mode_for_network_shares(workspace: Workspace, running):
+    """No inotify events on SMB/NFS: the polling observer and the stability delay do it."""
+    workspace.profile("img2img")
+    daemon = running(polling=True, poll_interval=0.1)
+    assert daemon._watcher is not None and daemon._watcher.polling
+    workspace.drop("chelsea.png", "img2img/share/cat.png")
+    wait_for(lambda: workspace.done("img2img"))
+    assert (workspace.outbox / "img2img/share/cat.png").exists()
+
+
+def test_folder_moved_in_with_files_is_processed(workspace: Workspace, running, tmp_path):
+    """Files inside a moved-in folder arrive with no events of their own."""
+    workspace.profile("img2img")
+    running()
+    staging = tmp_path / "staging/clip"
+    for index in range(2):
+        small_png(staging / f"f{index}.png")
+    os.rename(staging, workspace.inbox / "img2img/clip")
+    wait_for(lambda: len(workspace.done("img2img")) == 2)
+    assert sorted(p.name for p in workspace.outputs("img2img") if p.suffix == ".png") == [
+        "f0.png",
+        "f1.png",
+    ]
+
+
+def test_rescan_catches_files_the_watcher_missed(workspace: Workspace, running):
+    """Events can be dropped (queue overflow, remote writes); the periodic rescan finds them."""
+    workspace.profile("img2img")
+    daemon = running(rescan_interval=0.3)
+    assert daemon._watcher is not None
+    daemon._watcher.stop()  # from now on no events arrive at all
+    small_png(workspace.inbox / "img2img/missed.png")
+    wait_for(lambda: workspace.done("img2img"), timeout=20)
