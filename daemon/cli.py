@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     once.set_defaults(command=cmd_once)
     check = commands.add_parser("check", help="validate the config and every profile")
     check.set_defaults(command=cmd_check)
+    status = commands.add_parser(
+        "status", help="show the queue, the job in hand, recent results and failures"
+    )
+    status.set_defaults(command=cmd_status)
     return parser
 
 
@@ -103,6 +107,14 @@ def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
+    from daemon.service import JOURNAL_NAME
+    from daemon.status import status_report
+
+    sys.stdout.write(status_report(settings.state_dir, JOURNAL_NAME))
+    return EXIT_OK
+
+
 def _install_signal_handlers(on_first: object) -> None:
     """First SIGTERM/SIGINT: finish the job in hand, then exit. Second: exit now."""
     state = {"count": 0}
@@ -134,7 +146,11 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     daemon = Daemon(settings)
     _install_signal_handlers(daemon.stop_event)
-    daemon.run_forever()
+    try:
+        daemon.run_forever()
+    except ConfigError as exc:  # another daemon owns the folders
+        logger.error(str(exc))
+        return EXIT_CONFIG
     logger.info("stopped")
     return EXIT_OK
 
@@ -162,7 +178,13 @@ def cmd_once(settings: Settings, _args: argparse.Namespace) -> int:
 
     daemon.on_job_queued = on_job_queued
     daemon.on_job_end = lambda _job, _status: bar.update(1)
-    tally = daemon.run_once()
+    try:
+        tally = daemon.run_once()
+    except ConfigError as exc:
+        bar.close()
+        _setup_logging(settings.log_level)
+        logger.error(str(exc))
+        return EXIT_CONFIG
     bar.close()
     _setup_logging(settings.log_level)
     logger.info(

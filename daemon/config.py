@@ -83,4 +83,19 @@ def load_settings(config_path: Path | None, *, cwd: Path | None = None) -> Setti
     except ValidationError as exc:
         problems = describe(exc, config_path)
         raise ConfigError(problems[0], problems) from exc
-    return settings.resolved(config_path.resolve().parent)
+    return check_folders(settings.resolved(config_path.resolve().parent), config_path)
+
+
+def check_folders(settings: Settings, source: Path | str) -> Settings:
+    """Refuse folder layouts that would make the daemon eat its own output."""
+    inbox, outbox = settings.inbox, settings.outbox
+    if outbox == inbox or inbox in outbox.parents:
+        raise ConfigError(
+            f"{source}: outbox: {outbox} is inside the inbox {inbox}; the daemon would process "
+            "its own results. Put the outbox beside the inbox."
+        )
+    if outbox in inbox.parents:
+        raise ConfigError(
+            f"{source}: inbox: {inbox} is inside the outbox {outbox}; keep them apart"
+        )
+    return settings

@@ -7,6 +7,7 @@ in a ``masks/`` folder there.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from daemon.jobs import Job
@@ -16,23 +17,24 @@ DONE_FOLDER = "_done"
 FAILED_FOLDER = "_failed"
 
 
-def _move_job(job: Job, inbox: Path, folder_name: str) -> list[Path]:
+def move_inputs(inputs: Sequence[Path], profile: str, inbox: Path, folder_name: str) -> list[Path]:
+    """Move ``inputs`` from ``inbox/<profile>/…`` to ``inbox/<folder_name>/<profile>/…``."""
     moved = []
-    profile_root = inbox / job.profile
-    for source in job.inputs:
+    profile_root = inbox / profile
+    for source in inputs:
         relative = source.parent.relative_to(profile_root)
-        moved += move_into([source], inbox / folder_name / job.profile / relative)
+        moved += move_into([source], inbox / folder_name / profile / relative)
     return moved
 
 
 def archive(job: Job, inbox: Path) -> list[Path]:
     """Move the inputs of a finished job to ``_done``; returns their new paths."""
-    return _move_job(job, inbox, DONE_FOLDER)
+    return move_inputs(job.inputs, job.profile, inbox, DONE_FOLDER)
 
 
 def fail(job: Job, inbox: Path, reason: str, error: BaseException | None) -> Path:
     """Move the inputs to ``_failed`` and write ``<stem>.error.txt``; returns the report path."""
-    moved = _move_job(job, inbox, FAILED_FOLDER)
+    moved = move_inputs(job.inputs, job.profile, inbox, FAILED_FOLDER)
     image = moved[0]
     report = image.with_name(f"{image.stem}.error.txt")
     counter = 0

@@ -89,12 +89,19 @@ def resolve_model(
             _refuse_pickle(candidate)
             if candidate.suffix.lower() in SAFE_CHECKPOINT_SUFFIXES:
                 return ModelSource(ref, "single_file", str(candidate.resolve()), candidate.stem)
-    if _REPO_ID.match(ref) and not Path(ref).exists():
+    if _looks_like_repo_id(ref):
         return ModelSource(ref, "hub", ref, ref.split("/")[-1])
     places = ", ".join(str(p) for p in looked) or "nowhere (no models_dir configured)"
     raise ConfigError(
         f"model '{ref}' not found: looked for a diffusers folder or a .safetensors file at {places}"
     )
+
+
+def _looks_like_repo_id(ref: str) -> bool:
+    """``org/name`` on the hub; never something that is plainly a file name or a path."""
+    suffix = Path(ref).suffix.lower()
+    is_file_name = suffix in (*SAFE_CHECKPOINT_SUFFIXES, *PICKLE_SUFFIXES)
+    return bool(_REPO_ID.match(ref)) and not is_file_name and not ref.startswith(".")
 
 
 def _candidates(ref: str, models_dir: Path | None) -> list[Path]:

@@ -32,7 +32,7 @@ _JUNK_NAME_PATTERNS = (
 _JUNK_DIRS = frozenset({"@eadir", "__macosx", "$recycle.bin", "lost+found"})
 # Syncthing keeps the extension on conflict copies; they are someone's other version of a
 # file, never a new job, so they wait in the inbox for a person (README: "Sync conflicts").
-_SYNC_CONFLICT = re.compile(r"\.sync-conflict-\d{8}-\d{6}-[A-Z0-9]{7}", re.IGNORECASE)
+_SYNC_CONFLICT = re.compile(r"\.sync-conflict-\d{8}-\d{6}(-[A-Z0-9]+)?(\.|$)", re.IGNORECASE)
 
 
 class Kind(enum.Enum):

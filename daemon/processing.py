@@ -131,7 +131,18 @@ class JobRunner:
         self.models = models
         self.engine = DiffusionEngine(models)
 
-    def run(self, job: Job, *, on_step: Callable[[int, int], None] | None = None) -> JobResult:
+    def run(
+        self,
+        job: Job,
+        *,
+        on_step: Callable[[int, int], None] | None = None,
+        on_planned: Callable[[list[Path]], None] | None = None,
+    ) -> JobResult:
+        """Paint ``job`` and write its outputs.
+
+        ``on_planned`` is called with every output path just before the first is written,
+        so the journal can roll back a half-written group after a crash.
+        """
         notes: list[str] = []
         self._check_regular_file(job.image)
         profile = self.profiles.get(job.profile)  # ConfigError: the profile's fault, not the file's
@@ -160,7 +171,7 @@ class JobRunner:
         except Exception as exc:
             raise _classify_runtime_error(exc) from exc
         notes += painting.notes
-        outputs = self._write(job, settings, painting, source)
+        outputs = self._write(job, settings, painting, source, on_planned)
         return JobResult(outputs, notes)
 
     def _check_regular_file(self, path: Path) -> None:
@@ -230,7 +241,12 @@ class JobRunner:
             raise TransientError(f"{exc}; the input waits in the inbox") from exc
 
     def _write(
-        self, job: Job, settings: Profile, painting: Painting, source: ModelSource
+        self,
+        job: Job,
+        settings: Profile,
+        painting: Painting,
+        source: ModelSource,
+        on_planned: Callable[[list[Path]], None] | None,
     ) -> list[Path]:
         folder = inside(self.settings.outbox, job.profile, job.sub_dir)
         extension = f".{settings.output_format}"
@@ -240,6 +256,10 @@ class JobRunner:
             (extension, ".txt"),
             overwrite=settings.overwrite,
         )
+        if on_planned is not None:
+            on_planned(
+                [folder / f"{stem}{suffix}" for stem in stems for suffix in (extension, ".txt")]
+            )
         model_hash = self.models.model_hash(source)
         written: list[Path] = []
         try:

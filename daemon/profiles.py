@@ -111,7 +111,10 @@ class Profile(BaseModel):
     def _consistent(self) -> Profile:
         if self.scale is not None and (self.width is not None or self.height is not None):
             raise ValueError("set either scale or width/height, not both")
-        self.sampler  # noqa: B018 - raises ValueError listing the valid labels
+        try:
+            self.sampler  # noqa: B018 - raises ValueError listing the valid labels
+        except ValueError as exc:
+            raise ValueError(f"sampler_name / scheduler: {exc}") from exc
         return self
 
     @property
@@ -175,7 +178,8 @@ def _merged_raw(folder: Path, name: str) -> tuple[dict[str, Any], tuple[Path, ..
     current: str | None = name
     while current is not None:
         if "/" in current or "\\" in current or current.startswith("."):
-            raise ConfigError(f"{chain[-1][0]}: extends: '{current}' must be a profile name")
+            where = f"{chain[-1][0]}: extends" if chain else f"{folder / name}.yaml"
+            raise ConfigError(f"{where}: '{current}' must be a profile name (no / \\ or leading .)")
         path = folder / f"{current}.yaml"
         if any(seen == path for seen, _ in chain):
             raise ConfigError(f"{path}: extends: '{current}' makes a loop")

@@ -23,14 +23,17 @@ from daemon.config import Settings
 from daemon.errors import ConfigError, InputError, TransientError, UnreadableInput
 from daemon.imaging import IMAGE_EXTENSIONS
 from daemon.jobs import Job, JobQueue, JobStatus
+from daemon.journal import Journal
 from daemon.lifecycle import archive, fail
 from daemon.models import ModelCache
 from daemon.pairing import Kind, classify, companions_on_disk, route
 from daemon.processing import JobRunner
 from daemon.profiles import ProfileStore, profile_names
+from daemon.recovery import StateLock, recover
 from daemon.stability import StabilityTracker
 from daemon.watcher import InboxWatcher, walk_files
 
+JOURNAL_NAME = "journal.sqlite3"
 TICK = 0.05  # s between passes of the main loop over completed files
 MAX_BACKOFF = 600.0  # s, cap on the retry delay for jobs that hit a process fault
 UNEXPECTED_ERROR_TRIES = 3  # an unknown error fails the file only when it repeats
@@ -62,6 +65,9 @@ class Daemon:
         )
         self.runner = JobRunner(settings, self.profiles, self.models)
         self.tally = Tally()
+        self.lock = StateLock(settings.state_dir)
+        self.journal: Journal | None = None
+        self._rows: dict[int, int] = {}  # job id -> journal row
         self.stop_event = threading.Event()
         self.current: Job | None = None
         self.on_job_queued: Callable[[Job], None] | None = None
@@ -88,6 +94,9 @@ class Daemon:
 
     def start(self) -> None:
         names = self.prepare_folders()
+        self.lock.acquire()  # ConfigError when another daemon owns these folders
+        self.journal = Journal(self.settings.state_dir / JOURNAL_NAME)
+        recover(self.journal, inbox=self.settings.inbox, outbox=self.settings.outbox)
         logger.info(
             "watching {} for profiles {} → results in {}",
             self.settings.inbox, ", ".join(names) or "(none)", self.settings.outbox,
@@ -119,6 +128,11 @@ class Daemon:
             self._watcher.stop()
         if self._worker.is_alive():
             self._worker.join()
+        if self.journal is not None:
+            self.journal.prune()
+            self.journal.close()
+            self.journal = None
+        self.lock.release()
 
     def run_forever(self, *, tick: float = TICK) -> None:
         self.start()
@@ -203,7 +217,7 @@ class Daemon:
                 f"inbox/{where.profile}/ holds files but there is no profiles/{where.profile}.yaml;"
                 " they wait until there is (or move them to a profile folder)",
             )
-            self.tracker.touch(path, not_before=time.monotonic() + self.settings.rescan_interval)
+            self._hold(path, self.settings.rescan_interval)
             return
         try:
             profile = self.profiles.get(where.profile).settings
@@ -212,9 +226,7 @@ class Daemon:
                 f"bad-profile:{where.profile}:{exc}",
                 f"profile {where.profile} is invalid, its files wait until it is fixed: {exc}",
             )
-            self.tracker.touch(
-                path, not_before=time.monotonic() + min(self.settings.retry_delay, 5.0)
-            )
+            self._hold(path, min(self.settings.retry_delay, 5.0))
             return
         companions = companions_on_disk(path)
         now = time.monotonic() if now is None else now
@@ -242,13 +254,44 @@ class Daemon:
             self._claimed.update(job.inputs)
         for companion in companions.paths():
             self.tracker.forget(companion)
+        self._record_queued(job)
         self.queue.put(job)
         if self.on_job_queued is not None:
             self.on_job_queued(job)
 
+    def _hold(self, path: Path, seconds: float) -> None:
+        """A file that cannot become a job yet (no or bad profile): look again later.
+
+        ``once`` does not wait: the file stays in the inbox and counts as left for later.
+        """
+        if self.watch:
+            self.tracker.touch(path, not_before=time.monotonic() + seconds)
+        else:
+            self.tally.deferred += 1
+
+    def _record_queued(self, job: Job) -> None:
+        if self.journal is not None:
+            self._rows[job.id] = self.journal.queued(job)
+
+    def _record(
+        self, job: Job, state: JobStatus, *, reason: str = "", seconds: float | None = None
+    ) -> None:
+        """Write the job's new state to the journal (see journal.py for the states)."""
+        row = self._rows.get(job.id)
+        if self.journal is None or row is None:
+            return
+        if state is JobStatus.RUNNING:
+            self.journal.running(row)
+        elif state is JobStatus.WRITTEN:
+            self.journal.written(row)
+        else:
+            del self._rows[job.id]
+            self.journal.finished(row, state, reason=reason, seconds=seconds)
+
     def _refuse_unsupported(self, path: Path, profile: str) -> None:
         job = Job(profile=profile, image=path, sub_dir=route(self.settings.inbox, path).sub_dir)  # type: ignore[union-attr]
         kinds = " ".join(sorted(IMAGE_EXTENSIONS))
+        self._record_queued(job)
         self._finish_failed(
             job,
             f"{path.name} is not a file type img2imgd handles (images: {kinds}; settings: .yaml)",
@@ -281,8 +324,15 @@ class Daemon:
 
     def _execute(self, job: Job) -> JobStatus:
         started = time.monotonic()
+        self._record(job, JobStatus.RUNNING)
+        row = self._rows.get(job.id)
+
+        def planned(paths: list[Path]) -> None:
+            if self.journal is not None and row is not None:
+                self.journal.writing(row, paths)
+
         try:
-            result = self.runner.run(job)
+            result = self.runner.run(job, on_planned=planned)
         except InputError as exc:
             if isinstance(exc, UnreadableInput) and self._maybe_still_writing(job):
                 return self._defer(job, f"{exc} (it was written moments ago; trying again)",
@@ -299,6 +349,7 @@ class Daemon:
                 f"{type(exc).__name__}: {exc}", exc,
             )  # fmt: skip
         seconds = time.monotonic() - started
+        self._record(job, JobStatus.WRITTEN)
         try:
             archive(job, self.settings.inbox)
         except OSError as exc:  # the results exist; the input stays, and a rerun adds -1 copies
@@ -312,6 +363,7 @@ class Daemon:
         )
         logger.success("done {} → {} ({:.1f} s)", job.label, outputs, seconds)
         self._attempts.pop(job.image, None)
+        self._record(job, JobStatus.DONE, seconds=seconds)
         self.tally.done += 1
         self.tally.seconds.append(seconds)
         return JobStatus.DONE
@@ -330,6 +382,7 @@ class Daemon:
         """Leave the input in the inbox and try it again later (``delay`` None: a process fault)."""
         attempts = job.attempt + 1
         self._attempts[job.image] = attempts
+        self._record(job, JobStatus.DEFERRED, reason=reason)
         if delay is None:
             self.tally.deferred += 1
             if not self.watch:  # `once`: the next run tries again
@@ -349,6 +402,7 @@ class Daemon:
             )
             return self._defer(job, "could not move the failed input")
         self._attempts.pop(job.image, None)
+        self._record(job, JobStatus.FAILED, reason=reason)
         self.tally.failed += 1
         logger.error(
             "FAILED {}: {} (report: {})", job.label, reason, report.relative_to(self.settings.inbox)

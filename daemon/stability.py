@@ -62,7 +62,11 @@ class StabilityTracker:
                 self._watched[path] = _Watched(-1, -1, now, closed, not_before)
                 return
             entry.closed = closed
-            if not closed:
+            if closed:
+                # Look again after the close: what the next poll sees is the final file,
+                # and any change after that (without a new close) cancels the close.
+                entry.size = entry.mtime_ns = -1
+            else:
                 entry.changed_at = now
             entry.not_before = max(entry.not_before, not_before)
 
@@ -87,7 +91,10 @@ class StabilityTracker:
                     del self._watched[path]
                     continue
                 if (st.st_size, st.st_mtime_ns) != (entry.size, entry.mtime_ns):
+                    first_look = entry.size == -1
                     entry.size, entry.mtime_ns, entry.changed_at = st.st_size, st.st_mtime_ns, now
+                    if not first_look:
+                        entry.closed = False  # it changed after its writer closed it
                     if not entry.closed:
                         continue
                 settled = now - entry.changed_at >= self.delay

@@ -98,7 +98,7 @@ class Workspace:
             "inbox": self.inbox,
             "outbox": self.outbox,
             "profiles": self.profiles,
-            "state_dir": self.state_dir,
+            "state_dir": self.root / "state",  # journal and lock: one daemon per test
             "device": "cpu",
             "stability_delay": 0.1,
             "pairing_window": 1.0,
