@@ -59,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
         "status", help="show the queue, the job in hand, recent results and failures"
     )
     status.set_defaults(command=cmd_status)
+    service = commands.add_parser(
+        "install-service", help="write a systemd unit for `img2imgd run` and say how to enable it"
+    )
+    service.add_argument("--user", action="store_true", help="a user unit (no root needed)")
+    service.add_argument(
+        "--print", dest="print_only", action="store_true", help="print the unit, write nothing"
+    )
+    service.set_defaults(command=cmd_install_service)
     return parser
 
 
@@ -112,6 +120,32 @@ def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
     from daemon.status import status_report
 
     sys.stdout.write(status_report(settings.state_dir, JOURNAL_NAME))
+    return EXIT_OK
+
+
+def cmd_install_service(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.systemd import enable_hint, install_unit, unit_file, writable_dirs
+
+    command = [sys.executable, "-m", "daemon"]
+    if args.config is not None:
+        command += ["--config", str(args.config.resolve())]
+    elif (Path.cwd() / "img2imgd.yaml").is_file():
+        command += ["--config", str((Path.cwd() / "img2imgd.yaml").resolve())]
+    text = unit_file(
+        exec_start=[*command, "run"], working_dir=Path.cwd(), settings=settings, user=args.user
+    )
+    if args.print_only:
+        sys.stdout.write(text)
+        return EXIT_OK
+    for folder in writable_dirs(settings):  # systemd refuses to start without them
+        folder.mkdir(parents=True, exist_ok=True)
+    try:
+        path = install_unit(text, user=args.user)
+    except PermissionError:
+        logger.error("cannot write the system unit: run this with sudo, or use --user")
+        return EXIT_CONFIG
+    logger.success("wrote {}", path)
+    sys.stdout.write(enable_hint(path, user=args.user) + "\n")
     return EXIT_OK
 
 

@@ -31,9 +31,11 @@ from daemon.processing import JobRunner
 from daemon.profiles import ProfileStore, profile_names
 from daemon.recovery import StateLock, recover
 from daemon.stability import StabilityTracker
+from daemon.systemd import Notifier
 from daemon.watcher import InboxWatcher, walk_files
 
 JOURNAL_NAME = "journal.sqlite3"
+STOP_EXTENSION = 30.0  # s asked of systemd at a time while the job in hand finishes
 TICK = 0.05  # s between passes of the main loop over completed files
 MAX_BACKOFF = 600.0  # s, cap on the retry delay for jobs that hit a process fault
 UNEXPECTED_ERROR_TRIES = 3  # an unknown error fails the file only when it repeats
@@ -66,6 +68,7 @@ class Daemon:
         self.runner = JobRunner(settings, self.profiles, self.models)
         self.tally = Tally()
         self.lock = StateLock(settings.state_dir)
+        self.notifier = Notifier()
         self.journal: Journal | None = None
         self._rows: dict[int, int] = {}  # job id -> journal row
         self.stop_event = threading.Event()
@@ -117,6 +120,7 @@ class Daemon:
             )  # fmt: skip
             self._scheduler.start()
         self.rescan()  # files already present go through the same stability check
+        self.notifier.ready(self.status_line())
 
     def stop(self) -> None:
         """Stop taking files; the job in hand finishes; queued jobs stay in the inbox."""
@@ -126,8 +130,12 @@ class Daemon:
             self._scheduler.shutdown(wait=False)
         if self._watcher is not None:
             self._watcher.stop()
-        if self._worker.is_alive():
-            self._worker.join()
+        self.notifier.stopping(f"finishing {self.current.label}" if self.current else "stopping")
+        while self._worker.is_alive():
+            # A long job may outlast the unit's TimeoutStopSec: ask systemd for more time
+            # while the job in hand finishes, rather than be killed half-way.
+            self.notifier.extend_timeout(STOP_EXTENSION)
+            self._worker.join(timeout=STOP_EXTENSION / 2)
         if self.journal is not None:
             self.journal.prune()
             self.journal.close()
@@ -136,11 +144,25 @@ class Daemon:
 
     def run_forever(self, *, tick: float = TICK) -> None:
         self.start()
+        interval = self.notifier.watchdog_interval()
+        next_ping = 0.0
         try:
             while not self.stop_event.wait(tick):
                 self.step()
+                if interval is not None and time.monotonic() >= next_ping:
+                    self.notifier.watchdog_ping()
+                    next_ping = time.monotonic() + interval
         finally:
             self.stop()
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: the queue and the job in hand."""
+        current = self.current
+        doing = f"working on {current.label}" if current else "idle"
+        return (
+            f"{doing}; {len(self.queue)} queued; {self.tally.done} done, "
+            f"{self.tally.failed} failed since start"
+        )
 
     def run_once(self, *, tick: float = TICK) -> Tally:
         """Process what is in the inbox now; return when nothing is left to do."""
@@ -314,11 +336,13 @@ class Daemon:
                 self._release(job)  # not started: it stays in the inbox for the next run
                 break
             self.current = job
+            self.notifier.status(self.status_line())
             try:
                 status = self._execute(job)
             finally:
                 self.current = None
                 self._release(job)
+                self.notifier.status(self.status_line())
             if self.on_job_end is not None:
                 self.on_job_end(job, status)
 
