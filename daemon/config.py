@@ -9,9 +9,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from daemon.errors import ConfigError
+from daemon.schedule import parse_window
 from daemon.validation import describe
 from daemon.yamlsafe import YamlProblem, read_mapping
 
@@ -39,9 +40,20 @@ class Settings(BaseModel):
         30.0, gt=0.0, le=86400.0
     )  # s before a job that hit a process fault runs again
 
+    unload_after: float = Field(900.0, ge=0.0)  # s idle before a model leaves (GPU) memory; 0 never
+    processing_hours: str | None = None  # e.g. "22:00-06:00": jobs run only then
+    prune_done_after_days: float | None = Field(None, gt=0.0)  # delete from _done after N days
+
     max_image_pixels: int = Field(64_000_000, gt=0)  # decoded pixels; larger inputs fail
     max_input_bytes: int = Field(512 * 1024 * 1024, gt=0)  # bytes; larger inputs fail
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("processing_hours")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_window(value)
+        return value
 
     def resolved(self, base: Path) -> Settings:
         """The same settings with every folder made absolute against ``base``."""

@@ -21,6 +21,7 @@ import json
 import os
 import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -199,6 +200,7 @@ class HashCache:
 class _Loaded:
     source: ModelSource
     pipelines: dict[PipelineTask, Any]
+    last_used: float = 0.0
 
 
 class ModelCache:
@@ -211,6 +213,7 @@ class ModelCache:
         self.requested_device = device
         self.hashes = HashCache(state_dir / "hashes.json")
         self._loaded: dict[str, _Loaded] = {}
+        self._low_memory: set[str] = set()  # refs that ran out of GPU memory once
         self._device: tuple[str, torch.dtype] | None = None
 
     @property
@@ -240,6 +243,9 @@ class ModelCache:
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
             self._loaded[ref] = loaded
+            if ref in self._low_memory:
+                _low_memory(loaded.pipelines["img2img"])
+        loaded.last_used = time.monotonic()
         if task not in loaded.pipelines:
             from diffusers import AutoPipelineForInpainting
 
@@ -280,6 +286,26 @@ class ModelCache:
         if self._loaded.pop(ref, None) is not None:
             _free_device_memory()
 
+    def use_low_memory(self, ref: str) -> None:
+        """Attention slicing and VAE slicing/tiling for a model, now and whenever it loads
+        again: slower, far less memory. The inpaint pipeline shares the modules."""
+        self._low_memory.add(ref)
+        loaded = self._loaded.get(ref)
+        for pipe in loaded.pipelines.values() if loaded else ():
+            _low_memory(pipe)
+
+    def unload_idle(self, max_idle: float, *, now: float | None = None) -> list[str]:
+        """Drop models unused for ``max_idle`` seconds; returns their names.
+
+        The caller must make sure no job is using them (the daemon holds its GPU lock).
+        """
+        now = time.monotonic() if now is None else now
+        idle = [ref for ref, item in self._loaded.items() if now - item.last_used >= max_idle]
+        names = [self._loaded.pop(ref).source.name for ref in idle]
+        if names:
+            _free_device_memory()
+        return names
+
     def unload_all(self) -> None:
         self._loaded.clear()
         _free_device_memory()
@@ -287,6 +313,12 @@ class ModelCache:
     @property
     def loaded(self) -> list[str]:
         return list(self._loaded)
+
+
+def _low_memory(pipe: Any) -> None:
+    pipe.enable_attention_slicing()
+    pipe.vae.enable_slicing()
+    pipe.vae.enable_tiling()
 
 
 def _has_safety_checker(folder: Path) -> bool:

@@ -163,13 +163,29 @@ class JobRunner:
             notes.append(note)
         source = self._model_source(settings.model)
         seed = draw_seed(settings.seed)
-        try:
-            painting = self.engine.paint(
+
+        def paint() -> Painting:
+            return self.engine.paint(
                 canvas, settings, width=width, height=height, seed=seed,
                 prompt=settings.prompt, negative_prompt=settings.negative_prompt, on_step=on_step,
             )  # fmt: skip
+
+        try:
+            painting = paint()
         except Exception as exc:
-            raise _classify_runtime_error(exc) from exc
+            if not _is_out_of_memory(exc):
+                raise _classify_runtime_error(exc) from exc
+            _empty_cuda_cache()
+            logger.warning(
+                "{}: the GPU ran out of memory; retrying once with attention slicing and VAE "
+                "tiling (slower, much less memory), kept on for this model",
+                job.label,
+            )
+            self.models.use_low_memory(settings.model)
+            try:
+                painting = paint()
+            except Exception as again:
+                raise _classify_runtime_error(again) from again
         notes += painting.notes
         outputs = self._write(job, settings, painting, source, on_planned)
         return JobResult(outputs, notes)
@@ -298,13 +314,19 @@ def _classify_runtime_error(exc: Exception) -> Exception:
     """Errors out of the model: out of memory and I/O are the process's fault."""
     if isinstance(exc, (InputError, TransientError, ConfigError)):
         return exc
-    name = type(exc).__name__
-    if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+    if _is_out_of_memory(exc):
         _empty_cuda_cache()
-        return TransientError("the GPU ran out of memory; the job will be retried")
+        return TransientError(
+            "the GPU ran out of memory even with low-memory settings; lower max_pixels or "
+            "batch_size, or free the GPU"
+        )
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EIO, errno.ENOENT):
         return TransientError(f"I/O error while painting: {exc}")
     return exc
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower()
 
 
 def _empty_cuda_cache() -> None:

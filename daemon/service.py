@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -24,18 +25,20 @@ from daemon.errors import ConfigError, InputError, TransientError, UnreadableInp
 from daemon.imaging import IMAGE_EXTENSIONS
 from daemon.jobs import Job, JobQueue, JobStatus
 from daemon.journal import Journal
-from daemon.lifecycle import archive, fail
+from daemon.lifecycle import DONE_FOLDER, archive, fail
 from daemon.models import ModelCache
 from daemon.pairing import Kind, classify, companions_on_disk, route
 from daemon.processing import JobRunner
 from daemon.profiles import ProfileStore, profile_names
 from daemon.recovery import StateLock, recover
+from daemon.schedule import parse_window, prune_done
 from daemon.stability import StabilityTracker
 from daemon.systemd import Notifier
 from daemon.watcher import InboxWatcher, walk_files
 
 JOURNAL_NAME = "journal.sqlite3"
 STOP_EXTENSION = 30.0  # s asked of systemd at a time while the job in hand finishes
+WATCHER_CHECK = 1.0  # s between checks that the watcher and the inbox are alive
 TICK = 0.05  # s between passes of the main loop over completed files
 MAX_BACKOFF = 600.0  # s, cap on the retry delay for jobs that hit a process fault
 UNEXPECTED_ERROR_TRIES = 3  # an unknown error fails the file only when it repeats
@@ -80,6 +83,12 @@ class Daemon:
         self._waiting: dict[Path, float] = {}  # image -> deadline for a required companion
         self._attempts: dict[Path, int] = {}
         self._said: set[str] = set()  # warnings already logged once
+        self._inbox_gone = False
+        # Held by the worker while it runs a job, and by housekeeping that touches the
+        # models (idle unloading), so a model is never freed under a running job.
+        self._gpu_lock = threading.Lock()
+        hours = settings.processing_hours
+        self.window = parse_window(hours) if hours else None
         self._watcher: InboxWatcher | None = None
         self._worker = threading.Thread(target=self._work, name="img2imgd-worker", daemon=True)
         self._scheduler: BackgroundScheduler | None = None
@@ -114,6 +123,7 @@ class Daemon:
             )
             self._watcher.start()
             self._scheduler = BackgroundScheduler(daemon=True)
+            self._add_housekeeping(self._scheduler)
             self._scheduler.add_job(
                 self.rescan, "interval", seconds=self.settings.rescan_interval,
                 id="rescan", max_instances=1, coalesce=True,
@@ -121,6 +131,37 @@ class Daemon:
             self._scheduler.start()
         self.rescan()  # files already present go through the same stability check
         self.notifier.ready(self.status_line())
+
+    def _add_housekeeping(self, scheduler: BackgroundScheduler) -> None:
+        settings = self.settings
+        if settings.unload_after > 0:
+            scheduler.add_job(
+                self.unload_idle_models, "interval", id="unload-idle", max_instances=1,
+                coalesce=True, seconds=max(1.0, min(60.0, settings.unload_after / 4)),
+            )  # fmt: skip
+        if settings.prune_done_after_days:
+            scheduler.add_job(
+                self.prune_done, "interval", hours=1, id="prune-done", max_instances=1,
+                coalesce=True, next_run_time=datetime.now(),
+            )  # fmt: skip
+
+    def unload_idle_models(self) -> None:
+        with self._gpu_lock:
+            names = self.models.unload_idle(self.settings.unload_after)
+        for name in names:
+            logger.info(
+                "unloaded model {} after {:.0f} s without jobs (it loads again on the next one)",
+                name, self.settings.unload_after,
+            )  # fmt: skip
+
+    def prune_done(self) -> None:
+        days = self.settings.prune_done_after_days
+        if not days:
+            return
+        done = self.settings.inbox / DONE_FOLDER
+        removed = prune_done(done, older_than=days * 86400, now=time.time())
+        if removed:
+            logger.info("pruned {} archived input(s) older than {:g} days", len(removed), days)
 
     def stop(self) -> None:
         """Stop taking files; the job in hand finishes; queued jobs stay in the inbox."""
@@ -147,8 +188,12 @@ class Daemon:
         interval = self.notifier.watchdog_interval()
         next_ping = 0.0
         try:
+            next_check = 0.0
             while not self.stop_event.wait(tick):
                 self.step()
+                if time.monotonic() >= next_check:
+                    self.check_watcher()
+                    next_check = time.monotonic() + WATCHER_CHECK
                 if interval is not None and time.monotonic() >= next_ping:
                     self.notifier.watchdog_ping()
                     next_ping = time.monotonic() + interval
@@ -191,18 +236,39 @@ class Daemon:
 
     def rescan(self) -> None:
         """Catch what the watcher missed (dropped events, network shares, start-up)."""
-        if (
-            self._watcher is not None
-            and not self._watcher.is_alive()
-            and not self.stop_event.is_set()
-        ):
-            logger.warning("the inbox watcher stopped; starting it again")
-            self._watcher.start()
+        if not self.settings.inbox.is_dir():
+            return  # gone (unmounted share): check_watcher says so and re-arms on return
         for path in walk_files(self.settings.inbox):
             with self._lock:
                 known = path in self._claimed or path in self._waiting
             if not known and path not in self.tracker:
                 self.tracker.touch(path)
+
+    def check_watcher(self) -> None:
+        """Re-arm the watcher when it died or the inbox came back; never treat a vanished
+        inbox as deleted inputs (a share that drops out comes back with its files)."""
+        watcher = self._watcher
+        if watcher is None or self.stop_event.is_set():
+            return
+        if not self.settings.inbox.is_dir():
+            if not self._inbox_gone:
+                self._inbox_gone = True
+                logger.warning(
+                    "the inbox {} is gone (unmounted share?); waiting for it to come back",
+                    self.settings.inbox,
+                )
+            watcher.stop()
+            return
+        if self._inbox_gone:
+            self._inbox_gone = False
+            logger.info("the inbox {} is back; watching it again", self.settings.inbox)
+        elif watcher.is_alive():
+            return
+        else:
+            logger.warning("the inbox watcher stopped; starting it again")
+        watcher.stop()
+        watcher.start()
+        self.rescan()
 
     def step(self) -> None:
         """Main loop: turn complete files into jobs, and re-check images waiting for companions."""
@@ -329,6 +395,9 @@ class Daemon:
 
     def _work(self) -> None:
         while not self.stop_event.is_set():
+            if not self._window_open():
+                self.stop_event.wait(1.0)
+                continue
             job = self.queue.get(timeout=0.5)
             if job is None:
                 continue
@@ -338,13 +407,28 @@ class Daemon:
             self.current = job
             self.notifier.status(self.status_line())
             try:
-                status = self._execute(job)
+                with self._gpu_lock:
+                    status = self._execute(job)
             finally:
                 self.current = None
                 self._release(job)
                 self.notifier.status(self.status_line())
             if self.on_job_end is not None:
                 self.on_job_end(job, status)
+
+    def _window_open(self) -> bool:
+        """Outside the processing hours files wait in the inbox (``once`` ignores the hours:
+        it is an explicit request to process now)."""
+        if self.window is None or not self.watch:
+            return True
+        if datetime.now().time() in self.window:
+            self._said.discard("window")
+            return True
+        self._say_once(
+            "window",
+            f"outside the processing hours {self.window}; files wait in the inbox until then",
+        )
+        return False
 
     def _execute(self, job: Job) -> JobStatus:
         started = time.monotonic()

@@ -105,6 +105,7 @@ class InboxWatcher:
             self._observer.schedule(handler, str(self.root), recursive=True)
             self._observer.start()
         except OSError as exc:
+            self.stop()  # release what the failed observer holds (inotify fd, threads)
             if self.polling or exc.errno not in (errno.ENOSPC, errno.EMFILE, errno.ENFILE):
                 raise
             logger.warning(
@@ -122,10 +123,17 @@ class InboxWatcher:
         return Observer()
 
     def is_alive(self) -> bool:
-        return self._observer is not None and self._observer.is_alive()
+        """False when the observer or its emitter stopped (e.g. the inbox was deleted or its
+        share unmounted: watchdog's emitter ends quietly while the observer lives on)."""
+        observer = self._observer
+        if observer is None or not observer.is_alive():
+            return False
+        emitters = list(observer.emitters)
+        return bool(emitters) and all(emitter.is_alive() for emitter in emitters)
 
     def stop(self) -> None:
-        if self._observer is not None:
-            self._observer.stop()
-            self._observer.join(timeout=5)
-            self._observer = None
+        observer, self._observer = self._observer, None
+        if observer is not None:
+            observer.stop()
+            if observer.is_alive():
+                observer.join(timeout=5)

@@ -153,8 +153,8 @@ def test_disk_full_while_writing_keeps_the_input(workspace: Workspace, running, 
     assert not [p for p in (workspace.outbox / "img2img").iterdir() if p.name.startswith(".")]
 
 
-def test_gpu_out_of_memory_does_not_fail_the_file(workspace: Workspace, running, monkeypatch, logs):
-    """Fault injection: the pipeline raises torch's OutOfMemoryError once."""
+def inject_out_of_memory(monkeypatch, times: int) -> dict[str, int]:
+    """Fault injection: the pipeline raises torch's OutOfMemoryError ``times`` times."""
     import torch
 
     from daemon.engines import diffusion
@@ -164,16 +164,39 @@ def test_gpu_out_of_memory_does_not_fail_the_file(workspace: Workspace, running,
 
     def out_of_memory(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 1:
+        if calls["n"] <= times:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(self, *args, **kwargs)
 
     monkeypatch.setattr(diffusion.DiffusionEngine, "_sample", out_of_memory)
+    return calls
+
+
+def test_out_of_memory_retries_at_once_with_low_memory_settings(
+    workspace: Workspace, running, monkeypatch, logs, models
+):
+    calls = inject_out_of_memory(monkeypatch, times=1)
+    workspace.profile("img2img")
+    daemon = running(retry_delay=60)
+    workspace.drop("chelsea.png", "img2img/oom.png")
+    wait_for(lambda: workspace.done("img2img"))
+    assert calls["n"] == 2 and daemon.tally.deferred == 0
+    assert any("retrying once with attention slicing" in line for line in logs)
+    pipe = models.pipeline("builtin:tiny-sd", "img2img")
+    assert pipe.vae.use_tiling, "low-memory settings stay on for the model"
+    models.unload("builtin:tiny-sd")  # the next test gets the model as it loads
+    models._low_memory.clear()
+
+
+def test_out_of_memory_twice_defers_without_failing_the_file(
+    workspace: Workspace, running, monkeypatch, logs
+):
+    inject_out_of_memory(monkeypatch, times=2)
     workspace.profile("img2img")
     running(retry_delay=0.2)
     workspace.drop("chelsea.png", "img2img/oom.png")
     wait_for(lambda: workspace.done("img2img"))
-    assert any("ran out of memory" in line for line in logs)
+    assert any("even with low-memory settings" in line and "retrying" in line for line in logs)
     assert not workspace.failed("img2img")
 
 
