@@ -101,14 +101,23 @@ def _preflight(settings: Settings) -> list[str]:
     return problems
 
 
-def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
-    from daemon.profiles import profile_names
-
+def _report_preflight(settings: Settings) -> bool:
+    """Log every configuration problem; True when there is none."""
     problems = _preflight(settings)
     for problem in problems:
         logger.error(problem)
     if problems:
-        logger.error("{} problem(s) found", len(problems))
+        logger.error(
+            "{} problem(s) found; fix them (img2imgd check lists them), then start again",
+            len(problems),
+        )
+    return not problems
+
+
+def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
+    from daemon.profiles import profile_names
+
+    if not _report_preflight(settings):
         return EXIT_CONFIG
     names = profile_names(settings.profiles)
     logger.success("config and {} profile(s) are valid: {}", len(names), ", ".join(names))
@@ -172,11 +181,7 @@ def _install_signal_handlers(on_first: object) -> None:
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
     from daemon.service import Daemon
 
-    problems = _preflight(settings)
-    for problem in problems:
-        logger.error(problem)
-    if problems:
-        logger.error("fix the problems above (img2imgd check lists them), then start again")
+    if not _report_preflight(settings):
         return EXIT_CONFIG
     daemon = Daemon(settings)
     _install_signal_handlers(daemon.stop_event)
@@ -195,10 +200,7 @@ def cmd_once(settings: Settings, _args: argparse.Namespace) -> int:
     from daemon.jobs import Job
     from daemon.service import Daemon
 
-    problems = _preflight(settings)
-    for problem in problems:
-        logger.error(problem)
-    if problems:
+    if not _report_preflight(settings):
         return EXIT_CONFIG
     daemon = Daemon(settings, watch=False)
     _install_signal_handlers(daemon.stop_event)
