@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from daemon.imaging import IMAGE_EXTENSIONS
 
 SETTINGS_EXTENSIONS = frozenset({".yaml", ".yml"})
+PARAMETERS_EXTENSION = ".txt"
 MASK_FOLDER = "masks"
 
 # Names that are never inputs: partial downloads and uploads, editor and sync temporaries,
@@ -28,6 +29,7 @@ MASK_FOLDER = "masks"
 _JUNK_NAME_PATTERNS = (
     "~$*", "*~", "*.tmp", "*.temp", "*.part", "*.partial", "*.crdownload", "*.filepart",
     "*.download", "~syncthing~*", "thumbs.db", "desktop.ini", "icon\r",
+    "*.error.txt",  # our own failure reports, moved back with a file to retry it
 )  # fmt: skip
 _JUNK_DIRS = frozenset({"@eadir", "__macosx", "$recycle.bin", "lost+found"})
 # Syncthing keeps the extension on conflict copies; they are someone's other version of a
@@ -40,6 +42,7 @@ class Kind(enum.Enum):
     MASK = "mask"
     SKETCH = "sketch"
     SETTINGS = "settings"
+    PARAMETERS = "parameters"  # <stem>.txt: an infotext or a caption, for use_png_info
     UNSUPPORTED = "unsupported"
 
 
@@ -86,6 +89,8 @@ def classify(where: Route) -> Kind:
     suffix = PurePosixPath(name).suffix
     if suffix in SETTINGS_EXTENSIONS:
         return Kind.SETTINGS
+    if suffix == PARAMETERS_EXTENSION:
+        return Kind.PARAMETERS
     if suffix not in IMAGE_EXTENSIONS:
         return Kind.UNSUPPORTED
     if where.sub_dir.name == MASK_FOLDER or PurePosixPath(name).stem.endswith(".mask"):
@@ -104,9 +109,11 @@ class Companions:
     mask: Path | None = None
     sketch: Path | None = None
     settings: Path | None = None
+    parameters: Path | None = None  # <stem>.txt
 
     def paths(self) -> tuple[Path, ...]:
-        return tuple(p for p in (self.mask, self.sketch, self.settings) if p is not None)
+        found = (self.mask, self.sketch, self.settings, self.parameters)
+        return tuple(p for p in found if p is not None)
 
 
 def find_companions(image: Path, names: set[str], mask_names: set[str]) -> Companions:
@@ -132,10 +139,12 @@ def find_companions(image: Path, names: set[str], mask_names: set[str]) -> Compa
         mask_path = folder / MASK_FOLDER / in_masks if in_masks else None
     sketch = by_lower.get(f"{stem.lower()}.sketch.png")
     settings = first([f"{stem.lower()}{ext}" for ext in sorted(SETTINGS_EXTENSIONS)], by_lower)
+    parameters = by_lower.get(f"{stem.lower()}{PARAMETERS_EXTENSION}")
     return Companions(
         mask=mask_path,
         sketch=folder / sketch if sketch else None,
         settings=folder / settings if settings else None,
+        parameters=folder / parameters if parameters else None,
     )
 
 

@@ -31,12 +31,13 @@ from daemon.imaging import (
     load_mask,
     scaled_size,
 )
-from daemon.infotext import format_infotext
+from daemon.infotext import format_infotext, png_info
 from daemon.jobs import Job
 from daemon.masks import composite_sketch, sketch_mask
 from daemon.models import ModelCache, ModelSource
 from daemon.outputs import claim_names, inside, output_stems, write_image, write_text
-from daemon.profiles import Profile, ProfileStore
+from daemon.pnginfo import model_note, settings_from_infotext
+from daemon.profiles import LoadedProfile, Profile, ProfileStore
 from daemon.samplers import infotext_fields
 from daemon.yamlsafe import YamlProblem, read_mapping
 
@@ -146,17 +147,9 @@ class JobRunner:
         notes: list[str] = []
         self._check_regular_file(job.image)
         profile = self.profiles.get(job.profile)  # ConfigError: the profile's fault, not the file's
-        settings = profile.settings
-        yaml_path = job.companions.settings
-        if yaml_path is not None:
-            self._check_regular_file(yaml_path)
-            try:
-                overrides = read_mapping(yaml_path, max_bytes=PER_IMAGE_YAML_BYTES)
-            except YamlProblem as exc:
-                raise InputError(f"{yaml_path.name}: {exc}") from exc
-            settings = profile.with_overrides(overrides, yaml_path)
-
-        canvas = self._canvas(job, settings, notes)
+        image = _storage_safe(load_image, job.image, max_pixels=self.settings.max_image_pixels)
+        settings = self._settings(job, profile, image, notes)
+        canvas = self._canvas(job, settings, flatten_on_white(image), notes)
         width, height = processing_size(settings, canvas.image.width, canvas.image.height)
         note = aspect_note(settings, canvas.image.size, (width, height))
         if note:
@@ -214,10 +207,51 @@ class JobRunner:
         if st.st_size == 0:
             raise UnreadableInput(f"{path.name} is empty (0 bytes)")
 
-    def _canvas(self, job: Job, settings: Profile, notes: list[str]) -> Canvas:
+    def _settings(
+        self, job: Job, profile: LoadedProfile, image: Image.Image, notes: list[str]
+    ) -> Profile:
+        """The profile, then the input's own parameters (use_png_info), then its YAML."""
+        overrides: dict[str, Any] = {}
+        sources = []
+        if profile.settings.use_png_info:
+            text, where = self._parameters_text(job, image)
+            if text is not None:
+                found = settings_from_infotext(text)
+                overrides.update(found.overrides)
+                notes += [f"{where}: {note}" for note in found.notes]
+                sources.append(where)
+                source = self._model_source(profile.settings.model)
+                mismatch = model_note(found.model_hash, self.models.model_hash(source), source.name)
+                if mismatch:
+                    notes.append(mismatch)
+        yaml_path = job.companions.settings
+        if yaml_path is not None:
+            self._check_regular_file(yaml_path)
+            try:
+                overrides.update(read_mapping(yaml_path, max_bytes=PER_IMAGE_YAML_BYTES))
+            except YamlProblem as exc:
+                raise InputError(f"{yaml_path.name}: {exc}") from exc
+            sources.append(yaml_path.name)
+        if not overrides:
+            return profile.settings
+        return profile.with_overrides(overrides, Path(" + ".join(sources)))
+
+    def _parameters_text(self, job: Job, image: Image.Image) -> tuple[str | None, str]:
+        """A ``<stem>.txt`` beside the input wins over the image's own parameters."""
+        path = job.companions.parameters
+        if path is not None:
+            self._check_regular_file(path)
+            try:
+                data = path.read_bytes()[: PER_IMAGE_YAML_BYTES + 1]
+            except OSError as exc:
+                raise TransientError(f"could not read {path.name}: {exc.strerror}") from exc
+            if len(data) > PER_IMAGE_YAML_BYTES:
+                raise InputError(f"{path.name} is larger than {PER_IMAGE_YAML_BYTES // 1024} KiB")
+            return data.decode("utf-8", errors="replace"), path.name
+        return png_info(image), job.image.name
+
+    def _canvas(self, job: Job, settings: Profile, image: Image.Image, notes: list[str]) -> Canvas:
         cap = self.settings.max_image_pixels
-        image = _storage_safe(load_image, job.image, max_pixels=cap)
-        image = flatten_on_white(image)
         mask: Image.Image | None = None
         companions = job.companions
         if companions.sketch is not None:

@@ -61,6 +61,7 @@ class Profile(BaseModel):
     output_format: Literal["png", "jpg", "webp"] = "png"
     output_quality: int = Field(95, ge=1, le=100)
     overwrite: bool = False
+    use_png_info: bool = False  # A1111 batch "PNG info": settings from the input's parameters
 
     @field_validator("width", "height", mode="before")
     @classmethod

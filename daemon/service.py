@@ -382,7 +382,8 @@ class Daemon:
         self._record_queued(job)
         self._finish_failed(
             job,
-            f"{path.name} is not a file type img2imgd handles (images: {kinds}; settings: .yaml)",
+            f"{path.name} is not a file type img2imgd handles (images: {kinds}; "
+            "companions: .yaml settings, .txt parameters)",
             None,
         )
 

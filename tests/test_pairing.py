@@ -190,7 +190,7 @@ def test_ordinary_folders_are_entered(folder):
         ("p/a.yaml", Kind.SETTINGS),
         ("p/a.yml", Kind.SETTINGS),
         ("p/a.YAML", Kind.SETTINGS),
-        ("p/a.txt", Kind.UNSUPPORTED),
+        ("p/a.txt", Kind.PARAMETERS),
         ("p/a.gif", Kind.UNSUPPORTED),
         ("p/a.psd", Kind.UNSUPPORTED),
         ("p/README", Kind.UNSUPPORTED),
