@@ -22,7 +22,7 @@ import os
 import re
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -36,6 +36,7 @@ from daemon.builtin import (
     model_hash_file,
 )
 from daemon.errors import ConfigError, TransientError
+from daemon.samplers import SamplerChoice
 
 if TYPE_CHECKING:
     import torch
@@ -200,6 +201,8 @@ class HashCache:
 class _Loaded:
     source: ModelSource
     pipelines: dict[PipelineTask, Any]
+    scheduler_config: Any  # the model's own, before any sampler replaced it
+    schedulers: dict[SamplerChoice, Any] = field(default_factory=dict)
     last_used: float = 0.0
 
 
@@ -236,7 +239,8 @@ class ModelCache:
         if loaded is None:
             source = self.source(ref)
             try:
-                loaded = _Loaded(source, {"img2img": self._load(source)})
+                pipe = self._load(source)
+                loaded = _Loaded(source, {"img2img": pipe}, pipe.scheduler.config)
             except Exception as exc:  # a broken or unreachable model is never the input's fault
                 raise TransientError(
                     f"could not load model {source.name} ({source.location}): "
@@ -285,6 +289,16 @@ class ModelCache:
     def unload(self, ref: str) -> None:
         if self._loaded.pop(ref, None) is not None:
             _free_device_memory()
+
+    def scheduler(self, ref: str, choice: SamplerChoice) -> Any:
+        """The scheduler for a sampler on a loaded model, built once from the model's own
+        scheduler configuration (``set_timesteps`` resets it for every call)."""
+        from daemon.samplers import build_scheduler
+
+        loaded = self._loaded[ref]
+        if choice not in loaded.schedulers:
+            loaded.schedulers[choice] = build_scheduler(choice, loaded.scheduler_config)
+        return loaded.schedulers[choice]
 
     def use_low_memory(self, ref: str) -> None:
         """Attention slicing and VAE slicing/tiling for a model, now and whenever it loads

@@ -8,6 +8,7 @@ The worker never waits on the watcher and the watcher never waits on the worker.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -434,6 +435,13 @@ class Daemon:
     def _execute(self, job: Job) -> JobStatus:
         started = time.monotonic()
         self._record(job, JobStatus.RUNNING)
+        # Make the archive folder now, not just before the move: watchdog only watches a new
+        # folder once it has handled its creation, and a move into a folder it does not know
+        # yet stalls its event queue for 0.5 s (an unpaired move), delaying the next drop.
+        with contextlib.suppress(OSError):
+            (self.settings.inbox / DONE_FOLDER / job.profile / job.sub_dir).mkdir(
+                parents=True, exist_ok=True
+            )
         row = self._rows.get(job.id)
 
         def planned(paths: list[Path]) -> None:

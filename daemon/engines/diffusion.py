@@ -157,10 +157,8 @@ class DiffusionEngine:
     ) -> tuple[list[Image.Image], list[int]]:
         import torch
 
-        from daemon.samplers import build_scheduler
-
         pipe = self.models.pipeline(settings.model, "inpaint" if mask is not None else "img2img")
-        pipe.scheduler = build_scheduler(settings.sampler, pipe.scheduler.config)
+        pipe.scheduler = self.models.scheduler(settings.model, settings.sampler)
         steps, strength = inference_steps(
             settings.steps, settings.denoising_strength, fix_steps=settings.img2img_fix_steps
         )
