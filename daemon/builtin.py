@@ -4,7 +4,8 @@ Why: the product and its tests must exercise the real ``from_pretrained`` loadin
 CPU, offline, in seconds. A real Stable Diffusion checkpoint is gigabytes and needs a download;
 a *tiny* pipeline with the same architecture (SD-1 layout, 8x VAE, CLIP text encoder, BPE
 tokenizer) behaves the same way towards the code around it — sizes, schedulers, prompts,
-clip skip, LoRA, single-file conversion — while its output is just noise.
+clip skip, LoRA, single-file conversion — while its output is just noise. ``tiny-sdxl`` does
+the same for the SDXL layout (two text encoders, pooled text and size conditioning).
 
 The folder is generated on first use into ``cache_dir/<name>-v<BUILD_VERSION>/`` and reused
 afterwards. Bump :data:`BUILD_VERSION` whenever the recipe changes, so that old caches are
@@ -32,10 +33,13 @@ BUILTIN_PREFIX = "builtin:"
 
 BUILTIN_MODELS: dict[str, str] = {
     "tiny-sd": "tiny random SD-1-style pipeline (output is noise)",
+    "tiny-sdxl": "tiny random SDXL-style pipeline (output is noise)",
 }
 
 BUILD_VERSION = 1
-"""Bump when the recipe changes (configs, seed, tokenizer): the cache folder name changes too."""
+"""Bump when a recipe changes (configs, seed, tokenizer): the cache folder names change too.
+
+Adding a model is not a change of recipe: its folder name is new anyway."""
 
 _SEED = 0
 """Every module is built right after ``torch.manual_seed(_SEED)``: same bytes on every build."""
@@ -72,7 +76,7 @@ def is_builtin(ref: str) -> bool:
 
 
 def ensure_builtin(name: str, cache_dir: Path) -> Path:
-    """Return the folder of built-in model `name` ("tiny-sd"), generating it on first use.
+    """Return the folder of built-in model `name` (see BUILTIN_MODELS), made on first use.
 
     The folder is ``cache_dir/<name>-v<BUILD_VERSION>/``. Generation is deterministic (fixed
     seed, same bytes every time) and needs no network. It is atomic: the model is built in a
@@ -95,7 +99,7 @@ def ensure_builtin(name: str, cache_dir: Path) -> Path:
         _remove_stale_temps(cache_dir, final.name)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{_TMP_MARK}", dir=cache_dir))
         try:
-            _build_tiny_sd(tmp)
+            _BUILDERS[name](tmp)
             tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared by users
             try:
                 os.rename(tmp, final)  # atomic; replaces at most an empty folder
@@ -195,30 +199,55 @@ def _write_tokenizer_files(folder: Path) -> None:
     (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _tiny_tokenizer(folder: Path, pad_token: str) -> Any:
+    """The tiny CLIP tokenizer, written to `folder` and loaded from there (the real path)."""
+    from transformers import CLIPTokenizer
+
+    _write_tokenizer_files(folder)
+    return CLIPTokenizer.from_pretrained(folder, model_max_length=_MAX_LENGTH, pad_token=pad_token)
+
+
+def _tiny_vae(scaling_factor: float) -> Any:
+    """The tiny 8x VAE. The caller seeds torch first.
+
+    Four blocks, so that its scale factor is 8 and image sizes behave like real SD (64 px ->
+    8x8 latents). SD-1 and SDXL VAEs differ only in the latent scaling factor.
+    """
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        sample_size=64,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 16, 32, 32),
+        layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        norm_num_groups=16,
+        scaling_factor=scaling_factor,
+    )
+
+
 def _build_tiny_sd(folder: Path) -> None:
     """Build the tiny SD-1-style img2img pipeline and save it to `folder` (safetensors).
 
     SD-1's shape at toy sizes. The UNet has two blocks on 4 latent channels, with 2 layers per
     block like SD; its cross-attention sits in the lower-resolution block, because attention
-    over the full latent grid costs 8x more at 512 px. The VAE has four blocks, so that its
-    scale factor is 8 and image sizes behave like real SD (64 px -> 8x8 latents). The CLIP
+    over the full latent grid costs 8x more at 512 px. The VAE is :func:`_tiny_vae`. The CLIP
     text encoder has 3 layers, so that clip skip 2 still leaves a layer to skip to.
     """
     import torch
-    from diffusers import AutoencoderKL, DPMSolverMultistepScheduler, UNet2DConditionModel
+    from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
 
     # From its own module: mypy reads `from diffusers import` as diffusers' dummy placeholder
     # class (no `save_pretrained`), because diffusers' lazy __init__ defeats type checking.
     from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import (
         StableDiffusionImg2ImgPipeline,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
-    tok_dir = folder / "tokenizer"
-    _write_tokenizer_files(tok_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(
-        tok_dir, model_max_length=_MAX_LENGTH, pad_token=_SPECIAL_EOS
-    )
+    tokenizer = _tiny_tokenizer(folder / "tokenizer", pad_token=_SPECIAL_EOS)
     eos_id = tokenizer.eos_token_id
 
     # fork_rng: seeding must not disturb the random state of the process that asked for it.
@@ -237,18 +266,7 @@ def _build_tiny_sd(folder: Path) -> None:
             norm_num_groups=32,
         )
         torch.manual_seed(_SEED)
-        vae = AutoencoderKL(
-            sample_size=64,
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            block_out_channels=(16, 16, 32, 32),
-            layers_per_block=2,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            norm_num_groups=16,
-            scaling_factor=0.18215,
-        )
+        vae = _tiny_vae(scaling_factor=0.18215)
         torch.manual_seed(_SEED)
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
@@ -288,3 +306,107 @@ def _build_tiny_sd(folder: Path) -> None:
     }
     pipe = StableDiffusionImg2ImgPipeline(**components)
     pipe.save_pretrained(folder, safe_serialization=True)
+
+
+_SDXL_TIME_EMBED_DIM = 8
+"""Width of each of SDXL's six size/crop conditioning numbers after embedding (real: 256)."""
+_SDXL_POOLED_DIM = 16
+"""Projection (pooled) width of the tiny second text encoder (real: 1280)."""
+
+
+def _build_tiny_sdxl(folder: Path) -> None:
+    """Build the tiny SDXL-style img2img pipeline and save it to `folder` (safetensors).
+
+    SDXL's shape at toy sizes, so that everything SDXL does differently is exercised: two text
+    encoders whose last-but-one hidden states are concatenated (32 + 64 = 96 wide, the UNet's
+    cross-attention width), the pooled and projected output of the second one, and the six
+    size/crop numbers (original size, crop corner, target size) — together the "text_time"
+    added conditioning, ``6 * addition_time_embed_dim + projection_dim`` wide. The two
+    encoders have different widths, as in SDXL (768 and 1280): single-file loading tells
+    them apart by width. Like SDXL, the first block has no attention, the second has
+    transformer depth 2 (SDXL: 1, 2, 10), attention uses linear projections, the second
+    tokenizer pads with "!" and the scheduler is Euler with SDXL's settings.
+    """
+    import torch
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+
+    # From its own module: see _build_tiny_sd.
+    from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img import (
+        StableDiffusionXLImg2ImgPipeline,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    tokenizer = _tiny_tokenizer(folder / "tokenizer", pad_token=_SPECIAL_EOS)
+    tokenizer_2 = _tiny_tokenizer(folder / "tokenizer_2", pad_token="!")
+    bos_id, eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id
+
+    def text_config(hidden: int, act: str, **extra: Any) -> Any:
+        return CLIPTextConfig(
+            hidden_size=hidden,
+            intermediate_size=hidden * 4,
+            num_attention_heads=4,
+            num_hidden_layers=3,  # clip skip 2 still leaves a layer to skip to
+            vocab_size=_VOCAB_SIZE,
+            max_position_embeddings=_MAX_LENGTH,
+            hidden_act=act,
+            layer_norm_eps=1e-5,
+            bos_token_id=bos_id,
+            eos_token_id=eos_id,  # the pooled output is taken at the first eos token
+            pad_token_id=eos_id,
+            **extra,
+        )
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_SEED)
+        unet = UNet2DConditionModel(
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            layers_per_block=2,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2),
+            cross_attention_dim=32 + 64,
+            attention_head_dim=(4, 8),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=_SDXL_TIME_EMBED_DIM,
+            projection_class_embeddings_input_dim=6 * _SDXL_TIME_EMBED_DIM + _SDXL_POOLED_DIM,
+            norm_num_groups=32,
+        )
+        torch.manual_seed(_SEED)
+        vae = _tiny_vae(scaling_factor=0.13025)
+        torch.manual_seed(_SEED)
+        text_encoder = CLIPTextModel(text_config(32, "quick_gelu"))
+        torch.manual_seed(_SEED)
+        text_encoder_2 = CLIPTextModelWithProjection(
+            text_config(64, "gelu", projection_dim=_SDXL_POOLED_DIM)
+        )
+    # SDXL base's scheduler settings.
+    scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+        prediction_type="epsilon",
+    )
+    components: dict[str, Any] = {
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer_2,
+        "unet": unet,
+        "scheduler": scheduler,
+        "requires_aesthetics_score": False,  # a base model, not the refiner
+        "force_zeros_for_empty_prompt": True,  # as SDXL base
+        "add_watermarker": False,  # needs an extra package; A1111 does not watermark either
+    }
+    pipe = StableDiffusionXLImg2ImgPipeline(**components)
+    pipe.save_pretrained(folder, safe_serialization=True)
+
+
+_BUILDERS = {"tiny-sd": _build_tiny_sd, "tiny-sdxl": _build_tiny_sdxl}

@@ -83,21 +83,25 @@ def _setup_logging(level: str, *, through_tqdm: bool = False) -> None:
 
 def _preflight(settings: Settings) -> list[str]:
     """Problems that stop the daemon from starting: every profile, and the models they name."""
-    from daemon.models import resolve_model
+    from daemon.checkpoints import detect_architecture
+    from daemon.models import resolve_model, resolve_vae
     from daemon.profiles import check_all
 
     loaded, problems = check_all(settings.profiles)
-    for name, profile in loaded.items():
+    for profile in loaded.values():
         try:
-            resolve_model(
+            source = resolve_model(
                 profile.settings.model,
                 models_dir=settings.models_dir,
                 state_dir=settings.state_dir,
                 build=False,
             )
+            if source.kind == "single_file":
+                detect_architecture(Path(source.location))  # reads the header only
+            if profile.settings.vae is not None:
+                resolve_vae(profile.settings.vae, models_dir=settings.models_dir)
         except ConfigError as exc:
             problems.append(f"{profile.files[0]}: {exc}")
-        del name
     return problems
 
 

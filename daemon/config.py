@@ -29,6 +29,9 @@ class Settings(BaseModel):
     profiles: Path = Path("profiles")
     models_dir: Path | None = None  # an A1111 install's `models` folder works as it is
     state_dir: Path = Path("state")  # built-in models, hash cache, journal
+    lora_dirs: list[Path] | None = None  # default: models_dir/Lora and models_dir/LyCORIS
+    embedding_dirs: list[Path] | None = None  # default: models_dir/embeddings, ../embeddings
+    allow_pickle: bool = False  # load pickled (.pt/.ckpt/.bin) LoRAs and embeddings: runs code
     device: Literal["auto", "cpu", "cuda", "mps"] | str = "auto"
 
     stability_delay: float = Field(2.0, ge=0.0, le=3600.0)  # s of unchanged size+mtime
@@ -69,6 +72,10 @@ class Settings(BaseModel):
                 "profiles": absolute(self.profiles),
                 "state_dir": absolute(self.state_dir),
                 "models_dir": absolute(self.models_dir) if self.models_dir else None,
+                "lora_dirs": [absolute(p) for p in self.lora_dirs] if self.lora_dirs else None,
+                "embedding_dirs": (
+                    [absolute(p) for p in self.embedding_dirs] if self.embedding_dirs else None
+                ),
             }
         )
 

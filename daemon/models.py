@@ -41,6 +41,8 @@ from daemon.samplers import SamplerChoice
 if TYPE_CHECKING:
     import torch
 
+    from daemon.adapters import AdapterManager
+
 SourceKind = Literal["folder", "single_file", "hub"]
 PipelineTask = Literal["img2img", "inpaint"]
 SAFE_CHECKPOINT_SUFFIXES = (".safetensors",)
@@ -209,8 +211,24 @@ class _Loaded:
 class ModelCache:
     """Loaded pipelines by model reference. Used by the single worker thread."""
 
-    def __init__(self, *, models_dir: Path | None, state_dir: Path, device: str = "auto") -> None:
+    def __init__(
+        self,
+        *,
+        models_dir: Path | None,
+        state_dir: Path,
+        device: str = "auto",
+        lora_dirs: list[Path] | None = None,
+        embedding_dirs: list[Path] | None = None,
+        allow_pickle: bool = False,
+    ) -> None:
+        from daemon.adapters import default_embedding_dirs, default_lora_dirs
+
         quiet_libraries()
+        self.lora_dirs = lora_dirs if lora_dirs is not None else default_lora_dirs(models_dir)
+        self.embedding_dirs = (
+            embedding_dirs if embedding_dirs is not None else default_embedding_dirs(models_dir)
+        )
+        self.allow_pickle = allow_pickle
         self.models_dir = models_dir
         self.state_dir = state_dir
         self.requested_device = device
@@ -234,20 +252,24 @@ class ModelCache:
         file = source.hash_file
         return self.hashes.sha256(file)[:10] if file and file.is_file() else None
 
-    def pipeline(self, ref: str, task: PipelineTask) -> Any:
-        loaded = self._loaded.get(ref)
+    def pipeline(self, ref: str, task: PipelineTask, *, vae: str | None = None) -> Any:
+        """The warm pipeline of model ``ref`` (with VAE ``vae``) for ``task``; loads it once."""
+        key = _key(ref, vae)
+        loaded = self._loaded.get(key)
         if loaded is None:
             source = self.source(ref)
             try:
-                pipe = self._load(source)
+                pipe = self._load(source, vae)
                 loaded = _Loaded(source, {"img2img": pipe}, pipe.scheduler.config)
+            except ConfigError as exc:  # e.g. an unknown checkpoint layout: say it plainly
+                raise TransientError(f"could not load model {source.name}: {exc}") from exc
             except Exception as exc:  # a broken or unreachable model is never the input's fault
                 raise TransientError(
                     f"could not load model {source.name} ({source.location}): "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
-            self._loaded[ref] = loaded
-            if ref in self._low_memory:
+            self._loaded[key] = loaded
+            if key in self._low_memory:
                 _low_memory(loaded.pipelines["img2img"])
         loaded.last_used = time.monotonic()
         if task not in loaded.pipelines:
@@ -259,9 +281,25 @@ class ModelCache:
             loaded.pipelines[task].set_progress_bar_config(disable=True)
         return loaded.pipelines[task]
 
-    def _load(self, source: ModelSource) -> Any:
-        from diffusers import AutoPipelineForImage2Image, StableDiffusionImg2ImgPipeline
+    def adapters(self, pipe: Any) -> AdapterManager:
+        """LoRAs and embeddings for a loaded pipeline (they stay loaded between jobs)."""
+        from daemon.adapters import AdapterManager
+
+        return AdapterManager(
+            pipe,
+            lora_dirs=self.lora_dirs,
+            embedding_dirs=self.embedding_dirs,
+            allow_pickle=self.allow_pickle,
+        )
+
+    def vae_source(self, ref: str) -> Path:
+        return resolve_vae(ref, models_dir=self.models_dir)
+
+    def _load(self, source: ModelSource, vae: str | None) -> Any:
+        from diffusers import AutoPipelineForImage2Image
         from diffusers.utils import logging as diffusers_logging
+
+        from daemon.checkpoints import load_single_file, load_vae
 
         diffusers_logging.disable_progress_bar()
 
@@ -277,11 +315,16 @@ class ModelCache:
         if source.kind == "folder" and _has_safety_checker(Path(source.location)):
             options.update(safety_checker=None, requires_safety_checker=False)  # as A1111
         if source.kind == "single_file":
-            pipe = StableDiffusionImg2ImgPipeline.from_single_file(source.location, **options)
+            # Offline: the architecture's configs ship with the project (daemon/data).
+            pipe = load_single_file(source.location, dtype=dtype, cache_dir=self.state_dir)
         else:
             pipe = AutoPipelineForImage2Image.from_pretrained(
                 source.location, local_files_only=source.kind == "folder", **options
             )
+        if vae is not None:
+            path = self.vae_source(vae)
+            logger.info("using VAE {} for model {}", path.name, source.name)
+            pipe.vae = load_vae(path, dtype=dtype, like=pipe.vae)
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -290,21 +333,22 @@ class ModelCache:
         if self._loaded.pop(ref, None) is not None:
             _free_device_memory()
 
-    def scheduler(self, ref: str, choice: SamplerChoice) -> Any:
+    def scheduler(self, ref: str, choice: SamplerChoice, *, vae: str | None = None) -> Any:
         """The scheduler for a sampler on a loaded model, built once from the model's own
         scheduler configuration (``set_timesteps`` resets it for every call)."""
         from daemon.samplers import build_scheduler
 
-        loaded = self._loaded[ref]
+        loaded = self._loaded[_key(ref, vae)]
         if choice not in loaded.schedulers:
             loaded.schedulers[choice] = build_scheduler(choice, loaded.scheduler_config)
         return loaded.schedulers[choice]
 
-    def use_low_memory(self, ref: str) -> None:
+    def use_low_memory(self, ref: str, *, vae: str | None = None) -> None:
         """Attention slicing and VAE slicing/tiling for a model, now and whenever it loads
         again: slower, far less memory. The inpaint pipeline shares the modules."""
-        self._low_memory.add(ref)
-        loaded = self._loaded.get(ref)
+        key = _key(ref, vae)
+        self._low_memory.add(key)
+        loaded = self._loaded.get(key)
         for pipe in loaded.pipelines.values() if loaded else ():
             _low_memory(pipe)
 
@@ -327,6 +371,31 @@ class ModelCache:
     @property
     def loaded(self) -> list[str]:
         return list(self._loaded)
+
+
+def _key(ref: str, vae: str | None) -> str:
+    """Loaded pipelines are per model and VAE; a plain model keeps its own name as key."""
+    return ref if vae is None else f"{ref} + vae {vae}"
+
+
+def resolve_vae(ref: str, *, models_dir: Path | None) -> Path:
+    """A VAE: a path, or a name in ``models_dir/VAE`` (A1111's folder), with or without
+    ``.safetensors``; a diffusers folder works too. Pickled files are refused."""
+    given = Path(ref).expanduser()
+    roots = [Path.cwd()] if not given.is_absolute() else [Path("/")]
+    if models_dir is not None and not given.is_absolute():
+        roots += [models_dir / "VAE", models_dir]
+    looked = []
+    for root in roots:
+        base = root / given
+        for candidate in (base, base.with_name(base.name + ".safetensors")):
+            looked.append(candidate)
+            if candidate.is_dir():
+                return candidate
+            if candidate.is_file():
+                _refuse_pickle(candidate)
+                return candidate
+    raise ConfigError(f"vae '{ref}' not found: looked at {', '.join(str(p) for p in looked)}")
 
 
 def _low_memory(pipe: Any) -> None:

@@ -93,6 +93,7 @@ def infotext_params(
     *,
     model_name: str,
     model_hash: str | None,
+    vae: tuple[str, str | None] | None = None,
 ) -> dict[str, object]:
     """A1111's parameter line for one image, in its key names; enough to reproduce it."""
     params: dict[str, object] = {"Steps": settings.steps}
@@ -103,8 +104,12 @@ def infotext_params(
         "Size": f"{painting.width}x{painting.height}",
         "Model hash": model_hash,
         "Model": model_name,
+        "VAE hash": vae[1] if vae else None,
+        "VAE": vae[0] if vae else None,
         "Denoising strength": settings.denoising_strength,
+        "Clip skip": settings.clip_skip,
     })  # fmt: skip
+    params.update(painting.params)  # Lora hashes, TI hashes
     if painting.inpainted:
         params.update({
             "Mask blur": settings.mask_blur,
@@ -174,7 +179,7 @@ class JobRunner:
                 "tiling (slower, much less memory), kept on for this model",
                 job.label,
             )
-            self.models.use_low_memory(settings.model)
+            self.models.use_low_memory(settings.model, vae=settings.vae)
             try:
                 painting = paint()
             except Exception as again:
@@ -284,6 +289,14 @@ class JobRunner:
             )
         return Canvas(image=image, mask=mask)
 
+    def _vae_info(self, ref: str | None) -> tuple[str, str | None] | None:
+        """A1111's "VAE" (file name) and "VAE hash" (10 hex of its sha256)."""
+        if ref is None:
+            return None
+        path = self.models.vae_source(ref)
+        digest = self.models.hashes.sha256(path)[:10] if path.is_file() else None
+        return path.name, digest
+
     def _model_source(self, ref: str) -> ModelSource:
         try:
             return self.models.source(ref)
@@ -311,14 +324,16 @@ class JobRunner:
                 [folder / f"{stem}{suffix}" for stem in stems for suffix in (extension, ".txt")]
             )
         model_hash = self.models.model_hash(source)
+        vae = self._vae_info(settings.vae)
         written: list[Path] = []
         try:
             for index, (image, seed, stem) in enumerate(
                 zip(painting.images, painting.seeds, stems, strict=True)
             ):
                 params = infotext_params(
-                    settings, painting, seed, index, model_name=source.name, model_hash=model_hash
-                )
+                    settings, painting, seed, index, model_name=source.name,
+                    model_hash=model_hash, vae=vae,
+                )  # fmt: skip
                 text = format_infotext(settings.prompt, settings.negative_prompt, params)
                 target = folder / f"{stem}{extension}"
                 write_image(image, target, output_format=settings.output_format, infotext=text,

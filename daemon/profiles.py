@@ -27,7 +27,7 @@ MASKED_CONTENT: tuple[MaskedContent, ...] = ("fill", "original", "latent noise",
 MAX_EXTENDS_DEPTH = 8
 # Per-image YAML sits in the inbox, which anyone who can drop a file can write: it may tune
 # the generation but never choose which files are loaded.
-NOT_PER_IMAGE = frozenset({"model", "extends"})
+NOT_PER_IMAGE = frozenset({"model", "vae", "extends"})
 
 
 class Profile(BaseModel):
@@ -37,6 +37,8 @@ class Profile(BaseModel):
 
     task: Task = "img2img"
     model: str = Field(min_length=1)
+    vae: str | None = None  # overrides the model's VAE: a file/folder, or a name in models_dir/VAE
+    clip_skip: int = Field(1, ge=1, le=12)  # A1111's "Clip skip"
     prompt: str = ""
     negative_prompt: str = ""
     sampler_name: str = "DPM++ 2M"

@@ -67,7 +67,12 @@ class Daemon:
         self.tracker = StabilityTracker(settings.stability_delay)
         self.queue = JobQueue()
         self.models = models or ModelCache(
-            models_dir=settings.models_dir, state_dir=settings.state_dir, device=settings.device
+            models_dir=settings.models_dir,
+            state_dir=settings.state_dir,
+            device=settings.device,
+            lora_dirs=settings.lora_dirs,
+            embedding_dirs=settings.embedding_dirs,
+            allow_pickle=settings.allow_pickle,
         )
         self.runner = JobRunner(settings, self.profiles, self.models)
         self.tally = Tally()

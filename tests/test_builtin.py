@@ -15,7 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoPipelineForImage2Image, StableDiffusionImg2ImgPipeline
+from diffusers import (
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+)
 from PIL import Image
 
 from daemon.builtin import (
@@ -79,6 +85,7 @@ def test_names() -> None:
     assert not is_builtin("runwayml/stable-diffusion-v1-5")
     assert not is_builtin("/models/builtin:tiny-sd")
     assert "tiny-sd" in BUILTIN_MODELS
+    assert "tiny-sdxl" in BUILTIN_MODELS
 
 
 def test_import_is_light() -> None:
@@ -179,3 +186,75 @@ def test_long_prompt(pipe: StableDiffusionImg2ImgPipeline) -> None:
 def test_auto_pipeline_loads(folder: Path) -> None:
     auto = AutoPipelineForImage2Image.from_pretrained(folder)
     assert isinstance(auto, StableDiffusionImg2ImgPipeline)
+
+
+# --- tiny-sdxl ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def xl_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_builtin("tiny-sdxl", tmp_path_factory.mktemp("cache-xl"))
+
+
+@pytest.fixture(scope="module")
+def xl_pipe(xl_folder: Path) -> StableDiffusionXLImg2ImgPipeline:
+    pipeline = AutoPipelineForImage2Image.from_pretrained(xl_folder)
+    assert isinstance(pipeline, StableDiffusionXLImg2ImgPipeline)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def test_sdxl_folder_layout(xl_folder: Path) -> None:
+    assert xl_folder.name == f"tiny-sdxl-v{BUILD_VERSION}"
+    assert model_hash_file(xl_folder).is_file()
+    for part in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        assert list((xl_folder / part).glob("*.safetensors")), part
+    for part in ("tokenizer", "tokenizer_2"):
+        assert (xl_folder / part / "vocab.json").is_file(), part
+
+
+def test_sdxl_generation_is_deterministic(xl_folder: Path, tmp_path: Path) -> None:
+    first, second = _files(xl_folder), _files(ensure_builtin("tiny-sdxl", tmp_path))
+    assert sorted(first) == sorted(second)
+    for name, data in first.items():
+        assert data == second[name], f"{name} differs between two builds"
+
+
+def test_sdxl_shape(xl_pipe: StableDiffusionXLImg2ImgPipeline) -> None:
+    """What SDXL conditions on, in miniature: the widths must add up as in the real model."""
+    unet = xl_pipe.unet.config
+    te1, te2 = xl_pipe.text_encoder.config, xl_pipe.text_encoder_2.config
+    assert unet.addition_embed_type == "text_time"
+    assert unet.cross_attention_dim == te1.hidden_size + te2.hidden_size
+    # Six size/crop numbers (original size, crop corner, target size) plus the pooled text.
+    expected = 6 * unet.addition_time_embed_dim + te2.projection_dim
+    assert unet.projection_class_embeddings_input_dim == expected
+    assert te1.hidden_size != te2.hidden_size  # single-file loading tells them apart by width
+    assert xl_pipe.vae_scale_factor == 8
+    assert xl_pipe.tokenizer.pad_token_id == xl_pipe.tokenizer.eos_token_id
+    assert xl_pipe.tokenizer_2.pad_token == "!"  # as SDXL's second tokenizer
+    assert te1.num_hidden_layers >= 3 and te2.num_hidden_layers >= 3  # clip skip 2
+
+
+def test_sdxl_img2img_and_inpaint(xl_pipe: StableDiffusionXLImg2ImgPipeline) -> None:
+    first = _run(xl_pipe, _image(64, 64), "a photo of a cat")
+    assert first.size == (64, 64)
+    assert np.array_equal(
+        np.asarray(first), np.asarray(_run(xl_pipe, _image(64, 64), "a photo of a cat"))
+    )
+    assert _run(xl_pipe, _image(96, 64), "a landscape").size == (96, 64)
+    inpaint = AutoPipelineForInpainting.from_pipe(xl_pipe)
+    assert isinstance(inpaint, StableDiffusionXLInpaintPipeline)
+    assert inpaint.unet is xl_pipe.unet and inpaint.unet.config.in_channels == 4
+    inpaint.set_progress_bar_config(disable=True)
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    result = inpaint(
+        "a photo of a cat",
+        image=_image(64, 64),
+        mask_image=mask,
+        num_inference_steps=4,
+        strength=0.5,
+        generator=torch.Generator().manual_seed(1234),
+    ).images[0]
+    assert result.size == (64, 64)

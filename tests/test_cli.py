@@ -246,7 +246,7 @@ def once_runs(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> Iter
     mixed = workspace(tmp_path_factory.mktemp("mixed"), state_dir, {"img2img": FAST})
     drop(mixed, "chelsea.png", "img2img/good.png")
     (mixed / "inbox" / "img2img" / "broken.png").write_text("this is not an image")
-    (mixed / "inbox" / "img2img" / "notes.txt").write_text("not for img2imgd")
+    (mixed / "inbox" / "img2img" / "notes.doc").write_text("not for img2imgd")
 
     orphan = workspace(tmp_path_factory.mktemp("orphan"), state_dir, {"img2img": FAST})
     drop(orphan, "chelsea.png", "typo/a.png")  # a folder without a profile
@@ -288,12 +288,12 @@ def test_once_with_a_bad_file_exits_1_and_the_bad_file_is_failed_with_a_report(o
     assert files(root / "outbox") == ["img2img/good.png", "img2img/good.txt"], process.output
     assert files(root / "inbox" / "_done") == ["img2img/good.png"]
     failed = root / "inbox" / "_failed" / "img2img"
-    assert files(failed) == ["broken.error.txt", "broken.png", "notes.error.txt", "notes.txt"]
+    assert files(failed) == ["broken.error.txt", "broken.png", "notes.doc", "notes.error.txt"]
     assert (failed / "broken.png").read_text() == "this is not an image"
     broken = (failed / "broken.error.txt").read_text().splitlines()
     assert "broken.png" in broken[0]
     notes = (failed / "notes.error.txt").read_text().splitlines()
-    assert notes[0].startswith("notes.txt is not a file type img2imgd handles")
+    assert notes[0].startswith("notes.doc is not a file type img2imgd handles")
     assert files(root / "inbox" / "img2img") == []
     assert "1 done, 2 failed, 0 left in the inbox" in process.output
 

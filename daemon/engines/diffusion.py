@@ -11,12 +11,13 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 from PIL import Image
 
+from daemon.errors import InputError
 from daemon.imaging import ResizeMode, resize_image
 from daemon.masks import (
     expand_to_aspect,
@@ -26,7 +27,7 @@ from daemon.masks import (
     paste_back,
     prepare_mask,
 )
-from daemon.models import ModelCache
+from daemon.models import ModelCache, PipelineTask
 from daemon.profiles import Profile
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class Painting:
     height: int
     inpainted: bool
     notes: tuple[str, ...] = ()
+    params: dict[str, object] = field(default_factory=dict)  # Lora hashes, TI hashes
 
 
 def draw_seed(seed: int) -> int:
@@ -129,9 +131,9 @@ class DiffusionEngine:
         if mask is not None and settings.inpainting_fill == "fill":
             image = fill_masked(image, mask)
 
-        images, seeds = self._sample(
+        images, seeds, params = self._sample(
             image, mask, settings, width=width, height=height, seed=seed,
-            prompt=prompt, negative_prompt=negative_prompt, on_step=on_step,
+            prompt=prompt, negative_prompt=negative_prompt, on_step=on_step, notes=notes,
         )  # fmt: skip
         if mask is not None and overlay_mask is not None:
             if region is not None:
@@ -139,8 +141,9 @@ class DiffusionEngine:
                 original = canvas.image
             images = [overlay_original(result, original, overlay_mask) for result in images]
         return Painting(
-            images, seeds, width, height, inpainted=mask is not None, notes=tuple(notes)
-        )
+            images, seeds, width, height, inpainted=mask is not None, notes=tuple(notes),
+            params=params,
+        )  # fmt: skip
 
     def _sample(
         self,
@@ -154,11 +157,30 @@ class DiffusionEngine:
         prompt: str,
         negative_prompt: str,
         on_step: Callable[[int, int], None] | None,
-    ) -> tuple[list[Image.Image], list[int]]:
+        notes: list[str],
+    ) -> tuple[list[Image.Image], list[int], dict[str, object]]:
         import torch
 
-        pipe = self.models.pipeline(settings.model, "inpaint" if mask is not None else "img2img")
-        pipe.scheduler = self.models.scheduler(settings.model, settings.sampler)
+        from daemon.prompts import PromptEncoder, extract_extra_networks
+
+        task: PipelineTask = "inpaint" if mask is not None else "img2img"
+        pipe = self.models.pipeline(settings.model, task, vae=settings.vae)
+        pipe.scheduler = self.models.scheduler(settings.model, settings.sampler, vae=settings.vae)
+        # A1111: <lora:…> tags leave the prompt and load the LoRA; embeddings are used by
+        # name; the prompts are then encoded with A1111's weighting and 75-token chunks.
+        try:
+            prompt_text, loras, ignored = extract_extra_networks(prompt)
+            negative_text, negative_loras, _ = extract_extra_networks(negative_prompt)
+        except ValueError as exc:
+            raise InputError(f"the prompt has a malformed extra-network tag: {exc}") from exc
+        notes += [f"ignored {tag}: only <lora:…> tags are supported" for tag in ignored]
+        applied = self.models.adapters(pipe).apply(
+            [*loras, *negative_loras], prompt_text, negative_text
+        )
+        notes += applied.notes
+        embeddings = PromptEncoder(pipe).encode(
+            applied.prompt, applied.negative_prompt, clip_skip=settings.clip_skip
+        )
         steps, strength = inference_steps(
             settings.steps, settings.denoising_strength, fix_steps=settings.img2img_fix_steps
         )
@@ -182,8 +204,7 @@ class DiffusionEngine:
             # CPU generators: the same seed gives the same image on any device.
             generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
             call: dict[str, Any] = dict(
-                prompt=prompt,
-                negative_prompt=negative_prompt or None,
+                **embeddings,
                 num_inference_steps=steps,
                 strength=strength,
                 guidance_scale=settings.cfg_scale,
@@ -199,7 +220,7 @@ class DiffusionEngine:
             with torch.inference_mode():
                 outputs += pipe(**call).images
             seeds += batch_seeds
-        return outputs, seeds
+        return outputs, seeds, applied.infotext_params()
 
     def _init_image(
         self,

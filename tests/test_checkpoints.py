@@ -1,0 +1,576 @@
+"""Single-file checkpoints: architecture detection, offline loading, shipped configs, VAE swap.
+
+The tiny built-in models are written out the way A1111/civitai files are laid out (original
+LDM key names: ``model.diffusion_model.…``, ``first_stage_model.…``, ``cond_stage_model.…`` /
+``conditioner.embedders.…``) and loaded back through :func:`load_single_file`: the weights
+must come back tensor for tensor, and the pictures pixel for pixel. The key mapping is the
+inverse of diffusers' conversion, after diffusers' public script
+``scripts/convert_diffusers_to_original_stable_diffusion.py``, generalised to any block count,
+layers per block and transformer depth.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import json
+import re
+import struct
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    AutoencoderKL,
+    AutoPipelineForImage2Image,
+    AutoPipelineForInpainting,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+    UNet2DConditionModel,
+)
+from PIL import Image
+from safetensors.torch import save_file
+
+from daemon.builtin import ensure_builtin
+from daemon.checkpoints import (
+    ARCHITECTURES,
+    CLIP_VOCAB_SIZE,
+    CONFIGS_DIR,
+    clip_merges,
+    clip_vocab,
+    detect_architecture,
+    ensure_clip_tokenizer_files,
+    ensure_config_dir,
+    load_single_file,
+    load_vae,
+    read_header,
+)
+from daemon.errors import ConfigError
+
+Tensors = dict[str, torch.Tensor]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models gain nothing from threads; on a busy 2-core machine they only wait."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def sd_folder(cache: Path) -> Path:
+    return ensure_builtin("tiny-sd", cache / "builtin")
+
+
+@pytest.fixture(scope="module")
+def sdxl_folder(cache: Path) -> Path:
+    return ensure_builtin("tiny-sdxl", cache / "builtin")
+
+
+@pytest.fixture(scope="module")
+def sd_pipe(sd_folder: Path) -> Any:
+    return _quiet(StableDiffusionImg2ImgPipeline.from_pretrained(sd_folder))
+
+
+@pytest.fixture(scope="module")
+def sdxl_pipe(sdxl_folder: Path) -> Any:
+    return _quiet(StableDiffusionXLImg2ImgPipeline.from_pretrained(sdxl_folder))
+
+
+def _quiet(pipe: Any) -> Any:
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# ---------------------------------------------------------------------------------------------
+# diffusers -> original (LDM) key layout
+
+
+_RESNET = [
+    ("norm1", "in_layers.0"),
+    ("conv1", "in_layers.2"),
+    ("norm2", "out_layers.0"),
+    ("conv2", "out_layers.3"),
+    ("time_emb_proj", "emb_layers.1"),
+    ("conv_shortcut", "skip_connection"),
+]
+
+
+def unet_to_ldm(unet: Any) -> Tensors:
+    """UNet weights under their LDM names (``model.diffusion_model.`` added by the caller).
+
+    As the published script, but with the block count, layers per block and attention
+    placement read from the config (it hard-codes SD 1.x's 4 blocks x 2 layers): an up
+    block has one layer more than a down block, and its upsampler sits after the attention
+    (index 2) when it has one, after the resnet (index 1) when not.
+    """
+    config = unet.config
+    per = config.layers_per_block + 1
+    prefixes: dict[str, str] = {
+        "time_embedding.linear_1.": "time_embed.0.",
+        "time_embedding.linear_2.": "time_embed.2.",
+        "add_embedding.linear_1.": "label_emb.0.0.",
+        "add_embedding.linear_2.": "label_emb.0.2.",
+        "conv_in.": "input_blocks.0.0.",
+        "conv_norm_out.": "out.0.",
+        "conv_out.": "out.2.",
+        "mid_block.resnets.0.": "middle_block.0.",
+        "mid_block.attentions.0.": "middle_block.1.",
+        "mid_block.resnets.1.": "middle_block.2.",
+    }
+    for i, up_type in enumerate(config.up_block_types):
+        for j in range(config.layers_per_block):
+            prefixes[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{1 + i * per + j}.0."
+            prefixes[f"down_blocks.{i}.attentions.{j}."] = f"input_blocks.{1 + i * per + j}.1."
+        prefixes[f"down_blocks.{i}.downsamplers.0.conv."] = f"input_blocks.{(i + 1) * per}.0.op."
+        for j in range(per):
+            prefixes[f"up_blocks.{i}.resnets.{j}."] = f"output_blocks.{i * per + j}.0."
+            prefixes[f"up_blocks.{i}.attentions.{j}."] = f"output_blocks.{i * per + j}.1."
+        upsampler_index = 2 if "CrossAttn" in up_type else 1
+        prefixes[f"up_blocks.{i}.upsamplers.0."] = (
+            f"output_blocks.{i * per + per - 1}.{upsampler_index}."
+        )
+    out: Tensors = {}
+    for key, value in unet.state_dict().items():
+        prefix = max((p for p in prefixes if key.startswith(p)), key=len)
+        rest = key[len(prefix) :]
+        if ".resnets." in prefix:
+            for hf, sd in _RESNET:
+                rest = re.sub(rf"^{hf}\.", f"{sd}.", rest)
+        out[prefixes[prefix] + rest] = value
+    return out
+
+
+def vae_to_ldm(vae: Any) -> Tensors:
+    """VAE weights under their LDM names: decoder blocks count down, mid-attention is 1x1 convs."""
+    blocks = len(vae.config.up_block_types)
+    rules: list[tuple[str, str | Callable[[re.Match[str]], str]]] = [
+        (r"encoder\.down_blocks\.(\d+)\.resnets\.", r"encoder.down.\1.block."),
+        (r"encoder\.down_blocks\.(\d+)\.downsamplers\.0\.", r"encoder.down.\1.downsample."),
+        (
+            r"decoder\.up_blocks\.(\d+)\.resnets\.",
+            lambda m: f"decoder.up.{blocks - 1 - int(m[1])}.block.",
+        ),
+        (
+            r"decoder\.up_blocks\.(\d+)\.upsamplers\.0\.",
+            lambda m: f"decoder.up.{blocks - 1 - int(m[1])}.upsample.",
+        ),
+        (r"mid_block\.resnets\.(\d+)\.", lambda m: f"mid.block_{int(m[1]) + 1}."),
+        (r"mid_block\.attentions\.0\.", "mid.attn_1."),
+        (r"conv_norm_out\.", "norm_out."),
+        (r"conv_shortcut\.", "nin_shortcut."),
+        (r"attn_1\.group_norm\.", "attn_1.norm."),
+        (r"attn_1\.to_([qkv])\.", r"attn_1.\1."),
+        (r"attn_1\.to_out\.0\.", "attn_1.proj_out."),
+    ]
+    out: Tensors = {}
+    for key, value in vae.state_dict().items():
+        for pattern, replacement in rules:
+            key = re.sub(pattern, replacement, key)
+        if re.search(r"attn_1\.(q|k|v|proj_out)\.weight$", key):
+            value = value.reshape(*value.shape, 1, 1)  # linear -> 1x1 conv, as in LDM
+        out[key] = value
+    return out
+
+
+def clip_to_ldm(text_encoder: Any) -> Tensors:
+    """OpenAI CLIP (SD 1.x, SDXL's first encoder): transformers' names under ``text_model.``.
+
+    transformers >= 5.6 dropped the ``text_model.`` level of CLIPTextModel; the original
+    layout keeps it. The position ids buffer is in real files too, so it is here.
+    """
+    out = {f"text_model.{k}": v for k, v in text_encoder.state_dict().items()}
+    positions = text_encoder.config.max_position_embeddings
+    out["text_model.embeddings.position_ids"] = torch.arange(positions)[None]
+    return out
+
+
+def open_clip_to_ldm(text_encoder: Any) -> Tensors:
+    """OpenCLIP (SD 2.x, SDXL's second encoder): fused q/k/v, transposed projection."""
+    state = {k.removeprefix("text_model."): v for k, v in text_encoder.state_dict().items()}
+    out: Tensors = {
+        "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+        "positional_embedding": state.pop("embeddings.position_embedding.weight"),
+        "ln_final.weight": state.pop("final_layer_norm.weight"),
+        "ln_final.bias": state.pop("final_layer_norm.bias"),
+    }
+    hidden = text_encoder.config.hidden_size
+    # OpenCLIP multiplies by text_projection (hidden x proj); SD 2.x files have one too.
+    projection = state.pop("text_projection.weight", torch.eye(hidden))
+    out["text_projection"] = projection.T.contiguous()
+    for layer in range(text_encoder.config.num_hidden_layers):
+        src, dst = f"encoder.layers.{layer}.", f"transformer.resblocks.{layer}."
+        for kind in ("weight", "bias"):
+            out[f"{dst}attn.in_proj_{kind}"] = torch.cat(
+                [state.pop(f"{src}self_attn.{p}_proj.{kind}") for p in "qkv"]
+            )
+            for hf, sd in (
+                ("self_attn.out_proj", "attn.out_proj"),
+                ("layer_norm1", "ln_1"),
+                ("layer_norm2", "ln_2"),
+                ("mlp.fc1", "mlp.c_fc"),
+                ("mlp.fc2", "mlp.c_proj"),
+            ):
+                out[f"{dst}{sd}.{kind}"] = state.pop(f"{src}{hf}.{kind}")
+    assert not state, f"unmapped text encoder weights: {sorted(state)}"
+    return out
+
+
+def write_ldm_checkpoint(pipe: Any, path: Path, *, open_clip: bool = False) -> Path:
+    """Write `pipe` as one original-layout file: SD 1.x, SD 2.x (`open_clip`) or SDXL."""
+    state: Tensors = {}
+
+    def add(prefix: str, tensors: Tensors) -> None:
+        state.update({prefix + k: v.detach().clone().contiguous() for k, v in tensors.items()})
+
+    add("model.diffusion_model.", unet_to_ldm(pipe.unet))
+    add("first_stage_model.", vae_to_ldm(pipe.vae))
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        add("conditioner.embedders.0.transformer.", clip_to_ldm(pipe.text_encoder))
+        add("conditioner.embedders.1.model.", open_clip_to_ldm(pipe.text_encoder_2))
+    elif open_clip:
+        add("cond_stage_model.model.", open_clip_to_ldm(pipe.text_encoder))
+    else:
+        add("cond_stage_model.transformer.", clip_to_ldm(pipe.text_encoder))
+    # Real files also carry the training noise schedule; loaders must ignore it.
+    state["alphas_cumprod"] = torch.linspace(1, 0, 1000)
+    save_file(state, str(path))
+    return path
+
+
+def _assert_same_module(got: Any, want: Any, name: str) -> None:
+    got_state, want_state = got.state_dict(), want.state_dict()
+    assert sorted(got_state) == sorted(want_state), name
+    for key, tensor in want_state.items():
+        assert torch.equal(got_state[key], tensor), f"{name}: {key} differs"
+
+
+def _assert_same_weights(loaded: Any, expected: Any, parts: tuple[str, ...]) -> None:
+    for part in parts:
+        _assert_same_module(getattr(loaded, part), getattr(expected, part), part)
+
+
+def _image(size: int = 64) -> Image.Image:
+    x = np.linspace(0, 255, size, dtype=np.float32)[None, :, None]
+    y = np.linspace(0, 255, size, dtype=np.float32)[:, None, None]
+    rgb = np.concatenate([x + 0 * y, y + 0 * x, (x + y) / 2], axis=2)
+    return Image.fromarray(rgb.astype(np.uint8), "RGB")
+
+
+def _mask(size: int = 64) -> Image.Image:
+    mask = Image.new("L", (size, size), 0)
+    mask.paste(255, (size // 4, size // 4, 3 * size // 4, 3 * size // 4))
+    return mask
+
+
+def _pixels(pipe: Any, **extra: Any) -> np.ndarray:
+    result = pipe(
+        "a photo of a cat",
+        image=_image(),
+        num_inference_steps=2,
+        strength=1.0,  # both steps run
+        generator=torch.Generator().manual_seed(1234),
+        **extra,
+    )
+    return np.asarray(result.images[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading single files (tiny models, real loading path)
+
+
+def test_sd1_file_loads_back_identical(sd_pipe: Any, sd_folder: Path, tmp_path: Path) -> None:
+    file = write_ldm_checkpoint(sd_pipe, tmp_path / "tiny.safetensors")
+    assert detect_architecture(file) == "sd1"
+    loaded = _quiet(load_single_file(file, dtype=torch.float32, config_dir=sd_folder))
+    assert isinstance(loaded, StableDiffusionImg2ImgPipeline)
+    _assert_same_weights(loaded, sd_pipe, ("unet", "vae", "text_encoder"))
+    assert np.array_equal(_pixels(loaded), _pixels(sd_pipe))
+
+
+def test_sd2_layout_loads_back_identical(sd_pipe: Any, sd_folder: Path, tmp_path: Path) -> None:
+    """The OpenCLIP text-encoder layout of SD 2.x files (fused q/k/v), on the tiny model."""
+    file = write_ldm_checkpoint(sd_pipe, tmp_path / "tiny2.safetensors", open_clip=True)
+    assert detect_architecture(file) == "sd2"
+    loaded = _quiet(load_single_file(file, dtype=torch.float32, config_dir=sd_folder))
+    _assert_same_weights(loaded, sd_pipe, ("unet", "vae", "text_encoder"))
+    assert np.array_equal(_pixels(loaded), _pixels(sd_pipe))
+
+
+def test_sdxl_file_loads_back_identical(sdxl_pipe: Any, sdxl_folder: Path, tmp_path: Path) -> None:
+    file = write_ldm_checkpoint(sdxl_pipe, tmp_path / "tinyxl.safetensors")
+    assert detect_architecture(file) == "sdxl"
+    loaded = _quiet(load_single_file(file, dtype=torch.float32, config_dir=sdxl_folder))
+    assert isinstance(loaded, StableDiffusionXLImg2ImgPipeline)
+    _assert_same_weights(loaded, sdxl_pipe, ("unet", "vae", "text_encoder", "text_encoder_2"))
+    assert np.array_equal(_pixels(loaded), _pixels(sdxl_pipe))
+    inpaint = _quiet(AutoPipelineForInpainting.from_pipe(loaded))
+    assert isinstance(inpaint, StableDiffusionXLInpaintPipeline)
+    assert inpaint.unet is loaded.unet  # shared, not reloaded
+    assert _pixels(inpaint, mask_image=_mask()).shape == (64, 64, 3)
+
+
+def test_shipped_configs_are_used_offline(sd_pipe: Any, tmp_path: Path, cache: Path) -> None:
+    """Without `config_dir`, the shipped SD 1.5 configs are used, from local files only.
+
+    The tiny weights do not fit SD 1.5's real sizes, so loading stops at the first weight —
+    which shows the real config was read locally (no hub access, which would fail offline).
+    """
+    file = write_ldm_checkpoint(sd_pipe, tmp_path / "tiny.safetensors")
+    with pytest.raises(ValueError, match=r"expected shape torch\.Size\(\[77, 768\]\)"):
+        load_single_file(file, dtype=torch.float32, cache_dir=cache)
+    assert list((cache / "single-file-configs").glob("sd1-*/tokenizer/vocab.json"))
+
+
+def test_tiny_sdxl_img2img_and_inpaint_are_deterministic(sdxl_folder: Path) -> None:
+    pipe = _quiet(AutoPipelineForImage2Image.from_pretrained(sdxl_folder))
+    assert isinstance(pipe, StableDiffusionXLImg2ImgPipeline)
+    first, second = _pixels(pipe), _pixels(pipe)
+    assert first.shape == (64, 64, 3)
+    assert np.array_equal(first, second)
+    inpaint = _quiet(AutoPipelineForInpainting.from_pipe(pipe))
+    assert isinstance(inpaint, StableDiffusionXLInpaintPipeline)
+    masked = _pixels(inpaint, mask_image=_mask())
+    assert np.array_equal(masked, _pixels(inpaint, mask_image=_mask()))
+    assert not np.array_equal(masked, first)
+
+
+def test_v_prediction_marker_sets_the_scheduler(
+    sd_pipe: Any, sd_folder: Path, tmp_path: Path
+) -> None:
+    file = write_ldm_checkpoint(sd_pipe, tmp_path / "vpred.safetensors")
+    with_marker = tmp_path / "vpred-marked.safetensors"
+    from safetensors.torch import load_file
+
+    state = load_file(str(file))
+    state["v_pred"] = torch.zeros(0)
+    state["ztsnr"] = torch.zeros(0)
+    save_file(state, str(with_marker))
+    pipe = load_single_file(with_marker, dtype=torch.float32, config_dir=sd_folder)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.scheduler.config.rescale_betas_zero_snr is True
+    plain = load_single_file(file, dtype=torch.float32, config_dir=sd_folder)
+    assert plain.scheduler.config.prediction_type == "epsilon"
+
+
+# ---------------------------------------------------------------------------------------------
+# VAE override
+
+
+@pytest.fixture(scope="module")
+def other_vae(sd_pipe: Any) -> Any:
+    """A VAE that differs from the model's own in every weight."""
+    vae = AutoencoderKL.from_config(sd_pipe.vae.config)
+    vae.load_state_dict({k: v + 0.01 for k, v in sd_pipe.vae.state_dict().items()})
+    return vae
+
+
+def test_vae_override_from_a_single_file(
+    sd_pipe: Any, sd_folder: Path, other_vae: Any, tmp_path: Path
+) -> None:
+    vae_file = tmp_path / "other.vae.safetensors"
+    save_file({k: v.contiguous() for k, v in vae_to_ldm(other_vae).items()}, str(vae_file))
+    file = write_ldm_checkpoint(sd_pipe, tmp_path / "tiny.safetensors")
+    pipe = load_single_file(file, dtype=torch.float32, config_dir=sd_folder, vae=vae_file)
+    _assert_same_module(pipe.vae, other_vae, "vae")
+    _assert_same_weights(pipe, sd_pipe, ("unet", "text_encoder"))
+    # Swapped into a running pipeline: the family settings follow the pipeline's VAE.
+    swapped = load_vae(vae_file, like=sd_pipe.vae)
+    assert swapped.config.scaling_factor == sd_pipe.vae.config.scaling_factor
+    _assert_same_module(swapped, other_vae, "vae")
+
+
+def test_vae_override_from_a_diffusers_folder(other_vae: Any, tmp_path: Path) -> None:
+    other_vae.save_pretrained(tmp_path / "myvae")
+    _assert_same_module(load_vae(tmp_path / "myvae"), other_vae, "vae")
+    other_vae.save_pretrained(tmp_path / "model" / "vae")  # a whole model folder
+    _assert_same_module(load_vae(tmp_path / "model"), other_vae, "vae")
+
+
+def test_vae_refuses_what_is_not_a_vae(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not found"):
+        load_vae(tmp_path / "missing.safetensors")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"config\.json"):
+        load_vae(tmp_path / "empty")
+    pickled = tmp_path / "vae.pt"
+    pickled.write_bytes(b"\x80\x04")
+    with pytest.raises(ConfigError, match="safetensors"):
+        load_vae(pickled)
+    not_vae = _header_file(tmp_path / "lora.safetensors", {"lora_unet_x.lora_down.weight": [1, 1]})
+    with pytest.raises(ConfigError, match="no VAE weights"):
+        load_vae(not_vae)
+
+
+# ---------------------------------------------------------------------------------------------
+# Architecture detection from headers alone
+
+
+def _header_file(
+    path: Path, shapes: dict[str, list[int]], metadata: dict[str, str] | None = None
+) -> Path:
+    """A real safetensors file with only the given key names (tiny tensors of those shapes)."""
+    tensors = {key: torch.zeros(shape, dtype=torch.float16) for key, shape in shapes.items()}
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+_UNET_KEYS = {"model.diffusion_model.input_blocks.0.0.weight": [1, 4, 1, 1]}
+_ATTN2 = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
+SD1_KEYS = {
+    **_UNET_KEYS,
+    _ATTN2: [1, 768],
+    "cond_stage_model.transformer.text_model.embeddings.position_embedding.weight": [1, 768],
+}
+SD2_KEYS = {
+    **_UNET_KEYS,
+    _ATTN2: [1, 1024],
+    "cond_stage_model.model.token_embedding.weight": [1, 1024],
+}
+SDXL_KEYS = {
+    **_UNET_KEYS,
+    "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight": [1, 2048],
+    "conditioner.embedders.0.transformer.text_model.embeddings.position_embedding.weight": [
+        1,
+        768,
+    ],
+    "conditioner.embedders.1.model.positional_embedding": [1, 1280],
+}
+
+
+@pytest.mark.parametrize(
+    ("keys", "expected"), [(SD1_KEYS, "sd1"), (SD2_KEYS, "sd2"), (SDXL_KEYS, "sdxl")]
+)
+def test_detect_architecture(keys: dict[str, list[int]], expected: str, tmp_path: Path) -> None:
+    assert detect_architecture(_header_file(tmp_path / "m.safetensors", keys)) == expected
+
+
+def test_header_is_read_without_the_tensors(tmp_path: Path) -> None:
+    file = _header_file(tmp_path / "m.safetensors", SD1_KEYS)
+    with file.open("r+b") as handle:  # destroy every tensor byte: detection must not care
+        (size,) = struct.unpack("<Q", handle.read(8))
+        handle.seek(8 + size)
+        handle.write(b"\xff" * (file.stat().st_size - 8 - size))
+    assert detect_architecture(file) == "sd1"
+    assert read_header(file)[_ATTN2]["shape"] == [1, 768]
+
+
+def test_sd2_v_prediction_markers(tmp_path: Path) -> None:
+    assert detect_architecture(_header_file(tmp_path / "a.safetensors", SD2_KEYS)) == "sd2"
+    marked = _header_file(tmp_path / "b.safetensors", {**SD2_KEYS, "v_pred": [0]})
+    assert detect_architecture(marked) == "sd2-v"
+    spec = _header_file(tmp_path / "c.safetensors", SD2_KEYS, {"modelspec.prediction_type": "v"})
+    assert detect_architecture(spec) == "sd2-v"
+    sidecar = _header_file(tmp_path / "d.safetensors", SD2_KEYS)
+    (tmp_path / "d.yaml").write_text("model:\n  params:\n    parameterization: v\n")
+    assert detect_architecture(sidecar) == "sd2-v"
+    (tmp_path / "d.yaml").write_text("model:\n  params:\n    linear_start: 0.00085\n")
+    assert detect_architecture(sidecar) == "sd2"
+    (tmp_path / "d.yaml").write_text("model: ldm\n")
+    assert detect_architecture(sidecar) == "sd2"
+    (tmp_path / "d.yaml").write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"d\.yaml"):
+        detect_architecture(sidecar)
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ({"some.weight": [1]}, "not a Stable Diffusion checkpoint.*first keys: some.weight"),
+        ({"lora_unet_down.lora_down.weight": [1, 1]}, "LoRA"),
+        ({"encoder.down.0.block.0.conv1.weight": [1, 1]}, "VAE"),
+        (_UNET_KEYS, "no text encoder.*unknown layout"),
+        ({**SD1_KEYS, _ATTN2: [1, 1024]}, "attends to 1024-wide"),
+        ({**SD1_KEYS, "model.diffusion_model.input_blocks.0.0.weight": [1, 9, 1, 1]}, "9 input"),
+        (
+            {**_UNET_KEYS, "conditioner.embedders.0.model.text_projection": [1, 1]},
+            "SDXL refiner",
+        ),
+    ],
+)
+def test_unknown_layouts_are_config_errors(
+    keys: dict[str, list[int]], message: str, tmp_path: Path
+) -> None:
+    file = _header_file(tmp_path / "odd.safetensors", keys)
+    with pytest.raises(ConfigError, match=message) as caught:
+        detect_architecture(file)
+    assert str(file) in str(caught.value)
+
+
+def test_not_a_safetensors_file(tmp_path: Path) -> None:
+    for name, data in (("short", b"abc"), ("huge", b"\xff" * 64), ("text", b"\x05" + b"\0" * 7)):
+        file = tmp_path / f"{name}.safetensors"
+        file.write_bytes(data + b"{bad}")
+        with pytest.raises(ConfigError, match=re.escape(f"{file}: not a .safetensors")):
+            detect_architecture(file)
+
+
+# ---------------------------------------------------------------------------------------------
+# Shipped configs and the generated vocabulary
+
+
+def test_clip_vocabulary(cache: Path) -> None:
+    merges = clip_merges()
+    vocab = clip_vocab(merges)
+    assert len(vocab) == CLIP_VOCAB_SIZE == 49408
+    assert vocab["!"] == 0 and vocab["<|startoftext|>"] == 49406
+    assert vocab["<|endoftext|>"] == 49407
+    folder = ensure_clip_tokenizer_files(cache)
+    assert json.loads((folder / "vocab.json").read_text(encoding="utf-8")) == vocab
+    assert ensure_clip_tokenizer_files(cache) == folder  # made once
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_shipped_configs(arch: str, cache: Path) -> None:
+    from accelerate import init_empty_weights
+    from transformers import CLIPTextConfig, CLIPTokenizer
+
+    folder = ensure_config_dir(arch, cache)  # type: ignore[arg-type]
+    assert ensure_config_dir(arch, cache) == folder  # type: ignore[arg-type]
+    index = json.loads((folder / "model_index.json").read_text())
+    unet_config = UNet2DConditionModel.load_config(folder / "unet")
+    vae_config = AutoencoderKL.load_config(folder / "vae")
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    assert scheduler["_class_name"] == index["scheduler"][1]
+    with init_empty_weights():  # the real sizes, without memory: the configs are consistent
+        unet = UNet2DConditionModel.from_config(unet_config)
+        vae = AutoencoderKL.from_config(vae_config)
+    encoders = [n for n in ("text_encoder", "text_encoder_2") if n in index]
+    texts = [CLIPTextConfig.from_pretrained(folder / name) for name in encoders]
+    assert unet_config["cross_attention_dim"] == sum(t.hidden_size for t in texts)
+    millions = round(sum(p.numel() for p in unet.parameters()) / 1e6)
+    assert millions == {"sd1": 860, "sd2": 866, "sd2-v": 866, "sdxl": 2567}[arch]
+    assert round(sum(p.numel() for p in vae.parameters()) / 1e6) == 84
+    if arch == "sdxl":
+        time_ids = 6 * unet_config["addition_time_embed_dim"]
+        pooled = texts[1].projection_dim
+        assert unet_config["projection_class_embeddings_input_dim"] == time_ids + pooled
+    pads = {"sd1": ["<|endoftext|>"], "sdxl": ["<|endoftext|>", "!"]}.get(arch, ["!"])
+    for name, pad in zip(sorted(n for n in index if n.startswith("tokenizer")), pads, strict=True):
+        tokenizer = CLIPTokenizer.from_pretrained(folder / name)
+        assert len(tokenizer) == CLIP_VOCAB_SIZE
+        assert tokenizer.pad_token == pad
+        assert tokenizer.model_max_length == 77
+        # The ids of the real SD tokenizers for this prompt.
+        assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    prediction = scheduler.get("prediction_type", "epsilon")
+    assert prediction == ("v_prediction" if arch == "sd2-v" else "epsilon")
+
+
+def test_shipped_configs_are_small() -> None:
+    files = [p for p in CONFIGS_DIR.rglob("*") if p.is_file()]
+    assert files and all(p.suffix == ".json" for p in files)
+    assert sum(p.stat().st_size for p in files) < 100_000

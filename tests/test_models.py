@@ -1,0 +1,82 @@
+"""Model references, VAE overrides and checkpoint checks, through the real loaders."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from daemon.builtin import ensure_builtin
+from daemon.errors import ConfigError
+from daemon.infotext import parse_infotext
+from daemon.models import resolve_model, resolve_vae
+from tests.conftest import Workspace, wait_for
+
+
+@pytest.fixture(scope="module")
+def other_vae(tmp_path_factory, state_dir):
+    """The tiny model's VAE with different weights, saved as a diffusers VAE folder."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    folder = ensure_builtin("tiny-sd", state_dir / "builtin")
+    vae = AutoencoderKL.from_pretrained(folder / "vae")
+    with torch.no_grad():
+        for parameter in vae.decoder.parameters():
+            parameter.mul_(0.5)
+    target = tmp_path_factory.mktemp("vae") / "my-vae"
+    vae.save_pretrained(target)
+    return target
+
+
+def test_vae_override_changes_the_decoder_and_is_recorded(workspace: Workspace, running, other_vae):
+    workspace.profile("plain", seed=3)
+    workspace.profile("withvae", seed=3, vae=str(other_vae))
+    running()
+    workspace.drop("chelsea.png", "plain/a.png")
+    workspace.drop("chelsea.png", "withvae/a.png")
+    wait_for(lambda: workspace.done("plain") and workspace.done("withvae"))
+    plain = np.asarray(Image.open(workspace.outbox / "plain/a.png"))
+    other = np.asarray(Image.open(workspace.outbox / "withvae/a.png"))
+    assert not np.array_equal(plain, other)
+    params = parse_infotext((workspace.outbox / "withvae/a.txt").read_text()).params
+    assert params["VAE"] == "my-vae"
+
+
+def test_vae_names_resolve_in_the_a1111_vae_folder(tmp_path):
+    (tmp_path / "VAE").mkdir()
+    (tmp_path / "VAE/kl-f8.safetensors").write_bytes(b"{}")
+    assert resolve_vae("kl-f8", models_dir=tmp_path) == tmp_path / "VAE/kl-f8.safetensors"
+    (tmp_path / "VAE/old.pt").write_bytes(b"x")
+    with pytest.raises(ConfigError, match="pickled"):
+        resolve_vae(str(tmp_path / "VAE/old.pt"), models_dir=tmp_path)
+    with pytest.raises(ConfigError, match="not found"):
+        resolve_vae("missing", models_dir=tmp_path)
+
+
+def test_checkpoint_names_resolve_in_an_a1111_models_folder(tmp_path, state_dir):
+    sd = tmp_path / "Stable-diffusion"
+    sd.mkdir()
+    (sd / "dream.safetensors").write_bytes(b"x")
+    (sd / "old.ckpt").write_bytes(b"x")
+    source = resolve_model("dream", models_dir=tmp_path, state_dir=state_dir)
+    assert source.kind == "single_file" and source.name == "dream"
+    assert (
+        resolve_model("dream.safetensors", models_dir=tmp_path, state_dir=state_dir).name == "dream"
+    )
+    with pytest.raises(ConfigError, match="pickled checkpoint"):
+        resolve_model("old", models_dir=tmp_path, state_dir=state_dir)
+    assert resolve_model("org/model", models_dir=tmp_path, state_dir=state_dir).kind == "hub"
+
+
+def test_check_reports_a_checkpoint_of_unknown_layout(workspace: Workspace, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    odd = tmp_path / "odd.safetensors"
+    save_file({"something.else": torch.zeros(1)}, str(odd))
+    workspace.profile("img2img", model=str(odd))
+    from daemon.cli import _preflight
+
+    problems = _preflight(workspace.settings())
+    assert any("odd.safetensors" in p for p in problems), problems
