@@ -21,6 +21,7 @@ class JobStatus(str, enum.Enum):
     WRITING = "writing"  # outputs are being renamed into place (see journal.py)
     WRITTEN = "written"  # every output is in place; the input is not archived yet
     DONE = "done"
+    FAILING = "failing"  # being moved to _failed (see journal.py)
     FAILED = "failed"  # the input's fault: moved to _failed
     DEFERRED = "deferred"  # the process's fault: input left in the inbox, retried later
     INTERRUPTED = "interrupted"  # the process stopped while it was in hand; it runs again

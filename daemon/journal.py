@@ -9,6 +9,8 @@ A job moves through ``queued → running → writing → written → done`` (or 
   into the outbox and the job runs again from scratch: no half batch, no ``-1`` copy.
 * ``written`` is committed once every output is in place. If the process dies before the
   input was archived, recovery archives it instead of painting it again.
+* ``failing`` (with the reason) is committed before a failed input and its companions move
+  to ``_failed``; recovery finishes the move and writes the report if it is missing.
 
 Readers (``img2imgd status``) open the database read-only while the daemon writes: WAL lets
 them see the last committed state without blocking the daemon.
@@ -45,7 +47,13 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 """
 # States in which a job was in hand when the process stopped.
-UNFINISHED = (JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.WRITING, JobStatus.WRITTEN)
+UNFINISHED = (
+    JobStatus.QUEUED,
+    JobStatus.RUNNING,
+    JobStatus.WRITING,
+    JobStatus.WRITTEN,
+    JobStatus.FAILING,
+)
 KEEP_FINISHED = 10_000  # rows of finished jobs kept for `status`; older ones are pruned
 
 
@@ -130,6 +138,10 @@ class Journal:
 
     def written(self, row: int) -> None:
         self._set(row, JobStatus.WRITTEN)
+
+    def failing(self, row: int, reason: str) -> None:
+        """The input is being moved to _failed: recovery finishes the move and the report."""
+        self._set(row, JobStatus.FAILING, reason=reason)
 
     def finished(
         self, row: int, state: JobStatus, *, reason: str = "", seconds: float | None = None

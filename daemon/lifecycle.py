@@ -33,14 +33,44 @@ def archive(job: Job, inbox: Path) -> list[Path]:
 
 
 def fail(job: Job, inbox: Path, reason: str, error: BaseException | None) -> Path:
-    """Move the inputs to ``_failed`` and write ``<stem>.error.txt``; returns the report path."""
-    moved = move_inputs(job.inputs, job.profile, inbox, FAILED_FOLDER)
-    image = moved[0]
-    report = image.with_name(f"{image.stem}.error.txt")
-    counter = 0
-    while report.exists():
-        counter += 1
-        report = image.with_name(f"{image.stem}.error-{counter}.txt")
-    with atomic_writer(report) as handle:
-        handle.write(failure_report(reason, error, job_name=job.label).encode("utf-8"))
+    """Write ``<stem>.error.txt`` in ``_failed``, then move the inputs there; returns the report.
+
+    The report comes first so that a crash in between never leaves a failed input without
+    its reason (recovery moves what is left; see journal.py).
+    """
+    return fail_inputs(
+        job.inputs, job.profile, inbox, failure_report(reason, error, job_name=job.label)
+    )
+
+
+def fail_inputs(
+    inputs: Sequence[Path], profile: str, inbox: Path, report_text: str, *, resume: bool = False
+) -> Path:
+    """``resume``: recovery after a crash; a report already written for this image stays."""
+    image = inputs[0]
+    folder = inbox / FAILED_FOLDER / profile / image.parent.relative_to(inbox / profile)
+    report = report_path(folder, image.name)
+    if not resume:
+        counter = 0
+        while report.exists():  # an older report of another file of that name
+            counter += 1
+            report = report.with_name(
+                f"{report.name.removesuffix('.error.txt')}.error-{counter}.txt"
+            )
+    if not report.exists():
+        with atomic_writer(report) as handle:
+            handle.write(report_text.encode("utf-8"))
+    present = [path for path in inputs if path.exists() or path.is_symlink()]
+    move_inputs(present, profile, inbox, FAILED_FOLDER)
     return report
+
+
+def report_path(folder: Path, image_name: str) -> Path:
+    """``<stem>.error.txt`` beside where the image will land in ``_failed`` (a taken name
+    gets ``-N``, as ``move_into`` does), so image and report always pair up."""
+    head, dot, rest = image_name.partition(".")
+    target, counter = image_name, 0
+    while (folder / target).exists() or (folder / target).is_symlink():
+        counter += 1
+        target = f"{head}-{counter}{dot}{rest}"
+    return folder / f"{Path(target).stem}.error.txt"

@@ -22,7 +22,8 @@ from loguru import logger
 from daemon.errors import ConfigError
 from daemon.jobs import JobStatus
 from daemon.journal import Journal
-from daemon.lifecycle import DONE_FOLDER, move_inputs
+from daemon.lifecycle import DONE_FOLDER, FAILED_FOLDER, fail_inputs, move_inputs
+from daemon.outputs import failure_report
 
 LOCK_NAME = "img2imgd.lock"
 # outputs.atomic_writer's temporary names: ".<name>.<pid>.tmp"
@@ -91,11 +92,23 @@ def recover(journal: Journal, *, inbox: Path, outbox: Path) -> Recovery:
         if not _inside(inbox, entry.inputs[0]):  # the inbox moved since (config change)
             journal.finished(entry.id, JobStatus.INTERRUPTED, reason="inbox changed")
             continue
+        image_gone = not (entry.inputs[0].exists() or entry.inputs[0].is_symlink())
+        # The image was archived (or failed) before the crash, or is still the same file:
+        # either way what is left of this job's inputs belongs with it.
+        ours = image_gone or entry.image_unchanged()
+        present = [p for p in entry.inputs if p.exists() or p.is_symlink()] if ours else []
         if entry.state is JobStatus.WRITTEN:
-            if entry.image_unchanged():
-                present = [path for path in entry.inputs if path.exists() or path.is_symlink()]
-                move_inputs(present, entry.profile, inbox, DONE_FOLDER)
+            move_inputs(present, entry.profile, inbox, DONE_FOLDER)
             journal.finished(entry.id, JobStatus.DONE, reason="archived after a restart")
+            result.completed.append(entry.label)
+            continue
+        if entry.state is JobStatus.FAILING:
+            if not image_gone and ours:  # the report may exist already; the moves did not
+                report = failure_report(entry.reason, None, job_name=entry.label)
+                fail_inputs(entry.inputs, entry.profile, inbox, report, resume=True)
+            elif image_gone:  # the image made it to _failed (after its report): the rest
+                move_inputs(present, entry.profile, inbox, FAILED_FOLDER)
+            journal.finished(entry.id, JobStatus.FAILED, reason=entry.reason)
             result.completed.append(entry.label)
             continue
         if entry.state is JobStatus.WRITING:
@@ -103,12 +116,19 @@ def recover(journal: Journal, *, inbox: Path, outbox: Path) -> Recovery:
                 if _inside(outbox, output) and output.exists():
                     output.unlink()
                     result.removed.append(output)
-        journal.finished(entry.id, JobStatus.INTERRUPTED, reason="the daemon stopped mid-job")
-        if entry.state is not JobStatus.QUEUED:
+        stopped = (
+            "queued when the daemon stopped"
+            if entry.state is JobStatus.QUEUED
+            else ("the daemon stopped mid-job")
+        )
+        journal.finished(entry.id, JobStatus.INTERRUPTED, reason=stopped)
+        if entry.state is not JobStatus.QUEUED and not image_gone:
             result.rerun.append(entry.label)
     result.removed += remove_temporaries(outbox)
+    for folder in (DONE_FOLDER, FAILED_FOLDER):  # reports written just before a crash
+        result.removed += remove_temporaries(inbox / folder)
     for label in result.completed:
-        logger.info("recovered {}: its results were complete; input archived", label)
+        logger.info("recovered {}: it had finished; its inputs are where they belong", label)
     for label in result.rerun:
         logger.info("recovered {}: interrupted mid-job; it runs again", label)
     return result

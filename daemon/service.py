@@ -516,6 +516,9 @@ class Daemon:
         return JobStatus.DEFERRED
 
     def _finish_failed(self, job: Job, reason: str, error: BaseException | None) -> JobStatus:
+        row = self._rows.get(job.id)
+        if self.journal is not None and row is not None:
+            self.journal.failing(row, reason)
         try:
             report = fail(job, self.settings.inbox, reason, error)
         except OSError as exc:

@@ -201,3 +201,54 @@ def test_status_shows_recent_results_and_failures(workspace: Workspace, running,
     assert "recent failures" in text and "img2img/bad.png" in text
     entries = json.dumps(journal_states(workspace))
     assert "done" in entries and "failed" in entries
+
+
+def journal_with(
+    workspace: Workspace, state: JobStatus, inputs: list[Path], reason: str = ""
+) -> None:
+    """The journal as a crash leaves it, with the job stopped in ``state``."""
+    journal = Journal(workspace.root / "state" / JOURNAL_NAME)
+    companions = Companions(mask=inputs[1]) if len(inputs) > 1 else Companions()
+    job = Job(profile="inpaint", image=inputs[0], sub_dir=Path(), companions=companions)
+    row = journal.queued(job)
+    journal.running(row)
+    if state is JobStatus.WRITTEN:
+        journal.writing(row, [])
+        journal.written(row)
+    if state is JobStatus.FAILING:
+        journal.failing(row, reason)
+    journal.close()
+
+
+def test_crash_between_archiving_image_and_mask_archives_the_mask(workspace: Workspace, running):
+    workspace.profile("inpaint", task="inpaint")
+    (workspace.root / "state").mkdir()
+    image, mask = workspace.inbox / "inpaint/a.png", workspace.inbox / "inpaint/a.mask.png"
+    Image.new("RGB", (64, 64)).save(image)
+    Image.new("L", (64, 64), 255).save(mask)
+    journal_with(workspace, JobStatus.WRITTEN, [image, mask])
+    done = workspace.inbox / "_done/inpaint"
+    done.mkdir(parents=True)
+    image.rename(done / "a.png")  # the crash came after the image moved, before the mask
+
+    running()
+    wait_for(lambda: (done / "a.mask.png").exists())
+    assert not mask.exists() and not workspace.outputs("inpaint")
+
+
+def test_crash_while_failing_finishes_the_move_and_keeps_the_report(workspace: Workspace, running):
+    workspace.profile("inpaint", task="inpaint")
+    (workspace.root / "state").mkdir()
+    image, mask = workspace.inbox / "inpaint/b.png", workspace.inbox / "inpaint/b.mask.png"
+    image.write_text("not an image")
+    Image.new("L", (64, 64), 255).save(mask)
+    journal_with(workspace, JobStatus.FAILING, [image, mask], reason="b.png is not an image")
+    failed = workspace.inbox / "_failed/inpaint"
+    failed.mkdir(parents=True)
+    (failed / ".b.error.txt.4242.tmp").write_text("half a report")  # killed mid-write
+
+    running()
+    wait_for(lambda: (failed / "b.png").exists() and (failed / "b.mask.png").exists())
+    assert (failed / "b.error.txt").read_text().startswith("b.png is not an image")
+    assert not list(failed.glob(".*")), "the half-written report was removed"
+    assert not image.exists() and not mask.exists()
