@@ -11,7 +11,7 @@ from PIL import Image
 
 from daemon.infotext import parse_infotext
 from daemon.service import Daemon
-from tests.conftest import Workspace, wait_for
+from tests.conftest import DATA, Workspace, wait_for
 from tests.test_adapters import LoraMaker, vectors, write
 
 
@@ -70,3 +70,22 @@ def test_lora_tags_embeddings_and_weights_through_the_daemon(workspace: Workspac
     assert info.prompt == seed_prompt  # recorded as written, tags included (as A1111)
     assert info.params["Lora hashes"].startswith("korean: ")
     assert info.params["TI hashes"].startswith("EasyNegative: ")
+
+
+def test_sdxl_img2img_and_inpaint_through_the_daemon(workspace: Workspace, running):
+    workspace.profile("xl", model="builtin:tiny-sdxl", prompt="(a cat:1.3) BREAK sofa")
+    workspace.profile("xlinpaint", model="builtin:tiny-sdxl", task="inpaint", mask_blur=0)
+    running()
+    workspace.drop("chelsea.png", "xl/a.png")
+    folder = workspace.inbox / "xlinpaint"
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    mask.save(folder / "b.mask.png")
+    image = Image.open(DATA / "astronaut.png").convert("RGB").resize((64, 64))
+    image.save(folder / "b.png")
+    wait_for(lambda: workspace.done("xl") and len(workspace.done("xlinpaint")) == 2, timeout=120)
+    info = parse_infotext((workspace.outbox / "xl/a.txt").read_text())
+    assert info.params["Model"] == "builtin-tiny-sdxl"
+    result = np.asarray(Image.open(workspace.outbox / "xlinpaint/b.png").convert("RGB"))
+    keep = np.asarray(mask) == 0
+    assert np.array_equal(result[keep], np.asarray(image)[keep])
