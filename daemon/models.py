@@ -16,7 +16,6 @@ torch and diffusers are imported here, lazily, so that ``check`` and the pure mo
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -36,6 +35,7 @@ from daemon.builtin import (
     model_hash_file,
 )
 from daemon.errors import ConfigError, TransientError
+from daemon.infotext import sha256_file
 from daemon.samplers import SamplerChoice
 
 if TYPE_CHECKING:
@@ -182,11 +182,7 @@ class HashCache:
             known = self._data.get(key)
             if known and known["stamp"] == stamp:
                 return str(known["sha256"])
-        digest = hashlib.sha256()
-        with file.open("rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
-        value = digest.hexdigest()
+        value = sha256_file(file)
         with self._lock:
             self._data[key] = {"stamp": stamp, "sha256": value}
             try:
