@@ -53,7 +53,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from loguru import logger
 
-from daemon.errors import InputError
+from daemon.checkpoints import PICKLE_SUFFIXES, is_pickle, load_pickle
+from daemon.errors import ConfigError, InputError
 from daemon.infotext import lora_hash, short_hash
 
 if TYPE_CHECKING:
@@ -63,7 +64,6 @@ LORA_FOLDERS = ("Lora", "LyCORIS")
 """Sub-folders of ``models_dir`` holding LoRAs, as in A1111."""
 EMBEDDINGS_FOLDER = "embeddings"
 SAFE_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")
 ALLOW_PICKLE_SETTING = "allow_pickle"
 """The configuration key named in the refusal message."""
 DEFAULT_MAX_LORAS = 8
@@ -185,17 +185,13 @@ def _walk(dirs: Iterable[Path]) -> Iterator[Path]:
                     continue  # a broken link, or removed meanwhile
 
 
-def _is_pickle(path: Path) -> bool:
-    return path.suffix.lower() in PICKLE_SUFFIXES
-
-
 def _choose(name: str, files: Sequence[Path]) -> list[Path]:
     """Files named `name`: exact-case stems if any, else case-insensitive; safetensors first."""
     found = [p for p in files if p.stem == name]
     if not found:
         folded = name.casefold()
         found = [p for p in files if p.stem.casefold() == folded]
-    return sorted(found, key=_is_pickle)  # stable: keeps the walk order otherwise
+    return sorted(found, key=is_pickle)  # stable: keeps the walk order otherwise
 
 
 def _find(kind: str, name: str, dirs: Sequence[Path], files: Sequence[Path], allow: bool) -> Path:
@@ -211,7 +207,7 @@ def _find(kind: str, name: str, dirs: Sequence[Path], files: Sequence[Path], all
             f"(any case) in {places}, recursively"
         )
     best = candidates[0]
-    if _is_pickle(best) and not allow:
+    if is_pickle(best) and not allow:
         raise PickleRefused(
             f"{kind} '{name}' is {best}, a pickle ({best.suffix}): loading a pickle can run "
             f"arbitrary code. Convert it to .safetensors, or set `{ALLOW_PICKLE_SETTING}: true` "
@@ -241,7 +237,7 @@ def embedding_names(dirs: Sequence[Path]) -> dict[str, Path]:
     names: dict[str, Path] = {}
     for path in _walk(dirs):
         known = names.get(path.stem)
-        if known is None or (_is_pickle(known) and not _is_pickle(path)):
+        if known is None or (is_pickle(known) and not is_pickle(path)):
             names[path.stem] = path
     return names
 
@@ -286,8 +282,8 @@ def _torch_load(path: Path) -> Any:
     import torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # an old file with module objects in it
+        return load_pickle(path)
+    except ConfigError as exc:  # an old file with module objects in it
         logger.warning(
             "{} needs the full unpickler ({}); loading it because pickles are allowed",
             path,
@@ -306,7 +302,7 @@ def _read_embedding(path: Path) -> dict[str, torch.Tensor]:
     """
     import torch
 
-    if _is_pickle(path):
+    if is_pickle(path):
         data = _torch_load(path)
     else:
         from safetensors.torch import load_file
@@ -590,7 +586,7 @@ class AdapterManager:
         logger.info("loading LoRA {} ({})", path.stem, path)
         try:
             source: Any = str(path)
-            if _is_pickle(path):
+            if is_pickle(path):
                 source = _torch_load(path)
                 if isinstance(source, Mapping) and isinstance(source.get("state_dict"), Mapping):
                     source = source["state_dict"]
@@ -693,7 +689,7 @@ class AdapterManager:
         return rewrite(prompt, in_prompt), rewrite(negative, in_negative), applied
 
     def _load_embedding(self, name: str, path: Path, notes: list[str]) -> AppliedEmbedding | None:
-        if _is_pickle(path) and not self.allow_pickle:
+        if is_pickle(path) and not self.allow_pickle:
             notes.append(
                 f"embedding '{name}' is {path}, a pickle ({path.suffix}): loading a pickle can "
                 f"run arbitrary code. Convert it to .safetensors, or set "

@@ -1,4 +1,4 @@
-"""Single-file ``.safetensors`` checkpoints (A1111 / civitai style), loaded offline.
+"""Single-file checkpoints (A1111 / civitai style), loaded offline.
 
 A single-file checkpoint holds the weights of the UNet, the VAE and the text encoder(s) in the
 original (LDM) key layout, and nothing else: no configs, no tokenizer. diffusers'
@@ -10,6 +10,14 @@ generated locally from a vendored merges file (``daemon/data/clip/``; see its RE
 
 Which architecture a file is, is read from its safetensors header alone (key names and
 shapes, never tensor data), so ``check`` can tell a user what a file is in milliseconds.
+
+Pickled checkpoints (``.ckpt``, ``.pt``, ``.pth``, ``.bin``) are only read when the
+configuration allows pickles (the callers check that), and even then only with torch's
+tensors-only unpickler (``weights_only=True``), which cannot run code: the few harmless
+globals old training checkpoints carry (a PyTorch Lightning callback, numpy scalars) are
+allowed as inert placeholders, as A1111's own safe unpickler does; anything else is refused
+with the names it asked for. Their key layout is read with tensors on the ``meta`` device,
+so no weights are read to detect the architecture either.
 
 torch and diffusers are imported inside the functions that need them, so that importing this
 module (e.g. for :func:`detect_architecture` in config validation) is instant.
@@ -36,6 +44,8 @@ if TYPE_CHECKING:
     import torch
 
 Architecture = Literal["sd1", "sd2", "sd2-v", "sdxl"]
+PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
+"""Files written with ``torch.save``: a pickle, which can run code when loaded."""
 ARCHITECTURES: tuple[Architecture, ...] = ("sd1", "sd2", "sd2-v", "sdxl")
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -84,6 +94,91 @@ def read_header(path: Path) -> dict[str, Any]:
     return header
 
 
+def is_pickle(path: Path) -> bool:
+    return Path(path).suffix.lower() in PICKLE_SUFFIXES
+
+
+def read_layout(path: Path) -> dict[str, Any]:
+    """``{key: {"shape": [...]}, ...}`` of a checkpoint, safetensors or (allowed) pickle."""
+    return _pickle_layout(Path(path)) if is_pickle(path) else read_header(path)
+
+
+class _TrainingLeftover:
+    """Stands in for a class that old training checkpoints pickle beside their weights.
+
+    The tensors-only unpickler builds it with the saved attributes and nothing else runs."""
+
+
+_TRAINING_LEFTOVERS = (
+    "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint",
+    "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint",
+)
+
+
+def allow_training_leftovers() -> None:
+    """Let ``torch.load(weights_only=True)`` read old SD checkpoints (idempotent).
+
+    The original SD 1.x ``.ckpt`` files hold a Lightning ``ModelCheckpoint`` callback and
+    numpy scalars next to ``state_dict``; A1111's safe unpickler allows exactly these. numpy's
+    scalar and dtype constructors only make numbers; the callback becomes a placeholder."""
+    import importlib
+
+    import numpy as np
+    import torch
+
+    scalar = importlib.import_module("numpy._core.multiarray").scalar
+    allowed: list[Any] = [(_TrainingLeftover, name) for name in _TRAINING_LEFTOVERS]
+    # numpy 1.x pickles name it numpy.core, numpy 2 numpy._core: the same constructor.
+    allowed += [
+        (scalar, f"{module}.scalar")
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+    ]
+    allowed.append(np.dtype)
+    allowed += [type(np.dtype(code)) for code in "?bBhHiIlLqQefdgFDG"]
+    torch.serialization.add_safe_globals(allowed)
+
+
+def load_pickle(path: Path, *, map_location: str = "cpu") -> Any:
+    """What a pickled checkpoint holds, through the tensors-only unpickler.
+
+    ConfigError naming the file when it is not a torch file or needs more than that
+    unpickler may build (then it says which globals it asked for)."""
+    import pickle
+    import zipfile
+
+    import torch
+
+    allow_training_leftovers()
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        try:
+            wanted = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        except Exception:  # an old (non-zip) file: the unpickler's own message says it
+            wanted = str(exc).strip().splitlines()[-1]
+        raise ConfigError(
+            f"{path}: this pickle needs more than tensors to load ({wanted}), so loading it "
+            "could run code; convert it to .safetensors with a tool you trust"
+        ) from exc
+    except (OSError, RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as exc:
+        raise ConfigError(f"{path}: not a readable torch checkpoint ({exc})") from exc
+
+
+def _pickle_layout(path: Path) -> dict[str, Any]:
+    import torch
+
+    data = load_pickle(path, map_location="meta")  # shapes only: no weights are read
+    while isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]  # Lightning wraps the weights, as diffusers unwraps them
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: holds a {type(data).__name__}, not a dictionary of weights")
+    return {
+        str(key): {"shape": list(value.shape), "dtype": str(value.dtype)}
+        for key, value in data.items()
+        if isinstance(value, torch.Tensor)
+    }
+
+
 def detect_architecture(path: Path) -> Architecture:
     """Which Stable Diffusion architecture a single-file checkpoint is, from its header.
 
@@ -104,7 +199,7 @@ def detect_architecture(path: Path) -> Architecture:
     given as a model, inpainting (9-channel) UNets, the SDXL refiner.
     """
     path = Path(path)
-    header = read_header(path)
+    header = read_layout(path)
     arch = _classify(path, header)
     if arch == "sd2" and _says_v_prediction(path, header):
         return "sd2-v"
@@ -357,7 +452,7 @@ def load_single_file(
     zero-terminal-SNR rescaling, as ComfyUI reads those markers.
     """
     path = Path(path)
-    header = read_header(path)
+    header = read_layout(path)
     arch = architecture or _classify(path, header)
     v_prediction = _says_v_prediction(path, header)
     if arch == "sd2" and v_prediction and architecture is None:
@@ -372,6 +467,8 @@ def load_single_file(
     if vae is not None:
         # Given as a component, the checkpoint's own VAE is never built.
         options["vae"] = _load_vae(Path(vae), dtype=dtype, config=Path(config) / "vae")
+    if is_pickle(path):
+        allow_training_leftovers()  # diffusers reads it with weights_only=True
     pipe: Any
     if arch == "sdxl":
         from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img import (
@@ -429,15 +526,13 @@ def _load_vae(ref: Path, *, dtype: torch.dtype | None, config: Path) -> Any:
         raise ConfigError(f"vae {ref}: a folder without config.json or vae/config.json")
     if not ref.is_file():
         raise ConfigError(f"vae {ref}: not found")
-    if ref.suffix.lower() != ".safetensors":
-        raise ConfigError(
-            f"vae {ref}: only .safetensors files are loaded (pickled .ckpt/.pt files can run "
-            "code when loaded; convert it)"
-        )
-    keys = [k for k in read_header(ref) if k != "__metadata__"]
+    # A pickle gets here only when the configuration allows pickles (models.resolve_vae).
+    keys = [k for k in read_layout(ref) if k != "__metadata__"]
     vae_prefixes = ("encoder.", "decoder.", "first_stage_model.encoder.", "vae.encoder.")
     if not any(k.startswith(vae_prefixes) for k in keys):
         raise ConfigError(f"vae {ref}: no VAE weights (encoder.*/decoder.*) in it")
+    if is_pickle(ref):
+        allow_training_leftovers()
     # SD's 8x VAE is also SDXL's: the architecture is the same whichever config is used.
     return AutoencoderKL.from_single_file(
         str(ref),

@@ -95,11 +95,16 @@ def _preflight(settings: Settings) -> list[str]:
                 models_dir=settings.models_dir,
                 state_dir=settings.state_dir,
                 build=False,
+                allow_pickle=settings.allow_pickle,
             )
             if source.kind == "single_file":
-                detect_architecture(Path(source.location))  # reads the header only
+                detect_architecture(Path(source.location))  # reads the key layout only
             if profile.settings.vae is not None:
-                resolve_vae(profile.settings.vae, models_dir=settings.models_dir)
+                resolve_vae(
+                    profile.settings.vae,
+                    models_dir=settings.models_dir,
+                    allow_pickle=settings.allow_pickle,
+                )
         except ConfigError as exc:
             problems.append(f"{profile.files[0]}: {exc}")
     return problems

@@ -31,7 +31,7 @@ class Settings(BaseModel):
     state_dir: Path = Path("state")  # built-in models, hash cache, journal
     lora_dirs: list[Path] | None = None  # default: models_dir/Lora and models_dir/LyCORIS
     embedding_dirs: list[Path] | None = None  # default: models_dir/embeddings, ../embeddings
-    allow_pickle: bool = False  # load pickled (.pt/.ckpt/.bin) LoRAs and embeddings: runs code
+    allow_pickle: bool = False  # read pickled (.ckpt/.pt/.bin) models, VAEs, LoRAs, embeddings
     device: Literal["auto", "cpu", "cuda", "mps"] | str = "auto"
 
     stability_delay: float = Field(2.0, ge=0.0, le=3600.0)  # s of unchanged size+mtime

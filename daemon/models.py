@@ -4,7 +4,8 @@ A profile's ``model:`` is one of
 
 * ``builtin:tiny-sd`` — generated once into the state folder, then loaded like any folder;
 * a diffusers folder or a single-file ``.safetensors`` checkpoint (absolute, or relative to
-  the working directory);
+  the working directory); a pickled ``.ckpt``/``.pt``/``.pth``/``.bin`` only when the
+  configuration sets ``allow_pickle`` (and then through the tensors-only unpickler);
 * a name looked up in ``models_dir`` (also in A1111's ``Stable-diffusion`` sub-folder), with
   or without its extension;
 * a hub repo id (``org/name``), downloaded when online and then used from the local cache.
@@ -34,6 +35,7 @@ from daemon.builtin import (
     is_builtin,
     model_hash_file,
 )
+from daemon.checkpoints import PICKLE_SUFFIXES, is_pickle
 from daemon.errors import ConfigError, TransientError
 from daemon.infotext import sha256_file
 from daemon.samplers import SamplerChoice
@@ -46,7 +48,6 @@ if TYPE_CHECKING:
 SourceKind = Literal["folder", "single_file", "hub"]
 PipelineTask = Literal["img2img", "inpaint"]
 SAFE_CHECKPOINT_SUFFIXES = (".safetensors",)
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
@@ -68,11 +69,17 @@ class ModelSource:
 
 
 def resolve_model(
-    ref: str, *, models_dir: Path | None, state_dir: Path, build: bool = True
+    ref: str,
+    *,
+    models_dir: Path | None,
+    state_dir: Path,
+    build: bool = True,
+    allow_pickle: bool = False,
 ) -> ModelSource:
     """Find what ``ref`` names, without loading it. Unknown → ConfigError saying where we looked.
 
     ``build=False`` only checks a built-in's name instead of generating it (``check`` stays fast).
+    A pickled checkpoint is a ConfigError unless `allow_pickle`.
     """
     ref = ref.strip()
     if is_builtin(ref):
@@ -90,8 +97,9 @@ def resolve_model(
         if candidate.is_dir() and (candidate / "model_index.json").is_file():
             return ModelSource(ref, "folder", str(candidate.resolve()), candidate.name)
         if candidate.is_file():
-            _refuse_pickle(candidate)
-            if candidate.suffix.lower() in SAFE_CHECKPOINT_SUFFIXES:
+            if is_pickle(candidate) and not allow_pickle:
+                _refuse_pickle("model", candidate)
+            if candidate.suffix.lower() in (*SAFE_CHECKPOINT_SUFFIXES, *PICKLE_SUFFIXES):
                 return ModelSource(ref, "single_file", str(candidate.resolve()), candidate.stem)
     if _looks_like_repo_id(ref):
         return ModelSource(ref, "hub", ref, ref.split("/")[-1])
@@ -124,12 +132,12 @@ def _candidates(ref: str, models_dir: Path | None) -> list[Path]:
     return found
 
 
-def _refuse_pickle(path: Path) -> None:
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise ConfigError(
-            f"model {path} is a pickled checkpoint ({path.suffix}), which can run code when "
-            "loaded; convert it to .safetensors"
-        )
+def _refuse_pickle(kind: str, path: Path) -> None:
+    raise ConfigError(
+        f"{kind} {path} is a pickled checkpoint ({path.suffix}), which can run code when "
+        "loaded; convert it to .safetensors, or set `allow_pickle: true` in the daemon's "
+        "configuration if you trust the file"
+    )
 
 
 def quiet_libraries() -> None:
@@ -242,7 +250,12 @@ class ModelCache:
     def source(self, ref: str) -> ModelSource:
         if ref in self._loaded:
             return self._loaded[ref].source
-        return resolve_model(ref, models_dir=self.models_dir, state_dir=self.state_dir)
+        return resolve_model(
+            ref,
+            models_dir=self.models_dir,
+            state_dir=self.state_dir,
+            allow_pickle=self.allow_pickle,
+        )
 
     def model_hash(self, source: ModelSource) -> str | None:
         file = source.hash_file
@@ -289,7 +302,7 @@ class ModelCache:
         )
 
     def vae_source(self, ref: str) -> Path:
-        return resolve_vae(ref, models_dir=self.models_dir)
+        return resolve_vae(ref, models_dir=self.models_dir, allow_pickle=self.allow_pickle)
 
     def _load(self, source: ModelSource, vae: str | None) -> Any:
         from diffusers import AutoPipelineForImage2Image
@@ -374,9 +387,10 @@ def _key(ref: str, vae: str | None) -> str:
     return ref if vae is None else f"{ref} + vae {vae}"
 
 
-def resolve_vae(ref: str, *, models_dir: Path | None) -> Path:
+def resolve_vae(ref: str, *, models_dir: Path | None, allow_pickle: bool = False) -> Path:
     """A VAE: a path, or a name in ``models_dir/VAE`` (A1111's folder), with or without
-    ``.safetensors``; a diffusers folder works too. Pickled files are refused."""
+    its extension; a diffusers folder works too. Pickled files unless `allow_pickle` are a
+    ConfigError; ``.safetensors`` wins over a pickle of the same name."""
     given = Path(ref).expanduser()
     roots = [Path.cwd()] if not given.is_absolute() else [Path("/")]
     if models_dir is not None and not given.is_absolute():
@@ -384,12 +398,14 @@ def resolve_vae(ref: str, *, models_dir: Path | None) -> Path:
     looked = []
     for root in roots:
         base = root / given
-        for candidate in (base, base.with_name(base.name + ".safetensors")):
+        suffixes = ("", *SAFE_CHECKPOINT_SUFFIXES, *PICKLE_SUFFIXES)
+        for candidate in (base.with_name(base.name + s) for s in suffixes):
             looked.append(candidate)
             if candidate.is_dir():
                 return candidate
             if candidate.is_file():
-                _refuse_pickle(candidate)
+                if is_pickle(candidate) and not allow_pickle:
+                    _refuse_pickle("vae", candidate)
                 return candidate
     raise ConfigError(f"vae '{ref}' not found: looked at {', '.join(str(p) for p in looked)}")
 

@@ -18,6 +18,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import json
 import re
 import struct
+import sys
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -50,6 +52,7 @@ from daemon.checkpoints import (
     load_single_file,
     load_vae,
     read_header,
+    read_layout,
 )
 from daemon.errors import ConfigError
 
@@ -393,6 +396,79 @@ def test_vae_override_from_a_single_file(
     _assert_same_module(swapped, other_vae, "vae")
 
 
+# ---------------------------------------------------------------------------------------------
+# Pickled checkpoints (read only when the configuration allows pickles)
+
+
+class ModelCheckpoint:
+    """Pickled under Lightning's name, as the callback the original SD .ckpt files carry."""
+
+    def __init__(self) -> None:
+        self.monitor = None
+        self.best_model_score = torch.tensor(0.5)
+
+
+def save_training_checkpoint(state: Tensors, path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`state` saved as a Lightning training run saves it: wrapped, with leftovers beside it."""
+    name = "pytorch_lightning.callbacks.model_checkpoint"
+    module = types.ModuleType(name)
+    module.ModelCheckpoint = ModelCheckpoint  # type: ignore[attr-defined]
+    monkeypatch.setattr(ModelCheckpoint, "__module__", name)
+    for prefix in ("pytorch_lightning", "pytorch_lightning.callbacks", name):
+        monkeypatch.setitem(sys.modules, prefix, module)
+    leftovers = {"callbacks": {"ModelCheckpoint{}": ModelCheckpoint()}, "epoch": np.int64(7)}
+    torch.save({"state_dict": state, "global_step": np.float64(470000.0), **leftovers}, path)
+    return path
+
+
+def test_pickled_checkpoint_loads_back_identical(
+    sd_pipe: Any, sd_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An old SD 1.x style .ckpt, Lightning callback and numpy scalars included, loads
+    through the tensors-only unpickler to the same weights and pixels as its safetensors twin."""
+    twin = write_ldm_checkpoint(sd_pipe, tmp_path / "tiny.safetensors")
+    from safetensors.torch import load_file
+
+    ckpt = save_training_checkpoint(load_file(twin), tmp_path / "tiny.ckpt", monkeypatch)
+    monkeypatch.delitem(sys.modules, "pytorch_lightning.callbacks.model_checkpoint")  # as here
+    assert {k: v["shape"] for k, v in read_layout(ckpt).items()} == {
+        k: v["shape"] for k, v in read_header(twin).items() if k != "__metadata__"
+    }
+    assert detect_architecture(ckpt) == "sd1"
+    loaded = _quiet(load_single_file(ckpt, dtype=torch.float32, config_dir=sd_folder))
+    _assert_same_weights(loaded, sd_pipe, ("unet", "vae", "text_encoder"))
+    assert np.array_equal(_pixels(loaded), _pixels(sd_pipe))
+
+
+class _Payload:
+    """A pickle that would create a folder when unpickled by the full unpickler."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (str(self.target),))
+
+
+def test_pickle_that_would_run_code_is_refused_even_when_allowed(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    file = tmp_path / "evil.ckpt"
+    torch.save(
+        {"state_dict": {"model.diffusion_model.x": torch.zeros(1)}, "x": _Payload(marker)}, file
+    )
+    with pytest.raises(ConfigError, match=r"needs more than tensors.*mkdir"):
+        detect_architecture(file)
+    with pytest.raises(ConfigError, match="needs more than tensors"):
+        load_vae(file)
+    assert not marker.exists()
+
+
+def test_pickled_vae_loads(other_vae: Any, tmp_path: Path) -> None:
+    vae_file = tmp_path / "vae-ft-mse.ckpt"
+    torch.save({"state_dict": vae_to_ldm(other_vae)}, vae_file)
+    _assert_same_module(load_vae(vae_file, like=other_vae), other_vae, "vae")
+
+
 def test_vae_override_from_a_diffusers_folder(other_vae: Any, tmp_path: Path) -> None:
     other_vae.save_pretrained(tmp_path / "myvae")
     _assert_same_module(load_vae(tmp_path / "myvae"), other_vae, "vae")
@@ -408,7 +484,7 @@ def test_vae_refuses_what_is_not_a_vae(tmp_path: Path) -> None:
         load_vae(tmp_path / "empty")
     pickled = tmp_path / "vae.pt"
     pickled.write_bytes(b"\x80\x04")
-    with pytest.raises(ConfigError, match="safetensors"):
+    with pytest.raises(ConfigError, match="not a readable torch checkpoint"):
         load_vae(pickled)
     not_vae = _header_file(tmp_path / "lora.safetensors", {"lora_unet_x.lora_down.weight": [1, 1]})
     with pytest.raises(ConfigError, match="no VAE weights"):

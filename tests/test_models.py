@@ -48,8 +48,9 @@ def test_vae_names_resolve_in_the_a1111_vae_folder(tmp_path):
     (tmp_path / "VAE/kl-f8.safetensors").write_bytes(b"{}")
     assert resolve_vae("kl-f8", models_dir=tmp_path) == tmp_path / "VAE/kl-f8.safetensors"
     (tmp_path / "VAE/old.pt").write_bytes(b"x")
-    with pytest.raises(ConfigError, match="pickled"):
+    with pytest.raises(ConfigError, match=r"pickled.*allow_pickle: true"):
         resolve_vae(str(tmp_path / "VAE/old.pt"), models_dir=tmp_path)
+    assert resolve_vae("old", models_dir=tmp_path, allow_pickle=True) == tmp_path / "VAE/old.pt"
     with pytest.raises(ConfigError, match="not found"):
         resolve_vae("missing", models_dir=tmp_path)
 
@@ -64,8 +65,11 @@ def test_checkpoint_names_resolve_in_an_a1111_models_folder(tmp_path, state_dir)
     assert (
         resolve_model("dream.safetensors", models_dir=tmp_path, state_dir=state_dir).name == "dream"
     )
-    with pytest.raises(ConfigError, match="pickled checkpoint"):
+    with pytest.raises(ConfigError, match=r"pickled checkpoint.*allow_pickle: true"):
         resolve_model("old", models_dir=tmp_path, state_dir=state_dir)
+    allowed = resolve_model("old", models_dir=tmp_path, state_dir=state_dir, allow_pickle=True)
+    assert allowed.kind == "single_file" and allowed.name == "old"
+    assert allowed.hash_file == sd / "old.ckpt"  # A1111 hashes the file as it is
     assert resolve_model("org/model", models_dir=tmp_path, state_dir=state_dir).kind == "hub"
 
 
@@ -80,3 +84,24 @@ def test_check_reports_a_checkpoint_of_unknown_layout(workspace: Workspace, tmp_
 
     problems = _preflight(workspace.settings())
     assert any("odd.safetensors" in p for p in problems), problems
+
+
+def test_check_reads_a_pickled_checkpoint_only_when_allowed(workspace: Workspace, tmp_path):
+    import torch
+
+    ckpt = tmp_path / "old-sd15.ckpt"
+    torch.save(
+        {
+            "state_dict": {
+                "cond_stage_model.transformer.x": torch.zeros(1),
+                "model.diffusion_model.input_blocks.0.0.weight": torch.zeros(8, 4, 3, 3),
+            }
+        },
+        ckpt,
+    )
+    workspace.profile("img2img", model=str(ckpt))
+    from daemon.cli import _preflight
+
+    refused = _preflight(workspace.settings())
+    assert any("pickled checkpoint" in p and "allow_pickle" in p for p in refused), refused
+    assert _preflight(workspace.settings(allow_pickle=True)) == []
