@@ -55,7 +55,7 @@ from loguru import logger
 
 from daemon.checkpoints import PICKLE_SUFFIXES, is_pickle, load_pickle
 from daemon.errors import ConfigError, InputError
-from daemon.infotext import lora_hash, short_hash
+from daemon.hashes import HashCache
 
 if TYPE_CHECKING:
     import torch
@@ -338,25 +338,9 @@ def _read_embedding(path: Path) -> dict[str, torch.Tensor]:
     )
 
 
-_HASH_LOCK = threading.Lock()
-_HASHES: dict[tuple[str, str, int, int], str] = {}
-
-
 def _stamp(path: Path) -> tuple[str, int, int]:
     st = path.stat()
     return str(path.resolve()), st.st_size, st.st_mtime_ns
-
-
-def _cached_hash(kind: str, path: Path) -> str:
-    """A1111's 12-hex hash of a LoRA ("lora") or an embedding ("ti"), cached by file stamp."""
-    key = (kind, *_stamp(path))
-    with _HASH_LOCK:
-        if key in _HASHES:
-            return _HASHES[key]
-    value = lora_hash(path) if kind == "lora" else short_hash(path)
-    with _HASH_LOCK:
-        _HASHES[key] = value
-    return value
 
 
 def _infotext_name(name: str) -> str:
@@ -440,8 +424,10 @@ class AdapterManager:
         embedding_dirs: Sequence[Path] = (),
         allow_pickle: bool = False,
         max_loras: int = DEFAULT_MAX_LORAS,
+        hashes: HashCache | None = None,
     ) -> None:
         self.pipe = pipe
+        self.hashes = hashes or HashCache()
         self.lora_dirs = [Path(d) for d in lora_dirs]
         self.embedding_dirs = [Path(d) for d in embedding_dirs]
         self.allow_pickle = allow_pickle
@@ -470,8 +456,10 @@ class AdapterManager:
             logger.warning(note)
         lora_hashes: dict[str, str] = {}
         for lora in applied_loras:
-            lora_hashes.setdefault(_infotext_name(lora.name), _cached_hash("lora", lora.path))
-        ti_hashes = {_infotext_name(e.name): _cached_hash("ti", e.path) for e in applied_embeddings}
+            lora_hashes.setdefault(_infotext_name(lora.name), self.hashes.lora(lora.path))
+        ti_hashes = {
+            _infotext_name(e.name): self.hashes.sha256(e.path)[:12] for e in applied_embeddings
+        }
         return AppliedAdapters(
             prompt=prompt,
             negative_prompt=negative,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from daemon.builtin import (
 )
 from daemon.checkpoints import PICKLE_SUFFIXES, is_pickle
 from daemon.errors import ConfigError, TransientError
-from daemon.infotext import sha256_file
+from daemon.hashes import HashCache
 from daemon.samplers import SamplerChoice
 
 if TYPE_CHECKING:
@@ -171,38 +170,6 @@ def pick_device(requested: str) -> tuple[str, torch.dtype]:
     return device, dtype
 
 
-class HashCache:
-    """sha256 of big files, remembered by (path, size, mtime) in ``state/hashes.json``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._lock = threading.Lock()
-        try:
-            self._data: dict[str, Any] = json.loads(path.read_text())
-        except (OSError, ValueError):
-            self._data = {}
-
-    def sha256(self, file: Path) -> str:
-        st = file.stat()
-        key = str(file.resolve())
-        stamp = [st.st_size, st.st_mtime_ns]
-        with self._lock:
-            known = self._data.get(key)
-            if known and known["stamp"] == stamp:
-                return str(known["sha256"])
-        value = sha256_file(file)
-        with self._lock:
-            self._data[key] = {"stamp": stamp, "sha256": value}
-            try:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = self.path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(self._data, indent=1))
-                tmp.replace(self.path)
-            except OSError as exc:  # a cache; never worth failing a job for
-                logger.debug("could not save the hash cache: {}", exc)
-        return value
-
-
 @dataclass
 class _Loaded:
     source: ModelSource
@@ -299,6 +266,7 @@ class ModelCache:
             lora_dirs=self.lora_dirs,
             embedding_dirs=self.embedding_dirs,
             allow_pickle=self.allow_pickle,
+            hashes=self.hashes,
         )
 
     def vae_source(self, ref: str) -> Path:
