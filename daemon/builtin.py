@@ -34,7 +34,12 @@ BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS: dict[str, str] = {
     "tiny-sd": "tiny random SD-1-style pipeline (output is noise)",
     "tiny-sdxl": "tiny random SDXL-style pipeline (output is noise)",
+    "tiny-interrogator": "tiny random BLIP + CLIP for the CLIP interrogator (words are noise)",
+    "tiny-tagger": "tiny random WD14-style ONNX tagger with a short tag list (tags are noise)",
 }
+
+INTERROGATION_BUILTINS = frozenset({"tiny-interrogator", "tiny-tagger"})
+"""Built-ins that are interrogation models, not diffusion pipelines."""
 
 BUILD_VERSION = 1
 """Bump when a recipe changes (configs, seed, tokenizer): the cache folder names change too.
@@ -100,6 +105,7 @@ def ensure_builtin(name: str, cache_dir: Path) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}{_TMP_MARK}", dir=cache_dir))
         try:
             _BUILDERS[name](tmp)
+            (tmp / _DONE_MARK).write_text(f"{name} v{BUILD_VERSION}\n")
             tmp.chmod(0o755)  # mkdtemp makes it private; the cache may be shared by users
             try:
                 os.rename(tmp, final)  # atomic; replaces at most an empty folder
@@ -131,9 +137,13 @@ def model_hash_file(folder: Path) -> Path:
     raise FileNotFoundError(f"no UNet weights file in {unet}")
 
 
+_DONE_MARK = ".built"
+
+
 def _is_complete(folder: Path) -> bool:
-    """A built folder only ever appears whole (by rename), so its index file is the sign."""
-    return (folder / "model_index.json").is_file()
+    """A built folder only ever appears whole (by rename), so a file in it is the sign: the
+    mark every build writes last, or the index of a diffusers folder built before the mark."""
+    return (folder / _DONE_MARK).is_file() or (folder / "model_index.json").is_file()
 
 
 def _remove_stale_temps(cache_dir: Path, final_name: str) -> None:
@@ -409,4 +419,21 @@ def _build_tiny_sdxl(folder: Path) -> None:
     pipe.save_pretrained(folder, safe_serialization=True)
 
 
-_BUILDERS = {"tiny-sd": _build_tiny_sd, "tiny-sdxl": _build_tiny_sdxl}
+def _build_tiny_interrogator(folder: Path) -> None:
+    from daemon.engines.tiny_interrogator import build_tiny_interrogator
+
+    build_tiny_interrogator(folder)
+
+
+def _build_tiny_tagger(folder: Path) -> None:
+    from daemon.engines.tagger import build_tiny_tagger
+
+    build_tiny_tagger(folder)
+
+
+_BUILDERS = {
+    "tiny-sd": _build_tiny_sd,
+    "tiny-sdxl": _build_tiny_sdxl,
+    "tiny-interrogator": _build_tiny_interrogator,
+    "tiny-tagger": _build_tiny_tagger,
+}

@@ -1,4 +1,4 @@
-"""Command line: ``img2imgd run | once | check``."""
+"""Command line: ``img2imgd run | once | check | status | interrogate | install-service``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from loguru import logger
 from daemon import __version__
 from daemon.config import Settings, load_settings
 from daemon.errors import ConfigError
+from daemon.profiles import Profile, ProfileStore
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_CONFIG, EXIT_DEFERRED = 0, 1, 2, 3
 LOG_FORMAT = "<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> {message}"
@@ -59,6 +60,26 @@ def _parser() -> argparse.ArgumentParser:
         "status", help="show the queue, the job in hand, recent results and failures"
     )
     status.set_defaults(command=cmd_status)
+    interrogate = commands.add_parser(
+        "interrogate",
+        help="print a prompt for each image (CLIP caption or tags), one line per file",
+        description="Interrogate images and print one line per file, in order (an empty "
+        "line for a file that failed; the reason goes to stderr). Exit 1 if any failed.",
+    )
+    interrogate.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    interrogate.add_argument(
+        "--interrogator", choices=("clip", "deepbooru"), default=None,
+        help="clip (caption + terms) or deepbooru (tags); default: the profile's, else clip",
+    )  # fmt: skip
+    interrogate.add_argument(
+        "--profile", default=None, help="take the model and options from this profile"
+    )
+    interrogate.add_argument(
+        "--model", default=None,
+        help="the interrogation model (folder, hub id, builtin:tiny-interrogator, "
+        "builtin:tiny-tagger); overrides the profile's",
+    )  # fmt: skip
+    interrogate.set_defaults(command=cmd_interrogate)
     service = commands.add_parser(
         "install-service", help="write a systemd unit for `img2imgd run` and say how to enable it"
     )
@@ -83,31 +104,54 @@ def _setup_logging(level: str, *, through_tqdm: bool = False) -> None:
 
 def _preflight(settings: Settings) -> list[str]:
     """Problems that stop the daemon from starting: every profile, and the models they name."""
-    from daemon.checkpoints import detect_architecture
-    from daemon.models import resolve_model, resolve_vae
     from daemon.profiles import check_all
 
     loaded, problems = check_all(settings.profiles)
     for profile in loaded.values():
         try:
-            source = resolve_model(
-                profile.settings.model,
-                models_dir=settings.models_dir,
-                state_dir=settings.state_dir,
-                build=False,
-                allow_pickle=settings.allow_pickle,
-            )
-            if source.kind == "single_file":
-                detect_architecture(Path(source.location))  # reads the key layout only
-            if profile.settings.vae is not None:
-                resolve_vae(
-                    profile.settings.vae,
-                    models_dir=settings.models_dir,
-                    allow_pickle=settings.allow_pickle,
-                )
+            _check_models(profile.settings, settings)
         except ConfigError as exc:
             problems.append(f"{profile.files[0]}: {exc}")
     return problems
+
+
+def _check_models(profile: Profile, settings: Settings) -> None:
+    """Find every model a profile names, without loading (or generating) any."""
+    from daemon.checkpoints import detect_architecture
+    from daemon.interrogation import resolve_clip, resolve_tagger
+    from daemon.labels import load_label_lists
+    from daemon.models import resolve_model, resolve_vae
+
+    models_dir, state_dir = settings.models_dir, settings.state_dir
+    kinds = set(profile.prompt_sources)
+    if profile.task == "interrogate":
+        kinds.add(profile.interrogator)
+    else:
+        source = resolve_model(
+            profile.model,
+            models_dir=models_dir,
+            state_dir=state_dir,
+            build=False,
+            allow_pickle=settings.allow_pickle,
+        )
+        if source.kind == "single_file":
+            detect_architecture(Path(source.location))  # reads the key layout only
+        if profile.vae is not None:
+            resolve_vae(profile.vae, models_dir=models_dir, allow_pickle=settings.allow_pickle)
+    if "clip" in kinds:
+        ref = profile.interrogation_model("clip")
+        resolve_clip(ref, models_dir=models_dir, state_dir=state_dir, build=False)
+        labels_dir = Path(profile.labels_dir).expanduser() if profile.labels_dir else None
+        load_label_lists(labels_dir, skip_categories=profile.skip_categories)
+    if "deepbooru" in kinds:
+        ref = profile.interrogation_model("deepbooru")
+        resolve_tagger(
+            ref,
+            models_dir=models_dir,
+            state_dir=state_dir,
+            allow_pickle=settings.allow_pickle,
+            build=False,
+        )
 
 
 def _report_preflight(settings: Settings) -> bool:
@@ -165,6 +209,66 @@ def cmd_install_service(settings: Settings, args: argparse.Namespace) -> int:
     logger.success("wrote {}", path)
     sys.stdout.write(enable_hint(path, user=args.user) + "\n")
     return EXIT_OK
+
+
+def cmd_interrogate(settings: Settings, args: argparse.Namespace) -> int:
+    from daemon.errors import Img2ImgdError
+    from daemon.imaging import flatten_on_white, load_image
+    from daemon.models import ModelCache
+
+    try:
+        profile = _interrogation_profile(args, ProfileStore(settings.profiles))
+        _check_models(profile, settings)
+    except ConfigError as exc:
+        logger.error(str(exc))
+        return EXIT_CONFIG
+    kind = profile.interrogator
+    models = ModelCache(
+        models_dir=settings.models_dir,
+        state_dir=settings.state_dir,
+        device=settings.device,
+        allow_pickle=settings.allow_pickle,
+    )
+    failed = 0
+    for file in args.files:
+        try:
+            image = flatten_on_white(load_image(file, max_pixels=settings.max_image_pixels))
+            ref = profile.interrogation_model(kind)
+            line = models.interrogators.interrogate(image, profile, kind, ref).line
+        except ConfigError as exc:  # the model: every other file would fail the same way
+            logger.error(str(exc))
+            return EXIT_CONFIG
+        except (Img2ImgdError, OSError) as exc:
+            failed += 1
+            logger.error("{}: {}", file, exc)
+            line = ""
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+    return EXIT_FAILED_INPUTS if failed else EXIT_OK
+
+
+def _interrogation_profile(args: argparse.Namespace, profiles: ProfileStore) -> Profile:
+    """The options of `img2imgd interrogate`: a profile's, or the defaults; then the flags."""
+    from daemon.profiles import DEFAULT_INTERROGATE_MODEL, DEFAULT_TAGGER_MODEL
+
+    if args.profile is not None:
+        base = profiles.get(args.profile).raw
+    else:
+        base = {"model": DEFAULT_INTERROGATE_MODEL}
+    kind = args.interrogator or (base.get("interrogator") if args.profile else None) or "clip"
+    values = {**base, "interrogator": kind}
+    if base.get("task") != "interrogate" or base.get("interrogator", "clip") != kind:
+        # Not the profile's own interrogation model: the one it names for this kind.
+        key = "interrogate_model" if kind == "clip" else "tagger_model"
+        default = DEFAULT_INTERROGATE_MODEL if kind == "clip" else DEFAULT_TAGGER_MODEL
+        values["model"] = base.get(key, default)
+    if args.model is not None:
+        values["model"] = args.model
+    values["task"] = "interrogate"
+    try:
+        return Profile.model_validate(values)
+    except ValueError as exc:
+        raise ConfigError(f"interrogate: {exc}") from exc
 
 
 def _install_signal_handlers(on_first: object) -> None:

@@ -30,6 +30,7 @@ from loguru import logger
 from daemon.builtin import (
     BUILTIN_MODELS,
     BUILTIN_PREFIX,
+    INTERROGATION_BUILTINS,
     ensure_builtin,
     is_builtin,
     model_hash_file,
@@ -83,6 +84,11 @@ def resolve_model(
     ref = ref.strip()
     if is_builtin(ref):
         name = ref[len(BUILTIN_PREFIX) :]
+        if name in INTERROGATION_BUILTINS:
+            raise ConfigError(
+                f"model '{ref}' is an interrogation model: use it with `task: interrogate`, "
+                "or as interrogate_model / tagger_model"
+            )
         if not build and name in BUILTIN_MODELS:
             return ModelSource(ref, "folder", str(state_dir / "builtin" / name), f"builtin-{name}")
         try:
@@ -207,6 +213,9 @@ class ModelCache:
         self._loaded: dict[str, _Loaded] = {}
         self._low_memory: set[str] = set()  # refs that ran out of GPU memory once
         self._device: tuple[str, torch.dtype] | None = None
+        from daemon.interrogation import Interrogators
+
+        self.interrogators = Interrogators(self)  # the BLIP/CLIP/tagger models, warm too
 
     @property
     def device(self) -> tuple[str, torch.dtype]:
@@ -337,17 +346,19 @@ class ModelCache:
         now = time.monotonic() if now is None else now
         idle = [ref for ref, item in self._loaded.items() if now - item.last_used >= max_idle]
         names = [self._loaded.pop(ref).source.name for ref in idle]
+        names += self.interrogators.unload_idle(max_idle, now=now)
         if names:
             _free_device_memory()
         return names
 
     def unload_all(self) -> None:
         self._loaded.clear()
+        self.interrogators.unload_all()
         _free_device_memory()
 
     @property
     def loaded(self) -> list[str]:
-        return list(self._loaded)
+        return list(self._loaded) + self.interrogators.loaded
 
 
 def _key(ref: str, vae: str | None) -> str:

@@ -116,6 +116,24 @@ def write_text(path: Path, text: str) -> None:
         handle.write(text.encode("utf-8"))
 
 
+def copy_file(source: Path, target: Path) -> None:
+    """A byte-for-byte copy of `source`, written like every output (temp name, then rename)."""
+    with source.open("rb") as reader, atomic_writer(target) as handle:
+        shutil.copyfileobj(reader, handle, 1024 * 1024)
+
+
+@contextlib.contextmanager
+def all_or_nothing(written: list[Path]) -> Iterator[list[Path]]:
+    """Collect the paths of one output group; if writing fails, remove those already written,
+    so that a retry never finds half a group."""
+    try:
+        yield written
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
 def move_into(sources: Sequence[Path], folder: Path) -> list[Path]:
     """Move files into ``folder`` (created), never overwriting: a taken name gets ``-N``."""
     folder.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ stays and is retried). Moving the inputs afterwards is the lifecycle's job, not 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import stat
 from collections.abc import Callable
@@ -32,12 +33,21 @@ from daemon.imaging import (
     scaled_size,
 )
 from daemon.infotext import format_infotext, png_info
+from daemon.interrogation import Interrogation
 from daemon.jobs import Job
 from daemon.masks import composite_sketch, sketch_mask
 from daemon.models import ModelCache, ModelSource
-from daemon.outputs import claim_names, inside, output_stems, write_image, write_text
+from daemon.outputs import (
+    all_or_nothing,
+    claim_names,
+    copy_file,
+    inside,
+    output_stems,
+    write_image,
+    write_text,
+)
 from daemon.pnginfo import model_note, settings_from_infotext
-from daemon.profiles import LoadedProfile, Profile, ProfileStore
+from daemon.profiles import PROMPT_SOURCES, Interrogator, LoadedProfile, Profile, ProfileStore
 from daemon.samplers import infotext_fields
 from daemon.yamlsafe import YamlProblem, read_mapping
 
@@ -154,7 +164,13 @@ class JobRunner:
         profile = self.profiles.get(job.profile)  # ConfigError: the profile's fault, not the file's
         image = _storage_safe(load_image, job.image, max_pixels=self.settings.max_image_pixels)
         settings = self._settings(job, profile, image, notes)
-        canvas = self._canvas(job, settings, flatten_on_white(image), notes)
+        flat = flatten_on_white(image)
+        if settings.task == "interrogate":
+            kind = settings.interrogator
+            found = self._interrogate(flat, settings, kind, settings.interrogation_model(kind))
+            return JobResult(self._write_interrogation(job, settings, found, on_planned), notes)
+        settings = self._with_prompt_sources(job, flat, settings)
+        canvas = self._canvas(job, settings, flat, notes)
         width, height = processing_size(settings, canvas.image.width, canvas.image.height)
         note = aspect_note(settings, canvas.image.size, (width, height))
         if note:
@@ -325,25 +341,85 @@ class JobRunner:
             )
         model_hash = self.models.model_hash(source)
         vae = self._vae_info(settings.vae)
-        written: list[Path] = []
         try:
-            for index, (image, seed, stem) in enumerate(
-                zip(painting.images, painting.seeds, stems, strict=True)
-            ):
-                params = infotext_params(
-                    settings, painting, seed, index, model_name=source.name,
-                    model_hash=model_hash, vae=vae,
-                )  # fmt: skip
-                text = format_infotext(settings.prompt, settings.negative_prompt, params)
-                target = folder / f"{stem}{extension}"
-                write_image(image, target, output_format=settings.output_format, infotext=text,
-                            quality=settings.output_quality)  # fmt: skip
-                written.append(target)
-                write_text(folder / f"{stem}.txt", text + "\n")
-                written.append(folder / f"{stem}.txt")
+            with all_or_nothing([]) as written:
+                for index, (image, seed, stem) in enumerate(
+                    zip(painting.images, painting.seeds, stems, strict=True)
+                ):
+                    params = infotext_params(
+                        settings, painting, seed, index, model_name=source.name,
+                        model_hash=model_hash, vae=vae,
+                    )  # fmt: skip
+                    text = format_infotext(settings.prompt, settings.negative_prompt, params)
+                    target = folder / f"{stem}{extension}"
+                    write_image(image, target, output_format=settings.output_format,
+                                infotext=text, quality=settings.output_quality)  # fmt: skip
+                    written.append(target)
+                    write_text(folder / f"{stem}.txt", text + "\n")
+                    written.append(folder / f"{stem}.txt")
         except OSError as exc:
-            for path in written:  # all or nothing: a retry must not find half a batch
-                path.unlink(missing_ok=True)
+            raise TransientError(f"could not write to {folder}: {exc.strerror or exc}") from exc
+        return written
+
+    # -- interrogation -------------------------------------------------------------------------
+
+    def _interrogate(
+        self, image: Image.Image, settings: Profile, kind: Interrogator, ref: str
+    ) -> Interrogation:
+        try:
+            return self.models.interrogators.interrogate(image, settings, kind, ref)
+        except ConfigError as exc:  # model or label lists missing: the profile's problem
+            raise TransientError(f"{exc}; the input waits in the inbox") from exc
+        except Exception as exc:
+            raise _classify_runtime_error(exc) from exc
+
+    def _with_prompt_sources(self, job: Job, image: Image.Image, settings: Profile) -> Profile:
+        """{interrogate} and {tags} in the prompts, replaced by what the input shows."""
+        if not settings.prompt_sources:
+            return settings
+        found: dict[str, str] = {}
+        for kind in settings.prompt_sources:
+            ref = settings.interrogation_model(kind)
+            found[kind] = self._interrogate(image, settings, kind, ref).line
+            logger.info("{}: {} interrogation: {}", job.label, kind, found[kind])
+
+        def fill(text: str) -> str:
+            for mark, kind in PROMPT_SOURCES.items():
+                text = text.replace(mark, found.get(kind, mark))
+            return text
+
+        update = {
+            "prompt": fill(settings.prompt),
+            "negative_prompt": fill(settings.negative_prompt),
+        }
+        return settings.model_copy(update=update)
+
+    def _write_interrogation(
+        self,
+        job: Job,
+        settings: Profile,
+        found: Interrogation,
+        on_planned: Callable[[list[Path]], None] | None,
+    ) -> list[Path]:
+        """``<stem>.txt`` (the prompt, one line, as training tools read captions), ``<stem>.json``
+        (the details) and, with copy_image, the input itself beside them."""
+        folder = inside(self.settings.outbox, job.profile, job.sub_dir)
+        suffixes = [".txt", ".json"] + ([job.image.suffix] if settings.copy_image else [])
+        (stem,) = claim_names(folder, [job.image.stem], suffixes, overwrite=settings.overwrite)
+        targets = [folder / f"{stem}{suffix}" for suffix in suffixes]
+        if on_planned is not None:
+            on_planned(targets)
+        details = json.dumps(found.as_json(job.image.name), indent=2, ensure_ascii=False)
+        try:
+            with all_or_nothing([]) as written:
+                write_text(targets[0], found.line + "\n")
+                written.append(targets[0])
+                write_text(targets[1], details + "\n")
+                written.append(targets[1])
+                if settings.copy_image:
+                    copy_file(job.image, targets[2])
+                    written.append(targets[2])
+        except OSError as exc:
             raise TransientError(f"could not write to {folder}: {exc.strerror or exc}") from exc
         return written
 

@@ -21,13 +21,23 @@ from daemon.samplers import SamplerChoice, parse_sampler
 from daemon.validation import describe
 from daemon.yamlsafe import YamlProblem, read_mapping
 
-Task = Literal["img2img", "sketch", "inpaint", "inpaint_sketch"]
+Task = Literal["img2img", "sketch", "inpaint", "inpaint_sketch", "interrogate"]
+Interrogator = Literal["clip", "deepbooru"]
+ClipMode = Literal["fast", "classic", "best", "negative"]
+DEFAULT_INTERROGATE_MODEL = "Salesforce/blip-image-captioning-large + openai/clip-vit-large-patch14"
+"""BLIP large for the caption, CLIP ViT-L/14 (SD 1.x's text encoder) for the ranking."""
+DEFAULT_TAGGER_MODEL = "SmilingWolf/wd-v1-4-moat-tagger-v2"
+"""The WD14 tagger most A1111 users run (an ONNX folder on the hub)."""
+PROMPT_SOURCES = {"{interrogate}": "clip", "{tags}": "deepbooru"}
+"""Placeholders an img2img prompt may hold, and the interrogator that fills each."""
 MaskedContent = Literal["fill", "original", "latent noise", "latent nothing"]
 MASKED_CONTENT: tuple[MaskedContent, ...] = ("fill", "original", "latent noise", "latent nothing")
 MAX_EXTENDS_DEPTH = 8
 # Per-image YAML sits in the inbox, which anyone who can drop a file can write: it may tune
 # the generation but never choose which files are loaded.
-NOT_PER_IMAGE = frozenset({"model", "vae", "extends"})
+NOT_PER_IMAGE = frozenset(
+    {"model", "vae", "extends", "interrogate_model", "tagger_model", "labels_dir"}
+)
 
 
 class Profile(BaseModel):
@@ -65,6 +75,32 @@ class Profile(BaseModel):
     overwrite: bool = False
     use_png_info: bool = False  # A1111 batch "PNG info": settings from the input's parameters
 
+    # Interrogation: `task: interrogate` (then `model:` is the interrogation model), or the
+    # {interrogate} / {tags} placeholders of an img2img prompt (then the *_model keys).
+    interrogator: Interrogator = "clip"
+    copy_image: bool = False  # the image beside its caption: the outbox is a training set
+    interrogate_model: str = Field(DEFAULT_INTERROGATE_MODEL, min_length=1)
+    tagger_model: str = Field(DEFAULT_TAGGER_MODEL, min_length=1)
+    # CLIP (A1111's interrogate options; modes as clip-interrogator's)
+    mode: ClipMode = "classic"
+    caption_min_length: int = Field(24, ge=0, le=512)
+    caption_max_length: int = Field(48, ge=1, le=512)
+    num_beams: int = Field(1, ge=1, le=16)
+    top_n: int | None = Field(None, ge=1, le=100)  # terms per list; default: the list's .topN
+    max_flavors: int = Field(32, ge=1, le=256)  # fast/best/negative: terms at most
+    dict_limit: int = Field(1500, ge=0, le=1_000_000)  # first N terms of each list; 0 = all
+    skip_categories: tuple[str, ...] = ()
+    return_ranks: bool = False  # terms (and tags) as (term:0.123)
+    labels_dir: str | None = None  # the user's lists: same name replaces ours, new name adds
+    # Tagger (A1111's DeepBooru options; WD14's thresholds)
+    threshold: float | None = Field(None, ge=0.0, le=1.0)  # default 0.35 WD14, 0.5 DeepDanbooru
+    character_threshold: float = Field(0.85, ge=0.0, le=1.0)
+    sort_alpha: bool | None = None  # default: DeepDanbooru alphabetical, WD14 by score
+    use_spaces: bool = True
+    escape: bool = True
+    exclude_tags: tuple[str, ...] = ()
+    include_ratings: bool = False
+
     @field_validator("width", "height", mode="before")
     @classmethod
     def _auto_size(cls, value: Any) -> Any:
@@ -101,6 +137,13 @@ class Profile(BaseModel):
             return "jpg" if value == "jpeg" else value
         return value
 
+    @field_validator("exclude_tags", "skip_categories", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):  # A1111 takes "a, b, c"
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
     @field_validator("inpainting_mask_invert", mode="before")
     @classmethod
     def _mask_mode(cls, value: Any) -> Any:
@@ -114,6 +157,11 @@ class Profile(BaseModel):
     def _consistent(self) -> Profile:
         if self.scale is not None and (self.width is not None or self.height is not None):
             raise ValueError("set either scale or width/height, not both")
+        if self.caption_min_length > self.caption_max_length:
+            raise ValueError(
+                f"caption_min_length ({self.caption_min_length}) is over caption_max_length "
+                f"({self.caption_max_length})"
+            )
         try:
             self.sampler  # noqa: B018 - raises ValueError listing the valid labels
         except ValueError as exc:
@@ -123,6 +171,20 @@ class Profile(BaseModel):
     @property
     def sampler(self) -> SamplerChoice:
         return parse_sampler(self.sampler_name, self.scheduler)
+
+    @property
+    def prompt_sources(self) -> tuple[Interrogator, ...]:
+        """The interrogators an img2img prompt asks for with {interrogate} / {tags}."""
+        text = self.prompt + self.negative_prompt
+        found = {kind for mark, kind in PROMPT_SOURCES.items() if mark in text}
+        return tuple(sorted(found))  # type: ignore[arg-type]
+
+    def interrogation_model(self, kind: Interrogator) -> str:
+        """The model `kind` uses: ``model`` in an interrogate profile of that kind, else the
+        ``interrogate_model`` / ``tagger_model`` key."""
+        if self.task == "interrogate" and self.interrogator == kind:
+            return self.model
+        return self.interrogate_model if kind == "clip" else self.tagger_model
 
     @property
     def needs_mask(self) -> bool:

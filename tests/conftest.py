@@ -55,6 +55,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: floa
 LIBRARY_THREADS = ("pydevd", "ThreadPoolExecutor", "tqdm_monitor")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """For modules that run tiny models directly: they gain nothing from threads, and on a
+    busy 2-core machine torch's spinning worker threads make each run 10-50x slower (a 0.1 s
+    run was measured taking 5-15 s). Restored after the module."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def state_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("state")

@@ -104,14 +104,7 @@ def vectors(seed: int, count: int, width: int = 32) -> torch.Tensor:
 # --- fixtures ----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """The tiny model gains nothing from threads, and on a busy 2-core machine torch's
-    spinning worker threads make each render 10-50x slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

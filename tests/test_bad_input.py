@@ -57,10 +57,10 @@ def test_mask_that_is_not_an_image_fails_the_job(workspace: Workspace, running):
     (workspace.inbox / "inpaint/a.mask.png").write_text("not a mask")
     Image.new("RGB", (64, 64)).save(workspace.inbox / "inpaint/a.png")
     running()
-    wait_for(lambda: workspace.failed("inpaint"))
-    wait_for(lambda: (workspace.inbox / "_failed/inpaint/a.error.txt").exists())
+    # The report is written first, then the inputs move: wait for the last of them.
+    wait_for(lambda: (workspace.inbox / "_failed/inpaint/a.mask.png").exists())
+    assert (workspace.inbox / "_failed/inpaint/a.png").exists()
     assert "a.mask.png" in report_for(workspace, "inpaint", "a").splitlines()[0]
-    assert (workspace.inbox / "_failed/inpaint/a.mask.png").exists()
     Image.new("L", (64, 64), 255).save(workspace.inbox / "inpaint/good.mask.png")
     drop_good_after(workspace, "inpaint")
 

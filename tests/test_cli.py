@@ -163,7 +163,10 @@ def test_check_passes_on_the_shipped_profiles(tmp_path, state_dir):
     shutil.copytree(SHIPPED_PROFILES, root / "profiles", dirs_exist_ok=True)
     result = cli(root, "check")
     assert result.returncode == 0, result.stdout
-    assert "4 profile(s) are valid: img2img, inpaint, inpaint_sketch, sketch" in result.stdout
+    assert (
+        "6 profile(s) are valid: img2img, inpaint, inpaint_sketch, interrogate, sketch, tags"
+        in result.stdout
+    )
     assert not (root / "inbox").exists()  # check only reads
 
 

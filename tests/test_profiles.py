@@ -357,8 +357,22 @@ def test_check_all_reports_a_profile_named_with_a_backslash(folder):
 def test_every_shipped_profile_validates():
     loaded, problems = check_all(SHIPPED)
     assert problems == []
-    assert sorted(loaded) == ["img2img", "inpaint", "inpaint_sketch", "sketch"]
+    assert sorted(loaded) == [
+        "img2img",
+        "inpaint",
+        "inpaint_sketch",
+        "interrogate",
+        "sketch",
+        "tags",
+    ]
     assert "_base" not in loaded
+    assert loaded.pop("interrogate").settings.model == "builtin:tiny-interrogator"
+    tags = loaded.pop("tags").settings
+    assert (tags.task, tags.interrogator, tags.model) == (
+        "interrogate",
+        "deepbooru",
+        "builtin:tiny-tagger",
+    )
     for name, profile in loaded.items():
         assert profile.settings.task == name
         assert profile.files[-1] == SHIPPED / "_base.yaml"

@@ -117,7 +117,8 @@ def test_missing_mask_fails_after_the_window_with_a_report(workspace: Workspace,
     workspace.profile("inpaint", task="inpaint")
     running(pairing_window=0.5)
     Image.new("RGB", (64, 64)).save(workspace.inbox / "inpaint/alone.png")
-    wait_for(lambda: workspace.failed("inpaint"))
+    # The input moves last (after its report), so its arrival means the report is complete.
+    wait_for(lambda: (workspace.inbox / "_failed/inpaint/alone.png").exists())
     report = (workspace.inbox / "_failed/inpaint/alone.error.txt").read_text()
     assert report.startswith("no mask for alone.png")
     assert (workspace.inbox / "_failed/inpaint/alone.png").exists()
