@@ -10,9 +10,12 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
+from natsort import natsort_keygen
+
 from daemon.pairing import Companions
 
 _ids = itertools.count(1)
+_natural = natsort_keygen()
 
 
 class JobStatus(str, enum.Enum):
@@ -65,11 +68,23 @@ class JobQueue:
             self._cond.notify()
 
     def get(self, timeout: float | None = None) -> Job | None:
-        """The next job, or None when closed or on time-out."""
+        """The next job, or None when closed or on time-out.
+
+        Jobs run in arrival order, except that within one folder the frames of a clip run
+        in natural order (``frame_2`` before ``frame_10``) whatever order they arrived in.
+        """
         with self._cond:
             if not self._jobs and not self._closed:
                 self._cond.wait(timeout)
-            return self._jobs.popleft() if self._jobs else None
+            if not self._jobs:
+                return None
+            folder = self._jobs[0].image.parent
+            chosen = min(
+                (job for job in self._jobs if job.image.parent == folder),
+                key=lambda job: _natural(job.image.name),
+            )
+            self._jobs.remove(chosen)
+            return chosen
 
     def close(self) -> None:
         with self._cond:

@@ -32,6 +32,11 @@ def archive(job: Job, inbox: Path) -> list[Path]:
     return move_inputs(job.inputs, job.profile, inbox, DONE_FOLDER)
 
 
+def archive_inputs(inputs: Sequence[Path], profile: str, inbox: Path) -> list[Path]:
+    """Move inputs that belong to no single job (a folder's shared mask) to ``_done``."""
+    return move_inputs(inputs, profile, inbox, DONE_FOLDER)
+
+
 def fail(job: Job, inbox: Path, reason: str, error: BaseException | None) -> Path:
     """Write ``<stem>.error.txt`` in ``_failed``, then move the inputs there; returns the report.
 

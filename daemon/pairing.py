@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from daemon.imaging import IMAGE_EXTENSIONS
+from daemon.video import VIDEO_SUFFIXES
 
+VIDEO_EXTENSIONS = frozenset(VIDEO_SUFFIXES)
+"""Videos: split into frames, repainted and joined again (a .gif is a clip, not an image)."""
 SETTINGS_EXTENSIONS = frozenset({".yaml", ".yml"})
 PARAMETERS_EXTENSION = ".txt"
 MASK_FOLDER = "masks"
@@ -91,6 +94,8 @@ def classify(where: Route) -> Kind:
         return Kind.SETTINGS
     if suffix == PARAMETERS_EXTENSION:
         return Kind.PARAMETERS
+    if suffix in VIDEO_EXTENSIONS:
+        return Kind.IMAGE  # a job of its own, like an image
     if suffix not in IMAGE_EXTENSIONS:
         return Kind.UNSUPPORTED
     if where.sub_dir.name == MASK_FOLDER or PurePosixPath(name).stem.endswith(".mask"):
@@ -98,6 +103,20 @@ def classify(where: Route) -> Kind:
     if name.endswith(".sketch.png"):
         return Kind.SKETCH
     return Kind.IMAGE
+
+
+def is_video(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def pending_images(folder: Path, *, exclude: Path | None = None) -> list[Path]:
+    """The inputs (images and videos, not companions) waiting in `folder` itself."""
+    try:
+        entries = [p for p in folder.iterdir() if p != exclude and not is_ignored_name(p.name)]
+    except OSError:
+        return []
+    where = PurePosixPath(folder.name)
+    return [p for p in entries if classify(Route("", where, p.name)) is Kind.IMAGE]
 
 
 def job_stem(name: str) -> str:
@@ -110,17 +129,24 @@ class Companions:
     sketch: Path | None = None
     settings: Path | None = None
     parameters: Path | None = None  # <stem>.txt
+    mask_shared: bool = False  # the only file in masks/: it serves every image of the folder
 
     def paths(self) -> tuple[Path, ...]:
-        found = (self.mask, self.sketch, self.settings, self.parameters)
+        """The files that belong to this image alone (they move with it); a shared mask
+        stays for the folder's other images."""
+        mask = None if self.mask_shared else self.mask
+        found = (mask, self.sketch, self.settings, self.parameters)
         return tuple(p for p in found if p is not None)
 
 
 def find_companions(image: Path, names: set[str], mask_names: set[str]) -> Companions:
     """Companions of ``image`` among the names in its folder and in its ``masks/`` folder.
 
-    A mask next to the image wins over one in ``masks/``; matching is case-insensitive on
-    the extension because Windows tools write ``.PNG``.
+    A mask next to the image wins over one in ``masks/``. In ``masks/`` (A1111's batch mask
+    folder) the mask is the file with the image's stem; else, when the folder holds a single
+    image, that one for every image; else the one with the same trailing frame number
+    (``frame_0012.png`` ↔ ``mask_12.png``). Matching is case-insensitive on the extension
+    because Windows tools write ``.PNG``.
     """
     stem = job_stem(image.name)
     folder = image.parent
@@ -132,20 +158,35 @@ def find_companions(image: Path, names: set[str], mask_names: set[str]) -> Compa
     image_exts = sorted(IMAGE_EXTENSIONS)
     mask = first([f"{stem.lower()}.mask{ext}" for ext in image_exts], by_lower)
     mask_path = folder / mask if mask else None
+    shared = False
     if mask_path is None:
-        in_masks = first(
-            [f"{stem.lower()}{ext}" for ext in image_exts], {n.lower(): n for n in mask_names}
-        )
+        in_masks, shared = _mask_in_folder(stem, mask_names)
         mask_path = folder / MASK_FOLDER / in_masks if in_masks else None
     sketch = by_lower.get(f"{stem.lower()}.sketch.png")
     settings = first([f"{stem.lower()}{ext}" for ext in sorted(SETTINGS_EXTENSIONS)], by_lower)
     parameters = by_lower.get(f"{stem.lower()}{PARAMETERS_EXTENSION}")
     return Companions(
+        mask_shared=shared,
         mask=mask_path,
         sketch=folder / sketch if sketch else None,
         settings=folder / settings if settings else None,
         parameters=folder / parameters if parameters else None,
     )
+
+
+def _mask_in_folder(stem: str, mask_names: set[str]) -> tuple[str | None, bool]:
+    """The mask in ``masks/`` for an image of `stem`, and whether it is the shared one."""
+    from daemon.sequences import frame_number
+
+    masks = sorted(n for n in mask_names if PurePosixPath(n.lower()).suffix in IMAGE_EXTENSIONS)
+    same_stem = [n for n in masks if job_stem(n).lower() == stem.lower()]
+    if same_stem:
+        return same_stem[0], False  # its own mask, whatever else is there
+    if len(masks) == 1:
+        return masks[0], True
+    number = frame_number(stem)
+    same_number = [n for n in masks if number is not None and frame_number(n) == number]
+    return (same_number[0] if same_number else None), False
 
 
 def companions_on_disk(image: Path) -> Companions:

@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import stat
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from loguru import logger
 from PIL import Image
 
 from daemon import __version__
+from daemon.color import apply_color_correction, color_reference
 from daemon.config import Settings
 from daemon.engines.diffusion import Canvas, DiffusionEngine, Painting, draw_seed
 from daemon.errors import ConfigError, InputError, TransientError, UnreadableInput
@@ -46,9 +48,11 @@ from daemon.outputs import (
     write_image,
     write_text,
 )
+from daemon.pairing import is_video, pending_images
 from daemon.pnginfo import model_note, settings_from_infotext
 from daemon.profiles import PROMPT_SOURCES, Interrogator, LoadedProfile, Profile, ProfileStore
 from daemon.samplers import infotext_fields
+from daemon.sequences import SequenceStore, frame_number, frame_seed, progress_line
 from daemon.yamlsafe import YamlProblem, read_mapping
 
 _T = TypeVar("_T")
@@ -63,6 +67,17 @@ STORAGE_ERRNOS = frozenset({errno.EIO, errno.ENOENT, errno.ESTALE, errno.ENOTCON
 class JobResult:
     outputs: list[Path]
     notes: list[str]
+    progress: str | None = None  # a clip's progress bar, for the log line
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """How one frame of a clip (an image in a sub-folder) is painted."""
+
+    state: Path  # the clip's state folder (see sequences.py)
+    seed: int
+    reference: Image.Image | None  # the colour reference, None until the first frame is done
+    correct_colors: bool
 
 
 def processing_size(settings: Profile, width: int, height: int) -> tuple[int, int]:
@@ -146,12 +161,13 @@ class JobRunner:
         self.profiles = profiles
         self.models = models
         self.engine = DiffusionEngine(models)
+        self.sequences = SequenceStore(settings.state_dir / "sequences")
+        self.videos_root = settings.state_dir / "videos"  # work folders of videos in hand
 
     def run(
         self,
         job: Job,
         *,
-        on_step: Callable[[int, int], None] | None = None,
         on_planned: Callable[[list[Path]], None] | None = None,
     ) -> JobResult:
         """Paint ``job`` and write its outputs.
@@ -162,7 +178,12 @@ class JobRunner:
         notes: list[str] = []
         self._check_regular_file(job.image)
         profile = self.profiles.get(job.profile)  # ConfigError: the profile's fault, not the file's
-        image = _storage_safe(load_image, job.image, max_pixels=self.settings.max_image_pixels)
+        if is_video(job.image):
+            from daemon.video_jobs import run_video
+
+            settings = self._settings(job, profile, None, notes)
+            return run_video(self, job, settings, notes, on_planned=on_planned)
+        image = storage_safe(load_image, job.image, max_pixels=self.settings.max_image_pixels)
         settings = self._settings(job, profile, image, notes)
         flat = flatten_on_white(image)
         if settings.task == "interrogate":
@@ -171,17 +192,48 @@ class JobRunner:
             return JobResult(self._write_interrogation(job, settings, found, on_planned), notes)
         settings = self._with_prompt_sources(job, flat, settings)
         canvas = self._canvas(job, settings, flat, notes)
+        frame = self._frame_plan(job, settings)
+        if frame is not None:
+            seed, reference = frame.seed, frame.reference if frame.correct_colors else None
+        else:  # a single image: A1111's colour correction matches it to its own input
+            seed, reference = draw_seed(settings.seed), flat if settings.color_correction else None
+        started = time.monotonic()
+        painting = self.paint(job, canvas, settings, seed, notes, reference=reference)
+        source = self.model_source(settings.model)
+        outputs = self._write(job, settings, painting, source, on_planned)
+        progress = None
+        if frame is not None:
+            progress = self._frame_done(job, frame, painting, time.monotonic() - started)
+        return JobResult(outputs, notes, progress)
+
+    def paint(
+        self,
+        job: Job,
+        canvas: Canvas,
+        settings: Profile,
+        seed: int,
+        notes: list[str],
+        *,
+        reference: Image.Image | None = None,
+    ) -> Painting:
+        """Paint a canvas at the profile's size; out of GPU memory → once more in low memory.
+
+        `reference`: colour-correct the results towards this image's colours."""
         width, height = processing_size(settings, canvas.image.width, canvas.image.height)
         note = aspect_note(settings, canvas.image.size, (width, height))
         if note:
             notes.append(note)
-        source = self._model_source(settings.model)
-        seed = draw_seed(settings.seed)
+        correct = None
+        if reference is not None:
+            target = color_reference(reference)
+
+            def correct(image: Image.Image) -> Image.Image:
+                return apply_color_correction(target, image)
 
         def paint() -> Painting:
             return self.engine.paint(
                 canvas, settings, width=width, height=height, seed=seed,
-                prompt=settings.prompt, negative_prompt=settings.negative_prompt, on_step=on_step,
+                prompt=settings.prompt, negative_prompt=settings.negative_prompt, correct=correct,
             )  # fmt: skip
 
         try:
@@ -201,8 +253,25 @@ class JobRunner:
             except Exception as again:
                 raise _classify_runtime_error(again) from again
         notes += painting.notes
-        outputs = self._write(job, settings, painting, source, on_planned)
-        return JobResult(outputs, notes)
+        return painting
+
+    def _frame_plan(self, job: Job, settings: Profile) -> FramePlan | None:
+        """Frames of a clip (images in a sub-folder) share a seed and a colour reference."""
+        if not job.sub_dir.parts:
+            return None
+        state = self.sequences.folder(job.profile, job.sub_dir)
+        base = self.sequences.seed(state, settings.seed)
+        seed = frame_seed(settings.seed_mode, base, frame_number(job.image.name) or 0)
+        correct_colors = settings.color_correction is not False
+        reference = self.sequences.reference(state) if correct_colors else None
+        return FramePlan(state, seed, reference, correct_colors)
+
+    def _frame_done(self, job: Job, frame: FramePlan, painting: Painting, seconds: float) -> str:
+        if frame.correct_colors and frame.reference is None:
+            self.sequences.keep_reference(frame.state, painting.images[0])
+        state = self.sequences.frame_done(frame.state, seconds)
+        remaining = len(pending_images(job.image.parent, exclude=job.image))
+        return progress_line(state.done, state.done + remaining, state.seconds)
 
     def _check_regular_file(self, path: Path) -> None:
         try:
@@ -229,19 +298,19 @@ class JobRunner:
             raise UnreadableInput(f"{path.name} is empty (0 bytes)")
 
     def _settings(
-        self, job: Job, profile: LoadedProfile, image: Image.Image, notes: list[str]
+        self, job: Job, profile: LoadedProfile, image: Image.Image | None, notes: list[str]
     ) -> Profile:
         """The profile, then the input's own parameters (use_png_info), then its YAML."""
         overrides: dict[str, Any] = {}
         sources = []
-        if profile.settings.use_png_info:
+        if profile.settings.use_png_info and image is not None:
             text, where = self._parameters_text(job, image)
             if text is not None:
                 found = settings_from_infotext(text)
                 overrides.update(found.overrides)
                 notes += [f"{where}: {note}" for note in found.notes]
                 sources.append(where)
-                source = self._model_source(profile.settings.model)
+                source = self.model_source(profile.settings.model)
                 mismatch = model_note(found.model_hash, self.models.model_hash(source), source.name)
                 if mismatch:
                     notes.append(mismatch)
@@ -277,7 +346,7 @@ class JobRunner:
         companions = job.companions
         if companions.sketch is not None:
             self._check_regular_file(companions.sketch)
-            sketch = _storage_safe(load_image, companions.sketch, max_pixels=cap).convert("RGBA")
+            sketch = storage_safe(load_image, companions.sketch, max_pixels=cap).convert("RGBA")
             sketched, note = composite_sketch(image, sketch)
             if note:
                 notes.append(f"sketch: {note}")
@@ -290,7 +359,7 @@ class JobRunner:
                 image = sketched
         if companions.mask is not None:
             self._check_regular_file(companions.mask)
-            mask, note = _storage_safe(load_mask, companions.mask, image.size, max_pixels=cap)
+            mask, note = storage_safe(load_mask, companions.mask, image.size, max_pixels=cap)
             if note:
                 notes.append(f"mask: {note}")
         if settings.needs_mask and mask is None:
@@ -313,7 +382,7 @@ class JobRunner:
         digest = self.models.hashes.sha256(path)[:10] if path.is_file() else None
         return path.name, digest
 
-    def _model_source(self, ref: str) -> ModelSource:
+    def model_source(self, ref: str) -> ModelSource:
         try:
             return self.models.source(ref)
         except ConfigError as exc:
@@ -424,7 +493,7 @@ class JobRunner:
         return written
 
 
-def _storage_safe(read: Callable[..., _T], path: Path, *args: Any, **kwargs: Any) -> _T:
+def storage_safe(read: Callable[..., _T], path: Path, *args: Any, **kwargs: Any) -> _T:
     """Call a loader; an I/O failure of the storage is the process's fault, not the file's."""
     try:
         return read(path, *args, **kwargs)

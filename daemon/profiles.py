@@ -75,6 +75,12 @@ class Profile(BaseModel):
     overwrite: bool = False
     use_png_info: bool = False  # A1111 batch "PNG info": settings from the input's parameters
 
+    # Clips: a sub-folder of frames, or a video file
+    seed_mode: Literal["fixed", "increment", "random"] = "fixed"  # one seed for every frame
+    color_correction: bool | None = None  # frames matched to the first one's colours; None:
+    # on for clips (sub-folders and videos), off for single images
+    keep_frames: bool = False  # a video's repainted frames also go to outbox/<profile>/<stem>/
+
     # Interrogation: `task: interrogate` (then `model:` is the interrogation model), or the
     # {interrogate} / {tags} placeholders of an img2img prompt (then the *_model keys).
     interrogator: Interrogator = "clip"

@@ -26,19 +26,27 @@ from daemon.errors import ConfigError, InputError, TransientError, UnreadableInp
 from daemon.imaging import IMAGE_EXTENSIONS
 from daemon.jobs import Job, JobQueue, JobStatus
 from daemon.journal import Journal
-from daemon.lifecycle import DONE_FOLDER, archive, fail
+from daemon.lifecycle import DONE_FOLDER, archive, archive_inputs, fail
 from daemon.models import ModelCache
-from daemon.pairing import Kind, classify, companions_on_disk, route
+from daemon.pairing import (
+    Kind,
+    classify,
+    companions_on_disk,
+    pending_images,
+    route,
+)
 from daemon.processing import JobRunner
 from daemon.profiles import ProfileStore, profile_names
 from daemon.recovery import StateLock, recover
 from daemon.schedule import parse_window, prune_done
+from daemon.sequences import drop_abandoned
 from daemon.stability import StabilityTracker
 from daemon.systemd import Notifier
 from daemon.watcher import InboxWatcher, walk_files
 
 JOURNAL_NAME = "journal.sqlite3"
 STOP_EXTENSION = 30.0  # s asked of systemd at a time while the job in hand finishes
+ABANDONED_CLIP = 7 * 86400.0  # s without a frame before a clip's state is dropped
 WATCHER_CHECK = 1.0  # s between checks that the watcher and the inbox are alive
 TICK = 0.05  # s between passes of the main loop over completed files
 MAX_BACKOFF = 600.0  # s, cap on the retry delay for jobs that hit a process fault
@@ -161,6 +169,10 @@ class Daemon:
             )  # fmt: skip
 
     def prune_done(self) -> None:
+        # A clip whose folder never ran empty (its last frames removed by hand) keeps its
+        # state; a week without a frame means it was abandoned.
+        for root in (self.runner.sequences.root, self.runner.videos_root):
+            drop_abandoned(root, ABANDONED_CLIP)
         days = self.settings.prune_done_after_days
         if not days:
             return
@@ -483,12 +495,34 @@ class Daemon:
         outputs = ", ".join(
             str(p.relative_to(self.settings.outbox)) for p in result.outputs if p.suffix != ".txt"
         )
-        logger.success("done {} → {} ({:.1f} s)", job.label, outputs, seconds)
+        progress = f" {result.progress}" if result.progress else ""
+        logger.success("done {} → {} ({:.1f} s){}", job.label, outputs, seconds, progress)
+        self._after_folder_job(job)
         self._attempts.pop(job.image, None)
         self._record(job, JobStatus.DONE, seconds=seconds)
         self.tally.done += 1
         self.tally.seconds.append(seconds)
         return JobStatus.DONE
+
+    def _after_folder_job(self, job: Job) -> None:
+        """When a folder has no input left, its clip is over: its state goes, and a mask
+        that served all its images (the only file in masks/) is archived after them."""
+        if pending_images(job.image.parent):
+            return
+        shared = job.companions.mask if job.companions.mask_shared else None
+        if shared is not None and shared.exists():
+            try:
+                archive_inputs([shared], job.profile, self.settings.inbox)
+            except OSError as exc:
+                logger.warning("{}: could not archive the shared mask: {}", job.label, exc)
+        state = self.runner.sequences.folder(job.profile, job.sub_dir)
+        if job.sub_dir.parts and state.exists():
+            done = self.runner.sequences.load(state)
+            self.runner.sequences.forget(state)
+            logger.info(
+                "clip {}/{} finished: {} frame(s) in {:.0f} s",
+                job.profile, job.sub_dir, done.done, done.seconds,
+            )  # fmt: skip
 
     def _maybe_still_writing(self, job: Job) -> bool:
         """A file that looked complete but fails to decode may just be paused mid-write."""
@@ -528,6 +562,7 @@ class Daemon:
             return self._defer(job, "could not move the failed input")
         self._attempts.pop(job.image, None)
         self._record(job, JobStatus.FAILED, reason=reason)
+        self._after_folder_job(job)
         self.tally.failed += 1
         logger.error(
             "FAILED {}: {} (report: {})", job.label, reason, report.relative_to(self.settings.inbox)

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -53,6 +54,25 @@ def start(config: Path, command: str = "run") -> subprocess.Popen[str]:
     )  # fmt: skip
 
 
+def kill_9_when(config: Path, ready: Callable[[], object], timeout: float = 120) -> None:
+    """Run the daemon until `ready()` holds, then kill -9 it."""
+    daemon = start(config)
+    try:
+        wait_for(ready, timeout=timeout)
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(timeout=10)
+    finally:
+        daemon.kill()
+
+
+def finish_once(config: Path, timeout: float = 300) -> str:
+    """``img2imgd once`` after a crash; it must succeed. Returns its log."""
+    again = start(config, "once")
+    output, _ = again.communicate(timeout=timeout)
+    assert again.returncode == 0, output
+    return output
+
+
 def journal_states(workspace: Workspace) -> list[str]:
     journal = open_read_only(workspace.root / "state" / JOURNAL_NAME)
     if journal is None:
@@ -76,21 +96,13 @@ def assert_no_temporaries(workspace: Workspace) -> None:
 def test_kill_9_mid_job_then_restart_redoes_it_once(workspace: Workspace, models):
     slow_profile(workspace)
     config = write_config(workspace, models.state_dir)
-    daemon = start(config)
-    try:
-        workspace.drop("astronaut.png", "img2img/a.png")
-        wait_for(lambda: "running" in journal_states(workspace), timeout=60)
-        daemon.send_signal(signal.SIGKILL)
-        daemon.wait(timeout=10)
-    finally:
-        daemon.kill()
+    workspace.drop("astronaut.png", "img2img/a.png")
+    kill_9_when(config, lambda: "running" in journal_states(workspace), timeout=60)
     assert (workspace.inbox / "img2img/a.png").exists(), "the input must survive a kill -9"
     assert not workspace.outputs("img2img")
     assert_no_temporaries(workspace)
 
-    again = start(config, "once")
-    output, _ = again.communicate(timeout=120)
-    assert again.returncode == 0, output
+    output = finish_once(config, timeout=120)
     assert "interrupted mid-job; it runs again" in output
     assert sorted(p.name for p in workspace.outputs("img2img")) == ["a.png", "a.txt"]
     assert [p.name for p in workspace.done("img2img")] == ["a.png"]

@@ -191,7 +191,8 @@ def test_ordinary_folders_are_entered(folder):
         ("p/a.yml", Kind.SETTINGS),
         ("p/a.YAML", Kind.SETTINGS),
         ("p/a.txt", Kind.PARAMETERS),
-        ("p/a.gif", Kind.UNSUPPORTED),
+        ("p/a.gif", Kind.IMAGE),  # a clip
+        ("p/clip.MP4", Kind.IMAGE),
         ("p/a.psd", Kind.UNSUPPORTED),
         ("p/README", Kind.UNSUPPORTED),
         ("p/a.png.zip", Kind.UNSUPPORTED),
@@ -254,11 +255,30 @@ def test_only_png_sketches_are_sketches():
 
 
 def test_companions_need_the_whole_stem():
-    found = companions("a.png", {"ab.mask.png", "a.b.yaml", "xa.sketch.png"}, frozenset({"ab.png"}))
+    masks = frozenset({"ab.png", "xy.png"})  # (a single file there would serve every image)
+    found = companions("a.png", {"ab.mask.png", "a.b.yaml", "xa.sketch.png"}, masks)
     assert found == Companions()
     dotted = companions("a.b.png", {"a.b.mask.png", "a.b.yaml", "a.mask.png"})
     assert dotted.mask == FOLDER / "a.b.mask.png"
     assert dotted.settings == FOLDER / "a.b.yaml"
+
+
+def test_a_single_mask_in_the_masks_folder_serves_every_image():
+    found = companions("frame_0007.png", set(), frozenset({"matte.png", "notes.txt"}))
+    assert found.mask == FOLDER / "masks" / "matte.png" and found.mask_shared
+    assert found.paths() == ()  # it is not moved with any one frame
+
+
+def test_masks_match_frames_by_trailing_number():
+    masks = frozenset({"mask_1.png", "mask_2.png", "mask_10.png", "0012.png"})
+    assert companions("frame_0002.png", set(), masks).mask == FOLDER / "masks" / "mask_2.png"
+    assert companions("frame_0010.png", set(), masks).mask == FOLDER / "masks" / "mask_10.png"
+    assert companions("shot12.png", set(), masks).mask == FOLDER / "masks" / "0012.png"
+    assert companions("frame_0003.png", set(), masks).mask is None
+    own = companions("mask_1.png", set(), masks)  # the same stem wins, and is its own
+    assert own.mask == FOLDER / "masks" / "mask_1.png" and not own.mask_shared
+    numbered = companions("frame_0002.png", set(), masks)
+    assert not numbered.mask_shared and numbered.paths() == (FOLDER / "masks" / "mask_2.png",)
 
 
 def test_companion_paths_order():

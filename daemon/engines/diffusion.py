@@ -93,8 +93,12 @@ class DiffusionEngine:
         prompt: str,
         negative_prompt: str,
         on_step: Callable[[int, int], None] | None = None,
+        correct: Callable[[Image.Image], Image.Image] | None = None,
     ) -> Painting:
-        """Run the profile on the canvas; ``seed`` is already drawn (never -1)."""
+        """Run the profile on the canvas; ``seed`` is already drawn (never -1).
+
+        ``correct`` (colour correction) applies to each sampled image before the original is
+        laid back over the unmasked part, as A1111 does, so unmasked pixels stay exact."""
         notes: list[str] = []
         image, original = canvas.image, canvas.image
         mode = settings.resize_mode
@@ -135,6 +139,8 @@ class DiffusionEngine:
             image, mask, settings, width=width, height=height, seed=seed,
             prompt=prompt, negative_prompt=negative_prompt, on_step=on_step, notes=notes,
         )  # fmt: skip
+        if correct is not None:
+            images = [correct(result) for result in images]
         if mask is not None and overlay_mask is not None:
             if region is not None:
                 images = [paste_back(result, canvas.image, region) for result in images]

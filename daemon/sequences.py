@@ -1,0 +1,162 @@
+"""Frame sequences: a sub-folder of a profile inbox is one clip, painted as one.
+
+A clip's frames share what makes a video steady: one seed (``seed_mode: fixed``, the
+default; ``increment`` adds the frame number; ``random`` draws per frame) and one colour
+reference (its first finished frame, see :mod:`daemon.color`). Both are kept on disk in
+``state/sequences/<id>/`` so that a daemon killed mid-clip resumes it the same way; the
+state is dropped when the clip's folder runs empty, so the next clip dropped there starts
+afresh. Frames themselves are ordinary jobs (one per file), which is what makes a clip
+resumable frame by frame and lets a corrupt frame fail alone.
+
+Videos (:mod:`daemon.video_jobs`) keep the same state in their work folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from loguru import logger
+from PIL import Image
+
+from daemon.outputs import atomic_writer, write_text
+
+MAX_SEED = 2**32 - 1
+_TRAILING_NUMBER = re.compile(r"(\d+)\D*$")
+BAR_WIDTH = 20
+
+
+def frame_number(name: str) -> int | None:
+    """The frame number in a file name: its last run of digits (``frame_0012.png`` → 12)."""
+    match = _TRAILING_NUMBER.search(PurePosixPath(name).stem)
+    return int(match[1]) if match else None
+
+
+def frame_seed(mode: str, base: int, number: int) -> int:
+    """The seed of one frame: ``base`` (fixed), ``base + number`` (increment) or a new one."""
+    if mode == "random":
+        return random.randint(0, MAX_SEED)
+    if mode == "increment":
+        return (base + number) % (MAX_SEED + 1)
+    return base
+
+
+def progress_line(done: int, total: int, seconds: float) -> str:
+    """``[######--------------] 6/20 frames, 1.9 s/frame, about 27 s left``."""
+    total = max(total, done)
+    filled = round(BAR_WIDTH * done / total) if total else BAR_WIDTH
+    bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+    line = f"[{bar}] {done}/{total} frames"
+    if done:
+        per_frame = seconds / done
+        line += f", {per_frame:.1f} s/frame"
+        if total > done:
+            line += f", about {_duration(per_frame * (total - done))} left"
+    return line
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@dataclass
+class SequenceState:
+    """What a clip keeps between its frames (and across restarts)."""
+
+    seed: int | None = None  # the drawn seed, when the profile says -1
+    done: int = 0
+    seconds: float = 0.0  # painting time of the frames done, for the time left
+
+
+class SequenceStore:
+    """Per-clip state in ``<root>/<id>/``: ``state.json`` and the colour ``reference.png``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+
+    def folder(self, profile: str, sub_dir: PurePosixPath) -> Path:
+        key = f"{profile}/{sub_dir.as_posix()}".encode()
+        name = f"{profile}-{sub_dir.name}-{hashlib.sha256(key).hexdigest()[:12]}"
+        return self.root / re.sub(r"[^\w.-]", "_", name)
+
+    def load(self, folder: Path) -> SequenceState:
+        try:
+            data: dict[str, Any] = json.loads((folder / "state.json").read_text())
+            return SequenceState(data.get("seed"), int(data["done"]), float(data["seconds"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            return SequenceState()
+
+    def save(self, folder: Path, state: SequenceState) -> None:
+        data = {"seed": state.seed, "done": state.done, "seconds": state.seconds}
+        with self._lock:
+            write_text(folder / "state.json", json.dumps(data) + "\n")
+
+    def seed(self, folder: Path, requested: int) -> int:
+        """The clip's base seed: the profile's, or one drawn for the clip and remembered."""
+        if requested != -1:
+            return requested
+        state = self.load(folder)
+        if state.seed is None:
+            state.seed = random.randint(0, MAX_SEED)
+            self.save(folder, state)
+        return state.seed
+
+    def reference(self, folder: Path) -> Image.Image | None:
+        path = folder / "reference.png"
+        try:
+            with Image.open(path) as image:
+                return image.convert("RGB")
+        except (OSError, ValueError):
+            return None
+
+    def keep_reference(self, folder: Path, image: Image.Image) -> None:
+        with atomic_writer(folder / "reference.png") as handle:
+            image.convert("RGB").save(handle, format="PNG")
+
+    def frame_done(self, folder: Path, seconds: float) -> SequenceState:
+        state = self.load(folder)
+        state.done += 1
+        state.seconds += seconds
+        self.save(folder, state)
+        return state
+
+    def forget(self, folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def drop_abandoned(root: Path, seconds: float, *, now: float | None = None) -> list[Path]:
+    """Remove the folders in `root` (clip states, video work folders) untouched that long:
+    their input was taken away unfinished. Returns what was removed."""
+    now = time.time() if now is None else now
+    dropped = []
+    for folder in (p for p in _children(root) if p.is_dir()):
+        try:
+            newest = max([folder.stat().st_mtime] + [p.stat().st_mtime for p in _children(folder)])
+        except OSError:
+            continue
+        if now - newest > seconds:
+            shutil.rmtree(folder, ignore_errors=True)
+            dropped.append(folder)
+    if dropped:
+        logger.info("removed the state of {} abandoned clip(s) or video(s)", len(dropped))
+    return dropped
+
+
+def _children(folder: Path) -> list[Path]:
+    try:
+        return list(folder.iterdir())
+    except OSError:
+        return []

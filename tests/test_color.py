@@ -1,0 +1,48 @@
+"""Colour correction (A1111's img2img_color_correction), pure image maths."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from daemon.color import _luminosity, apply_color_correction, color_reference
+from tests.conftest import DATA
+
+
+def luminosity(image: Image.Image) -> np.ndarray:
+    return _luminosity(np.asarray(image.convert("RGB"), dtype=np.float64) / 255.0)
+
+
+def test_colours_move_towards_the_reference_and_luminosity_stays() -> None:
+    photo = Image.open(DATA / "chelsea.png").convert("RGB").resize((96, 64))
+    pixels = np.asarray(photo, dtype=np.float64)
+    tinted = Image.fromarray(
+        np.clip(pixels * [1.0, 0.7, 0.5] + [40, 0, 0], 0, 255).astype(np.uint8)
+    )
+
+    corrected = apply_color_correction(color_reference(photo), tinted)
+
+    def chroma(image: Image.Image) -> np.ndarray:
+        """Mean a* and b* (LAB): the colour, apart from the lightness."""
+        return color_reference(image)[..., 1:].reshape(-1, 2).mean(axis=0)
+
+    before = np.abs(chroma(tinted) - chroma(photo)).sum()
+    assert np.abs(chroma(corrected) - chroma(photo)).sum() < 0.2 * before
+    # The painted image's own light and detail are kept (the luminosity blend).
+    assert np.abs(luminosity(corrected) - luminosity(tinted)).mean() < 0.02
+    assert corrected.size == tinted.size and corrected.mode == "RGB"
+
+
+def test_an_image_corrected_to_itself_barely_changes() -> None:
+    photo = Image.open(DATA / "astronaut.png").convert("RGB").resize((64, 64))
+    again = apply_color_correction(color_reference(photo), photo)
+    difference = np.abs(np.asarray(again, dtype=int) - np.asarray(photo, dtype=int))
+    assert difference.mean() < 2.0
+
+
+def test_flat_and_extreme_images_stay_in_range() -> None:
+    for colour in ((0, 0, 0), (255, 255, 255), (255, 0, 0)):
+        flat = Image.new("RGB", (16, 16), colour)
+        reference = color_reference(Image.new("RGB", (16, 16), (20, 200, 90)))
+        out = np.asarray(apply_color_correction(reference, flat))
+        assert out.dtype == np.uint8 and out.shape == (16, 16, 3)

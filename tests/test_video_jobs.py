@@ -1,0 +1,109 @@
+"""Videos dropped into a profile inbox: split, repainted frame by frame, joined again."""
+
+from __future__ import annotations
+
+import os
+import time
+from fractions import Fraction
+
+import numpy as np
+from PIL import Image
+
+from daemon.video import make_test_clip, probe, read_frames
+from tests.conftest import Workspace, wait_for
+from tests.test_crash import assert_no_temporaries, finish_once, kill_9_when, write_config
+
+
+def test_a_video_is_repainted_with_its_rate_frames_and_sound(workspace: Workspace, running):
+    workspace.profile("img2img", keep_frames=True)
+    clip = workspace.root / "clip.mp4"
+    make_test_clip(clip, frames=12, fps=Fraction(24000, 1001), audio=True)
+    running()
+    workspace.drop(clip, "img2img/shots/clip.mp4")
+    wait_for(lambda: workspace.done("img2img"), timeout=120)
+
+    out = workspace.outbox / "img2img/shots"
+    result = probe(out / "clip.mp4")
+    original = probe(clip)
+    assert (result.frames, result.fps) == (12, Fraction(24000, 1001))
+    assert (result.width, result.height) == (original.width, original.height)
+    assert result.has_audio
+    kept = sorted((out / "clip").glob("*.png"))
+    assert [p.name for p in kept] == [f"clip_{i:06d}.png" for i in range(1, 13)]
+    # (Frame order, pixel for pixel: the masked test below. These frames are the tiny
+    # model's noise, colour-matched to the first: too alike to tell apart after H.264.)
+    params = (out / "clip.txt").read_text()
+    assert "Frames: 12, FPS: 23.976" in params and "Seed: 1234" in params
+    assert workspace.done("img2img") == [workspace.inbox / "_done/img2img/shots/clip.mp4"]
+    videos = workspace.root / "state/videos"
+    assert not videos.exists() or not list(videos.iterdir())  # no work folder is left
+
+
+def test_a_masked_video_keeps_every_unmasked_pixel_in_order(workspace: Workspace, running):
+    """A black <stem>.mask.png masks every frame: each frame comes out as it went in, which
+    shows that frames keep their order and names (the pixels are random noise otherwise)."""
+    workspace.profile("inpaint", task="inpaint", keep_frames=True, mask_blur=0)
+    clip = workspace.inbox / "inpaint/anim.gif"
+    Image.new("L", (64, 48), 0).save(workspace.inbox / "inpaint/anim.mask.png")
+    make_test_clip(workspace.root / "anim.gif", frames=6, audio=False)
+    running()
+    workspace.drop(workspace.root / "anim.gif", "inpaint/anim.gif")
+    wait_for(lambda: len(workspace.done("inpaint")) == 2, timeout=120)
+
+    inputs = [np.asarray(f) for f in read_frames(workspace.inbox / "_done/inpaint/anim.gif")]
+    kept = sorted((workspace.outbox / "inpaint/anim").glob("*.png"))
+    assert len(kept) == 6
+    for frame, path in zip(inputs, kept, strict=True):
+        assert np.array_equal(np.asarray(Image.open(path).convert("RGB")), frame), path.name
+    assert probe(workspace.outbox / "inpaint/anim.gif").frames == 6
+    assert not clip.exists()
+
+
+def test_a_video_still_being_copied_waits_until_complete(workspace: Workspace, running):
+    workspace.profile("img2img")
+    source = workspace.root / "slow.mp4"
+    make_test_clip(source, frames=8)
+    data = source.read_bytes()
+    running(stability_delay=0.6)
+    target = workspace.inbox / "img2img/slow.mp4"
+    with target.open("wb") as handle:  # a copy in progress: no rename, pauses between chunks
+        for start_at in range(0, len(data), len(data) // 4 + 1):
+            handle.write(data[start_at : start_at + len(data) // 4 + 1])
+            handle.flush()
+            time.sleep(0.3)
+    wait_for(lambda: workspace.done("img2img"), timeout=120)
+    assert probe(workspace.outbox / "img2img/slow.mp4").frames == 8
+    assert not workspace.failed("img2img")
+
+
+def test_a_video_in_an_interrogate_profile_fails_with_a_report(workspace: Workspace, running):
+    workspace.profile(
+        "tags", task="interrogate", interrogator="deepbooru", model="builtin:tiny-tagger"
+    )
+    make_test_clip(workspace.root / "c.mp4", frames=3)
+    running()
+    workspace.drop(workspace.root / "c.mp4", "tags/c.mp4")
+    wait_for(lambda: (workspace.inbox / "_failed/tags/c.mp4").exists())
+    report = (workspace.inbox / "_failed/tags/c.error.txt").read_text()
+    assert "is a video" in report.splitlines()[0]
+
+
+def test_a_killed_video_resumes_at_the_first_frame_without_a_result(workspace: Workspace, models):
+    workspace.profile(
+        "img2img", keep_frames=True, max_pixels=128 * 128, steps=12, denoising_strength=1.0
+    )
+    make_test_clip(workspace.inbox / "img2img/long.mp4", frames=12, size=(128, 96))
+    os.utime(workspace.inbox / "img2img/long.mp4", (time.time() - 10, time.time() - 10))
+    config = write_config(workspace, models.state_dir)
+    frames = workspace.outbox / "img2img/long"
+    kill_9_when(config, lambda: len(list(frames.glob("*.png"))) >= 3)
+    before = {p.name: p.stat().st_mtime_ns for p in frames.glob("*.png")}
+    assert 3 <= len(before) < 12
+
+    output = finish_once(config)
+    assert f"resumed: {len(before)} of 12 frames were done before" in output
+    after = {p.name: p.stat().st_mtime_ns for p in frames.glob("*.png")}
+    assert len(after) == 12
+    assert all(after[name] == stamp for name, stamp in before.items())  # never redone
+    assert probe(workspace.outbox / "img2img/long.mp4").frames == 12
+    assert_no_temporaries(workspace)
