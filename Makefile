@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run once check-config test lint typecheck check bench soak clean help
+.PHONY: venv run once check-config test lint typecheck check bench bench-media soak clean help
 
 help:
 	@echo "make run      set up .venv and start the daemon on ./inbox with ./profiles"
@@ -17,6 +17,7 @@ help:
 	@echo "make test     set up .venv and run the test suite (offline, CPU, a few minutes)"
 	@echo "make check    ruff, mypy and the tests"
 	@echo "make bench    daemon time per image vs a plain diffusers loop, and drop-to-start latency"
+	@echo "make bench-media  interrogation, clips and videos: the daemon's cost per image or frame"
 	@echo "make soak     drop files for a while, killing and restarting the daemon; check nothing is lost or duplicated"
 
 venv: $(STAMP)
@@ -50,6 +51,9 @@ check: lint typecheck test
 
 bench: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench.py
+
+bench-media: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_media.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache state

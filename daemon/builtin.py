@@ -69,6 +69,16 @@ _WORDS = (
     "anime cartoon render hdr soft beautiful cute old young small big"
 )
 
+_SD_NOISE_SCHEDULE: dict[str, Any] = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "steps_offset": 1,  # as in SD-1.5 (diffusers warns without it)
+    "prediction_type": "epsilon",
+}
+"""SD's noise schedule, which SDXL base shares."""
+
 _SPECIAL_BOS = "<|startoftext|>"
 _SPECIAL_EOS = "<|endoftext|>"
 _VOCAB_SIZE = 1000
@@ -293,15 +303,7 @@ def _build_tiny_sd(folder: Path) -> None:
                 pad_token_id=eos_id,
             )
         )
-    # SD-1.5's noise schedule; steps_offset=1 as in SD-1.5 (diffusers warns without it).
-    scheduler = DPMSolverMultistepScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        prediction_type="epsilon",
-    )
+    scheduler = DPMSolverMultistepScheduler(**_SD_NOISE_SCHEDULE)
     # A plain dict: diffusers' annotations reject None for the safety checker (and mypy sees
     # the dummy classes of `from diffusers import`), although None is what SD without it takes.
     components: dict[str, Any] = {
@@ -393,16 +395,8 @@ def _build_tiny_sdxl(folder: Path) -> None:
         text_encoder_2 = CLIPTextModelWithProjection(
             text_config(64, "gelu", projection_dim=_SDXL_POOLED_DIM)
         )
-    # SDXL base's scheduler settings.
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        steps_offset=1,
-        timestep_spacing="leading",
-        prediction_type="epsilon",
-    )
+    # SDXL base's scheduler settings: SD's schedule, "leading" timesteps.
+    scheduler = EulerDiscreteScheduler(**_SD_NOISE_SCHEDULE, timestep_spacing="leading")
     components: dict[str, Any] = {
         "vae": vae,
         "text_encoder": text_encoder,

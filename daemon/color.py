@@ -15,18 +15,20 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+Colors = NDArray[np.float64]
+"""A reference's colours: its pixels in CIE LAB."""
 _LUMA = np.array([0.3, 0.59, 0.11])
 """The weights of the W3C compositing spec's Lum(), which the luminosity blend uses."""
 
 
-def color_reference(image: Image.Image) -> NDArray[np.float64]:
+def color_reference(image: Image.Image) -> Colors:
     """The reference's colours, in LAB, to correct later images towards."""
     from skimage.color import rgb2lab
 
     return rgb2lab(np.asarray(image.convert("RGB")))
 
 
-def apply_color_correction(reference: NDArray[np.float64], image: Image.Image) -> Image.Image:
+def apply_color_correction(reference: Colors, image: Image.Image) -> Image.Image:
     """`image` with the colour distribution of `reference` and its own luminosity."""
     from skimage.color import lab2rgb, rgb2lab
     from skimage.exposure import match_histograms

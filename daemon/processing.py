@@ -21,7 +21,7 @@ from loguru import logger
 from PIL import Image
 
 from daemon import __version__
-from daemon.color import apply_color_correction, color_reference
+from daemon.color import Colors, apply_color_correction, color_reference
 from daemon.config import Settings
 from daemon.engines.diffusion import Canvas, DiffusionEngine, Painting, draw_seed
 from daemon.errors import ConfigError, InputError, TransientError, UnreadableInput
@@ -76,7 +76,7 @@ class FramePlan:
 
     state: Path  # the clip's state folder (see sequences.py)
     seed: int
-    reference: Image.Image | None  # the colour reference, None until the first frame is done
+    colors: Colors | None  # the colour reference, None until the first frame is done
     correct_colors: bool
 
 
@@ -194,11 +194,12 @@ class JobRunner:
         canvas = self._canvas(job, settings, flat, notes)
         frame = self._frame_plan(job, settings)
         if frame is not None:
-            seed, reference = frame.seed, frame.reference if frame.correct_colors else None
+            seed, colors = frame.seed, frame.colors
         else:  # a single image: A1111's colour correction matches it to its own input
-            seed, reference = draw_seed(settings.seed), flat if settings.color_correction else None
+            seed = draw_seed(settings.seed)
+            colors = color_reference(flat) if settings.color_correction else None
         started = time.monotonic()
-        painting = self.paint(job, canvas, settings, seed, notes, reference=reference)
+        painting = self.paint(job, canvas, settings, seed, notes, colors=colors)
         source = self.model_source(settings.model)
         outputs = self._write(job, settings, painting, source, on_planned)
         progress = None
@@ -214,18 +215,18 @@ class JobRunner:
         seed: int,
         notes: list[str],
         *,
-        reference: Image.Image | None = None,
+        colors: Colors | None = None,
     ) -> Painting:
         """Paint a canvas at the profile's size; out of GPU memory → once more in low memory.
 
-        `reference`: colour-correct the results towards this image's colours."""
+        `colors`: colour-correct the results towards these (see color.color_reference)."""
         width, height = processing_size(settings, canvas.image.width, canvas.image.height)
         note = aspect_note(settings, canvas.image.size, (width, height))
         if note:
             notes.append(note)
         correct = None
-        if reference is not None:
-            target = color_reference(reference)
+        if colors is not None:
+            target = colors
 
             def correct(image: Image.Image) -> Image.Image:
                 return apply_color_correction(target, image)
@@ -263,11 +264,11 @@ class JobRunner:
         base = self.sequences.seed(state, settings.seed)
         seed = frame_seed(settings.seed_mode, base, frame_number(job.image.name) or 0)
         correct_colors = settings.color_correction is not False
-        reference = self.sequences.reference(state) if correct_colors else None
-        return FramePlan(state, seed, reference, correct_colors)
+        colors = self.sequences.reference_colors(state) if correct_colors else None
+        return FramePlan(state, seed, colors, correct_colors)
 
     def _frame_done(self, job: Job, frame: FramePlan, painting: Painting, seconds: float) -> str:
-        if frame.correct_colors and frame.reference is None:
+        if frame.correct_colors and frame.colors is None:
             self.sequences.keep_reference(frame.state, painting.images[0])
         state = self.sequences.frame_done(frame.state, seconds)
         remaining = len(pending_images(job.image.parent, exclude=job.image))

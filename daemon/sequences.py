@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import shutil
@@ -27,6 +28,7 @@ from typing import Any
 from loguru import logger
 from PIL import Image
 
+from daemon.color import Colors, color_reference
 from daemon.outputs import atomic_writer, write_text
 
 MAX_SEED = 2**32 - 1
@@ -86,6 +88,7 @@ class SequenceStore:
     def __init__(self, root: Path) -> None:
         self.root = root
         self._lock = threading.Lock()
+        self._colors: dict[Path, tuple[int, Colors]] = {}
 
     def folder(self, profile: str, sub_dir: PurePosixPath) -> Path:
         key = f"{profile}/{sub_dir.as_posix()}".encode()
@@ -99,10 +102,17 @@ class SequenceStore:
         except (OSError, ValueError, KeyError, TypeError):
             return SequenceState()
 
-    def save(self, folder: Path, state: SequenceState) -> None:
-        data = {"seed": state.seed, "done": state.done, "seconds": state.seconds}
+    def save(self, folder: Path, state: SequenceState, *, durable: bool = True) -> None:
+        """Write the state; `durable` (a drawn seed) waits for the disk, counts do not."""
+        text = json.dumps({"seed": state.seed, "done": state.done, "seconds": state.seconds})
         with self._lock:
-            write_text(folder / "state.json", json.dumps(data) + "\n")
+            if durable:
+                write_text(folder / "state.json", text + "\n")
+            else:
+                folder.mkdir(parents=True, exist_ok=True)
+                temporary = folder / f".state.json.{os.getpid()}.tmp"
+                temporary.write_text(text + "\n")
+                os.replace(temporary, folder / "state.json")
 
     def seed(self, folder: Path, requested: int) -> int:
         """The clip's base seed: the profile's, or one drawn for the clip and remembered."""
@@ -114,13 +124,23 @@ class SequenceStore:
             self.save(folder, state)
         return state.seed
 
-    def reference(self, folder: Path) -> Image.Image | None:
+    def reference_colors(self, folder: Path) -> Colors | None:
+        """The clip's colour reference (its first frame's result), read once per clip."""
         path = folder / "reference.png"
         try:
+            stamp = path.stat().st_mtime_ns
+        except OSError:
+            return None
+        cached = self._colors.get(folder)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
             with Image.open(path) as image:
-                return image.convert("RGB")
+                colors = color_reference(image)
         except (OSError, ValueError):
             return None
+        self._colors = {folder: (stamp, colors)}  # one clip runs at a time
+        return colors
 
     def keep_reference(self, folder: Path, image: Image.Image) -> None:
         with atomic_writer(folder / "reference.png") as handle:
@@ -130,7 +150,7 @@ class SequenceStore:
         state = self.load(folder)
         state.done += 1
         state.seconds += seconds
-        self.save(folder, state)
+        self.save(folder, state, durable=False)  # a progress count: not worth an fsync
         return state
 
     def forget(self, folder: Path) -> None:

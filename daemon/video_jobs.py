@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from loguru import logger
 from PIL import Image
 
+from daemon.color import Colors, color_reference
 from daemon.engines.diffusion import Canvas, Painting
 from daemon.errors import InputError, TransientError
 from daemon.imaging import load_mask
@@ -66,7 +67,7 @@ def run_video(
     source = runner.model_source(settings.model)
     model_hash = runner.models.model_hash(source)
 
-    first: Image.Image | None = None  # the colour reference: the first frame's result
+    colors: Colors | None = None  # the colour reference: the first frame's result
     frames: list[Path] = []
     started = time.monotonic()
     last_report = 0.0
@@ -76,14 +77,12 @@ def run_video(
         frames.append(target)
         if target.exists():  # painted before a restart
             continue
-        reference = None
-        if settings.color_correction is not False and index > 1:
-            first = first or _open(frames[0])
-            reference = first
+        if colors is None and index > 1 and settings.color_correction is not False:
+            colors = color_reference(_open(frames[0]))
         seed = frame_seed(settings.seed_mode, base_seed, index)
         frame_notes: list[str] = []
         canvas = Canvas(frame, mask)
-        painting = runner.paint(job, canvas, settings, seed, frame_notes, reference=reference)
+        painting = runner.paint(job, canvas, settings, seed, frame_notes, colors=colors)
         if index == 1:
             notes += frame_notes  # said once, not for every frame
         text = _infotext(settings, painting, seed, source.name, model_hash, infotext_params)

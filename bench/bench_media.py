@@ -1,0 +1,179 @@
+"""img2imgd benchmark: interrogation, clips and videos — the daemon's cost per image or frame.
+
+Not a test: it prints plain-text tables. Offline on a CPU with the built-in random models,
+so the pictures and words are noise, but every byte goes through the real code.
+
+1. Interrogation per image: the engine called directly on decoded images, vs the daemon
+   (``run_once`` over the same files: decode, interrogate, write .txt/.json, archive;
+   the fixed cost of starting and stopping ``run_once`` is taken out).
+2. Repaint per frame: ``JobRunner.paint`` called directly on decoded frames, vs the daemon on
+   the same frames as a folder (a clip: one job per frame, colour correction, progress) and
+   as a video (decode, paint, write PNG frames, encode H.264 + AAC).
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_media.py [--images N] [--frames N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import yaml
+from loguru import logger
+
+from daemon.config import Settings
+from daemon.engines.diffusion import Canvas
+from daemon.imaging import flatten_on_white, load_image
+from daemon.jobs import Job
+from daemon.models import ModelCache
+from daemon.processing import JobRunner
+from daemon.profiles import Profile, ProfileStore
+from daemon.service import Daemon
+from daemon.video import make_test_clip, read_frames
+
+DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
+TAGGER = {"task": "interrogate", "interrogator": "deepbooru", "model": "builtin:tiny-tagger"}
+CLIP = {
+    "task": "interrogate", "interrogator": "clip", "model": "builtin:tiny-interrogator",
+    "caption_min_length": 8, "caption_max_length": 16,
+}  # fmt: skip
+PAINT = {"model": "builtin:tiny-sd", "prompt": "a test", "steps": 8, "denoising_strength": 0.5,
+         "sampler_name": "Euler", "seed": 1234, "max_pixels": 128 * 128}  # fmt: skip
+
+
+class Bench:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.state = root / "state"
+        self.models = ModelCache(models_dir=None, state_dir=self.state, device="cpu")
+        self._empty: float | None = None
+
+    def settings(self, name: str) -> Settings:
+        base = self.root / name
+        for folder in ("inbox", "outbox", "profiles"):
+            (base / folder).mkdir(parents=True, exist_ok=True)
+        return Settings(
+            inbox=base / "inbox", outbox=base / "outbox", profiles=base / "profiles",
+            state_dir=self.state, device="cpu", stability_delay=0.05,
+        )  # fmt: skip
+
+    def profile(self, settings: Settings, name: str, keys: dict[str, Any]) -> Path:
+        (settings.profiles / f"{name}.yaml").write_text(yaml.safe_dump(keys))
+        (settings.inbox / name).mkdir(exist_ok=True)
+        return settings.inbox / name
+
+    def once(self, settings: Settings) -> float:
+        """Seconds of ``run_once`` over the inbox, less what a run over an empty inbox costs
+        (start-up and shut-down: journal, recovery, scheduler), which no file should carry."""
+        started = time.perf_counter()
+        tally = Daemon(settings, watch=False, models=self.models).run_once(tick=0.01)
+        if tally.failed or tally.deferred:
+            raise RuntimeError(f"the daemon did not finish cleanly: {tally}")
+        return time.perf_counter() - started - self.empty_run()
+
+    def empty_run(self) -> float:
+        if self._empty is None:
+            settings = self.settings("empty")
+            started = time.perf_counter()
+            Daemon(settings, watch=False, models=self.models).run_once(tick=0.01)
+            self._empty = time.perf_counter() - started
+        return self._empty
+
+
+def timed(action: Callable[[], object], count: int) -> float:
+    started = time.perf_counter()
+    for _ in range(count):
+        action()
+    return (time.perf_counter() - started) / count
+
+
+def interrogation(bench: Bench, images: int) -> list[tuple[str, float, float]]:
+    rows = []
+    sources = [DATA / "chelsea.png", DATA / "astronaut.png"]
+    for label, keys in (("tagger (tiny WD14, ONNX)", TAGGER), ("CLIP (tiny BLIP + CLIP)", CLIP)):
+        settings = Profile.model_validate(keys)
+        kind = settings.interrogator
+        ref = settings.interrogation_model(kind)
+        decoded = [flatten_on_white(load_image(p, max_pixels=2**26)) for p in sources]
+        interrogate = bench.models.interrogators.interrogate
+        interrogate(decoded[0], settings, kind, ref)  # warm: model and label embeddings
+        index = iter(range(images))
+        direct = timed(lambda: interrogate(decoded[next(index) % 2], settings, kind, ref), images)  # noqa: B023
+
+        run = bench.settings(f"interrogate-{kind}")
+        folder = bench.profile(run, "p", keys)
+        for i in range(images):
+            shutil.copyfile(sources[i % 2], folder / f"img{i:03d}.png")
+        daemon = bench.once(run) / images
+        rows.append((label, direct, daemon))
+    return rows
+
+
+def repaint(bench: Bench, frames: int) -> list[tuple[str, float, float]]:
+    clip = bench.root / "clip.mp4"
+    make_test_clip(clip, frames=frames, size=(128, 96))
+    decoded = list(read_frames(clip))
+
+    run = bench.settings("frames")
+    runner = JobRunner(run, ProfileStore(run.profiles), bench.models)
+    settings = Profile.model_validate({**PAINT, "color_correction": False})
+    job = Job("p", clip, PurePosixPath())
+    runner.paint(job, Canvas(decoded[0], None), settings, 1234, [])  # warm
+    index = iter(range(frames))
+    direct = timed(
+        lambda: runner.paint(job, Canvas(decoded[next(index)], None), settings, 1234, []),
+        frames,
+    )
+
+    folder = bench.profile(run, "p", PAINT) / "clip"
+    folder.mkdir()
+    for i, frame in enumerate(decoded, start=1):
+        frame.save(folder / f"frame_{i:04d}.png")
+    as_folder = bench.once(run) / frames
+
+    video_run = bench.settings("video")
+    shutil.copyfile(clip, bench.profile(video_run, "p", PAINT) / "clip.mp4")
+    as_video = bench.once(video_run) / frames
+    return [
+        ("frames as a folder (a clip)", direct, as_folder),
+        ("frames of a video (.mp4 + audio)", direct, as_video),
+    ]
+
+
+def print_table(title: str, unit: str, rows: list[tuple[str, float, float]]) -> None:
+    print(f"\n{title}")
+    print(f"{'':36} {'direct':>10} {'daemon':>10} {'overhead':>10}")
+    for label, direct, daemon in rows:
+        print(
+            f"{label:36} {direct * 1000:>8.0f}ms {daemon * 1000:>8.0f}ms "
+            f"{(daemon - direct) * 1000:>+8.0f}ms   per {unit}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=12, help="images per interrogator")
+    parser.add_argument("--frames", type=int, default=24, help="frames in the clip")
+    args = parser.parse_args()
+    logger.remove()
+    logger.add(lambda m: None, level="ERROR")  # quiet: the tables are the output
+    import torch
+
+    print(f"torch threads: {torch.get_num_threads()}, CPU only, tiny built-in models")
+    with tempfile.TemporaryDirectory(prefix="img2imgd-bench-") as tmp:
+        bench = Bench(Path(tmp))
+        print_table("Interrogation", "image", interrogation(bench, args.images))
+        print_table("Repaint (tiny-sd, 128x96, 4 steps)", "frame", repaint(bench, args.frames))
+
+
+if __name__ == "__main__":
+    main()
