@@ -228,8 +228,8 @@ def resolve_clip(
     if is_builtin(ref):
         folder = _builtin(ref, state_dir, "tiny-interrogator", build=build)
         return str(folder / "blip"), str(folder / "clip")
-    if _PAIR.strip() in ref:
-        blip, _, clip = (part.strip() for part in ref.partition(_PAIR.strip()))
+    if _PAIR in ref:  # spaced, so that a folder named "blip+clip" stays one path
+        blip, _, clip = (part.strip() for part in ref.partition(_PAIR))
         if not blip or not clip:
             raise ConfigError(f"interrogation model '{ref}': write it as '<blip> + <clip>'")
         return _folder_or_repo(blip, models_dir), _folder_or_repo(clip, models_dir)

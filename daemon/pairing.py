@@ -160,7 +160,8 @@ def find_companions(image: Path, names: set[str], mask_names: set[str]) -> Compa
     mask_path = folder / mask if mask else None
     shared = False
     if mask_path is None:
-        in_masks, shared = _mask_in_folder(stem, mask_names)
+        inputs = {job_stem(n).lower() for n in names if _is_input_name(n)} | {stem.lower()}
+        in_masks, shared = _mask_in_folder(stem, mask_names, inputs)
         mask_path = folder / MASK_FOLDER / in_masks if in_masks else None
     sketch = by_lower.get(f"{stem.lower()}.sketch.png")
     settings = first([f"{stem.lower()}{ext}" for ext in sorted(SETTINGS_EXTENSIONS)], by_lower)
@@ -174,15 +175,24 @@ def find_companions(image: Path, names: set[str], mask_names: set[str]) -> Compa
     )
 
 
-def _mask_in_folder(stem: str, mask_names: set[str]) -> tuple[str | None, bool]:
-    """The mask in ``masks/`` for an image of `stem`, and whether it is the shared one."""
+def _is_input_name(name: str) -> bool:
+    suffix = PurePosixPath(name.lower()).suffix
+    is_companion = name.lower().endswith((".sketch.png",)) or ".mask." in name.lower()
+    return suffix in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS and not is_companion
+
+
+def _mask_in_folder(stem: str, mask_names: set[str], inputs: set[str]) -> tuple[str | None, bool]:
+    """The mask in ``masks/`` for an image of `stem`, and whether it is the shared one.
+
+    `inputs`: the stems of the images beside it; a lone mask named after one of them is that
+    image's own (its sibling's mask may still be on its way), never the shared one."""
     from daemon.sequences import frame_number
 
     masks = sorted(n for n in mask_names if PurePosixPath(n.lower()).suffix in IMAGE_EXTENSIONS)
     same_stem = [n for n in masks if job_stem(n).lower() == stem.lower()]
     if same_stem:
         return same_stem[0], False  # its own mask, whatever else is there
-    if len(masks) == 1:
+    if len(masks) == 1 and job_stem(masks[0]).lower() not in inputs:
         return masks[0], True
     number = frame_number(stem)
     same_number = [n for n in masks if number is not None and frame_number(n) == number]

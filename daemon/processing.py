@@ -169,6 +169,7 @@ class JobRunner:
         job: Job,
         *,
         on_planned: Callable[[list[Path]], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> JobResult:
         """Paint ``job`` and write its outputs.
 
@@ -176,13 +177,15 @@ class JobRunner:
         so the journal can roll back a half-written group after a crash.
         """
         notes: list[str] = []
-        self._check_regular_file(job.image)
+        self.check_regular_file(job.image)
         profile = self.profiles.get(job.profile)  # ConfigError: the profile's fault, not the file's
         if is_video(job.image):
             from daemon.video_jobs import run_video
 
             settings = self._settings(job, profile, None, notes)
-            return run_video(self, job, settings, notes, on_planned=on_planned)
+            return run_video(
+                self, job, settings, notes, on_planned=on_planned, should_stop=should_stop
+            )
         image = storage_safe(load_image, job.image, max_pixels=self.settings.max_image_pixels)
         settings = self._settings(job, profile, image, notes)
         flat = flatten_on_white(image)
@@ -190,7 +193,7 @@ class JobRunner:
             kind = settings.interrogator
             found = self._interrogate(flat, settings, kind, settings.interrogation_model(kind))
             return JobResult(self._write_interrogation(job, settings, found, on_planned), notes)
-        settings = self._with_prompt_sources(job, flat, settings)
+        settings = self.with_prompt_sources(job, flat, settings)
         canvas = self._canvas(job, settings, flat, notes)
         frame = self._frame_plan(job, settings)
         if frame is not None:
@@ -249,6 +252,7 @@ class JobRunner:
                 job.label,
             )
             self.models.use_low_memory(settings.model, vae=settings.vae)
+            self.models.interrogators.unload_all()
             try:
                 painting = paint()
             except Exception as again:
@@ -261,20 +265,31 @@ class JobRunner:
         if not job.sub_dir.parts:
             return None
         state = self.sequences.folder(job.profile, job.sub_dir)
-        base = self.sequences.seed(state, settings.seed)
+        try:
+            base = self.sequences.start(state, job.image.parent, settings.seed)
+        except OSError as exc:
+            raise TransientError(f"could not keep the clip's state in {state}: {exc}") from exc
         seed = frame_seed(settings.seed_mode, base, frame_number(job.image.name) or 0)
         correct_colors = settings.color_correction is not False
         colors = self.sequences.reference_colors(state) if correct_colors else None
         return FramePlan(state, seed, colors, correct_colors)
 
-    def _frame_done(self, job: Job, frame: FramePlan, painting: Painting, seconds: float) -> str:
-        if frame.correct_colors and frame.colors is None:
-            self.sequences.keep_reference(frame.state, painting.images[0])
-        state = self.sequences.frame_done(frame.state, seconds)
+    def _frame_done(
+        self, job: Job, frame: FramePlan, painting: Painting, seconds: float
+    ) -> str | None:
+        """Keep the colour reference and count the frame. The outputs are written by now, so
+        a failure here is only logged: failing the job would paint the frame again."""
+        try:
+            if frame.correct_colors and frame.colors is None:
+                self.sequences.keep_reference(frame.state, painting.images[0])
+            state = self.sequences.frame_done(frame.state, seconds)
+        except OSError as exc:
+            logger.warning("{}: could not update the clip's state: {}", job.label, exc)
+            return None
         remaining = len(pending_images(job.image.parent, exclude=job.image))
         return progress_line(state.done, state.done + remaining, state.seconds)
 
-    def _check_regular_file(self, path: Path) -> None:
+    def check_regular_file(self, path: Path) -> None:
         try:
             st = os.lstat(path)
         except FileNotFoundError as exc:
@@ -311,13 +326,10 @@ class JobRunner:
                 overrides.update(found.overrides)
                 notes += [f"{where}: {note}" for note in found.notes]
                 sources.append(where)
-                source = self.model_source(profile.settings.model)
-                mismatch = model_note(found.model_hash, self.models.model_hash(source), source.name)
-                if mismatch:
-                    notes.append(mismatch)
+                notes += self._model_notes(profile.settings, found.model_hash)
         yaml_path = job.companions.settings
         if yaml_path is not None:
-            self._check_regular_file(yaml_path)
+            self.check_regular_file(yaml_path)
             try:
                 overrides.update(read_mapping(yaml_path, max_bytes=PER_IMAGE_YAML_BYTES))
             except YamlProblem as exc:
@@ -327,11 +339,19 @@ class JobRunner:
             return profile.settings
         return profile.with_overrides(overrides, Path(" + ".join(sources)))
 
+    def _model_notes(self, settings: Profile, model_hash: str | None) -> list[str]:
+        """Say so when the parameters were made with another model than the profile's."""
+        if settings.task == "interrogate":  # `model` is the interrogator: no hash to compare
+            return []
+        source = self.model_source(settings.model)
+        mismatch = model_note(model_hash, self.models.model_hash(source), source.name)
+        return [mismatch] if mismatch else []
+
     def _parameters_text(self, job: Job, image: Image.Image) -> tuple[str | None, str]:
         """A ``<stem>.txt`` beside the input wins over the image's own parameters."""
         path = job.companions.parameters
         if path is not None:
-            self._check_regular_file(path)
+            self.check_regular_file(path)
             try:
                 data = path.read_bytes()[: PER_IMAGE_YAML_BYTES + 1]
             except OSError as exc:
@@ -346,7 +366,7 @@ class JobRunner:
         mask: Image.Image | None = None
         companions = job.companions
         if companions.sketch is not None:
-            self._check_regular_file(companions.sketch)
+            self.check_regular_file(companions.sketch)
             sketch = storage_safe(load_image, companions.sketch, max_pixels=cap).convert("RGBA")
             sketched, note = composite_sketch(image, sketch)
             if note:
@@ -359,7 +379,7 @@ class JobRunner:
             else:
                 image = sketched
         if companions.mask is not None:
-            self._check_regular_file(companions.mask)
+            self.check_regular_file(companions.mask)
             mask, note = storage_safe(load_mask, companions.mask, image.size, max_pixels=cap)
             if note:
                 notes.append(f"mask: {note}")
@@ -443,7 +463,7 @@ class JobRunner:
         except Exception as exc:
             raise _classify_runtime_error(exc) from exc
 
-    def _with_prompt_sources(self, job: Job, image: Image.Image, settings: Profile) -> Profile:
+    def with_prompt_sources(self, job: Job, image: Image.Image, settings: Profile) -> Profile:
         """{interrogate} and {tags} in the prompts, replaced by what the input shows."""
         if not settings.prompt_sources:
             return settings
@@ -452,6 +472,11 @@ class JobRunner:
             ref = settings.interrogation_model(kind)
             found[kind] = self._interrogate(image, settings, kind, ref).line
             logger.info("{}: {} interrogation: {}", job.label, kind, found[kind])
+
+        if self.models.device[0] != "cpu":
+            # As A1111 (interrogate_keep_models_in_memory off): BLIP, CLIP or the tagger
+            # would take GPU memory the painting needs. On a CPU they stay warm.
+            self.models.interrogators.unload_all()
 
         def fill(text: str) -> str:
             for mark, kind in PROMPT_SOURCES.items():

@@ -216,6 +216,16 @@ class LoadedProfile:
                 f"{source.name} sets '{forbidden[0]}', which only a profile may set "
                 f"(models and bases come from profiles/{self.name}.yaml)"
             )
+        interrogating = self.settings.task == "interrogate"
+        task = overrides.get("task", self.settings.task)
+        if (task == "interrogate") != interrogating or (
+            "interrogator" in overrides and overrides["interrogator"] != self.settings.interrogator
+        ):
+            raise InputError(
+                f"{source.name} turns this {self.settings.task} profile into another kind of "
+                "work (task: interrogate, or another interrogator); only a profile may, since "
+                "its model is of that kind"
+            )
         try:
             return Profile.model_validate({**self.raw, **overrides})
         except ValidationError as exc:

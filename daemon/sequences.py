@@ -77,6 +77,7 @@ def _duration(seconds: float) -> str:
 class SequenceState:
     """What a clip keeps between its frames (and across restarts)."""
 
+    source: str = ""  # the clip's inbox folder or the video file: gone → state abandoned
     seed: int | None = None  # the drawn seed, when the profile says -1
     done: int = 0
     seconds: float = 0.0  # painting time of the frames done, for the time left
@@ -96,15 +97,31 @@ class SequenceStore:
         return self.root / re.sub(r"[^\w.-]", "_", name)
 
     def load(self, folder: Path) -> SequenceState:
-        try:
-            data: dict[str, Any] = json.loads((folder / "state.json").read_text())
-            return SequenceState(data.get("seed"), int(data["done"]), float(data["seconds"]))
-        except (OSError, ValueError, KeyError, TypeError):
-            return SequenceState()
+        return _read_state(folder)
+
+    def start(self, folder: Path, source: Path, requested_seed: int) -> int:
+        """Open (or resume) the state of the clip or video `source`; returns its base seed:
+        the profile's, or one drawn for it and remembered. OSError: the state folder."""
+        state = self.load(folder)
+        changed = state.source != str(source)
+        state.source = str(source)
+        if requested_seed == -1 and state.seed is None:
+            state.seed = random.randint(0, MAX_SEED)
+            changed = True
+        if changed:
+            self.save(folder, state)
+        return requested_seed if requested_seed != -1 or state.seed is None else state.seed
 
     def save(self, folder: Path, state: SequenceState, *, durable: bool = True) -> None:
         """Write the state; `durable` (a drawn seed) waits for the disk, counts do not."""
-        text = json.dumps({"seed": state.seed, "done": state.done, "seconds": state.seconds})
+        text = json.dumps(
+            {
+                "source": state.source,
+                "seed": state.seed,
+                "done": state.done,
+                "seconds": state.seconds,
+            }
+        )
         with self._lock:
             if durable:
                 write_text(folder / "state.json", text + "\n")
@@ -113,16 +130,6 @@ class SequenceStore:
                 temporary = folder / f".state.json.{os.getpid()}.tmp"
                 temporary.write_text(text + "\n")
                 os.replace(temporary, folder / "state.json")
-
-    def seed(self, folder: Path, requested: int) -> int:
-        """The clip's base seed: the profile's, or one drawn for the clip and remembered."""
-        if requested != -1:
-            return requested
-        state = self.load(folder)
-        if state.seed is None:
-            state.seed = random.randint(0, MAX_SEED)
-            self.save(folder, state)
-        return state.seed
 
     def reference_colors(self, folder: Path) -> Colors | None:
         """The clip's colour reference (its first frame's result), read once per clip."""
@@ -157,12 +164,28 @@ class SequenceStore:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def _read_state(folder: Path) -> SequenceState:
+    try:
+        data: dict[str, Any] = json.loads((folder / "state.json").read_text())
+        return SequenceState(
+            str(data.get("source", "")), data.get("seed"), int(data["done"]), float(data["seconds"])
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return SequenceState()
+
+
 def drop_abandoned(root: Path, seconds: float, *, now: float | None = None) -> list[Path]:
-    """Remove the folders in `root` (clip states, video work folders) untouched that long:
-    their input was taken away unfinished. Returns what was removed."""
+    """Remove the states (and a video's frames) whose clip folder or video has left the
+    inbox — finished, failed or taken away — and that nothing touched for `seconds` (a share
+    that is only unmounted for a while keeps them). Returns what was removed."""
+    from daemon.pairing import pending_images
+
     now = time.time() if now is None else now
     dropped = []
     for folder in (p for p in _children(root) if p.is_dir()):
+        source = Path(_read_state(folder).source) if _read_state(folder).source else None
+        if source is not None and (source.is_file() or pending_images(source)):
+            continue  # its input is still waiting in the inbox
         try:
             newest = max([folder.stat().st_mtime] + [p.stat().st_mtime for p in _children(folder)])
         except OSError:
@@ -171,7 +194,7 @@ def drop_abandoned(root: Path, seconds: float, *, now: float | None = None) -> l
             shutil.rmtree(folder, ignore_errors=True)
             dropped.append(folder)
     if dropped:
-        logger.info("removed the state of {} abandoned clip(s) or video(s)", len(dropped))
+        logger.info("removed the state of {} finished or abandoned clip(s)", len(dropped))
     return dropped
 
 

@@ -46,7 +46,7 @@ from daemon.watcher import InboxWatcher, walk_files
 
 JOURNAL_NAME = "journal.sqlite3"
 STOP_EXTENSION = 30.0  # s asked of systemd at a time while the job in hand finishes
-ABANDONED_CLIP = 7 * 86400.0  # s without a frame before a clip's state is dropped
+ABANDONED_STATE = 86400.0  # s untouched before an unfinished clip's or video's state goes
 WATCHER_CHECK = 1.0  # s between checks that the watcher and the inbox are alive
 TICK = 0.05  # s between passes of the main loop over completed files
 MAX_BACKOFF = 600.0  # s, cap on the retry delay for jobs that hit a process fault
@@ -95,6 +95,7 @@ class Daemon:
         self._lock = threading.Lock()
         self._claimed: set[Path] = set()  # paths of queued or running jobs
         self._waiting: dict[Path, float] = {}  # image -> deadline for a required companion
+        self._ending: dict[Path, tuple[float, Job]] = {}  # emptied folder -> since, last job
         self._attempts: dict[Path, int] = {}
         self._said: set[str] = set()  # warnings already logged once
         self._inbox_gone = False
@@ -158,6 +159,10 @@ class Daemon:
                 self.prune_done, "interval", hours=1, id="prune-done", max_instances=1,
                 coalesce=True, next_run_time=datetime.now(),
             )  # fmt: skip
+        scheduler.add_job(
+            self.drop_abandoned_states, "interval", hours=1, id="drop-states", max_instances=1,
+            coalesce=True,
+        )  # fmt: skip
 
     def unload_idle_models(self) -> None:
         with self._gpu_lock:
@@ -168,11 +173,13 @@ class Daemon:
                 name, self.settings.unload_after,
             )  # fmt: skip
 
-    def prune_done(self) -> None:
-        # A clip whose folder never ran empty (its last frames removed by hand) keeps its
-        # state; a week without a frame means it was abandoned.
+    def drop_abandoned_states(self) -> None:
+        """Clip states and video frames whose input left the inbox unfinished (failed, or
+        taken away) and that nothing touched for a day."""
         for root in (self.runner.sequences.root, self.runner.videos_root):
-            drop_abandoned(root, ABANDONED_CLIP)
+            drop_abandoned(root, ABANDONED_STATE)
+
+    def prune_done(self) -> None:
         days = self.settings.prune_done_after_days
         if not days:
             return
@@ -195,6 +202,7 @@ class Daemon:
             # while the job in hand finishes, rather than be killed half-way.
             self.notifier.extend_timeout(STOP_EXTENSION)
             self._worker.join(timeout=STOP_EXTENSION / 2)
+        self._end_clips(at_stop=True)  # nothing more arrives for them in this run
         if self.journal is not None:
             self.journal.prune()
             self.journal.close()
@@ -297,6 +305,7 @@ class Daemon:
             waiting = list(self._waiting.items())
         for path, deadline in waiting:
             self._consider(path, deadline=deadline, now=now)
+        self._end_clips(now=now)
 
     def _consider(
         self, path: Path, *, deadline: float | None = None, now: float | None = None
@@ -336,7 +345,8 @@ class Daemon:
             return
         companions = companions_on_disk(path)
         now = time.monotonic() if now is None else now
-        still_writing = [c for c in companions.paths() if c in self.tracker]
+        shared = (companions.mask,) if companions.mask_shared else ()
+        still_writing = [c for c in (*companions.paths(), *shared) if c in self.tracker]
         missing = (profile.needs_mask and companions.mask is None) or (
             profile.needs_sketch and companions.sketch is None
         )
@@ -435,6 +445,13 @@ class Daemon:
             if self.on_job_end is not None:
                 self.on_job_end(job, status)
 
+    def _should_pause(self) -> bool:
+        """Asked between the frames of a video: stop for a shutdown or the end of the hours."""
+        outside = (
+            self.window is not None and self.watch and datetime.now().time() not in self.window
+        )
+        return self.stop_event.is_set() or outside
+
     def _window_open(self) -> bool:
         """Outside the processing hours files wait in the inbox (``once`` ignores the hours:
         it is an explicit request to process now)."""
@@ -466,7 +483,7 @@ class Daemon:
                 self.journal.writing(row, paths)
 
         try:
-            result = self.runner.run(job, on_planned=planned)
+            result = self.runner.run(job, on_planned=planned, should_stop=self._should_pause)
         except InputError as exc:
             if isinstance(exc, UnreadableInput) and self._maybe_still_writing(job):
                 return self._defer(job, f"{exc} (it was written moments ago; trying again)",
@@ -505,10 +522,34 @@ class Daemon:
         return JobStatus.DONE
 
     def _after_folder_job(self, job: Job) -> None:
-        """When a folder has no input left, its clip is over: its state goes, and a mask
-        that served all its images (the only file in masks/) is archived after them."""
-        if pending_images(job.image.parent):
-            return
+        """When a folder has no input left, its clip may be over (see _end_clips): then its
+        state goes, and a mask that served all its images (the only file in masks/) is
+        archived after them."""
+        folder = job.image.parent
+        with self._lock:
+            if pending_images(folder):
+                self._ending.pop(folder, None)
+            else:
+                self._ending[folder] = (time.monotonic(), job)
+
+    def _end_clips(self, *, now: float | None = None, at_stop: bool = False) -> None:
+        """A clip ends when its folder has stayed empty for the pairing window: frames that
+        come slower than they are painted still belong to it (same seed, same colours)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            due = [
+                (folder, job)
+                for folder, (since, job) in self._ending.items()
+                if at_stop or now - since >= self.settings.pairing_window
+            ]
+            for folder, _ in due:
+                del self._ending[folder]
+            busy = {path.parent for path in self._claimed} | {p.parent for p in self._waiting}
+        for folder, job in due:
+            if folder not in busy and not pending_images(folder):
+                self._end_clip(job)
+
+    def _end_clip(self, job: Job) -> None:
         shared = job.companions.mask if job.companions.mask_shared else None
         if shared is not None and shared.exists():
             try:

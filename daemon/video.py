@@ -48,7 +48,7 @@ Writing (the target's suffix picks the format)
     the sound ends within one audio packet (about 20-40 ms) after the picture. Frames are
     consumed one at a time; nothing is held in memory.
 
-    The file is written to ``.<name>.<pid>.tmp<suffix>`` beside the target (a dotfile, so
+    The file is written to ``.<name>.<pid>.tmp`` beside the target (a dotfile, so
     watchers ignore it), flushed to disk and renamed into place only when complete; on any
     error the temporary file is removed.
 
@@ -394,8 +394,9 @@ def _write(
     """Encode to a temporary file beside ``target``, then rename it into place."""
     if fps <= 0:
         raise ValueError(f"cannot write {target.name}: the frame rate must be positive, not {fps}")
-    # The real suffix stays last, and the muxer is named explicitly anyway.
-    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp{target.suffix}")
+    # The same temporary name as every output (outputs.atomic_writer), so that recovery
+    # removes one left by a crash; the muxer is named explicitly, not guessed from it.
+    temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         with contextlib.ExitStack() as stack:  # closes the audio source, if any
             if not _encode(iter(frames), temporary, fps, fmt, audio, stack):

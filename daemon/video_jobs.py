@@ -35,8 +35,10 @@ from daemon.sequences import frame_seed, progress_line
 
 if TYPE_CHECKING:
     from daemon.processing import JobResult, JobRunner
+    from daemon.video import VideoInfo
 
 PROGRESS_SECONDS = 10.0  # a progress line at most this often (and for the first frames)
+_MARK = ".video"  # in a frames folder: which video, painted with which settings
 
 
 def run_video(
@@ -46,24 +48,33 @@ def run_video(
     notes: list[str],
     *,
     on_planned: Callable[[list[Path]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> JobResult:
-    from daemon.processing import JobResult, infotext_params, storage_safe
-    from daemon.video import probe, write_video
+    """Paint every frame of the video `job.image` and join them; resumable at any frame.
+
+    `should_stop` is asked between frames (the daemon stopping, the processing hours ending):
+    then the job is deferred, and it resumes at that frame when it runs again."""
+    from daemon.processing import JobResult, infotext_params
+    from daemon.video import write_video
 
     if settings.task in ("interrogate", "sketch", "inpaint_sketch"):
         raise InputError(f"{job.image.name} is a video; a {settings.task} profile takes images")
-    info = storage_safe(probe, job.image)
+    info = _probe(job.image)
     cap = runner.settings.max_image_pixels
     if info.width * info.height > cap:
         raise InputError(
             f"{job.image.name}: its frames are {info.width}x{info.height}, over the "
             f"{cap:,} pixel limit (max_image_pixels)"
         )
+    mask = _shared_mask(runner, job, settings, (info.width, info.height), notes)
     folder = inside(runner.settings.outbox, job.profile, job.sub_dir)
-    state = runner.videos_root / _video_id(job)
-    work = folder / job.image.stem if settings.keep_frames else state / "frames"
-    base_seed = runner.sequences.seed(state, settings.seed)
-    mask = _shared_mask(job, info.width, info.height, cap, notes)
+    identity = _video_id(job)
+    state = runner.videos_root / identity
+    try:
+        base_seed = runner.sequences.start(state, job.image, settings.seed)
+        work = _work_folder(folder, job.image.stem, state, settings, identity)
+    except OSError as exc:
+        raise TransientError(f"could not prepare the work folder: {exc}") from exc
     source = runner.model_source(settings.model)
     model_hash = runner.models.model_hash(source)
 
@@ -73,10 +84,16 @@ def run_video(
     last_report = 0.0
     painted = 0
     for index, frame in enumerate(_frames(job.image), start=1):
+        if index == 1 and settings.prompt_sources:  # {interrogate}/{tags}: the first frame
+            settings = runner.with_prompt_sources(job, frame, settings)
         target = work / f"{job.image.stem}_{index:06d}.png"
         frames.append(target)
         if target.exists():  # painted before a restart
             continue
+        if should_stop is not None and should_stop():
+            raise TransientError(
+                f"stopped at frame {index} of {info.frames}; the video resumes there"
+            )
         if colors is None and index > 1 and settings.color_correction is not False:
             colors = color_reference(_open(frames[0]))
         seed = frame_seed(settings.seed_mode, base_seed, index)
@@ -99,11 +116,10 @@ def run_video(
     if painted < len(frames):
         notes.append(f"resumed: {len(frames) - painted} of {len(frames)} frames were done before")
 
-    (stem,) = claim_names(
-        folder, [job.image.stem], (job.image.suffix.lower(), ".txt"), overwrite=settings.overwrite
-    )
-    video = folder / f"{stem}{job.image.suffix.lower()}"
-    sidecar = folder / f"{stem}.txt"
+    suffix = job.image.suffix.lower()
+    (stem,) = claim_names(folder, [work.name if settings.keep_frames else job.image.stem],
+                          (suffix, ".txt"), overwrite=settings.overwrite)  # fmt: skip
+    video, sidecar = folder / f"{stem}{suffix}", folder / f"{stem}.txt"
     if on_planned is not None:
         on_planned([video, sidecar])
     folder.mkdir(parents=True, exist_ok=True)
@@ -121,8 +137,49 @@ def run_video(
             written.append(sidecar)
     except OSError as exc:
         raise TransientError(f"could not write {video.name}: {exc.strerror or exc}") from exc
+    except ValueError as exc:  # frames of different sizes: the work folder was tampered with
+        shutil.rmtree(state, ignore_errors=True)
+        raise TransientError(f"could not join the frames ({exc}); painting them again") from exc
     shutil.rmtree(state, ignore_errors=True)  # frames too, unless they were kept in the outbox
+    (work / _MARK).unlink(missing_ok=True)  # finished: the kept frames are the user's now
     return JobResult([video, sidecar], notes)
+
+
+def _probe(path: Path) -> VideoInfo:
+    from daemon.processing import storage_safe
+    from daemon.video import probe
+
+    try:
+        return storage_safe(probe, path)
+    except OSError as exc:  # EIO, a share gone: not the file's fault
+        raise TransientError(f"could not read {path.name}: {exc.strerror or exc}") from exc
+
+
+def _work_folder(folder: Path, stem: str, state: Path, settings: Profile, identity: str) -> Path:
+    """Where the frames go: kept → ``outbox/…/<stem>/`` (or ``<stem>-N/`` when that holds
+    another video's frames), else ``state/videos/<id>/frames``. A folder is reused only by
+    the same video with the same settings, so a re-dropped or re-profiled video never
+    takes stale frames; its mark says whose it is."""
+    mark = f"{identity} {hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]}"
+    if settings.keep_frames:
+        for counter in range(10_000):
+            candidate = folder / (stem if counter == 0 else f"{stem}-{counter}")
+            if not candidate.exists() or _mark(candidate) == mark:
+                break
+    else:
+        candidate = state / "frames"
+        if candidate.exists() and _mark(candidate) != mark:
+            shutil.rmtree(candidate)  # the profile changed since: those frames do not fit
+    candidate.mkdir(parents=True, exist_ok=True)
+    (candidate / _MARK).write_text(mark + "\n")
+    return candidate
+
+
+def _mark(folder: Path) -> str:
+    try:
+        return (folder / _MARK).read_text().strip()
+    except OSError:
+        return ""
 
 
 def _video_id(job: Job) -> str:
@@ -144,14 +201,22 @@ def _frames(path: Path) -> Iterator[Image.Image]:
 
 
 def _shared_mask(
-    job: Job, width: int, height: int, cap: int, notes: list[str]
+    runner: JobRunner, job: Job, settings: Profile, size: tuple[int, int], notes: list[str]
 ) -> Image.Image | None:
-    """``<stem>.mask.png`` beside a video masks every frame."""
+    """``<stem>.mask.png`` beside a video masks every frame (inpaint profiles need one)."""
     from daemon.processing import storage_safe
 
-    if job.companions.mask is None:
+    path = job.companions.mask
+    if path is None:
+        if settings.needs_mask:
+            raise InputError(
+                f"no mask for {job.image.name}: an inpaint profile needs {job.image.stem}.mask.png "
+                "beside the video (it masks every frame)"
+            )
         return None
-    mask, note = storage_safe(load_mask, job.companions.mask, (width, height), max_pixels=cap)
+    runner.check_regular_file(path)
+    cap = runner.settings.max_image_pixels
+    mask, note = storage_safe(load_mask, path, size, max_pixels=cap)
     if note:
         notes.append(f"mask: {note}")
     return mask

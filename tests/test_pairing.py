@@ -269,6 +269,13 @@ def test_a_single_mask_in_the_masks_folder_serves_every_image():
     assert found.paths() == ()  # it is not moved with any one frame
 
 
+def test_a_lone_mask_named_after_another_image_is_that_images_own():
+    """b's mask may still be on its way: b must not be painted with a's."""
+    found = companions("b.png", {"a.png", "a.yaml"}, frozenset({"a.png"}))
+    assert found.mask is None
+    assert companions("a.png", {"b.png"}, frozenset({"a.png"})).mask == FOLDER / "masks/a.png"
+
+
 def test_masks_match_frames_by_trailing_number():
     masks = frozenset({"mask_1.png", "mask_2.png", "mask_10.png", "0012.png"})
     assert companions("frame_0002.png", set(), masks).mask == FOLDER / "masks" / "mask_2.png"

@@ -110,3 +110,45 @@ def test_a_killed_video_resumes_at_the_first_frame_without_a_result(workspace: W
     assert all(after[name] == stamp for name, stamp in before.items())  # never redone
     assert probe(workspace.outbox / "img2img/long.mp4").frames == 12
     assert_no_temporaries(workspace)
+
+
+def test_an_inpaint_video_without_a_mask_fails_with_a_report(workspace: Workspace, running):
+    workspace.profile("inpaint", task="inpaint")
+    make_test_clip(workspace.root / "v.mp4", frames=3)
+    running(pairing_window=0.3)
+    workspace.drop(workspace.root / "v.mp4", "inpaint/v.mp4")
+    wait_for(lambda: (workspace.inbox / "_failed/inpaint/v.mp4").exists())
+    report = (workspace.inbox / "_failed/inpaint/v.error.txt").read_text()
+    assert report.startswith("no mask for v.mp4")
+
+
+def test_kept_frames_of_an_earlier_video_are_never_reused(workspace: Workspace, running):
+    workspace.profile("img2img", keep_frames=True)
+    running()
+    for frames in (4, 6):  # the same name twice: a re-edited clip
+        make_test_clip(workspace.root / "v.mp4", frames=frames)
+        workspace.drop(workspace.root / "v.mp4", "img2img/v.mp4")
+        wait_for(lambda: (workspace.inbox / "img2img/v.mp4").exists() is False)
+        wait_for(lambda n=frames: len(workspace.done("img2img")) == (1 if n == 4 else 2))
+    out = workspace.outbox / "img2img"
+    assert probe(out / "v.mp4").frames == 4
+    assert probe(out / "v-1.mp4").frames == 6
+    assert len(list((out / "v").glob("*.png"))) == 4
+    assert len(list((out / "v-1").glob("*.png"))) == 6
+
+
+def test_stopping_mid_video_defers_it_between_frames(workspace: Workspace, running):
+    workspace.profile(
+        "img2img", keep_frames=True, max_pixels=128 * 128, steps=12, denoising_strength=1.0
+    )
+    make_test_clip(workspace.root / "long.mp4", frames=40, size=(128, 96))
+    daemon = running()
+    workspace.drop(workspace.root / "long.mp4", "img2img/long.mp4")
+    frames = workspace.outbox / "img2img/long"
+    wait_for(lambda: len(list(frames.glob("*.png"))) >= 2, timeout=120)
+    started = time.monotonic()
+    daemon.stop_event.set()  # what SIGTERM does
+    wait_for(lambda: not daemon._worker.is_alive(), timeout=10)  # one frame, not the 40
+    assert time.monotonic() - started < 10
+    assert (workspace.inbox / "img2img/long.mp4").exists()
+    assert 2 <= len(list(frames.glob("*.png"))) < 40

@@ -139,7 +139,11 @@ class DiffusionEngine:
             image, mask, settings, width=width, height=height, seed=seed,
             prompt=prompt, negative_prompt=negative_prompt, on_step=on_step, notes=notes,
         )  # fmt: skip
-        if correct is not None:
+        if correct is not None and region is not None:
+            # A crop around the mask has other colours than the whole reference: matching
+            # them would shift the repainted part's hue, so "only masked" is left as painted.
+            notes.append("colour correction does not apply to 'only masked' inpainting")
+        elif correct is not None:
             images = [correct(result) for result in images]
         if mask is not None and overlay_mask is not None:
             if region is not None:
