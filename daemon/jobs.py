@@ -9,6 +9,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from natsort import natsort_keygen
 
@@ -59,12 +60,15 @@ class JobQueue:
 
     def __init__(self) -> None:
         self._jobs: deque[Job] = deque()
+        self._keys: dict[int, Any] = {}  # job id -> natural sort key of its name
         self._cond = threading.Condition()
         self._closed = False
 
     def put(self, job: Job) -> None:
+        key = _natural(job.image.name)  # computed once: a burst of 1000 frames compares often
         with self._cond:
             self._jobs.append(job)
+            self._keys[job.id] = key
             self._cond.notify()
 
     def get(self, timeout: float | None = None) -> Job | None:
@@ -81,9 +85,10 @@ class JobQueue:
             folder = self._jobs[0].image.parent
             chosen = min(
                 (job for job in self._jobs if job.image.parent == folder),
-                key=lambda job: _natural(job.image.name),
+                key=lambda job: self._keys[job.id],
             )
             self._jobs.remove(chosen)
+            del self._keys[chosen.id]
             return chosen
 
     def close(self) -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import enum
 import fnmatch
+import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -62,11 +64,15 @@ class Route:
         return job_stem(self.name)
 
 
+_JUNK_NAME = re.compile("|".join(fnmatch.translate(p) for p in _JUNK_NAME_PATTERNS))
+"""All the junk patterns in one expression: names are checked for every file of every folder."""
+
+
 def is_ignored_name(name: str) -> bool:
     lowered = name.lower()
     if lowered.startswith(".") or _SYNC_CONFLICT.search(name):
         return True
-    return any(fnmatch.fnmatchcase(lowered, pattern) for pattern in _JUNK_NAME_PATTERNS)
+    return _JUNK_NAME.match(lowered) is not None
 
 
 def is_ignored_dir(name: str) -> bool:
@@ -109,14 +115,21 @@ def is_video(path: Path) -> bool:
     return path.suffix.lower() in VIDEO_EXTENSIONS
 
 
-def pending_images(folder: Path, *, exclude: Path | None = None) -> list[Path]:
-    """The inputs (images and videos, not companions) waiting in `folder` itself."""
+def pending_images(folder: Path, *, exclude: Path | None = None) -> Iterator[Path]:
+    """The inputs (images and videos, not companions) waiting in `folder` itself, lazily:
+    ``any(pending_images(f))`` stops at the first one. Called after every frame of a clip
+    of thousands, so names are checked as strings, without building paths."""
+    if folder.name == MASK_FOLDER:
+        return
+    skip = str(exclude) if exclude is not None else None
     try:
-        entries = [p for p in folder.iterdir() if p != exclude and not is_ignored_name(p.name)]
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                name = entry.name
+                if _is_input_name(name) and entry.path != skip and not is_ignored_name(name):
+                    yield Path(entry.path)
     except OSError:
-        return []
-    where = PurePosixPath(folder.name)
-    return [p for p in entries if classify(Route("", where, p.name)) is Kind.IMAGE]
+        return
 
 
 def job_stem(name: str) -> str:
@@ -160,8 +173,7 @@ def find_companions(image: Path, names: set[str], mask_names: set[str]) -> Compa
     mask_path = folder / mask if mask else None
     shared = False
     if mask_path is None:
-        inputs = {job_stem(n).lower() for n in names if _is_input_name(n)} | {stem.lower()}
-        in_masks, shared = _mask_in_folder(stem, mask_names, inputs)
+        in_masks, shared = _mask_in_folder(stem, mask_names, names)
         mask_path = folder / MASK_FOLDER / in_masks if in_masks else None
     sketch = by_lower.get(f"{stem.lower()}.sketch.png")
     settings = first([f"{stem.lower()}{ext}" for ext in sorted(SETTINGS_EXTENSIONS)], by_lower)
@@ -176,24 +188,29 @@ def find_companions(image: Path, names: set[str], mask_names: set[str]) -> Compa
 
 
 def _is_input_name(name: str) -> bool:
-    suffix = PurePosixPath(name.lower()).suffix
-    is_companion = name.lower().endswith((".sketch.png",)) or ".mask." in name.lower()
-    return suffix in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS and not is_companion
+    """An image or video name that is not a companion (``.mask.``, ``.sketch.png``)."""
+    stem, suffix = os.path.splitext(name.lower())
+    if suffix in VIDEO_EXTENSIONS:
+        return True
+    is_companion = stem.endswith(".mask") or (stem.endswith(".sketch") and suffix == ".png")
+    return suffix in IMAGE_EXTENSIONS and not is_companion
 
 
-def _mask_in_folder(stem: str, mask_names: set[str], inputs: set[str]) -> tuple[str | None, bool]:
+def _mask_in_folder(stem: str, mask_names: set[str], names: set[str]) -> tuple[str | None, bool]:
     """The mask in ``masks/`` for an image of `stem`, and whether it is the shared one.
 
-    `inputs`: the stems of the images beside it; a lone mask named after one of them is that
-    image's own (its sibling's mask may still be on its way), never the shared one."""
+    `names`: the files beside the image; a lone mask named after one of them is that image's
+    own (its sibling's mask may still be on its way), never the shared one."""
     from daemon.sequences import frame_number
 
     masks = sorted(n for n in mask_names if PurePosixPath(n.lower()).suffix in IMAGE_EXTENSIONS)
     same_stem = [n for n in masks if job_stem(n).lower() == stem.lower()]
     if same_stem:
         return same_stem[0], False  # its own mask, whatever else is there
-    if len(masks) == 1 and job_stem(masks[0]).lower() not in inputs:
-        return masks[0], True
+    if len(masks) == 1:  # (the folder is read only in this case: clips hold thousands)
+        lone = job_stem(masks[0]).lower()
+        if not any(_is_input_name(n) and job_stem(n).lower() == lone for n in names):
+            return masks[0], True
     number = frame_number(stem)
     same_number = [n for n in masks if number is not None and frame_number(n) == number]
     return (same_number[0] if same_number else None), False

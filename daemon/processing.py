@@ -286,7 +286,7 @@ class JobRunner:
         except OSError as exc:
             logger.warning("{}: could not update the clip's state: {}", job.label, exc)
             return None
-        remaining = len(pending_images(job.image.parent, exclude=job.image))
+        remaining = sum(1 for _ in pending_images(job.image.parent, exclude=job.image))
         return progress_line(state.done, state.done + remaining, state.seconds)
 
     def check_regular_file(self, path: Path) -> None:

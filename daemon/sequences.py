@@ -184,7 +184,7 @@ def drop_abandoned(root: Path, seconds: float, *, now: float | None = None) -> l
     dropped = []
     for folder in (p for p in _children(root) if p.is_dir()):
         source = Path(_read_state(folder).source) if _read_state(folder).source else None
-        if source is not None and (source.is_file() or pending_images(source)):
+        if source is not None and (source.is_file() or any(pending_images(source))):
             continue  # its input is still waiting in the inbox
         try:
             newest = max([folder.stat().st_mtime] + [p.stat().st_mtime for p in _children(folder)])

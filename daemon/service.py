@@ -507,6 +507,9 @@ class Daemon:
             logger.error(
                 "{}: results written but the input could not be archived: {}", job.label, exc
             )
+        # The names are free again: a file dropped under the same name from now on is a new
+        # job, and its events must not be taken for our own move.
+        self._release(job)
         for note in result.notes:
             logger.info("{}: {}", job.label, note)
         outputs = ", ".join(
@@ -527,7 +530,7 @@ class Daemon:
         archived after them."""
         folder = job.image.parent
         with self._lock:
-            if pending_images(folder):
+            if any(pending_images(folder)):
                 self._ending.pop(folder, None)
             else:
                 self._ending[folder] = (time.monotonic(), job)
@@ -546,7 +549,7 @@ class Daemon:
                 del self._ending[folder]
             busy = {path.parent for path in self._claimed} | {p.parent for p in self._waiting}
         for folder, job in due:
-            if folder not in busy and not pending_images(folder):
+            if folder not in busy and not any(pending_images(folder)):
                 self._end_clip(job)
 
     def _end_clip(self, job: Job) -> None:
@@ -601,6 +604,7 @@ class Daemon:
                 "{}: failed ({}), and could not be moved to _failed: {}", job.label, reason, exc
             )
             return self._defer(job, "could not move the failed input")
+        self._release(job)  # as after archiving: the names are free again
         self._attempts.pop(job.image, None)
         self._record(job, JobStatus.FAILED, reason=reason)
         self._after_folder_job(job)
