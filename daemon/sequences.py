@@ -183,7 +183,8 @@ def drop_abandoned(root: Path, seconds: float, *, now: float | None = None) -> l
     now = time.time() if now is None else now
     dropped = []
     for folder in (p for p in _children(root) if p.is_dir()):
-        source = Path(_read_state(folder).source) if _read_state(folder).source else None
+        recorded = _read_state(folder).source
+        source = Path(recorded) if recorded else None
         if source is not None and (source.is_file() or any(pending_images(source))):
             continue  # its input is still waiting in the inbox
         try:
