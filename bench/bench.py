@@ -3,14 +3,14 @@
 Not a test: it asserts nothing about speed, it prints plain-text tables. Runs offline on a
 CPU with the built-in random model ``builtin:tiny-sd``, so the images are noise but every
 byte goes through the real code: watchdog observer, stability tracker, main loop, queue,
-worker, JobRunner, diffusers pipeline, PNG writer, archive.
+worker, prepare, render (diffusers pipeline), deliver (PNG writer), archive.
 
 1. Daemon time per image vs a plain diffusers loop over the same files, same warm pipeline
    (same ModelCache, hence the same weights and the same modules), same sampler, steps,
    strength, seed and size. The daemon's figure runs from the first drop into the inbox to
    the last input archived to ``_done``.
 2. Drop-to-start latency with an idle daemon: from the moment a file is complete in the
-   inbox to the moment the worker calls ``JobRunner.run`` on it, for renamed-in files,
+   inbox to the moment the worker takes it (``Worker.process``), for renamed-in files,
    files written slowly in place, and the polling observer.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench.py [--quick] [--images N]
@@ -39,10 +39,10 @@ import yaml
 from loguru import logger
 from PIL import Image
 
-from daemon.config import Settings
-from daemon.jobs import Job, JobStatus
-from daemon.models import ModelCache
-from daemon.service import TICK, Daemon
+from daemon.config.settings import Settings
+from daemon.intake.jobs import Job, JobStatus
+from daemon.ops.service import TICK, Daemon
+from daemon.render.cache import ModelCache
 
 # The daemon imports diffusers and transformers lazily, so this still comes first: a
 # benchmark must never wait on the network.
@@ -218,8 +218,8 @@ class Probe:
     changed: threading.Condition = field(init=False)
     started: dict[str, float] = field(default_factory=dict)  # image name -> run() called
     ended: dict[str, tuple[float, JobStatus]] = field(default_factory=dict)
-    run_seconds: list[float] = field(default_factory=list)  # whole JobRunner.run
-    paint_seconds: list[float] = field(default_factory=list)  # DiffusionEngine.paint in it
+    run_seconds: list[float] = field(default_factory=list)  # prepare + render + deliver
+    paint_seconds: list[float] = field(default_factory=list)  # the executor's render in it
 
     def __post_init__(self) -> None:
         self.changed = threading.Condition(self.lock)
@@ -227,14 +227,14 @@ class Probe:
     def attach(self, daemon: Daemon) -> None:
         # Instance attributes shadow the methods the worker looks up on each job; the shims
         # only read the clock, so what runs is exactly the daemon's code.
-        run, paint = daemon.runner.run, daemon.runner.engine.paint
+        run, paint = daemon.worker.process, daemon.executor.render
 
-        def timed_run(job: Job, **kwargs: Any) -> Any:
+        def timed_run(job: Job) -> Any:
             start = time.monotonic()
             with self.lock:
                 self.started.setdefault(job.image.name, start)
             try:
-                return run(job, **kwargs)
+                return run(job)
             finally:
                 self.run_seconds.append(time.monotonic() - start)
 
@@ -245,8 +245,8 @@ class Probe:
             finally:
                 self.paint_seconds.append(time.monotonic() - start)
 
-        daemon.runner.run = timed_run  # type: ignore[method-assign]
-        daemon.runner.engine.paint = timed_paint  # type: ignore[method-assign]
+        daemon.worker.process = timed_run  # type: ignore[method-assign]
+        daemon.executor.render = timed_paint  # type: ignore[method-assign]
         daemon.on_job_end = self._on_job_end
 
     def _on_job_end(self, job: Job, status: JobStatus) -> None:
@@ -361,15 +361,15 @@ class PlainResult:
 @dataclass
 class DaemonResult:
     seconds: float  # first drop -> last input archived
-    run_seconds: float  # sum of JobRunner.run
-    paint_seconds: float  # sum of DiffusionEngine.paint
+    run_seconds: float  # sum of Worker.process (prepare + render + deliver)
+    paint_seconds: float  # sum of the executor's render
     outputs: dict[str, Path]
     others: float | None
 
 
 def prepare_pipeline(models: ModelCache) -> Any:
     """The warm img2img pipeline the daemon will use, with the profile's sampler on it."""
-    from daemon.samplers import build_scheduler, parse_sampler
+    from daemon.a1111.samplers import build_scheduler, parse_sampler
 
     pipe = models.pipeline(MODEL, "img2img")
     # The same scheduler class and flags the daemon builds per job, so both paths sample alike.
@@ -664,7 +664,7 @@ LatencyRow = tuple[Scenario, list[float], float | None]
 
 
 def print_latency(rows: list[LatencyRow]) -> None:
-    print("== 2. drop-to-start latency (daemon idle; file complete -> JobRunner.run called)")
+    print("== 2. drop-to-start latency (daemon idle; file complete -> the worker takes the job)")
     print(
         f"complete = os.replace returned, or the slow writer closed the file; tick {TICK} s; "
         "expected = what the design allows; each scenario: 1 warm-up drop first"

@@ -6,7 +6,7 @@ so the pictures and words are noise, but every byte goes through the real code.
 1. Interrogation per image: the engine called directly on decoded images, vs the daemon
    (``run_once`` over the same files: decode, interrogate, write .txt/.json, archive;
    the fixed cost of starting and stopping ``run_once`` is taken out).
-2. Repaint per frame: ``JobRunner.paint`` called directly on decoded frames, vs the daemon on
+2. Repaint per frame: the render function called directly on decoded frames, vs the daemon on
    the same frames as a folder (a clip: one job per frame, colour correction, progress) and
    as a video (decode, paint, write PNG frames, encode H.264 + AAC).
 
@@ -21,7 +21,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -29,16 +29,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import yaml
 from loguru import logger
+from PIL import Image
 
-from daemon.config import Settings
-from daemon.engines.diffusion import Canvas
-from daemon.imaging import flatten_on_white, load_image
-from daemon.jobs import Job
-from daemon.models import ModelCache
-from daemon.processing import JobRunner
-from daemon.profiles import Profile, ProfileStore
-from daemon.service import Daemon
-from daemon.video import make_test_clip, read_frames
+from daemon.a1111.imaging import flatten_on_white, load_image
+from daemon.config.profiles import Profile
+from daemon.config.settings import Settings
+from daemon.media.video import read_frames
+from daemon.ops.service import Daemon
+from daemon.prepare.canvas import processing_size
+from daemon.render.cache import ModelCache
+from daemon.render.render import render
+from daemon.render.values import RenderRequest
+from tests.support.media import make_test_clip
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 TAGGER = {"task": "interrogate", "interrogator": "deepbooru", "model": "builtin:tiny-tagger"}
@@ -124,15 +126,15 @@ def repaint(bench: Bench, frames: int) -> list[tuple[str, float, float]]:
     decoded = list(read_frames(clip))
 
     run = bench.settings("frames")
-    runner = JobRunner(run, ProfileStore(run.profiles), bench.models)
     settings = Profile.model_validate({**PAINT, "color_correction": False})
-    job = Job("p", clip, PurePosixPath())
-    runner.paint(job, Canvas(decoded[0], None), settings, 1234, [])  # warm
+
+    def request(frame: Image.Image) -> RenderRequest:
+        size = processing_size(settings, *frame.size)
+        return RenderRequest("frame", settings, frame, size=size, seed=1234)
+
+    render(request(decoded[0]), bench.models)  # warm
     index = iter(range(frames))
-    direct = timed(
-        lambda: runner.paint(job, Canvas(decoded[next(index)], None), settings, 1234, []),
-        frames,
-    )
+    direct = timed(lambda: render(request(decoded[next(index)]), bench.models), frames)
 
     folder = bench.profile(run, "p", PAINT) / "clip"
     folder.mkdir()

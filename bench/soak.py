@@ -46,6 +46,8 @@ from typing import IO, Any
 import yaml
 from PIL import Image
 
+from daemon.atomic import is_temporary
+
 # The daemon imports diffusers lazily; a soak test must never wait on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -53,7 +55,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 PROFILE = "soak"
 MODEL = "builtin:tiny-sd"
-JOURNAL = "journal.sqlite3"  # daemon.service.JOURNAL_NAME
+JOURNAL = "journal.sqlite3"  # daemon.ops.service.JOURNAL_NAME
 LOG_NAME = "daemon.log"
 
 DROP_GAP = (0.0, 0.3)  # s between two drops
@@ -82,7 +84,6 @@ DRAIN_TIMEOUT = 300.0  # s without progress on the backlog once the dropping sto
 WATCH = 0.2  # s between the chaos thread's checks that the daemon is still alive
 
 NAME = re.compile(r"^(soak-\d{6})(-\d+)?(\..+)$")  # id, collision suffix, extensions
-TEMPORARY = re.compile(r"^\..*\.tmp$")  # outputs.atomic_writer: ".<name>.<pid>.tmp"
 
 
 # ------------------------------------------------------------------------------ set-up
@@ -128,7 +129,7 @@ def model_cache() -> Path:
 
 
 def ensure_model(cache: Path) -> Path:
-    from daemon.builtin import ensure_builtin  # imports torch only when it has to build
+    from daemon.models.builtin import ensure_builtin  # imports torch only when it has to build
 
     folder = cache / "builtin"
     ensure_builtin("tiny-sd", folder)
@@ -470,7 +471,7 @@ def index_files(ws: Workspace) -> tuple[dict[str, Found], list[Path], list[Path]
             relative = path.relative_to(root)
             if area == "inbox" and relative.parts[0] in ("_done", "_failed"):
                 continue  # not reachable with inbox/<profile>, kept for safety
-            if TEMPORARY.match(path.name) or path.name.startswith("."):
+            if is_temporary(path.name) or path.name.startswith("."):
                 strays.append(path)
                 continue
             match = NAME.match(path.name)

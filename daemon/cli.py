@@ -9,19 +9,35 @@ from pathlib import Path
 from types import FrameType
 
 from loguru import logger
+from tqdm import tqdm
 
 from daemon import __version__
-from daemon.config import Settings, load_settings
-from daemon.errors import ConfigError
-from daemon.profiles import Profile, ProfileStore
+from daemon.a1111.imaging import flatten_on_white, load_image
+from daemon.config.profiles import (
+    DEFAULT_INTERROGATE_MODEL,
+    DEFAULT_TAGGER_MODEL,
+    Profile,
+    ProfileStore,
+    check_all,
+    profile_names,
+)
+from daemon.config.settings import Settings, load_settings
+from daemon.engines.labels import load_label_lists
+from daemon.errors import ConfigError, Img2ImgdError
+from daemon.intake.jobs import Job
+from daemon.models.checkpoints import detect_architecture
+from daemon.models.resolve import resolve_clip, resolve_model, resolve_tagger, resolve_vae
+from daemon.ops.libraries import quiet_libraries
+from daemon.ops.service import JOURNAL_NAME, Daemon
+from daemon.ops.status import status_report
+from daemon.ops.unit import enable_hint, install_unit, unit_file, writable_dirs
+from daemon.render.cache import ModelCache
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_CONFIG, EXIT_DEFERRED = 0, 1, 2, 3
 LOG_FORMAT = "<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> {message}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    from daemon.models import quiet_libraries
-
     quiet_libraries()
     parser = _parser()
     args = parser.parse_args(argv)
@@ -94,8 +110,6 @@ def _parser() -> argparse.ArgumentParser:
 def _setup_logging(level: str, *, through_tqdm: bool = False) -> None:
     logger.remove()
     if through_tqdm:
-        from tqdm import tqdm
-
         logger.add(lambda line: tqdm.write(line, end="", file=sys.stderr), level=level,
                    format=LOG_FORMAT, colorize=sys.stderr.isatty())  # fmt: skip
     else:
@@ -104,8 +118,6 @@ def _setup_logging(level: str, *, through_tqdm: bool = False) -> None:
 
 def _preflight(settings: Settings) -> list[str]:
     """Problems that stop the daemon from starting: every profile, and the models they name."""
-    from daemon.profiles import check_all
-
     loaded, problems = check_all(settings.profiles)
     for profile in loaded.values():
         try:
@@ -117,11 +129,6 @@ def _preflight(settings: Settings) -> list[str]:
 
 def _check_models(profile: Profile, settings: Settings) -> None:
     """Find every model a profile names, without loading (or generating) any."""
-    from daemon.checkpoints import detect_architecture
-    from daemon.interrogation import resolve_clip, resolve_tagger
-    from daemon.labels import load_label_lists
-    from daemon.models import resolve_model, resolve_vae
-
     models_dir, state_dir = settings.models_dir, settings.state_dir
     kinds = set(profile.prompt_sources)
     if profile.task == "interrogate":
@@ -168,8 +175,6 @@ def _report_preflight(settings: Settings) -> bool:
 
 
 def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
-    from daemon.profiles import profile_names
-
     if not _report_preflight(settings):
         return EXIT_CONFIG
     names = profile_names(settings.profiles)
@@ -178,16 +183,11 @@ def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
-    from daemon.service import JOURNAL_NAME
-    from daemon.status import status_report
-
     sys.stdout.write(status_report(settings.state_dir, JOURNAL_NAME))
     return EXIT_OK
 
 
 def cmd_install_service(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.systemd import enable_hint, install_unit, unit_file, writable_dirs
-
     command = [sys.executable, "-m", "daemon"]
     if args.config is not None:
         command += ["--config", str(args.config.resolve())]
@@ -212,10 +212,6 @@ def cmd_install_service(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_interrogate(settings: Settings, args: argparse.Namespace) -> int:
-    from daemon.errors import Img2ImgdError
-    from daemon.imaging import flatten_on_white, load_image
-    from daemon.models import ModelCache
-
     try:
         profile = _interrogation_profile(args, ProfileStore(settings.profiles))
         _check_models(profile, settings)
@@ -249,8 +245,6 @@ def cmd_interrogate(settings: Settings, args: argparse.Namespace) -> int:
 
 def _interrogation_profile(args: argparse.Namespace, profiles: ProfileStore) -> Profile:
     """The options of `img2imgd interrogate`: a profile's, or the defaults; then the flags."""
-    from daemon.profiles import DEFAULT_INTERROGATE_MODEL, DEFAULT_TAGGER_MODEL
-
     if args.profile is not None:
         base = profiles.get(args.profile).raw
     else:
@@ -292,8 +286,6 @@ def _install_signal_handlers(on_first: object) -> None:
 
 
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
-    from daemon.service import Daemon
-
     if not _report_preflight(settings):
         return EXIT_CONFIG
     daemon = Daemon(settings)
@@ -308,11 +300,6 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_once(settings: Settings, _args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from daemon.jobs import Job
-    from daemon.service import Daemon
-
     if not _report_preflight(settings):
         return EXIT_CONFIG
     daemon = Daemon(settings, watch=False)

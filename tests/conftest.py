@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import yaml
 
-from daemon.config import Settings
-from daemon.models import ModelCache
-from daemon.service import Daemon
+from daemon.config.settings import Settings
+from daemon.ops.service import Daemon
+from daemon.render.cache import ModelCache
 
 DATA = Path(__file__).parent / "data"
 

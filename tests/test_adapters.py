@@ -8,7 +8,6 @@ pipeline is never changed; a separate, untouched pipeline gives the reference pi
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -18,10 +17,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from daemon.adapters import (
-    AdapterManager,
+from daemon.a1111.infotext import format_parameters, lora_hash, short_hash
+from daemon.a1111.prompts import LoraRef
+from daemon.engines.adapter_files import (
     AdapterNotFound,
     PickleRefused,
     default_embedding_dirs,
@@ -31,70 +31,9 @@ from daemon.adapters import (
     find_embedding,
     find_lora,
 )
-from daemon.builtin import ensure_builtin
-from daemon.infotext import format_parameters, lora_hash, short_hash
-from daemon.prompts import LoraRef
-
-UNET_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj"]
-TE_TARGETS = ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"]
-
-
-# --- helpers: real adapter files ---------------------------------------------------------
-
-
-def _kohya(peft_state: dict[str, torch.Tensor], prefix: str, alpha: float) -> dict[str, Any]:
-    """peft's ``<module>.lora_A.weight`` → kohya's ``<prefix><module_>.lora_down.weight``."""
-    out: dict[str, torch.Tensor] = {}
-    for key, value in peft_state.items():
-        module, kind, _ = key.rsplit(".", 2)
-        # transformers 5's CLIPTextModel has no `text_model.` level (its ...WithProjection
-        # still has); kohya's names always have it, in the prefix.
-        base = prefix + module.removeprefix("text_model.").replace(".", "_")
-        part = "lora_down" if kind == "lora_A" else "lora_up"
-        out[f"{base}.{part}.weight"] = value.detach().contiguous()
-        out[f"{base}.alpha"] = torch.tensor(float(alpha))
-    return out
-
-
-class LoraMaker:
-    """Makes rank-4 LoRAs for the tiny model with peft, saved as kohya's trainer would."""
-
-    def __init__(self, folder: Path) -> None:
-        from diffusers import UNet2DConditionModel
-        from transformers import CLIPTextModel
-
-        self.unet = UNet2DConditionModel.from_pretrained(folder / "unet")
-        self.text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder")
-
-    def make(self, seed: int, *, unet: bool = True, te: bool = True) -> dict[str, Any]:
-        parts = [(self.unet, UNET_TARGETS, "lora_unet_")] if unet else []
-        parts += [(self.text_encoder, TE_TARGETS, "lora_te_text_model_")] if te else []
-        return peft_lora(seed, parts)
-
-
-def peft_lora(seed: int, parts: list[tuple[Any, list[str], str]]) -> dict[str, Any]:
-    """A LoRA on each ``(model, target modules, kohya prefix)``, in kohya's layout."""
-    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
-
-    state: dict[str, torch.Tensor] = {}
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        for base, targets, prefix in parts:
-            # init_lora_weights=False: random, non-zero up weights (peft's default zeros
-            # them, which would make a LoRA that changes nothing).
-            config = LoraConfig(r=4, lora_alpha=2, target_modules=targets, init_lora_weights=False)
-            model = inject_adapter_in_model(config, copy.deepcopy(base))
-            state |= _kohya(get_peft_model_state_dict(model), prefix, 2)
-    return state
-
-
-def write(path: Path, data: Any, *, pickle: bool = False) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if pickle:
-        torch.save(data, path)
-    else:
-        save_file(data, str(path), metadata={"ss_network_module": "networks.lora"})
-    return path
+from daemon.engines.adapters import AdapterManager
+from daemon.models.builtin import ensure_builtin
+from tests.support.lora import TE_TARGETS, LoraMaker, peft_lora, write
 
 
 def vectors(seed: int, count: int, width: int = 32) -> torch.Tensor:
@@ -346,11 +285,11 @@ def test_switching_leaves_no_residue_and_loads_once(
     assert applied.lora_hashes == {} and applied.infotext_params() == {}
     again, _ = run(
         pipe,
-        AdapterManager(pipe, lora_dirs=default_lora_dirs(models_dir)),
+        AdapterManager(pipe, state=manager.state, lora_dirs=default_lora_dirs(models_dir)),
         [LoraRef("StyleA", 1.0, 1.0)],
     )
     np.testing.assert_array_equal(again, first)
-    assert len(load_count) == 1  # the second job found it loaded (even with a new manager)
+    assert len(load_count) == 1  # the second job found it loaded: the state is the model's
     adapters = pipe.get_list_adapters()
     assert adapters["unet"] == adapters["text_encoder"] and len(adapters["unet"]) == 1
     # The base model was never reloaded or changed.
@@ -458,7 +397,7 @@ def test_changed_file_is_loaded_afresh(pipe: Any, tmp_path: Path, models_dir: Pa
     changed, applied = run(pipe, manager, [LoraRef("Evolving")])
     assert len(manager.loaded_loras) == 1  # the old version was dropped
     assert applied.lora_hashes == {"Evolving": lora_hash(lora)}
-    other = AdapterManager(pipe, lora_dirs=default_lora_dirs(models_dir))
+    other = AdapterManager(pipe, state=manager.state, lora_dirs=default_lora_dirs(models_dir))
     expected, _ = run(pipe, other, [LoraRef("OtherB")])
     np.testing.assert_array_equal(changed, expected)
 
@@ -470,7 +409,7 @@ def test_inpaint_pipeline_from_pipe_shares_the_loaded_loras(
 
     run(pipe, manager, [LoraRef("StyleA")])
     inpaint = AutoPipelineForInpainting.from_pipe(pipe)
-    other = AdapterManager(inpaint, lora_dirs=default_lora_dirs(models_dir))
+    other = AdapterManager(inpaint, state=manager.state, lora_dirs=default_lora_dirs(models_dir))
     assert other.loaded_loras == manager.loaded_loras
     applied = other.apply([LoraRef("StyleA", 0.5, 0.5)], "a cat", "")
     assert applied.notes == () and len(load_count) == 1
@@ -494,7 +433,7 @@ def test_embedding_in_the_negative_prompt(
     ids = pipe.tokenizer.convert_tokens_to_ids(list(embedding.tokens))
     rows = pipe.text_encoder.get_input_embeddings().weight[ids]
     assert torch.equal(rows, load_file(str(path))["emb_params"])
-    # Any encoder that tokenizes the returned text (diffusers', daemon.prompts') gets them.
+    # Any encoder that tokenizes the returned text (diffusers', daemon.a1111.prompts') gets them.
     assert pipe.tokenizer(applied.negative_prompt).input_ids[1:3] == ids
     # ... and the conditioning changes; the prompt without it does not.
     assert not torch.allclose(encode(pipe, applied.negative_prompt), encode(reference, negative))
@@ -556,7 +495,7 @@ def test_reset_leaves_the_pipeline_as_it_was(
 def test_sdxl_embeddings_and_lora_reach_both_text_encoders(state_dir: Path, tmp_path: Path) -> None:
     from diffusers import AutoPipelineForImage2Image
 
-    from daemon.builtin import BUILTIN_MODELS
+    from daemon.models.builtin import BUILTIN_MODELS
 
     if "tiny-sdxl" not in BUILTIN_MODELS:
         pytest.skip("no built-in tiny SDXL model")

@@ -130,7 +130,7 @@ def test_missing_model_leaves_input_in_inbox_and_retries(workspace: Workspace, r
 
 def test_disk_full_while_writing_keeps_the_input(workspace: Workspace, running, monkeypatch, logs):
     """Fault injection: the first write of the results fails with ENOSPC."""
-    import daemon.processing as processing
+    import daemon.deliver.results as processing
 
     real_write = processing.write_image
     calls = {"n": 0}
@@ -204,7 +204,7 @@ def test_broken_model_files_never_fail_the_input(workspace: Workspace, running, 
     """A checkpoint that does not load is the process's problem: the input waits."""
     import shutil
 
-    from daemon.builtin import ensure_builtin
+    from daemon.models.builtin import ensure_builtin
 
     broken = workspace.root / "broken-model"
     shutil.copytree(ensure_builtin("tiny-sd", workspace.state_dir / "builtin"), broken)

@@ -23,7 +23,7 @@ from diffusers import (
 )
 from PIL import Image
 
-from daemon.builtin import (
+from daemon.models.builtin import (
     BUILD_VERSION,
     BUILTIN_MODELS,
     BUILTIN_PREFIX,
@@ -80,7 +80,7 @@ def test_names() -> None:
 
 
 def test_import_is_light() -> None:
-    code = "import sys, daemon.builtin; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, daemon.models.builtin; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

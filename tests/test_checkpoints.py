@@ -39,22 +39,19 @@ from diffusers import (
 from PIL import Image
 from safetensors.torch import save_file
 
-from daemon.builtin import ensure_builtin
-from daemon.checkpoints import (
-    ARCHITECTURES,
+from daemon.errors import ConfigError
+from daemon.models.builtin import ensure_builtin
+from daemon.models.checkpoints import ARCHITECTURES, detect_architecture, read_header, read_layout
+from daemon.models.single_file import (
     CLIP_VOCAB_SIZE,
     CONFIGS_DIR,
     clip_merges,
     clip_vocab,
-    detect_architecture,
     ensure_clip_tokenizer_files,
     ensure_config_dir,
     load_single_file,
     load_vae,
-    read_header,
-    read_layout,
 )
-from daemon.errors import ConfigError
 
 Tensors = dict[str, torch.Tensor]
 

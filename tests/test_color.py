@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from daemon.color import _luminosity, apply_color_correction, color_reference
+from daemon.a1111.color import _luminosity, apply_color_correction, color_reference
 from tests.conftest import DATA
 
 

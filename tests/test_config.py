@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from daemon.config import DEFAULT_CONFIG_NAME, Settings, load_settings
+from daemon.config.settings import DEFAULT_CONFIG_NAME, Settings, load_settings
 from daemon.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent

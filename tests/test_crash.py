@@ -14,11 +14,11 @@ from pathlib import Path
 import yaml
 from PIL import Image
 
-from daemon.builtin import ensure_builtin
-from daemon.jobs import Job, JobStatus
-from daemon.journal import Journal, open_read_only
-from daemon.pairing import Companions
-from daemon.service import JOURNAL_NAME
+from daemon.deliver.journal import Journal, open_read_only
+from daemon.intake.jobs import Job, JobStatus
+from daemon.intake.pairing import Companions
+from daemon.models.builtin import ensure_builtin
+from daemon.ops.service import JOURNAL_NAME
 from tests.conftest import Workspace, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,7 +190,7 @@ def test_a_second_daemon_on_the_same_folders_is_refused(workspace: Workspace, mo
 
 
 def _locked(workspace: Workspace) -> bool:
-    from daemon.recovery import lock_owner
+    from daemon.deliver.recovery import lock_owner
 
     return lock_owner(workspace.root / "state") is not None
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from sd_parsers import ParserManager
 
-from daemon.infotext import parse_infotext, png_info
+from daemon.a1111.infotext import parse_infotext, png_info
 from tests.conftest import DATA, Workspace, wait_for
 
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from daemon.a1111.sizes import ResizeMode
+from daemon.config.profiles import Profile
 from daemon.engines.diffusion import Canvas, DiffusionEngine, inference_steps
-from daemon.imaging import ResizeMode
-from daemon.processing import aspect_note, processing_size
-from daemon.profiles import Profile
+from daemon.prepare.canvas import aspect_note, processing_size
 
 
 def profile(**keys) -> Profile:
@@ -67,7 +67,7 @@ def test_resize_modes_feed_the_pipeline_the_a1111_resized_image(models):
     """The tiny model's random VAE scrambles colours, so placement is checked by identity:
     painting the raw input in mode M gives exactly the pixels of painting the input already
     resized by A1111's rule for M (tested pixel by pixel in test_imaging)."""
-    from daemon.imaging import resize_image
+    from daemon.a1111.imaging import resize_image
 
     engine = DiffusionEngine(models)
     common = dict(width=64, height=64, seed=3, prompt="x", negative_prompt="")
@@ -125,7 +125,7 @@ def test_progress_is_reported_per_step(models):
 
 
 def test_transparent_input_is_flattened_on_white():
-    from daemon.imaging import flatten_on_white
+    from daemon.a1111.imaging import flatten_on_white
 
     clear = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
     assert flatten_on_white(clear).getpixel((0, 0)) == (255, 255, 255)

@@ -10,8 +10,9 @@ import time
 import pytest
 from PIL import Image
 
-from daemon.config import Settings
-from daemon.schedule import Window, parse_window, prune_done
+from daemon.config.hours import Window, parse_window
+from daemon.config.settings import Settings
+from daemon.ops.housekeeping import prune_done
 from tests.conftest import Workspace, wait_for
 
 

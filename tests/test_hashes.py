@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from daemon.hashes import HashCache
-from daemon.infotext import lora_hash, sha256_file
+from daemon.a1111.infotext import lora_hash, sha256_file
+from daemon.models.hashes import HashCache
 
 
 def test_hashes_are_remembered_across_runs_until_the_file_changes(tmp_path: Path) -> None:

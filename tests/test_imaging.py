@@ -1,4 +1,4 @@
-"""Tests for daemon.imaging: hostile-file loading, size arithmetic and A1111's resize modes."""
+"""Tests for daemon.a1111.imaging: hostile-file loading, sizes and A1111's resize modes."""
 
 from __future__ import annotations
 
@@ -11,19 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from daemon.errors import InputError
-from daemon.imaging import (
+from daemon.a1111.imaging import (
     DEFAULT_MAX_PIXELS,
-    IMAGE_EXTENSIONS,
-    ResizeMode,
-    aspect_mismatch,
-    fit_size,
     flatten_on_white,
     load_image,
     load_mask,
     resize_image,
-    scaled_size,
 )
+from daemon.a1111.sizes import ResizeMode, aspect_mismatch, fit_size, scaled_size
+from daemon.errors import InputError
+from daemon.intake.names import IMAGE_EXTENSIONS
 
 DATA = Path(__file__).parent / "data"
 ASTRONAUT = DATA / "astronaut.png"

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 from sd_parsers import ParserManager
 
-from daemon.infotext import (
+from daemon.a1111.infotext import (
     KEY_ORDER,
     Infotext,
     decode_user_comment,

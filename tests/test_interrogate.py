@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from daemon.infotext import parse_infotext
-from daemon.models import ModelCache
+from daemon.a1111.infotext import parse_infotext
+from daemon.render.cache import ModelCache
 from tests.conftest import DATA, Workspace, wait_for
 
 CLIP = {"task": "interrogate", "interrogator": "clip", "model": "builtin:tiny-interrogator"}
@@ -25,8 +25,8 @@ FAST_CLIP = {**CLIP, "caption_min_length": 4, "caption_max_length": 8, "dict_lim
 
 def interrogate_directly(models: ModelCache, path: Path, **keys: object) -> str:
     """The line the engines give for a file, outside the daemon, to compare with."""
-    from daemon.imaging import flatten_on_white, load_image
-    from daemon.profiles import Profile
+    from daemon.a1111.imaging import flatten_on_white, load_image
+    from daemon.config.profiles import Profile
 
     settings = Profile.model_validate(keys)
     image = flatten_on_white(load_image(path, max_pixels=2**26))

@@ -30,15 +30,11 @@ from safetensors.torch import load_file
 from transformers import CLIPModel, CLIPProcessor
 
 from daemon.engines import interrogate_clip as engine
-from daemon.engines.interrogate_clip import (
-    ClipInterrogator,
-    ClipOptions,
-    ClipResult,
-    model_identity,
-)
-from daemon.engines.tiny_interrogator import build_tiny_interrogator
+from daemon.engines.interrogate_clip import ClipInterrogator, ClipOptions, ClipResult
+from daemon.engines.label_cache import model_identity
+from daemon.engines.labels import LabelList
 from daemon.errors import ConfigError
-from daemon.labels import LabelList
+from daemon.models.tiny_interrogator import build_tiny_interrogator
 
 RANKED = re.compile(r"^\((?P<text>.+):(?P<score>-?\d\.\d{3})\)$")
 SHORT = {"caption_min_length": 4, "caption_max_length": 8}

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.errors import ConfigError
-from daemon.labels import (
+from daemon.engines.labels import (
     CLASSIC_ORDER,
     DEFAULT_LABELS_DIR,
     NEGATIVE,
@@ -15,6 +14,7 @@ from daemon.labels import (
     load_label_lists,
     read_label_file,
 )
+from daemon.errors import ConfigError
 
 
 def write(folder: Path, name: str, *lines: str) -> Path:

@@ -1,4 +1,4 @@
-"""Tests for daemon.masks: A1111's inpaint pre- and postprocessing steps."""
+"""Tests for daemon.a1111.masks: A1111's inpaint pre- and postprocessing steps."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from daemon.imaging import ResizeMode, resize_image
-from daemon.masks import (
+from daemon.a1111.imaging import resize_image
+from daemon.a1111.masks import (
     blend_sketch_for_inpaint,
     composite_sketch,
     expand_to_aspect,
@@ -20,6 +20,7 @@ from daemon.masks import (
     prepare_mask,
     sketch_mask,
 )
+from daemon.a1111.sizes import ResizeMode
 
 DATA = Path(__file__).parent / "data"
 

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon.builtin import ensure_builtin
+from daemon.a1111.infotext import parse_infotext
 from daemon.errors import ConfigError
-from daemon.infotext import parse_infotext
-from daemon.models import resolve_model, resolve_vae
+from daemon.models.builtin import ensure_builtin
+from daemon.models.resolve import resolve_model, resolve_vae
 from tests.conftest import Workspace, wait_for
 
 

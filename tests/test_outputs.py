@@ -8,22 +8,14 @@ from pathlib import Path, PurePosixPath
 import pytest
 from PIL import Image
 
+from daemon.a1111.infotext import png_info
+from daemon.atomic import atomic_writer, write_text
+from daemon.deliver.lifecycle import archive, fail
+from daemon.deliver.outputs import claim_names, failure_report, move_into, output_stems, write_image
 from daemon.errors import InputError
-from daemon.infotext import png_info
-from daemon.jobs import Job
-from daemon.lifecycle import archive, fail
-from daemon.outputs import (
-    UnsafePath,
-    atomic_writer,
-    claim_names,
-    failure_report,
-    inside,
-    move_into,
-    output_stems,
-    write_image,
-    write_text,
-)
-from daemon.pairing import Companions
+from daemon.intake.jobs import Job
+from daemon.intake.pairing import Companions
+from daemon.paths import UnsafePath, inside
 
 SUFFIXES = (".png", ".txt")
 

@@ -6,18 +6,17 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from daemon.pairing import (
+from daemon.intake.names import is_ignored_dir, is_ignored_name
+from daemon.intake.pairing import (
     Companions,
     Kind,
     Route,
     classify,
     companions_on_disk,
     find_companions,
-    is_ignored_dir,
-    is_ignored_name,
     route,
 )
-from daemon.watcher import walk_files
+from daemon.intake.watcher import walk_files
 
 INBOX = Path("/srv/inbox")
 

@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 from PIL import Image, PngImagePlugin
 
-from daemon.infotext import parse_infotext
-from daemon.pnginfo import model_note, settings_from_infotext
+from daemon.a1111.infotext import parse_infotext
+from daemon.a1111.pnginfo import model_note, settings_from_infotext
 from tests.conftest import DATA, Workspace, wait_for
 
 EXAMPLE = (

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from daemon.errors import ConfigError, InputError
-from daemon.imaging import ResizeMode
-from daemon.profiles import (
+from daemon.a1111.sizes import ResizeMode
+from daemon.config.profiles import (
     MAX_EXTENDS_DEPTH,
     ProfileStore,
     check_all,
     load_profile,
     profile_names,
 )
-from daemon.yamlsafe import MAX_SETTINGS_BYTES, YamlProblem, parse_mapping
+from daemon.config.yamlsafe import MAX_SETTINGS_BYTES, YamlProblem, parse_mapping
+from daemon.errors import ConfigError, InputError
 
 SHIPPED = Path(__file__).resolve().parent.parent / "profiles"
 SAMPLER_LABELS = ("Euler a", "Euler", "LMS", "Heun", "DPM++ 2M", "DPM++ SDE", "DDIM", "UniPC")

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon.infotext import parse_infotext
-from daemon.service import Daemon
+from daemon.a1111.infotext import parse_infotext
+from daemon.ops.service import Daemon
 from tests.conftest import DATA, Workspace, wait_for
 from tests.test_adapters import LoraMaker, vectors, write
 
@@ -18,7 +18,7 @@ from tests.test_adapters import LoraMaker, vectors, write
 @pytest.fixture
 def webui(tmp_path: Path, state_dir: Path) -> Path:
     """An A1111 `models` folder with one LoRA, and `embeddings` beside it."""
-    from daemon.builtin import ensure_builtin
+    from daemon.models.builtin import ensure_builtin
 
     models = tmp_path / "webui/models"
     write(

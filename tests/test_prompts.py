@@ -14,16 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from daemon.models import ModelCache
-from daemon.prompts import (
+from daemon.a1111.prompts import (
     LoraRef,
-    PromptEncoder,
-    _emphasis,
     build_chunks,
     extract_extra_networks,
     parse_prompt_attention,
     to_compel,
 )
+from daemon.engines.prompt_encoder import PromptEncoder, _emphasis
+from daemon.render.cache import ModelCache
 
 # ---------------------------------------------------------------------------------------------
 # parse_prompt_attention: A1111's doctests first, verbatim (exact floats included)
@@ -308,7 +307,7 @@ def run_pipeline(pipe: Any, kwargs: dict[str, torch.Tensor]) -> Any:
 
 
 def test_import_is_lazy() -> None:
-    code = "import sys, daemon.prompts; print('torch' in sys.modules)"
+    code = "import sys, daemon.a1111.prompts; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr
 

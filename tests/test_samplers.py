@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from daemon.samplers import (
+from daemon.a1111.samplers import (
     SAMPLERS,
     SCHEDULE_TYPES,
     SamplerChoice,

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import random
 import re
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from daemon.infotext import parse_infotext
-from daemon.sequences import frame_number, frame_seed, progress_line
+from daemon.a1111.infotext import parse_infotext
+from daemon.a1111.seeds import frame_seed
+from daemon.intake.names import frame_number
+from daemon.prepare.clip_state import progress_line
 from tests.conftest import DATA, Workspace, wait_for
 from tests.test_crash import assert_no_temporaries, finish_once, kill_9_when, write_config
 
@@ -49,10 +52,15 @@ def test_frame_number(name: str, number: int | None) -> None:
 
 
 def test_frame_seeds() -> None:
-    assert frame_seed("fixed", 1234, 7) == 1234
-    assert frame_seed("increment", 1234, 7) == 1241
-    assert frame_seed("increment", 2**32 - 1, 1) == 0  # wraps like A1111's seed range
-    assert len({frame_seed("random", 1234, 7) for _ in range(5)}) > 1
+    rng = random.Random(7)
+    assert frame_seed("fixed", 1234, 7, rng) == 1234
+    assert frame_seed("increment", 1234, 7, rng) == 1241
+    assert frame_seed("increment", 2**32 - 1, 1, rng) == 0  # wraps like A1111's seed range
+    assert len({frame_seed("random", 1234, 7, rng) for _ in range(5)}) > 1
+    # Drawn from the service's own generator: the same generator state, the same seeds.
+    assert frame_seed("random", 0, 1, random.Random(3)) == frame_seed(
+        "random", 0, 1, random.Random(3)
+    )
 
 
 def test_progress_line() -> None:
@@ -105,7 +113,7 @@ def test_seed_modes(workspace: Workspace, running, mode: str):
 def test_colours_follow_the_first_frame(workspace: Workspace, running):
     """With correction (the default for clips) every later frame is the uncorrected result
     matched to the first frame's colours (the colour maths itself: test_color.py)."""
-    from daemon.color import apply_color_correction, color_reference
+    from daemon.a1111.color import apply_color_correction, color_reference
 
     workspace.profile("corrected", seed=7)
     workspace.profile("plain", seed=7, color_correction=False)
@@ -195,7 +203,7 @@ def test_abandoned_states_are_dropped(tmp_path):
     import os
     import time
 
-    from daemon.sequences import drop_abandoned
+    from daemon.prepare.clip_state import drop_abandoned
 
     old, fresh = tmp_path / "old-clip", tmp_path / "fresh-clip"
     for folder in (old, fresh):
@@ -212,7 +220,8 @@ def test_abandoned_states_are_dropped(tmp_path):
 def test_the_queue_runs_a_folder_in_natural_order(tmp_path):
     from pathlib import PurePosixPath
 
-    from daemon.jobs import Job, JobQueue
+    from daemon.intake.jobs import Job
+    from daemon.queue.job_queue import JobQueue
 
     queue = JobQueue()
     clip, other = tmp_path / "clip", tmp_path / "other"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.stability import StabilityTracker
+from daemon.intake.stability import StabilityTracker
 
 DELAY = 2.0
 A = Path("/inbox/p/a.png")

@@ -19,15 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import Settings
-from daemon.systemd import (
-    CUDA_DEVICES,
-    Notifier,
-    enable_hint,
-    install_unit,
-    unit_file,
-    writable_dirs,
-)
+from daemon.config.settings import Settings
+from daemon.ops.systemd import Notifier
+from daemon.ops.unit import CUDA_DEVICES, enable_hint, install_unit, unit_file, writable_dirs
 
 # AF_UNIX paths are limited to 108 bytes; pytest's tmp_path can be longer than that.
 _MAX_SOCKET_PATH = 100

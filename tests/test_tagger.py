@@ -20,13 +20,12 @@ from daemon.engines.tagger import (
     TagInfo,
     TagResult,
     Wd14Tagger,
-    build_tiny_tagger,
     format_tags,
-    load_tagger,
-    tiny_tag_rows,
     wd14_input,
 )
+from daemon.engines.taggers import load_tagger
 from daemon.errors import ConfigError
+from daemon.models.tiny_tagger import build_tiny_tagger, tiny_tag_rows
 
 DATA = Path(__file__).parent / "data"
 DD_TAGS = [

@@ -7,8 +7,8 @@ import time
 import numpy as np
 from PIL import Image, ImageDraw
 
-from daemon.infotext import parse_infotext
-from daemon.masks import prepare_mask
+from daemon.a1111.infotext import parse_infotext
+from daemon.a1111.masks import prepare_mask
 from tests.conftest import Workspace, wait_for
 
 

@@ -1,4 +1,4 @@
-"""daemon.video against real PyAV/FFmpeg: every format round-trips frames, rate and sound.
+"""daemon.media.video against real PyAV/FFmpeg: every format round-trips frames, rate and sound.
 
 Clips are tiny (64x48, 12 frames) so the whole module runs in a few seconds on a CPU.
 """
@@ -17,14 +17,9 @@ import pytest
 from PIL import Image
 
 from daemon.errors import InputError, UnreadableInput
-from daemon.video import (
-    VIDEO_SUFFIXES,
-    make_test_clip,
-    pattern_frame,
-    probe,
-    read_frames,
-    write_video,
-)
+from daemon.media.video import probe, read_frames
+from daemon.media.video_write import VIDEO_SUFFIXES, write_video
+from tests.support.media import make_test_clip, pattern_frame
 
 FRAMES = 12
 SIZE = (64, 48)

@@ -9,8 +9,9 @@ from fractions import Fraction
 import numpy as np
 from PIL import Image
 
-from daemon.video import make_test_clip, probe, read_frames
+from daemon.media.video import probe, read_frames
 from tests.conftest import Workspace, wait_for
+from tests.support.media import make_test_clip
 from tests.test_crash import assert_no_temporaries, finish_once, kill_9_when, write_config
 
 

@@ -40,9 +40,11 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
+from daemon.a1111.imaging import resize_image
+from daemon.a1111.sizes import ResizeMode
 from daemon.engines.tagger import CATEGORY_RATING, Tagger, TagInfo
 from daemon.errors import ConfigError
-from daemon.imaging import ResizeMode, resize_image
+from daemon.models.checkpoints import load_pickle
 
 if TYPE_CHECKING:
     import torch
@@ -271,7 +273,6 @@ def load_deepdanbooru(path: Path, *, device: str = "cpu", allow_pickle: bool = F
             f"tagger {path} is a pickle ({path.suffix}), which can run code when loaded; set "
             "`allow_pickle: true` in the daemon's configuration if you trust the file"
         )
-    from daemon.checkpoints import load_pickle
 
     state = load_pickle(path)  # ConfigError itself for an unreadable or code-running file
     if not isinstance(state, Mapping):

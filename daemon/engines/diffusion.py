@@ -3,23 +3,20 @@
 The order of the steps follows A1111's img2img (REFERENCE-A1111.md, "The inpaint pipeline"):
 mask → invert → blur → only-masked crop or whole-picture resize → masked content → sampling
 → paste back → overlay of the original through the mask. The pure image steps live in
-``daemon.imaging`` and ``daemon.masks``; this module drives the pipeline.
+``daemon.a1111.imaging`` and ``daemon.a1111.masks``; this module drives the pipeline.
 """
 
 from __future__ import annotations
 
-import random
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from loguru import logger
+import numpy as np
 from PIL import Image
 
-from daemon.errors import InputError
-from daemon.imaging import ResizeMode, resize_image
-from daemon.masks import (
+from daemon.a1111.imaging import resize_image
+from daemon.a1111.masks import (
     expand_to_aspect,
     fill_masked,
     mask_bbox,
@@ -27,17 +24,30 @@ from daemon.masks import (
     paste_back,
     prepare_mask,
 )
-from daemon.models import ModelCache, PipelineTask
-from daemon.profiles import Profile
+from daemon.a1111.prompts import extract_extra_networks
+from daemon.a1111.samplers import SamplerChoice
+from daemon.a1111.seeds import MAX_SEED
+from daemon.a1111.sizes import ResizeMode
+from daemon.config.profiles import Profile
+from daemon.engines.adapters import AdapterManager
+from daemon.engines.prompt_encoder import PromptEncoder
+from daemon.errors import InputError
 
 if TYPE_CHECKING:
     import torch
 
-# torchsde (DPM++ SDE) warns about float rounding of its Brownian interval; harmless.
-warnings.filterwarnings("ignore", message="Should have ta>=t0", category=UserWarning)
-
 Region = tuple[int, int, int, int]
-MAX_SEED = 2**32 - 1
+PipelineTask = Literal["img2img", "inpaint"]
+
+
+class Pipelines(Protocol):
+    """Where the engine gets its warm pipelines (the render side's model cache)."""
+
+    def pipeline(self, ref: str, task: PipelineTask, *, vae: str | None = None) -> Any: ...
+    def scheduler(self, ref: str, choice: SamplerChoice, *, vae: str | None = None) -> Any: ...
+    def adapters(
+        self, ref: str, task: PipelineTask, *, vae: str | None = None
+    ) -> AdapterManager: ...
 
 
 @dataclass(frozen=True)
@@ -59,11 +69,6 @@ class Painting:
     params: dict[str, object] = field(default_factory=dict)  # Lora hashes, TI hashes
 
 
-def draw_seed(seed: int) -> int:
-    """A1111: -1 means a random seed; the drawn value is what gets recorded."""
-    return random.randint(0, MAX_SEED) if seed == -1 else seed
-
-
 def inference_steps(steps: int, strength: float, *, fix_steps: bool) -> tuple[int, float]:
     """(num_inference_steps, strength) for diffusers.
 
@@ -79,7 +84,7 @@ def inference_steps(steps: int, strength: float, *, fix_steps: bool) -> tuple[in
 
 
 class DiffusionEngine:
-    def __init__(self, models: ModelCache) -> None:
+    def __init__(self, models: Pipelines) -> None:
         self.models = models
 
     def paint(
@@ -171,8 +176,6 @@ class DiffusionEngine:
     ) -> tuple[list[Image.Image], list[int], dict[str, object]]:
         import torch
 
-        from daemon.prompts import PromptEncoder, extract_extra_networks
-
         task: PipelineTask = "inpaint" if mask is not None else "img2img"
         pipe = self.models.pipeline(settings.model, task, vae=settings.vae)
         pipe.scheduler = self.models.scheduler(settings.model, settings.sampler, vae=settings.vae)
@@ -184,7 +187,7 @@ class DiffusionEngine:
         except ValueError as exc:
             raise InputError(f"the prompt has a malformed extra-network tag: {exc}") from exc
         notes += [f"ignored {tag}: only <lora:…> tags are supported" for tag in ignored]
-        applied = self.models.adapters(pipe).apply(
+        applied = self.models.adapters(settings.model, task, vae=settings.vae).apply(
             [*loras, *negative_loras], prompt_text, negative_text
         )
         notes += applied.notes
@@ -297,14 +300,8 @@ def _encode(pipe: Any, image: Image.Image, generator: torch.Generator) -> torch.
 
 def _latent_mask(pipe: Any, mask: Image.Image, latents: torch.Tensor) -> torch.Tensor:
     """1 where the latent is kept, 0 where it is repainted, at the latents' resolution."""
-    import numpy as np
     import torch
 
     small = mask.resize((latents.shape[-1], latents.shape[-2]), Image.Resampling.BILINEAR)
     repaint = torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0).round()
     return (1 - repaint)[None, None].to(latents)
-
-
-def log_notes(painting: Painting, name: str) -> None:
-    for note in painting.notes:
-        logger.info("{}: {}", name, note)

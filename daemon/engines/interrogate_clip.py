@@ -21,23 +21,19 @@ movements, flavors, the user's own, and the ``negative`` list) and scores them. 
     No caption: the same chain run backwards over the least similar flavors and the
     ``negative`` list, each step choosing the term that makes the prompt least similar.
 
-The text embeddings of a label list depend only on the CLIP model and the terms, and a real
-flavors list (100k terms) takes minutes to embed on a CPU. So they are computed once per
-(model, list), kept in memory, and stored in ``cache_dir`` as a ``.safetensors`` file named
-by a sha256 over the model's identity and the terms; a second image only costs the image side.
+The text embeddings of a label list are computed once per (model, list), kept in memory, and
+stored on disk (:mod:`daemon.engines.label_cache`); a second image only costs the image side.
 
-torch and transformers are imported inside the functions that use them, so that importing
-this module (for its option and result types) is instant.
+This module stays whole although it is long: the caption, the ranking and the four modes
+share the loaded models, the embedding tables and the chain's prompt encoding, and each mode
+is a few lines on top of them. torch and transformers are imported inside the functions that
+use them, so that importing this module (for its option and result types) is instant.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import re
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -48,13 +44,14 @@ from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from daemon.engines.label_cache import LabelCache, cache_key, model_identity
 from daemon.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from daemon.labels import LabelList
+    from daemon.engines.labels import LabelList
 
 MODES = ("classic", "fast", "best", "negative")
 NEGATIVE = "negative"
@@ -71,25 +68,12 @@ CHAIN_CANDIDATES = 256
 re-encodes one prompt per remaining candidate, so this bounds the cost of best/negative."""
 PROGRESS_SECONDS = 5.0
 """How often a long label-embedding run reports progress."""
-CACHE_VERSION = 1
-"""Part of every cache key: bump when the way embeddings are computed changes."""
 MEMORY_LISTS = 16
 """Label lists whose embeddings stay in memory (least recently used ones are dropped)."""
 
 _SCALE = 100.0
 """A1111's fixed logit scale in ``softmax(100 * image · terms)``."""
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-_VOLATILE_CONFIG_KEYS = frozenset(
-    {"_name_or_path", "transformers_version", "dtype", "torch_dtype", "_commit_hash"}
-)
-"""Config keys that change with where or how a model was loaded, not with what it is."""
-_IDENTITY_TENSORS = (
-    "text_projection.weight",
-    "token_embedding.weight",
-    "final_layer_norm.weight",
-    "final_layer_norm.bias",
-)
-"""Text-side tensors hashed into the model identity: cheap, and any fine-tune changes them."""
 
 
 @dataclass(frozen=True)
@@ -180,15 +164,6 @@ def label_texts(labels: LabelList) -> tuple[str, ...]:
     return tuple(texts)
 
 
-def cache_key(model_identity: str, name: str, texts: Sequence[str]) -> str:
-    """sha256 naming one list's embeddings: changes with the model, the name or any term."""
-    digest = hashlib.sha256()
-    for part in (f"v{CACHE_VERSION}", model_identity, name, *texts):
-        digest.update(part.encode("utf-8"))
-        digest.update(b"\0")  # separator: ("ab", "c") and ("a", "bc") must differ
-    return digest.hexdigest()
-
-
 def format_line(caption: str, terms: Iterable[Term], *, ranks: bool) -> str:
     """``caption, term, …``; with `ranks` each term is ``(term:0.123)``, as A1111 writes it."""
     parts = [caption] if caption else []
@@ -198,33 +173,6 @@ def format_line(caption: str, terms: Iterable[Term], *, ranks: bool) -> str:
 
 def join_prompt(prompt: str, text: str) -> str:
     return f"{prompt}, {text}" if prompt else text
-
-
-def _clean_config(value: Any) -> Any:
-    """A config dict without the keys that depend on where the model was loaded from."""
-    if isinstance(value, dict):
-        return {k: _clean_config(v) for k, v in value.items() if k not in _VOLATILE_CONFIG_KEYS}
-    return value
-
-
-def model_identity(model: Any) -> str:
-    """sha256 over the CLIP config and a few text-side tensors (see _IDENTITY_TENSORS).
-
-    Hashing every weight of a real CLIP would take seconds; these tensors are what turns
-    token ids into the embedding space, so a fine-tune or another checkpoint changes them.
-    """
-    import torch
-
-    digest = hashlib.sha256()
-    config = _clean_config(model.config.to_dict())
-    digest.update(json.dumps(config, sort_keys=True, default=str).encode("utf-8"))
-    for name, tensor in sorted(model.state_dict().items()):
-        if name.endswith(_IDENTITY_TENSORS):
-            raw = tensor.detach().to("cpu").contiguous().flatten().view(torch.uint8)
-            digest.update(name.encode("utf-8"))
-            digest.update(str(tensor.dtype).encode("utf-8"))
-            digest.update(memoryview(raw.numpy()))
-    return digest.hexdigest()
 
 
 def _pooled(output: Any) -> torch.Tensor:
@@ -326,8 +274,8 @@ class ClipInterrogator:
         self._clip_processor: Any = clip_processor
         self.device = device
         self.dtype = dtype
-        self.cache_dir = Path(cache_dir)
         self.model_identity = model_identity(clip_model)
+        self.cache = LabelCache(Path(cache_dir), self.model_identity)
         tokenizer = clip_processor.tokenizer
         # Real CLIP: 77. A tokenizer without a limit reports a huge model_max_length.
         self._max_tokens = min(
@@ -620,7 +568,9 @@ class ClipInterrogator:
         key = cache_key(self.model_identity, labels.name, texts)
         embeddings = self._memory.get(key)
         if embeddings is None:
-            embeddings = self._read_cache(key, len(texts))
+            embeddings = self.cache.read(
+                key, len(texts), int(self._loaded()[2].config.projection_dim)
+            )
             if embeddings is None:
                 if len(texts) > TEXT_BATCH:
                     logger.info(
@@ -630,63 +580,13 @@ class ClipInterrogator:
                         labels.name,
                     )
                 embeddings = self._encode_batched(texts, what=f"'{labels.name}'")
-                self._write_cache(key, embeddings, labels.name)
+                self.cache.write(key, embeddings, labels.name)
             embeddings = embeddings.to(self.device, self.dtype)
             self._memory[key] = embeddings
             while len(self._memory) > MEMORY_LISTS:
                 self._memory.popitem(last=False)
         self._memory.move_to_end(key)
         return _Table(labels.name, texts, labels.top_n, embeddings)
-
-    def _cache_path(self, key: str) -> Path:
-        return self.cache_dir / f"{key}.safetensors"
-
-    def _read_cache(self, key: str, count: int) -> torch.Tensor | None:
-        """The stored embeddings, or None if absent or unusable (then they are recomputed)."""
-        import torch
-        from safetensors import safe_open
-
-        path = self._cache_path(key)
-        if not path.is_file():
-            return None
-        dim = int(self._loaded()[2].config.projection_dim)
-        try:
-            with safe_open(str(path), framework="pt", device="cpu") as file:
-                metadata = file.metadata() or {}
-                embeddings = file.get_tensor("embeddings")
-            valid = (
-                metadata.get("model") == self.model_identity
-                and embeddings.shape == (count, dim)
-                and embeddings.is_floating_point()
-                and bool(torch.isfinite(embeddings).all())
-            )
-        except Exception as exc:  # a damaged file: safetensors, OSError, … never fatal
-            logger.warning("CLIP: label cache {} is unreadable ({}); recomputing", path.name, exc)
-            return None
-        if not valid:
-            logger.warning("CLIP: label cache {} does not match its list; recomputing", path.name)
-            return None
-        return embeddings
-
-    def _write_cache(self, key: str, embeddings: torch.Tensor, name: str) -> None:
-        """Store atomically (temp file + rename); a read-only cache only costs a warning."""
-        from safetensors.torch import save_file
-
-        path = self._cache_path(key)
-        tmp: str | None = None
-        try:
-            self.cache_dir.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}-", suffix=".tmp", dir=self.cache_dir)
-            os.close(fd)
-            metadata = {"model": self.model_identity, "list": name, "count": str(len(embeddings))}
-            save_file({"embeddings": embeddings.detach().to("cpu").contiguous()}, tmp, metadata)
-            os.replace(tmp, path)
-            tmp = None
-        except OSError as exc:
-            logger.warning("CLIP: cannot store label embeddings in {}: {}", self.cache_dir, exc)
-        finally:
-            if tmp is not None:
-                Path(tmp).unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,120 @@
+"""Daemon settings: folders, device and timings, from ``img2imgd.yaml``.
+
+Relative paths are relative to the config file's folder (or to the working directory when
+there is no config file), so a checkout runs as it is and a service can point anywhere.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from daemon.config.hours import parse_window
+from daemon.config.validation import describe
+from daemon.config.yamlsafe import YamlProblem, read_mapping
+from daemon.errors import ConfigError
+
+DEFAULT_CONFIG_NAME = "img2imgd.yaml"
+
+
+class Settings(BaseModel):
+    """Every key of ``img2imgd.yaml``; the defaults are what a checkout runs with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    inbox: Path = Path("inbox")
+    outbox: Path = Path("outbox")
+    profiles: Path = Path("profiles")
+    models_dir: Path | None = None  # an A1111 install's `models` folder works as it is
+    state_dir: Path = Path("state")  # built-in models, hash cache, journal
+    lora_dirs: list[Path] | None = None  # default: models_dir/Lora and models_dir/LyCORIS
+    embedding_dirs: list[Path] | None = None  # default: models_dir/embeddings, ../embeddings
+    allow_pickle: bool = False  # read pickled (.ckpt/.pt/.bin) models, VAEs, LoRAs, embeddings
+    device: Literal["auto", "cpu", "cuda", "mps"] | str = "auto"
+
+    stability_delay: float = Field(2.0, ge=0.0, le=3600.0)  # s of unchanged size+mtime
+    pairing_window: float = Field(30.0, ge=0.0, le=86400.0)  # s to wait for a required mask/sketch
+    rescan_interval: float = Field(60.0, gt=0.0, le=86400.0)  # s between full inbox rescans
+    polling: bool = False  # watchdog's polling observer, for network shares
+    poll_interval: float = Field(1.0, gt=0.0, le=600.0)  # s between polls in polling mode
+    retry_delay: float = Field(
+        30.0, gt=0.0, le=86400.0
+    )  # s before a job that hit a process fault runs again
+
+    unload_after: float = Field(900.0, ge=0.0)  # s idle before a model leaves (GPU) memory; 0 never
+    processing_hours: str | None = None  # e.g. "22:00-06:00": jobs run only then
+    prune_done_after_days: float | None = Field(None, gt=0.0)  # delete from _done after N days
+
+    max_image_pixels: int = Field(64_000_000, gt=0)  # decoded pixels; larger inputs fail
+    max_input_bytes: int = Field(512 * 1024 * 1024, gt=0)  # bytes; larger inputs fail
+    log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("processing_hours")
+    @classmethod
+    def _window(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_window(value)
+        return value
+
+    def resolved(self, base: Path) -> Settings:
+        """The same settings with every folder made absolute against ``base``."""
+
+        def absolute(path: Path) -> Path:
+            path = path.expanduser()
+            return path if path.is_absolute() else (base / path).resolve()
+
+        return self.model_copy(
+            update={
+                "inbox": absolute(self.inbox),
+                "outbox": absolute(self.outbox),
+                "profiles": absolute(self.profiles),
+                "state_dir": absolute(self.state_dir),
+                "models_dir": absolute(self.models_dir) if self.models_dir else None,
+                "lora_dirs": [absolute(p) for p in self.lora_dirs] if self.lora_dirs else None,
+                "embedding_dirs": (
+                    [absolute(p) for p in self.embedding_dirs] if self.embedding_dirs else None
+                ),
+            }
+        )
+
+
+def load_settings(config_path: Path | None, *, cwd: Path | None = None) -> Settings:
+    """Load the config file (or the defaults when there is none) with absolute folders.
+
+    ``config_path`` None means ``img2imgd.yaml`` in the working directory if it exists.
+    """
+    cwd = cwd or Path.cwd()
+    if config_path is None:
+        candidate = cwd / DEFAULT_CONFIG_NAME
+        if not candidate.is_file():
+            return Settings().resolved(cwd)
+        config_path = candidate
+    if not config_path.is_file():
+        raise ConfigError(f"config file {config_path} does not exist")
+    try:
+        raw = read_mapping(config_path)
+    except YamlProblem as exc:
+        raise ConfigError(f"{config_path}: {exc}") from exc
+    try:
+        settings = Settings.model_validate(raw)
+    except ValidationError as exc:
+        problems = describe(exc, config_path)
+        raise ConfigError(problems[0], problems) from exc
+    return check_folders(settings.resolved(config_path.resolve().parent), config_path)
+
+
+def check_folders(settings: Settings, source: Path | str) -> Settings:
+    """Refuse folder layouts that would make the daemon eat its own output."""
+    inbox, outbox = settings.inbox, settings.outbox
+    if outbox == inbox or inbox in outbox.parents:
+        raise ConfigError(
+            f"{source}: outbox: {outbox} is inside the inbox {inbox}; the daemon would process "
+            "its own results. Put the outbox beside the inbox."
+        )
+    if outbox in inbox.parents:
+        raise ConfigError(
+            f"{source}: inbox: {inbox} is inside the outbox {outbox}; keep them apart"
+        )
+    return settings

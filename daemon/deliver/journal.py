@@ -1,0 +1,229 @@
+"""The job journal: every job's state in SQLite (WAL), so a crash never loses or repeats work.
+
+A job moves through ``queued → running → writing → written → done`` (or ``failed`` /
+``deferred`` / ``interrupted``). The two states around the output files are what make a
+``kill -9`` at any instant harmless:
+
+* ``writing`` is committed, with the planned output paths, *before* the first output file is
+  renamed into place. If the process dies now, recovery deletes whatever of that group made it
+  into the outbox and the job runs again from scratch: no half batch, no ``-1`` copy.
+* ``written`` is committed once every output is in place. If the process dies before the
+  input was archived, recovery archives it instead of painting it again.
+* ``failing`` (with the reason) is committed before a failed input and its companions move
+  to ``_failed``; recovery finishes the move and writes the report if it is missing.
+
+Readers (``img2imgd status``) open the database read-only while the daemon writes: WAL lets
+them see the last committed state without blocking the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.intake.jobs import Job, JobStatus
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id          INTEGER PRIMARY KEY,
+    profile     TEXT NOT NULL,
+    label       TEXT NOT NULL,     -- profile/sub-path/name, for people
+    inputs      TEXT NOT NULL,     -- JSON list of absolute input paths (image first)
+    image_size  INTEGER,           -- identify the same file after a restart
+    image_mtime INTEGER,
+    state       TEXT NOT NULL,
+    attempt     INTEGER NOT NULL DEFAULT 0,
+    outputs     TEXT NOT NULL DEFAULT '[]',
+    reason      TEXT NOT NULL DEFAULT '',
+    queued_at   REAL NOT NULL,
+    started_at  REAL,
+    finished_at REAL,
+    seconds     REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+"""
+# States in which a job was in hand when the process stopped.
+UNFINISHED = (
+    JobStatus.QUEUED,
+    JobStatus.RUNNING,
+    JobStatus.WRITING,
+    JobStatus.WRITTEN,
+    JobStatus.FAILING,
+)
+KEEP_FINISHED = 10_000  # rows of finished jobs kept for `status`; older ones are pruned
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: int
+    profile: str
+    label: str
+    inputs: tuple[Path, ...]
+    image_size: int | None
+    image_mtime: int | None
+    state: JobStatus
+    attempt: int
+    outputs: tuple[Path, ...]
+    reason: str
+    queued_at: float
+    started_at: float | None
+    finished_at: float | None
+    seconds: float | None
+
+    def image_unchanged(self) -> bool:
+        """True when the image recorded is still in the inbox, as it was."""
+        try:
+            st = self.inputs[0].lstat()
+        except OSError:
+            return False
+        return (st.st_size, st.st_mtime_ns) == (self.image_size, self.image_mtime)
+
+
+class Journal:
+    """Thread-safe: the main loop records queued jobs, the worker the rest."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        if read_only:
+            target, uri = f"file:{path}?mode=ro", True
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            target, uri = str(path), False
+        self._db = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
+        self._db.row_factory = sqlite3.Row
+        if not read_only:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed `writing` row must survive a power cut, or recovery could
+            # not know which outputs were half-written.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def _run(self, sql: str, *args: object) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, args)
+
+    # ----------------------------------------------------------------- the daemon writes
+
+    def queued(self, job: Job) -> int:
+        size: int | None = None
+        mtime: int | None = None
+        try:
+            st = job.image.lstat()
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            pass  # gone already; recovery will simply not find it
+        cursor = self._run(
+            "INSERT INTO jobs (profile, label, inputs, image_size, image_mtime, state, attempt,"
+            " queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            job.profile, job.label, json.dumps([str(p) for p in job.inputs]), size, mtime,
+            JobStatus.QUEUED.value, job.attempt, time.time(),
+        )  # fmt: skip
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def running(self, row: int) -> None:
+        self._set(row, JobStatus.RUNNING, started_at=time.time())
+
+    def writing(self, row: int, outputs: list[Path]) -> None:
+        self._set(row, JobStatus.WRITING, outputs=json.dumps([str(p) for p in outputs]))
+
+    def written(self, row: int) -> None:
+        self._set(row, JobStatus.WRITTEN)
+
+    def failing(self, row: int, reason: str) -> None:
+        """The input is being moved to _failed: recovery finishes the move and the report."""
+        self._set(row, JobStatus.FAILING, reason=reason)
+
+    def finished(
+        self, row: int, state: JobStatus, *, reason: str = "", seconds: float | None = None
+    ) -> None:
+        self._set(row, state, reason=reason, finished_at=time.time(), seconds=seconds)
+
+    def _set(self, row: int, state: JobStatus, **columns: object) -> None:
+        names = ", ".join(f"{name} = ?" for name in columns)
+        sql = f"UPDATE jobs SET state = ?{', ' + names if names else ''} WHERE id = ?"
+        self._run(sql, state.value, *columns.values(), row)
+
+    def unfinished(self) -> list[Entry]:
+        placeholders = ", ".join("?" for _ in UNFINISHED)
+        return self._entries(
+            f"SELECT * FROM jobs WHERE state IN ({placeholders}) ORDER BY id",
+            *(state.value for state in UNFINISHED),
+        )
+
+    def prune(self, keep: int = KEEP_FINISHED) -> None:
+        self._run(
+            "DELETE FROM jobs WHERE finished_at IS NOT NULL"
+            " AND id <= (SELECT MAX(id) FROM jobs) - ?",
+            keep,
+        )
+
+    # ----------------------------------------------------------------- anyone reads
+
+    def recent(
+        self, limit: int = 10, *, states: tuple[JobStatus, ...] | None = None
+    ) -> list[Entry]:
+        if states:
+            marks = ", ".join("?" for _ in states)
+            return self._entries(
+                f"SELECT * FROM jobs WHERE state IN ({marks}) ORDER BY id DESC LIMIT ?",
+                *(state.value for state in states), limit,
+            )  # fmt: skip
+        return self._entries("SELECT * FROM jobs ORDER BY id DESC LIMIT ?", limit)
+
+    def counts(self, since: float = 0.0) -> dict[str, int]:
+        rows = self._run(
+            "SELECT state, COUNT(*) FROM jobs WHERE queued_at >= ? GROUP BY state", since
+        ).fetchall()
+        return {state: count for state, count in rows}
+
+    def _entries(self, sql: str, *args: object) -> list[Entry]:
+        with self._lock:
+            rows = self._db.execute(sql, args).fetchall()
+        return [_entry(row) for row in rows]
+
+    def has_schema(self) -> bool:
+        with self._lock:
+            found = self._db.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
+            ).fetchone()
+        return found is not None
+
+
+def _entry(row: sqlite3.Row) -> Entry:
+    return Entry(
+        id=row["id"],
+        profile=row["profile"],
+        label=row["label"],
+        inputs=tuple(Path(p) for p in json.loads(row["inputs"])),
+        image_size=row["image_size"],
+        image_mtime=row["image_mtime"],
+        state=JobStatus(row["state"]),
+        attempt=row["attempt"],
+        outputs=tuple(Path(p) for p in json.loads(row["outputs"])),
+        reason=row["reason"],
+        queued_at=row["queued_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        seconds=row["seconds"],
+    )
+
+
+def open_read_only(path: Path) -> Journal | None:
+    """The journal for reading while a daemon may be writing it; None when there is none."""
+    if not path.exists():
+        return None
+    journal = Journal(path, read_only=True)
+    if not journal.has_schema():  # the daemon is creating it right now
+        journal.close()
+        return None
+    return journal

@@ -1,0 +1,115 @@
+"""Writing results and moving inputs, so that a crash never leaves a half-written file.
+
+Every file is written through :mod:`daemon.atomic` (temporary name, fsync, rename). Names are
+never overwritten unless the profile says so: the next free ``-1``, ``-2``… suffix is taken for
+the whole group (image and sidecar together), so an output and its parameters always share one
+name."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import traceback
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from PIL import Image
+
+from daemon.a1111.infotext import exif_with_user_comment, pnginfo_chunk
+from daemon.atomic import atomic_writer
+from daemon.errors import Img2ImgdError
+
+PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
+
+
+def output_stems(stem: str, count: int) -> list[str]:
+    """One result keeps the input's stem; a batch numbers them ``<stem>_1`` … ``<stem>_N``."""
+    return [stem] if count == 1 else [f"{stem}_{index}" for index in range(1, count + 1)]
+
+
+def claim_names(
+    folder: Path, stems: Sequence[str], suffixes: Sequence[str], *, overwrite: bool
+) -> list[str]:
+    """Stems for a group of outputs such that no file of the group exists yet.
+
+    ``suffixes`` are the extensions each stem is written with (``.png``, ``.txt``). With
+    ``overwrite`` the plain stems are returned as they are.
+    """
+    for attempt in range(100_000):
+        tag = "" if attempt == 0 else f"-{attempt}"
+        candidates = [f"{stem}{tag}" for stem in stems]
+        if overwrite or not any(
+            (folder / f"{candidate}{suffix}").exists()
+            for candidate in candidates
+            for suffix in suffixes
+        ):
+            return candidates
+    raise FileExistsError(f"no free output name for {stems[0]} in {folder}")
+
+
+def write_image(
+    image: Image.Image, path: Path, *, output_format: str, infotext: str, quality: int
+) -> None:
+    """Save with the A1111 parameters: PNG ``parameters`` chunk, or EXIF UserComment."""
+    pil_format = PIL_FORMATS[output_format]
+    options: dict[str, object] = {}
+    if pil_format == "PNG":
+        options["pnginfo"] = pnginfo_chunk(infotext)
+    else:
+        options["exif"] = exif_with_user_comment(infotext)
+        options["quality"] = quality
+        if image.mode not in ("RGB", "L"):
+            image = image.convert("RGB")
+    with atomic_writer(path) as handle:
+        image.save(handle, format=pil_format, **options)
+
+
+@contextlib.contextmanager
+def all_or_nothing(written: list[Path]) -> Iterator[list[Path]]:
+    """Collect the paths of one output group; if writing fails, remove those already written,
+    so that a retry never finds half a group."""
+    try:
+        yield written
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+
+
+def move_into(sources: Sequence[Path], folder: Path) -> list[Path]:
+    """Move files into ``folder`` (created), never overwriting: a taken name gets ``-N``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    moved = []
+    for source in sources:
+        stem, suffix = _split(source.name)
+        target = folder / source.name
+        counter = 0
+        while target.exists() or target.is_symlink():
+            counter += 1
+            target = folder / f"{stem}-{counter}{suffix}"
+        try:
+            os.rename(source, target)  # keeps a symlink a symlink: it is never followed
+        except OSError:
+            shutil.move(str(source), str(target))  # another filesystem
+        moved.append(target)
+    return moved
+
+
+def _split(name: str) -> tuple[str, str]:
+    """``a.mask.png`` → (``a``, ``.mask.png``) so that suffixes stay readable."""
+    head, dot, rest = name.partition(".")
+    return (head, dot + rest) if head else (name, "")
+
+
+def failure_report(reason: str, error: BaseException | None, *, job_name: str) -> str:
+    """The ``.error.txt`` text: the reason in one plain sentence first, then the details.
+
+    Expected problems (InputError) need no traceback; an unexpected exception gets one, so
+    that a bug report can be made from the file alone.
+    """
+    lines = [reason.rstrip(), "", f"Input: {job_name}"]
+    lines.append("To retry, fix the problem and move the file back into its profile folder.")
+    if error is not None and not isinstance(error, Img2ImgdError):
+        lines += ["", "Details:", "".join(traceback.format_exception(error)).rstrip()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,70 @@
+"""What a file name says: image, video, companion, junk, or a frame number.
+
+Pure functions on strings, shared by the whole daemon. Nothing here touches the disk or
+imports an image library, so the intake side (watching, stability, pairing) stays light.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from pathlib import PurePosixPath
+
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff"})
+"""Extensions the inbox picks up (A1111's batch list). Decoding itself goes by content."""
+VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".webm", ".gif")
+"""Videos: split into frames, repainted and joined again (a .gif is a clip, not an image)."""
+SETTINGS_EXTENSIONS = frozenset({".yaml", ".yml"})
+PARAMETERS_EXTENSION = ".txt"
+MASK_FOLDER = "masks"
+
+# Names that are never inputs: partial downloads and uploads, editor and sync temporaries,
+# OS metadata (RELIABILITY.md). Dotfiles and `._*` resource forks are covered by the dot rule.
+_JUNK_NAME_PATTERNS = (
+    "~$*", "*~", "*.tmp", "*.temp", "*.part", "*.partial", "*.crdownload", "*.filepart",
+    "*.download", "~syncthing~*", "thumbs.db", "desktop.ini", "icon\r",
+    "*.error.txt",  # our own failure reports, moved back with a file to retry it
+)  # fmt: skip
+_JUNK_NAME = re.compile("|".join(fnmatch.translate(p) for p in _JUNK_NAME_PATTERNS))
+"""All the junk patterns in one expression: names are checked for every file of every folder."""
+_JUNK_DIRS = frozenset({"@eadir", "__macosx", "$recycle.bin", "lost+found"})
+# Syncthing keeps the extension on conflict copies; they are someone's other version of a
+# file, never a new job, so they wait in the inbox for a person (README: "Sync conflicts").
+_SYNC_CONFLICT = re.compile(r"\.sync-conflict-\d{8}-\d{6}(-[A-Z0-9]+)?(\.|$)", re.IGNORECASE)
+_TRAILING_NUMBER = re.compile(r"(\d+)\D*$")
+
+
+def is_ignored_name(name: str) -> bool:
+    lowered = name.lower()
+    if lowered.startswith(".") or _SYNC_CONFLICT.search(name):
+        return True
+    return _JUNK_NAME.match(lowered) is not None
+
+
+def is_ignored_dir(name: str) -> bool:
+    """Folders never entered: our own ``_done``/``_failed``, hidden and OS metadata folders."""
+    return name.startswith(("_", ".", "~")) or name.lower() in _JUNK_DIRS
+
+
+def is_video(name: str | os.PathLike[str]) -> bool:
+    return os.path.splitext(os.fspath(name))[1].lower() in VIDEO_EXTENSIONS
+
+
+def is_input_name(name: str) -> bool:
+    """An image or video name that is not a companion (``.mask.``, ``.sketch.png``)."""
+    stem, suffix = os.path.splitext(name.lower())
+    if suffix in VIDEO_EXTENSIONS:
+        return True
+    is_companion = stem.endswith(".mask") or (stem.endswith(".sketch") and suffix == ".png")
+    return suffix in IMAGE_EXTENSIONS and not is_companion
+
+
+def job_stem(name: str) -> str:
+    return PurePosixPath(name).stem
+
+
+def frame_number(name: str) -> int | None:
+    """The frame number in a file name: its last run of digits (``frame_0012.png`` → 12)."""
+    match = _TRAILING_NUMBER.search(PurePosixPath(name).stem)
+    return int(match[1]) if match else None

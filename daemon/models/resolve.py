@@ -1,0 +1,246 @@
+"""Model references → the files, folders or hub ids they name: one resolver for every kind.
+
+A profile names its models by reference: the diffusion ``model`` and ``vae``, the CLIP
+interrogator (``interrogate_model``) and the tagger (``tagger_model``). Every kind follows the
+same rules, in this order:
+
+* ``builtin:<name>`` — a built-in tiny model (:mod:`daemon.models.builtin`), generated once
+  into the state folder;
+* a path: absolute, or relative to the working directory;
+* a name in ``models_dir`` or one of the sub-folders A1111 and its extensions use for that
+  kind (``Stable-diffusion``, ``VAE``, ``interrogators``, ``torch_deepdanbooru``, ``BLIP``,
+  ``CLIP``), with or without the weight file's extension;
+* a hub repo id (``org/name``), downloaded when online and then used from the local cache.
+
+Pickled weights (``.ckpt``/``.pt``/``.pth``/``.bin``) can run code when loaded: every kind
+refuses them with the same message unless the configuration sets ``allow_pickle``. Nothing is
+loaded here; a reference that names nothing is a ConfigError saying where it looked.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from daemon.errors import ConfigError
+from daemon.models.builtin import (
+    BUILTIN_MODELS,
+    BUILTIN_PREFIX,
+    INTERROGATION_BUILTINS,
+    ensure_builtin,
+    is_builtin,
+    model_hash_file,
+)
+from daemon.models.checkpoints import PICKLE_SUFFIXES, is_pickle
+from daemon.models.layouts import WD14_MODEL, WD14_TAGS
+
+SourceKind = Literal["folder", "single_file", "hub"]
+SAFE_SUFFIXES = (".safetensors",)
+WEIGHT_SUFFIXES = (*SAFE_SUFFIXES, *PICKLE_SUFFIXES)  # a safetensors file wins over a pickle
+DIFFUSION_FOLDERS = ("", "Stable-diffusion")
+VAE_FOLDERS = ("VAE", "")
+INTERROGATOR_FOLDERS = ("", "interrogators", "torch_deepdanbooru", "BLIP", "CLIP")
+"""Sub-folders of ``models_dir`` searched for each kind ("" is models_dir itself), in order."""
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+_PAIR = " + "  # spaced, so that a folder named "blip+clip" stays one path
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    ref: str  # as written in the profile
+    kind: SourceKind
+    location: str  # a path, or a hub repo id
+    name: str  # A1111's "Model": the checkpoint's stem
+
+    @property
+    def hash_file(self) -> Path | None:
+        """The file whose sha256 is A1111's "Model hash"."""
+        if self.kind == "single_file":
+            return Path(self.location)
+        if self.kind == "folder":
+            return model_hash_file(Path(self.location))
+        return None
+
+
+def resolve_model(
+    ref: str,
+    *,
+    models_dir: Path | None,
+    state_dir: Path,
+    build: bool = True,
+    allow_pickle: bool = False,
+) -> ModelSource:
+    """A diffusion model: a diffusers folder, a single-file checkpoint or a hub id.
+
+    ``build=False`` only checks a built-in's name instead of generating it (``check`` stays fast).
+    """
+    ref = ref.strip()
+    if is_builtin(ref):
+        name = ref[len(BUILTIN_PREFIX) :]
+        if name in INTERROGATION_BUILTINS:
+            raise ConfigError(
+                f"model '{ref}' is an interrogation model: use it with `task: interrogate`, "
+                "or as interrogate_model / tagger_model"
+            )
+        folder = _builtin(ref, state_dir, BUILTIN_MODELS.keys() - INTERROGATION_BUILTINS, build)
+        return ModelSource(ref, "folder", str(folder), f"builtin-{name}")
+    looked = []
+    for candidate in candidates(ref, models_dir, DIFFUSION_FOLDERS):
+        looked.append(candidate)
+        if candidate.is_dir() and (candidate / "model_index.json").is_file():
+            return ModelSource(ref, "folder", str(candidate.resolve()), candidate.name)
+        if candidate.is_file() and candidate.suffix.lower() in WEIGHT_SUFFIXES:
+            _check_pickle("model", candidate, allow_pickle)
+            return ModelSource(ref, "single_file", str(candidate.resolve()), candidate.stem)
+    if looks_like_repo_id(ref):
+        return ModelSource(ref, "hub", ref, ref.split("/")[-1])
+    raise ConfigError(
+        f"model '{ref}' not found: looked for a diffusers folder or a .safetensors file at "
+        f"{_places(looked)}"
+    )
+
+
+def resolve_vae(ref: str, *, models_dir: Path | None, allow_pickle: bool = False) -> Path:
+    """A VAE: a weight file or a diffusers folder (A1111 keeps them in ``models_dir/VAE``)."""
+    looked = []
+    for candidate in candidates(ref.strip(), models_dir, VAE_FOLDERS):
+        looked.append(candidate)
+        if candidate.is_dir():
+            return candidate
+        if candidate.is_file():
+            _check_pickle("vae", candidate, allow_pickle)
+            return candidate
+    raise ConfigError(f"vae '{ref}' not found: looked at {_places(looked)}")
+
+
+def resolve_clip(
+    ref: str, *, models_dir: Path | None, state_dir: Path, build: bool = True
+) -> tuple[str, str]:
+    """BLIP and CLIP of a CLIP-interrogator reference: a folder holding ``blip/`` and
+    ``clip/``, or ``<blip> + <clip>`` where each side is a model folder or a hub repo id."""
+    ref = ref.strip()
+    if is_builtin(ref):
+        folder = _builtin(ref, state_dir, {"tiny-interrogator"}, build)
+        return str(folder / "blip"), str(folder / "clip")
+    if _PAIR in ref:
+        blip, _, clip = (part.strip() for part in ref.partition(_PAIR))
+        if not blip or not clip:
+            raise ConfigError(f"interrogation model '{ref}': write it as '<blip> + <clip>'")
+        return _model_folder_or_repo(blip, models_dir), _model_folder_or_repo(clip, models_dir)
+    looked = []
+    for candidate in candidates(ref, models_dir, INTERROGATOR_FOLDERS):
+        looked.append(candidate)
+        if (candidate / "blip").is_dir() and (candidate / "clip").is_dir():
+            return str(candidate / "blip"), str(candidate / "clip")
+    raise ConfigError(
+        f"interrogation model '{ref}' not found at {_places(looked)}: give a folder holding "
+        "blip/ and clip/, or '<blip> + <clip>' (each a folder or a hub repo id), e.g. "
+        "'Salesforce/blip-image-captioning-large + openai/clip-vit-large-patch14'"
+    )
+
+
+def resolve_tagger(
+    ref: str,
+    *,
+    models_dir: Path | None,
+    state_dir: Path,
+    allow_pickle: bool = False,
+    build: bool = True,
+) -> Path:
+    """A tagger: a WD14 folder (``model.onnx`` + ``selected_tags.csv``), A1111's DeepDanbooru
+    ``.pt`` (or its folder), or a hub repo id of a WD14 tagger, whose two files are fetched
+    into the hub cache (unless ``build=False``: then a hub id is only checked for its shape)."""
+    ref = ref.strip()
+    if is_builtin(ref):
+        return _builtin(ref, state_dir, {"tiny-tagger"}, build)
+    looked = []
+    for candidate in candidates(ref, models_dir, INTERROGATOR_FOLDERS):
+        looked.append(candidate)
+        if candidate.is_file():
+            _check_pickle("tagger", candidate, allow_pickle)
+            return candidate
+        if (candidate / WD14_MODEL).is_file() or (
+            candidate.is_dir() and any(candidate.glob("*.pt"))  # A1111's torch_deepdanbooru
+        ):
+            return candidate
+    if looks_like_repo_id(ref):
+        return _hub_tagger(ref) if build else Path(ref)
+    raise ConfigError(
+        f"tagger '{ref}' not found at {_places(looked)}: give a WD14 folder (model.onnx + "
+        "selected_tags.csv), A1111's DeepDanbooru .pt file, or a hub repo id such as "
+        "SmilingWolf/wd-v1-4-moat-tagger-v2"
+    )
+
+
+def candidates(ref: str, models_dir: Path | None, folders: Sequence[str]) -> list[Path]:
+    """Where a reference may be, in order: as given (absolute, or relative to the working
+    directory), then in each of `folders` under `models_dir`. A name without a weight
+    extension is also tried with each (``dream`` → ``dream.safetensors``, ``dream.ckpt``)."""
+    given = Path(ref).expanduser()
+    roots = [Path("/")] if given.is_absolute() else [Path.cwd()]
+    if models_dir is not None and not given.is_absolute():
+        roots += [models_dir / folder if folder else models_dir for folder in folders]
+    found = []
+    for root in roots:
+        base = root / given
+        found.append(base)
+        if base.suffix.lower() not in WEIGHT_SUFFIXES:
+            found += [base.with_name(base.name + suffix) for suffix in WEIGHT_SUFFIXES]
+    return found
+
+
+def looks_like_repo_id(ref: str) -> bool:
+    """``org/name`` on the hub; never something that is plainly a file name or a path."""
+    is_file_name = Path(ref).suffix.lower() in WEIGHT_SUFFIXES
+    return bool(_REPO_ID.match(ref)) and not is_file_name and not ref.startswith((".", "~"))
+
+
+def _check_pickle(kind: str, path: Path, allowed: bool) -> None:
+    if is_pickle(path) and not allowed:
+        raise ConfigError(
+            f"{kind} {path} is a pickled checkpoint ({path.suffix}), which can run code when "
+            "loaded; convert it to .safetensors, or set `allow_pickle: true` in the daemon's "
+            "configuration if you trust the file"
+        )
+
+
+def _builtin(ref: str, state_dir: Path, allowed: set[str] | frozenset[str], build: bool) -> Path:
+    name = ref[len(BUILTIN_PREFIX) :]
+    if name not in allowed:
+        choices = ", ".join(f"builtin:{n}" for n in sorted(allowed))
+        raise ConfigError(f"model '{ref}': the built-in model for this is {choices}")
+    if not build:
+        return state_dir / "builtin" / name
+    return ensure_builtin(name, state_dir / "builtin")
+
+
+def _model_folder_or_repo(ref: str, models_dir: Path | None) -> str:
+    for candidate in candidates(ref, models_dir, INTERROGATOR_FOLDERS):
+        if (candidate / "config.json").is_file():
+            return str(candidate)
+    if looks_like_repo_id(ref):
+        return ref
+    raise ConfigError(f"model '{ref}' not found: not a model folder (config.json) nor a hub id")
+
+
+def _hub_tagger(repo: str) -> Path:
+    """A WD14 tagger repo's two files, from the hub cache (downloaded when online)."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        model = hf_hub_download(repo, WD14_MODEL)
+        hf_hub_download(repo, WD14_TAGS)
+    except Exception as exc:  # offline and not cached, no such repo, network down
+        raise ConfigError(
+            f"tagger '{repo}': could not get {WD14_MODEL} and {WD14_TAGS} from the hub "
+            f"or its local cache ({type(exc).__name__}); download them into a folder and "
+            "point the profile at it"
+        ) from exc
+    return Path(model).parent
+
+
+def _places(looked: list[Path]) -> str:
+    return ", ".join(str(p) for p in looked) or "nowhere (no models_dir configured)"

@@ -1,0 +1,30 @@
+"""Start-up settings for the libraries the daemon drives, applied once by the command line.
+
+diffusers and transformers print progress bars and advice meant for notebooks, and torchsde
+warns about float rounding of its Brownian interval (DPM++ SDE); a daemon's log wants none of
+it; nor does it want watchdog's warning when a recursive inotify watch re-registers a folder
+it already knows (our own ``_done/`` folders appear inside the watched tree: the watch stays
+correct). These are set at start-up, not when a module is imported, so that importing the package
+changes nothing in the importing process; environment values are defaults, so a user's own
+environment still wins.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+
+_QUIET_ENVIRONMENT = (
+    ("TRANSFORMERS_VERBOSITY", "error"),
+    ("DIFFUSERS_VERBOSITY", "error"),
+    ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+    ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+)
+
+
+def quiet_libraries() -> None:
+    """Must run before transformers is imported to take full effect."""
+    for name, value in _QUIET_ENVIRONMENT:
+        os.environ.setdefault(name, value)
+    warnings.filterwarnings("ignore", message="Should have ta>=t0", category=UserWarning)
+    warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)

@@ -1,0 +1,302 @@
+"""The service: every part wired together, and the main loop that drives the intake.
+
+Threads: watchdog's observer thread only records paths in the stability tracker; the main
+loop (this module) turns complete files into jobs and ends finished clips; one worker thread
+(:mod:`daemon.queue.worker`) owns the model and runs jobs in arrival order; apscheduler runs
+the periodic rescan and housekeeping. The worker never waits on the watcher and the watcher
+never waits on the worker.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from loguru import logger
+
+from daemon.config.hours import parse_window
+from daemon.config.profiles import ProfileStore, profile_names
+from daemon.config.settings import Settings
+from daemon.deliver.journal import Journal
+from daemon.deliver.lifecycle import DONE_FOLDER
+from daemon.deliver.recovery import StateLock, recover
+from daemon.deliver.results import Deliverer
+from daemon.intake.jobs import Job, JobStatus
+from daemon.intake.stability import StabilityTracker
+from daemon.intake.watcher import InboxWatcher
+from daemon.ops.housekeeping import prune_done
+from daemon.ops.systemd import Notifier
+from daemon.prepare.clip_state import SequenceStore, drop_abandoned
+from daemon.prepare.prepare import Preparer
+from daemon.queue.admission import Admission
+from daemon.queue.clips import ClipEnds
+from daemon.queue.job_queue import JobQueue
+from daemon.queue.ledger import Ledger, Tally
+from daemon.queue.videos import VideoRunner
+from daemon.queue.worker import Hours, Worker
+from daemon.render.cache import ModelCache
+from daemon.render.executor import Executor, InProcessExecutor
+
+JOURNAL_NAME = "journal.sqlite3"
+STOP_EXTENSION = 30.0  # s asked of systemd at a time while the job in hand finishes
+ABANDONED_STATE = 86400.0  # s untouched before an unfinished clip's or video's state goes
+WATCHER_CHECK = 1.0  # s between checks that the watcher and the inbox are alive
+TICK = 0.05  # s between passes of the main loop over completed files
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        watch: bool = True,
+        models: ModelCache | None = None,
+        executor: Executor | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.watch = watch
+        self.models = models or ModelCache(
+            models_dir=settings.models_dir,
+            state_dir=settings.state_dir,
+            device=settings.device,
+            lora_dirs=settings.lora_dirs,
+            embedding_dirs=settings.embedding_dirs,
+            allow_pickle=settings.allow_pickle,
+        )
+        self.executor = executor or InProcessExecutor(self.models)
+        self.rng = rng or random.Random()  # seeds drawn for -1: the service's, not the process's
+        self.profiles = ProfileStore(settings.profiles)
+        self.tracker = StabilityTracker(settings.stability_delay)
+        self.queue = JobQueue()
+        self.lock = StateLock(settings.state_dir)
+        self.notifier = Notifier()
+        self.stop_event = threading.Event()
+        self.clips = SequenceStore(settings.state_dir / "sequences")
+        self.clip_ends = ClipEnds(settings.inbox, self.clips, window=settings.pairing_window)
+        self.ledger = Ledger(
+            settings.inbox, settings.outbox, None,
+            retry_delay=settings.retry_delay, stability_delay=settings.stability_delay,
+            retry_later=watch, on_finished=self.clip_ends.after_job,
+        )  # fmt: skip
+        self.admission = Admission(
+            settings, self.profiles, self.tracker, self.ledger, self.queue, hold_files=watch
+        )
+        hours = parse_window(settings.processing_hours) if settings.processing_hours else None
+        self.worker = Worker(
+            queue=self.queue,
+            ledger=self.ledger,
+            preparer=Preparer(settings, self.profiles, self.clips, self.rng),
+            executor=self.executor,
+            deliverer=Deliverer(settings.outbox, self.clips),
+            videos=VideoRunner(settings, self.profiles, self.clips, self.executor, self.rng),
+            hours=Hours(hours if watch else None, self.admission.say_once),
+            stop=self.stop_event,
+            on_change=lambda: self.notifier.status(self.status_line()),
+        )
+        self._inbox_gone = False
+        self._watcher: InboxWatcher | None = None
+        self._worker = threading.Thread(
+            target=self.worker.work, name="img2imgd-worker", daemon=True
+        )
+        self._scheduler: BackgroundScheduler | None = None
+
+    # ----------------------------------------------------------------- hooks and state
+
+    @property
+    def tally(self) -> Tally:
+        return self.ledger.tally
+
+    @property
+    def on_job_queued(self) -> Callable[[Job], None]:
+        return self.admission.on_job_queued
+
+    @on_job_queued.setter
+    def on_job_queued(self, hook: Callable[[Job], None]) -> None:
+        self.admission.on_job_queued = hook
+
+    @property
+    def on_job_end(self) -> Callable[[Job, JobStatus], None]:
+        return self.worker.on_job_end
+
+    @on_job_end.setter
+    def on_job_end(self, hook: Callable[[Job, JobStatus], None]) -> None:
+        self.worker.on_job_end = hook
+
+    def status_line(self) -> str:
+        """One line for `systemctl status`: the queue and the job in hand."""
+        current = self.worker.current
+        doing = f"working on {current.label}" if current else "idle"
+        done, failed = self.tally.done, self.tally.failed
+        return f"{doing}; {len(self.queue)} queued; {done} done, {failed} failed since start"
+
+    def idle(self) -> bool:
+        return self.admission.idle() and not self.ledger.in_hand()
+
+    # ----------------------------------------------------------------- start and stop
+
+    def prepare_folders(self) -> list[str]:
+        """Create the roots and one inbox folder per profile; return the profile names."""
+        for folder in (self.settings.inbox, self.settings.outbox, self.settings.state_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        names = profile_names(self.settings.profiles)
+        for name in names:
+            (self.settings.inbox / name).mkdir(exist_ok=True)
+        return names
+
+    def start(self) -> None:
+        names = self.prepare_folders()
+        self.lock.acquire()  # ConfigError when another daemon owns these folders
+        journal = Journal(self.settings.state_dir / JOURNAL_NAME)
+        recover(journal, inbox=self.settings.inbox, outbox=self.settings.outbox)
+        self.ledger.journal = journal
+        logger.info(
+            "watching {} for profiles {} → results in {}",
+            self.settings.inbox, ", ".join(names) or "(none)", self.settings.outbox,
+        )  # fmt: skip
+        self._worker.start()
+        if self.watch:
+            self._watcher = InboxWatcher(
+                self.settings.inbox,
+                self.admission.noticed,
+                polling=self.settings.polling,
+                poll_interval=self.settings.poll_interval,
+            )
+            self._watcher.start()
+            self._scheduler = BackgroundScheduler(daemon=True)
+            self._add_housekeeping(self._scheduler)
+            self._scheduler.start()
+        self.admission.rescan()  # files already present go through the same stability check
+        self.notifier.ready(self.status_line())
+
+    def _add_housekeeping(self, scheduler: BackgroundScheduler) -> None:
+        settings = self.settings
+        every = {"max_instances": 1, "coalesce": True}
+        scheduler.add_job(
+            self.admission.rescan, "interval", seconds=settings.rescan_interval, id="rescan",
+            **every,
+        )  # fmt: skip
+        if settings.unload_after > 0:
+            scheduler.add_job(
+                self.unload_idle_models, "interval", id="unload-idle",
+                seconds=max(1.0, min(60.0, settings.unload_after / 4)), **every,
+            )  # fmt: skip
+        if settings.prune_done_after_days:
+            scheduler.add_job(
+                self.prune_done, "interval", hours=1, id="prune-done",
+                next_run_time=datetime.now(), **every,
+            )  # fmt: skip
+        scheduler.add_job(
+            self.drop_abandoned_states, "interval", hours=1, id="drop-states", **every
+        )
+
+    def unload_idle_models(self) -> None:
+        for name in self.executor.unload_idle(self.settings.unload_after):
+            logger.info(
+                "unloaded model {} after {:.0f} s without jobs (it loads again on the next one)",
+                name, self.settings.unload_after,
+            )  # fmt: skip
+
+    def drop_abandoned_states(self) -> None:
+        """Clip states and video frames whose input left the inbox unfinished (failed, or
+        taken away) and that nothing touched for a day."""
+        for root in (self.clips.root, self.settings.state_dir / "videos"):
+            drop_abandoned(root, ABANDONED_STATE)
+
+    def prune_done(self) -> None:
+        days = self.settings.prune_done_after_days
+        if not days:
+            return
+        done = self.settings.inbox / DONE_FOLDER
+        removed = prune_done(done, older_than=days * 86400, now=time.time())
+        if removed:
+            logger.info("pruned {} archived input(s) older than {:g} days", len(removed), days)
+
+    def stop(self) -> None:
+        """Stop taking files; the job in hand finishes; queued jobs stay in the inbox."""
+        self.stop_event.set()
+        self.queue.close()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        if self._watcher is not None:
+            self._watcher.stop()
+        current = self.worker.current
+        self.notifier.stopping(f"finishing {current.label}" if current else "stopping")
+        while self._worker.is_alive():
+            # A long job may outlast the unit's TimeoutStopSec: ask systemd for more time
+            # while the job in hand finishes, rather than be killed half-way.
+            self.notifier.extend_timeout(STOP_EXTENSION)
+            self._worker.join(timeout=STOP_EXTENSION / 2)
+        self.clip_ends.end_due(self.admission.busy_folders(), at_stop=True)
+        journal, self.ledger.journal = self.ledger.journal, None
+        if journal is not None:
+            journal.prune()
+            journal.close()
+        self.lock.release()
+
+    # ----------------------------------------------------------------- the main loop
+
+    def run_forever(self, *, tick: float = TICK) -> None:
+        self.start()
+        interval = self.notifier.watchdog_interval()
+        next_ping = next_check = 0.0
+        try:
+            while not self.stop_event.wait(tick):
+                self.step()
+                if time.monotonic() >= next_check:
+                    self.check_watcher()
+                    next_check = time.monotonic() + WATCHER_CHECK
+                if interval is not None and time.monotonic() >= next_ping:
+                    self.notifier.watchdog_ping()
+                    next_ping = time.monotonic() + interval
+        finally:
+            self.stop()
+
+    def run_once(self, *, tick: float = TICK) -> Tally:
+        """Process what is in the inbox now; return when nothing is left to do."""
+        self.start()
+        try:
+            while not self.stop_event.wait(tick):
+                self.step()
+                if self.idle():
+                    break
+        finally:
+            self.stop()
+        return self.tally
+
+    def step(self) -> None:
+        self.admission.step()
+        self.clip_ends.end_due(self.admission.busy_folders())
+
+    def rescan(self) -> None:
+        self.admission.rescan()
+
+    def check_watcher(self) -> None:
+        """Re-arm the watcher when it died or the inbox came back; never treat a vanished
+        inbox as deleted inputs (a share that drops out comes back with its files)."""
+        watcher = self._watcher
+        if watcher is None or self.stop_event.is_set():
+            return
+        if not self.settings.inbox.is_dir():
+            if not self._inbox_gone:
+                self._inbox_gone = True
+                logger.warning(
+                    "the inbox {} is gone (unmounted share?); waiting for it to come back",
+                    self.settings.inbox,
+                )
+            watcher.stop()
+            return
+        if self._inbox_gone:
+            self._inbox_gone = False
+            logger.info("the inbox {} is back; watching it again", self.settings.inbox)
+        elif watcher.is_alive():
+            return
+        else:
+            logger.warning("the inbox watcher stopped; starting it again")
+        watcher.stop()
+        watcher.start()
+        self.admission.rescan()

@@ -1,0 +1,124 @@
+"""Reading an input and its companions safely, and merging the settings that apply to it.
+
+Everything wrong with the file raises InputError (the job fails with a report); a read that
+fails because of the storage (a dropped share, a dying disk) raises TransientError, since it
+is not the file's fault.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from PIL import Image
+
+from daemon.a1111.infotext import png_info
+from daemon.a1111.pnginfo import settings_from_infotext
+from daemon.config.profiles import LoadedProfile, Profile
+from daemon.config.yamlsafe import YamlProblem, read_mapping
+from daemon.errors import STORAGE_ERRNOS, InputError, TransientError, UnreadableInput
+from daemon.intake.jobs import Job
+
+_T = TypeVar("_T")
+PER_IMAGE_YAML_BYTES = 64 * 1024
+
+
+def check_regular_file(path: Path, *, max_bytes: int) -> None:
+    """A plain file of a sane size: never a link (links are never followed), never empty."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError as exc:
+        raise TransientError(f"{path.name} vanished before it could be read") from exc
+    if stat.S_ISLNK(st.st_mode):
+        raise InputError(
+            f"{path.name} is a symbolic link; links are never followed, copy the file itself"
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{path.name} is not a regular file")
+    if st.st_nlink > 1:
+        raise InputError(
+            f"{path.name} is a hard link to another file; copy the file into the inbox instead"
+        )
+    if st.st_size > max_bytes:
+        raise InputError(
+            f"{path.name} is {st.st_size / 2**20:.0f} MiB, over the {max_bytes / 2**20:.0f} MiB "
+            "limit (max_input_bytes in img2imgd.yaml)"
+        )
+    if st.st_size == 0:
+        raise UnreadableInput(f"{path.name} is empty (0 bytes)")
+
+
+def storage_safe(read: Callable[..., _T], path: Path, *args: Any, **kwargs: Any) -> _T:
+    """Call a loader; an I/O failure of the storage is the process's fault, not the file's."""
+    try:
+        return read(path, *args, **kwargs)
+    except InputError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, OSError) and cause.errno in STORAGE_ERRNOS:
+            raise TransientError(f"could not read {path.name}: {cause.strerror}") from exc
+        raise
+    except OSError as exc:
+        if exc.errno in STORAGE_ERRNOS:
+            raise TransientError(f"could not read {path.name}: {exc.strerror or exc}") from exc
+        raise
+
+
+@dataclass(frozen=True)
+class Merged:
+    """The settings of one input, where they came from, and what the user should know."""
+
+    settings: Profile
+    notes: tuple[str, ...] = ()
+    parameters_model_hash: str | None = None  # use_png_info: the model the parameters name
+
+
+def merge_settings(
+    job: Job, profile: LoadedProfile, image: Image.Image | None, *, max_bytes: int
+) -> Merged:
+    """The profile, then the input's own parameters (use_png_info), then its YAML."""
+    overrides: dict[str, Any] = {}
+    sources: list[str] = []
+    notes: list[str] = []
+    model_hash = None
+    if profile.settings.use_png_info and image is not None:
+        text, where = _parameters_text(job, image, max_bytes=max_bytes)
+        if text is not None:
+            found = settings_from_infotext(text)
+            overrides.update(found.overrides)
+            notes += [f"{where}: {note}" for note in found.notes]
+            sources.append(where)
+            if profile.settings.task != "interrogate":  # `model` is then the interrogator
+                model_hash = found.model_hash
+    yaml_path = job.companions.settings
+    if yaml_path is not None:
+        check_regular_file(yaml_path, max_bytes=max_bytes)
+        try:
+            overrides.update(read_mapping(yaml_path, max_bytes=PER_IMAGE_YAML_BYTES))
+        except YamlProblem as exc:
+            raise InputError(f"{yaml_path.name}: {exc}") from exc
+        sources.append(yaml_path.name)
+    settings = (
+        profile.with_overrides(overrides, Path(" + ".join(sources)))
+        if overrides
+        else profile.settings
+    )
+    return Merged(settings, tuple(notes), model_hash)
+
+
+def _parameters_text(job: Job, image: Image.Image, *, max_bytes: int) -> tuple[str | None, str]:
+    """A ``<stem>.txt`` beside the input wins over the image's own parameters."""
+    path = job.companions.parameters
+    if path is None:
+        return png_info(image), job.image.name
+    check_regular_file(path, max_bytes=max_bytes)
+    try:
+        data = path.read_bytes()[: PER_IMAGE_YAML_BYTES + 1]
+    except OSError as exc:
+        raise TransientError(f"could not read {path.name}: {exc.strerror}") from exc
+    if len(data) > PER_IMAGE_YAML_BYTES:
+        raise InputError(f"{path.name} is larger than {PER_IMAGE_YAML_BYTES // 1024} KiB")
+    return data.decode("utf-8", errors="replace"), path.name

@@ -1,0 +1,116 @@
+"""*prepare*: a job becomes a frozen RenderRequest, with every decision made on the daemon's side.
+
+Read and check the inputs, merge profile + the input's parameters + its YAML, lay the sketch
+on and load the mask, decide the size, the seed, the colour reference and the prompt sources'
+image. The clip a frame belongs to (a sub-folder of the profile's inbox) supplies its seed and
+colour reference (:mod:`daemon.prepare.clip_state`). Videos are prepared frame by frame
+(:mod:`daemon.prepare.video`).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.a1111.color import Colors, color_reference
+from daemon.a1111.imaging import flatten_on_white, load_image
+from daemon.a1111.seeds import draw_seed, frame_seed
+from daemon.config.profiles import ProfileStore
+from daemon.config.settings import Settings
+from daemon.errors import TransientError
+from daemon.intake.jobs import Job
+from daemon.intake.names import frame_number
+from daemon.prepare.canvas import aspect_note, build_canvas, processing_size
+from daemon.prepare.clip_state import SequenceStore
+from daemon.prepare.inputs import check_regular_file, merge_settings, storage_safe
+from daemon.render.values import RenderRequest
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """A frame of a clip (an image in a sub-folder): its clip's state, seed and colours."""
+
+    state: Path  # the clip's state folder
+    seed: int
+    colors: Colors | None  # the colour reference, None until the first frame is done
+    correct_colors: bool
+
+
+@dataclass(frozen=True)
+class Prepared:
+    job: Job
+    request: RenderRequest
+    notes: tuple[str, ...] = ()
+    frame: FramePlan | None = None
+
+
+class Preparer:
+    """Turns jobs into requests. Used by the worker thread; reads, never writes, the inbox."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        profiles: ProfileStore,
+        clips: SequenceStore,
+        rng: random.Random,
+    ) -> None:
+        self.settings = settings
+        self.profiles = profiles
+        self.clips = clips
+        self.rng = rng
+
+    def prepare(self, job: Job) -> Prepared:
+        limits = self.settings
+        check_regular_file(job.image, max_bytes=limits.max_input_bytes)
+        profile = self.profiles.get(job.profile)  # ConfigError: the profile's fault, not the file's
+        image = storage_safe(load_image, job.image, max_pixels=limits.max_image_pixels)
+        merged = merge_settings(job, profile, image, max_bytes=limits.max_input_bytes)
+        settings = merged.settings
+        flat = flatten_on_white(image)
+        if settings.task == "interrogate":
+            return Prepared(job, RenderRequest(job.label, settings, flat), merged.notes)
+        canvas, canvas_notes = build_canvas(
+            job, settings, flat,
+            max_pixels=limits.max_image_pixels, max_bytes=limits.max_input_bytes,
+        )  # fmt: skip
+        size = processing_size(settings, *canvas.image.size)
+        note = aspect_note(settings, canvas.image.size, size)
+        frame = self._frame_plan(job, settings.seed, settings.seed_mode, settings.color_correction)
+        if frame is not None:
+            seed, colors = frame.seed, frame.colors
+        else:  # a single image: A1111's colour correction matches it to its own input
+            seed = draw_seed(settings.seed, self.rng)
+            colors = color_reference(flat) if settings.color_correction else None
+        request = RenderRequest(
+            label=job.label,
+            settings=settings,
+            image=canvas.image,
+            mask=canvas.mask,
+            size=size,
+            seed=seed,
+            colors=colors,
+            # {interrogate}/{tags} describe the input as dropped, without the sketch
+            prompt_image=flat if settings.prompt_sources and canvas.image is not flat else None,
+            parameters_model_hash=merged.parameters_model_hash,
+        )
+        notes = (*merged.notes, *canvas_notes, *([note] if note else []))
+        return Prepared(job, request, notes, frame)
+
+    def _frame_plan(
+        self, job: Job, seed: int, seed_mode: str, correction: bool | None
+    ) -> FramePlan | None:
+        """Frames of a clip (images in a sub-folder) share a seed and a colour reference."""
+        if not job.sub_dir.parts:
+            return None
+        state = self.clips.folder(job.profile, job.sub_dir)
+        try:
+            base = self.clips.start(state, job.image.parent, seed, self.rng)
+        except OSError as exc:
+            raise TransientError(f"could not keep the clip's state in {state}: {exc}") from exc
+        number = frame_number(job.image.name) or 0
+        correct_colors = correction is not False
+        colors = self.clips.reference_colors(state) if correct_colors else None
+        return FramePlan(
+            state, frame_seed(seed_mode, base, number, self.rng), colors, correct_colors
+        )

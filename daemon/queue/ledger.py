@@ -1,0 +1,216 @@
+"""The ledger: which files are in hand, each job's journal states, and how each attempt ended.
+
+A job's inputs are *claimed* from the moment it is queued until it is archived, failed or
+left in the inbox, so that the main loop never makes a second job of them and the watcher
+ignores our own reads and moves. Every state change goes to the journal (see journal.py for
+why the states are what they are) in the order that makes a ``kill -9`` harmless.
+
+A failed attempt is judged by :func:`daemon.errors.classify`: the file's fault sends it to
+``_failed`` with a report; the process's or the configuration's fault defers it. A deferred
+job keeps its claim and waits here until its retry is due (``Job.attempt`` counts the tries);
+``once`` leaves process faults in the inbox for the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from loguru import logger
+
+from daemon.deliver.journal import Journal
+from daemon.deliver.lifecycle import DONE_FOLDER, archive, fail
+from daemon.deliver.results import Delivered
+from daemon.errors import Fault, classify
+from daemon.intake.jobs import Job, JobStatus
+
+MAX_BACKOFF = 600.0  # s, cap on the retry delay for jobs that hit a process fault
+
+
+@dataclass
+class Tally:
+    """What happened since start; ``once`` turns it into its exit code."""
+
+    done: int = 0
+    failed: int = 0
+    deferred: int = 0
+
+
+class Ledger:
+    """Thread-safe: the main loop claims and queues, the worker records the rest."""
+
+    def __init__(
+        self,
+        inbox: Path,
+        outbox: Path,
+        journal: Journal | None,
+        *,
+        retry_delay: float,
+        stability_delay: float,
+        retry_later: bool,
+        on_finished: Callable[[Job], None] = lambda job: None,
+    ) -> None:
+        self.inbox = inbox
+        self.outbox = outbox
+        self.journal = journal
+        self.retry_delay = retry_delay
+        self.stability_delay = stability_delay
+        self.retry_later = retry_later  # False for `once`: a process fault waits for the next run
+        self.on_finished = on_finished  # a job left the inbox (its clip may be over)
+        self.tally = Tally()
+        self._lock = threading.Lock()
+        self._claimed: set[Path] = set()
+        self._rows: dict[int, int] = {}  # job id -> journal row
+        self._retries: dict[Path, tuple[float, Job]] = {}  # image -> (due, deferred job)
+
+    # ----------------------------------------------------------------- claims
+
+    def claim(self, job: Job) -> bool:
+        """Take the job's inputs in hand and journal it as queued; False if one is taken."""
+        with self._lock:
+            if any(path in self._claimed for path in job.inputs):
+                return False
+            self._claimed.update(job.inputs)
+        if self.journal is not None:
+            self._rows[job.id] = self.journal.queued(job)
+        return True
+
+    def holds(self, path: Path) -> bool:
+        with self._lock:
+            return path in self._claimed
+
+    def release(self, job: Job) -> None:
+        """The names are free again: a file dropped under the same name is a new job."""
+        with self._lock:
+            self._claimed.difference_update(job.inputs)
+
+    def in_hand(self) -> set[Path]:
+        with self._lock:
+            return set(self._claimed)
+
+    def due_retries(self, now: float) -> list[Job]:
+        """Deferred jobs whose time has come, to be queued again (still claimed)."""
+        with self._lock:
+            due = [job for at, job in self._retries.values() if at <= now]
+            for job in due:
+                del self._retries[job.image]
+        return due
+
+    @property
+    def waiting_retries(self) -> int:
+        with self._lock:
+            return len(self._retries)
+
+    # ----------------------------------------------------------------- the journal
+
+    def running(self, job: Job) -> None:
+        self._journal(job, lambda journal, row: journal.running(row))
+        # Make the archive folder now, not just before the move: watchdog only watches a new
+        # folder once it has handled its creation, and a move into a folder it does not know
+        # yet stalls its event queue for 0.5 s (an unpaired move), delaying the next drop.
+        with contextlib.suppress(OSError):
+            (self.inbox / DONE_FOLDER / job.profile / job.sub_dir).mkdir(
+                parents=True, exist_ok=True
+            )
+
+    def planned(self, job: Job, outputs: list[Path]) -> None:
+        """Just before the first output is written: recovery rolls back a half group."""
+        self._journal(job, lambda journal, row: journal.writing(row, outputs))
+
+    def _journal(self, job: Job, write: Callable[[Journal, int], None]) -> None:
+        row = self._rows.get(job.id)
+        if self.journal is not None and row is not None:
+            write(self.journal, row)
+
+    def _finished(
+        self, job: Job, state: JobStatus, reason: str = "", seconds: float | None = None
+    ) -> None:
+        row = self._rows.pop(job.id, None)
+        if self.journal is not None and row is not None:
+            self.journal.finished(row, state, reason=reason, seconds=seconds)
+
+    # ----------------------------------------------------------------- how an attempt ended
+
+    def done(self, job: Job, delivered: Delivered, seconds: float) -> JobStatus:
+        self._journal(job, lambda journal, row: journal.written(row))
+        try:
+            archive(job, self.inbox)
+        except OSError as exc:  # the results exist; the input stays, and a rerun adds -1 copies
+            logger.error(
+                "{}: results written but the input could not be archived: {}", job.label, exc
+            )
+        self.release(job)
+        for note in delivered.notes:
+            logger.info("{}: {}", job.label, note)
+        names = ", ".join(
+            str(path.relative_to(self.outbox))
+            for path in delivered.outputs
+            if path.suffix != ".txt"
+        )
+        progress = f" {delivered.progress}" if delivered.progress else ""
+        logger.success("done {} → {} ({:.1f} s){}", job.label, names, seconds, progress)
+        self.on_finished(job)
+        self._finished(job, JobStatus.DONE, seconds=seconds)
+        self.tally.done += 1
+        return JobStatus.DONE
+
+    def attempt_failed(self, job: Job, error: Exception) -> JobStatus:
+        verdict = classify(error, attempt=job.attempt, age=_age(job.image), name=job.image.name)
+        if verdict.fault is Fault.INPUT:
+            return self.failed(job, verdict.reason, error)
+        if not verdict.foreseen:  # a bug, or something nobody thought of: keep the traceback
+            logger.opt(exception=error).error("{}: unexpected error", job.label)
+        delay = max(self.stability_delay, 0.2) * 2 if verdict.retry_soon else None
+        return self.defer(job, verdict.reason, delay=delay)
+
+    def failed(self, job: Job, reason: str, error: BaseException | None) -> JobStatus:
+        """The file's fault: the report and the inputs go to ``_failed``."""
+        self._journal(job, lambda journal, row: journal.failing(row, reason))
+        try:
+            report = fail(job, self.inbox, reason, error)
+        except OSError as exc:
+            logger.error(
+                "{}: failed ({}), and could not be moved to _failed: {}", job.label, reason, exc
+            )
+            return self.defer(job, "could not move the failed input")
+        self.release(job)
+        self._finished(job, JobStatus.FAILED, reason)
+        self.on_finished(job)
+        self.tally.failed += 1
+        logger.error(
+            "FAILED {}: {} (report: {})", job.label, reason, report.relative_to(self.inbox)
+        )
+        return JobStatus.FAILED
+
+    def defer(self, job: Job, reason: str, *, delay: float | None = None) -> JobStatus:
+        """Leave the input in the inbox and try it again later (``delay`` None: back off)."""
+        self._finished(job, JobStatus.DEFERRED, reason)
+        if delay is None:
+            self.tally.deferred += 1
+            if not self.retry_later:  # `once`: the next run tries again
+                self.release(job)
+                logger.warning("{}: not done, left in the inbox: {}", job.label, reason)
+                return JobStatus.DEFERRED
+            delay = min(self.retry_delay * 2**job.attempt, MAX_BACKOFF)
+        logger.warning("{}: {}; retrying in {:.1f} s", job.label, reason, delay)
+        with self._lock:
+            self._retries[job.image] = (time.monotonic() + delay, job.retry())
+        return JobStatus.DEFERRED
+
+    def refused(self, job: Job, reason: str) -> None:
+        """A file no job can be made of (an unsupported type): straight to ``_failed``."""
+        if self.claim(job):
+            self.failed(job, reason, None)
+
+
+def _age(path: Path) -> float | None:
+    """Seconds since `path` was last written; None when it cannot be told."""
+    try:
+        return time.time() - os.lstat(path).st_mtime
+    except OSError:
+        return None

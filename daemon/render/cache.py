@@ -1,0 +1,277 @@
+"""The warm model cache: loaded pipelines, schedulers, LoRA/embedding state and interrogators.
+
+Everything a render needs that is expensive to make lives here, loaded on first use and kept
+until it has been idle for ``unload_after``: the img2img pipeline of each model (and VAE);
+its inpaint pipeline, made with ``from_pipe`` so that it shares the same modules and never
+reloads weights; one scheduler per sampler; the LoRAs and embeddings loaded into the model;
+and the interrogation models. The cache belongs to whoever renders (the worker thread today,
+a worker process or machine later); nothing in it knows about inboxes, outboxes or jobs.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from loguru import logger
+
+from daemon.a1111.samplers import SamplerChoice, build_scheduler
+from daemon.engines.adapter_files import default_embedding_dirs, default_lora_dirs
+from daemon.engines.adapters import AdapterManager, AdapterState
+from daemon.engines.diffusion import PipelineTask
+from daemon.engines.interrogators import Interrogators
+from daemon.errors import ConfigError, TransientError, is_out_of_memory
+from daemon.models.builtin import BUILTIN_PREFIX
+from daemon.models.hashes import HashCache
+from daemon.models.resolve import ModelSource, resolve_model, resolve_vae
+from daemon.models.single_file import load_single_file, load_vae
+
+if TYPE_CHECKING:
+    import torch
+
+
+def pick_device(requested: str) -> tuple[str, torch.dtype]:
+    """``auto`` → CUDA with fp16 when present, else Apple MPS (fp16), else CPU (fp32)."""
+    import torch
+
+    device = requested
+    if requested == "auto":
+        if torch.cuda.is_available():
+            device = "cuda"
+        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            device = "mps"
+        else:
+            device = "cpu"
+    dtype = torch.float32 if device == "cpu" else torch.float16
+    return device, dtype
+
+
+@dataclass
+class _Loaded:
+    source: ModelSource
+    pipelines: dict[PipelineTask, Any]
+    scheduler_config: Any  # the model's own, before any sampler replaced it
+    schedulers: dict[SamplerChoice, Any] = field(default_factory=dict)
+    adapters: AdapterState = field(default_factory=AdapterState)  # shared by both pipelines
+    last_used: float = 0.0
+
+
+class ModelCache:
+    """Loaded models by reference. Used by the thread that renders."""
+
+    def __init__(
+        self,
+        *,
+        models_dir: Path | None,
+        state_dir: Path,
+        device: str = "auto",
+        lora_dirs: list[Path] | None = None,
+        embedding_dirs: list[Path] | None = None,
+        allow_pickle: bool = False,
+    ) -> None:
+        self.lora_dirs = lora_dirs if lora_dirs is not None else default_lora_dirs(models_dir)
+        self.embedding_dirs = (
+            embedding_dirs if embedding_dirs is not None else default_embedding_dirs(models_dir)
+        )
+        self.allow_pickle = allow_pickle
+        self.models_dir = models_dir
+        self.state_dir = state_dir
+        self.requested_device = device
+        self.hashes = HashCache(state_dir / "hashes.json")
+        self._loaded: dict[str, _Loaded] = {}
+        self._low_memory: set[str] = set()  # models that ran out of memory once
+        self._device: tuple[str, torch.dtype] | None = None
+        self.interrogators = Interrogators(
+            models_dir=models_dir,
+            state_dir=state_dir,
+            device=lambda: self.device,
+            allow_pickle=allow_pickle,
+        )
+
+    @property
+    def device(self) -> tuple[str, torch.dtype]:
+        if self._device is None:
+            self._device = pick_device(self.requested_device)
+        return self._device
+
+    def source(self, ref: str) -> ModelSource:
+        """Where model `ref` is; a model that cannot be found is a TransientError: the
+        input waits in the inbox until the model is there."""
+        if ref in self._loaded:
+            return self._loaded[ref].source
+        try:
+            return resolve_model(
+                ref,
+                models_dir=self.models_dir,
+                state_dir=self.state_dir,
+                allow_pickle=self.allow_pickle,
+            )
+        except ConfigError as exc:
+            raise TransientError(f"{exc}; the input waits in the inbox") from exc
+
+    def model_hash(self, source: ModelSource) -> str | None:
+        file = source.hash_file
+        return self.hashes.sha256(file)[:10] if file and file.is_file() else None
+
+    def vae_info(self, ref: str | None) -> tuple[str, str | None] | None:
+        """A1111's "VAE" (file name) and "VAE hash" (10 hex of its sha256)."""
+        if ref is None:
+            return None
+        path = self.vae_source(ref)
+        digest = self.hashes.sha256(path)[:10] if path.is_file() else None
+        return path.name, digest
+
+    def pipeline(self, ref: str, task: PipelineTask, *, vae: str | None = None) -> Any:
+        """The warm pipeline of model ``ref`` (with VAE ``vae``) for ``task``; loads it once.
+
+        A model that cannot be loaded is never the input's fault (TransientError); running
+        out of memory while loading is raised as it is, for the caller's low-memory retry."""
+        loaded = self._entry(ref, vae)
+        if task not in loaded.pipelines:
+            from diffusers import AutoPipelineForInpainting
+
+            pipe = AutoPipelineForInpainting.from_pipe(loaded.pipelines["img2img"])
+            pipe.set_progress_bar_config(disable=True)
+            loaded.pipelines[task] = pipe
+        return loaded.pipelines[task]
+
+    def adapters(self, ref: str, task: PipelineTask, *, vae: str | None = None) -> AdapterManager:
+        """LoRAs and embeddings for a loaded model: what is loaded stays between jobs."""
+        loaded = self._entry(ref, vae)
+        return AdapterManager(
+            self.pipeline(ref, task, vae=vae),
+            state=loaded.adapters,
+            lora_dirs=self.lora_dirs,
+            embedding_dirs=self.embedding_dirs,
+            allow_pickle=self.allow_pickle,
+            hashes=self.hashes,
+        )
+
+    def scheduler(self, ref: str, choice: SamplerChoice, *, vae: str | None = None) -> Any:
+        """The scheduler for a sampler on a loaded model, built once from the model's own
+        scheduler configuration (``set_timesteps`` resets it for every call)."""
+        loaded = self._entry(ref, vae)
+        if choice not in loaded.schedulers:
+            loaded.schedulers[choice] = build_scheduler(choice, loaded.scheduler_config)
+        return loaded.schedulers[choice]
+
+    def vae_source(self, ref: str) -> Path:
+        return resolve_vae(ref, models_dir=self.models_dir, allow_pickle=self.allow_pickle)
+
+    def _entry(self, ref: str, vae: str | None) -> _Loaded:
+        key = _key(ref, vae)
+        loaded = self._loaded.get(key)
+        if loaded is None:
+            source = self.source(ref)
+            try:
+                pipe = self._load(source, vae)
+            except ConfigError as exc:  # e.g. an unknown checkpoint layout: say it plainly
+                raise TransientError(f"could not load model {source.name}: {exc}") from exc
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    raise
+                raise TransientError(
+                    f"could not load model {source.name} ({source.location}): "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            loaded = self._loaded[key] = _Loaded(source, {"img2img": pipe}, pipe.scheduler.config)
+            if key in self._low_memory:
+                _low_memory(pipe)
+        loaded.last_used = time.monotonic()
+        return loaded
+
+    def _load(self, source: ModelSource, vae: str | None) -> Any:
+        from diffusers import AutoPipelineForImage2Image
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+        device, dtype = self.device
+        logger.info("loading model {} ({}) on {}", source.name, source.location, device)
+        if source.ref.startswith(BUILTIN_PREFIX):
+            logger.warning(
+                "model {} has random weights: its output is noise. It exists to try the "
+                "whole flow offline; point `model:` at a real checkpoint for real images.",
+                source.ref,
+            )
+        options: dict[str, Any] = {"dtype": dtype}
+        if source.kind == "folder" and _has_safety_checker(Path(source.location)):
+            options.update(safety_checker=None, requires_safety_checker=False)  # as A1111
+        if source.kind == "single_file":
+            # Offline: the architecture's configs ship with the project (daemon/data).
+            pipe = load_single_file(source.location, dtype=dtype, cache_dir=self.state_dir)
+        else:
+            pipe = AutoPipelineForImage2Image.from_pretrained(
+                source.location, local_files_only=source.kind == "folder", **options
+            )
+        if vae is not None:
+            path = self.vae_source(vae)
+            logger.info("using VAE {} for model {}", path.name, source.name)
+            pipe.vae = load_vae(path, dtype=dtype, like=pipe.vae)
+        pipe = pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def use_low_memory(self, ref: str, *, vae: str | None = None) -> None:
+        """Attention slicing and VAE slicing/tiling for a model, now and whenever it loads
+        again: slower, far less memory. The inpaint pipeline shares the modules."""
+        key = _key(ref, vae)
+        self._low_memory.add(key)
+        loaded = self._loaded.get(key)
+        for pipe in loaded.pipelines.values() if loaded else ():
+            _low_memory(pipe)
+
+    def unload(self, ref: str, *, vae: str | None = None) -> None:
+        if self._loaded.pop(_key(ref, vae), None) is not None:
+            _free_device_memory()
+
+    def unload_idle(self, max_idle: float, *, now: float | None = None) -> list[str]:
+        """Drop models unused for ``max_idle`` seconds; returns their names.
+
+        The caller must make sure no render is using them (the executor's lock)."""
+        now = time.monotonic() if now is None else now
+        idle = [ref for ref, item in self._loaded.items() if now - item.last_used >= max_idle]
+        names = [self._loaded.pop(ref).source.name for ref in idle]
+        names += self.interrogators.unload_idle(max_idle, now=now)
+        if names:
+            _free_device_memory()
+        return names
+
+    def unload_all(self) -> None:
+        self._loaded.clear()
+        self.interrogators.unload_all()
+        _free_device_memory()
+
+    @property
+    def loaded(self) -> list[str]:
+        return list(self._loaded) + self.interrogators.loaded
+
+
+def _key(ref: str, vae: str | None) -> str:
+    """Loaded pipelines are per model and VAE; a plain model keeps its own name as key."""
+    return ref if vae is None else f"{ref} + vae {vae}"
+
+
+def _low_memory(pipe: Any) -> None:
+    pipe.enable_attention_slicing()
+    pipe.vae.enable_slicing()
+    pipe.vae.enable_tiling()
+
+
+def _has_safety_checker(folder: Path) -> bool:
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return bool(index.get("safety_checker") and index["safety_checker"][0])
+
+
+def _free_device_memory() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

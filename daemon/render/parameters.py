@@ -1,0 +1,72 @@
+"""A1111's parameter text for a painted image: enough to reproduce it, in A1111's key names."""
+
+from __future__ import annotations
+
+from daemon import __version__
+from daemon.a1111.infotext import format_infotext
+from daemon.a1111.samplers import infotext_fields
+from daemon.a1111.sizes import ResizeMode
+from daemon.config.profiles import Profile
+from daemon.engines.diffusion import Painting
+
+MASK_MODES = {False: "Inpaint masked", True: "Inpaint not masked"}
+
+
+def infotext(
+    settings: Profile,
+    painting: Painting,
+    index: int,
+    *,
+    model_name: str,
+    model_hash: str | None,
+    vae: tuple[str, str | None] | None = None,
+) -> str:
+    """The parameters of image `index` of `painting`, as A1111 writes them."""
+    params = infotext_params(
+        settings, painting, painting.seeds[index], index,
+        model_name=model_name, model_hash=model_hash, vae=vae,
+    )  # fmt: skip
+    return format_infotext(settings.prompt, settings.negative_prompt, params)
+
+
+def infotext_params(
+    settings: Profile,
+    painting: Painting,
+    seed: int,
+    index: int,
+    *,
+    model_name: str,
+    model_hash: str | None,
+    vae: tuple[str, str | None] | None = None,
+) -> dict[str, object]:
+    """A1111's parameter line for one image, in its key names."""
+    params: dict[str, object] = {"Steps": settings.steps}
+    params.update(infotext_fields(settings.sampler))
+    params.update({
+        "CFG scale": settings.cfg_scale,
+        "Seed": seed,
+        "Size": f"{painting.width}x{painting.height}",
+        "Model hash": model_hash,
+        "Model": model_name,
+        "VAE hash": vae[1] if vae else None,
+        "VAE": vae[0] if vae else None,
+        "Denoising strength": settings.denoising_strength,
+        "Clip skip": settings.clip_skip,
+    })  # fmt: skip
+    params.update(painting.params)  # Lora hashes, TI hashes
+    if painting.inpainted:
+        params.update({
+            "Mask blur": settings.mask_blur,
+            "Mask mode": MASK_MODES[settings.inpainting_mask_invert],
+            "Inpaint area": "Only masked" if settings.inpaint_full_res else "Whole picture",
+            "Masked area padding": settings.inpaint_full_res_padding,
+            "Masked content": settings.inpainting_fill,
+        })  # fmt: skip
+    if settings.batch_size > 1:
+        params.update({"Batch size": settings.batch_size, "Batch pos": index % settings.batch_size})
+    if settings.resize_mode is not ResizeMode.JUST_RESIZE:
+        params["Resize mode"] = settings.resize_mode.value.capitalize()
+    if settings.img2img_fix_steps:
+        params["Img2img fix steps"] = True
+    params["Version"] = f"img2imgd v{__version__}"
+    return params

@@ -1,0 +1,143 @@
+"""The render function: requests and the warm model cache in, results out.
+
+It opens no inbox or outbox file, writes nothing of the job's, touches no journal and makes
+no decision that depends on the time: the daemon decided everything on its side (*prepare*)
+and writes everything on its side (*deliver*). What it does use is the warm model cache,
+whose own caches (built-in models, file hashes, label embeddings) live in the state folder of
+the machine that renders.
+
+Running out of memory (a CPU ``MemoryError`` or the GPU's out-of-memory error, while loading
+a model, a VAE, a LoRA or while painting) is retried once at once with the model in
+low-memory mode; if that fails too, the request fails with a TransientError and the daemon
+defers its input. Every other error is raised as it is, for :func:`daemon.errors.classify`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import partial
+from typing import TypeVar
+
+from loguru import logger
+from PIL import Image
+
+from daemon.a1111.color import apply_color_correction
+from daemon.a1111.pnginfo import model_note
+from daemon.config.profiles import PROMPT_SOURCES, Profile
+from daemon.engines.diffusion import Canvas, DiffusionEngine
+from daemon.errors import TransientError, is_out_of_memory
+from daemon.render.cache import ModelCache
+from daemon.render.parameters import infotext
+from daemon.render.values import RenderRequest, RenderResult
+
+_T = TypeVar("_T")
+
+
+def render(request: RenderRequest, models: ModelCache) -> RenderResult:
+    """Render one request with the models in `models` (loading what is missing)."""
+    if request.interrogates:
+        settings = request.settings
+        kind = settings.interrogator
+        found = with_low_memory_retry(
+            models, request.label, settings,
+            lambda: models.interrogators.interrogate(
+                request.image, settings, kind, settings.interrogation_model(kind)
+            ),
+        )  # fmt: skip
+        return RenderResult(interrogation=found)
+    return with_low_memory_retry(
+        models, request.label, request.settings, partial(_paint, request, models)
+    )
+
+
+def with_low_memory_retry(
+    models: ModelCache, label: str, settings: Profile, attempt: Callable[[], _T]
+) -> _T:
+    """`attempt()`; out of memory → once more at once with the model in low-memory mode."""
+    try:
+        return attempt()
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+    _empty_cuda_cache()
+    logger.warning(
+        "{}: out of memory; retrying once with attention slicing and VAE tiling (slower, "
+        "much less memory), kept on for this model",
+        label,
+    )
+    models.use_low_memory(settings.model, vae=settings.vae)
+    models.interrogators.unload_all()
+    try:
+        return attempt()
+    except Exception as exc:
+        if not is_out_of_memory(exc):
+            raise
+        _empty_cuda_cache()
+        raise TransientError(
+            "out of memory even with low-memory settings; lower max_pixels or batch_size, "
+            "or free memory on the GPU or machine"
+        ) from exc
+
+
+def _paint(request: RenderRequest, models: ModelCache) -> RenderResult:
+    settings = fill_prompt_sources(request, models)
+    notes = []
+    source = models.source(settings.model)
+    model_hash = models.model_hash(source)
+    mismatch = model_note(request.parameters_model_hash, model_hash, source.name)
+    if mismatch:
+        notes.append(mismatch)
+    correct = None
+    if request.colors is not None:
+        correct = partial(apply_color_correction, request.colors)
+    width, height = request.size
+    painting = DiffusionEngine(models).paint(
+        Canvas(request.image, request.mask), settings, width=width, height=height,
+        seed=request.seed, prompt=settings.prompt, negative_prompt=settings.negative_prompt,
+        correct=correct,
+    )  # fmt: skip
+    vae = models.vae_info(settings.vae)
+    texts = [
+        infotext(settings, painting, index, model_name=source.name, model_hash=model_hash, vae=vae)
+        for index in range(len(painting.images))
+    ]
+    return RenderResult(
+        images=tuple(painting.images),
+        infotexts=tuple(texts),
+        seeds=tuple(painting.seeds),
+        prompt=settings.prompt,
+        negative_prompt=settings.negative_prompt,
+        notes=(*notes, *painting.notes),
+    )
+
+
+def fill_prompt_sources(request: RenderRequest, models: ModelCache) -> Profile:
+    """{interrogate} and {tags} in the prompts, replaced by what the input shows."""
+    settings = request.settings
+    if not settings.prompt_sources:
+        return settings
+    image: Image.Image = request.prompt_image or request.image
+    found: dict[str, str] = {}
+    for kind in settings.prompt_sources:
+        ref = settings.interrogation_model(kind)
+        found[kind] = models.interrogators.interrogate(image, settings, kind, ref).line
+        logger.info("{}: {} interrogation: {}", request.label, kind, found[kind])
+    if models.device[0] != "cpu":
+        # As A1111 (interrogate_keep_models_in_memory off): BLIP, CLIP or the tagger
+        # would take GPU memory the painting needs. On a CPU they stay warm.
+        models.interrogators.unload_all()
+
+    def fill(text: str) -> str:
+        for mark, kind in PROMPT_SOURCES.items():
+            text = text.replace(mark, found.get(kind, mark))
+        return text
+
+    update = {"prompt": fill(settings.prompt), "negative_prompt": fill(settings.negative_prompt)}
+    return settings.model_copy(update=update)
+
+
+def _empty_cuda_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

@@ -1,0 +1,49 @@
+"""What crosses the seam between the daemon and the renderer: plain, frozen, picklable values.
+
+*prepare* turns a job into a :class:`RenderRequest` holding the decoded inputs and every
+resolved setting; *render* turns requests into :class:`RenderResult` values; *deliver* writes
+them. Neither value holds a path to read, an open file or a clock reading, so the same render
+call can run in this process, in another one, or on another machine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from PIL import Image
+
+from daemon.a1111.color import Colors
+from daemon.config.profiles import Profile
+from daemon.engines.interrogators import Interrogation
+
+
+@dataclass(frozen=True)
+class RenderRequest:
+    """One input, ready to render: ``settings.task`` says whether to paint or interrogate."""
+
+    label: str  # the input, as people read it (for log lines and notes)
+    settings: Profile  # profile + the input's parameters + its YAML, merged
+    image: Image.Image  # RGB at the input's own size, sketch already laid on
+    mask: Image.Image | None = None  # L at the image's size; white = repaint
+    size: tuple[int, int] = (0, 0)  # the processing size (A1111's "Size")
+    seed: int = 0  # drawn already (never -1)
+    colors: Colors | None = None  # colour correction towards these (a clip's reference)
+    prompt_image: Image.Image | None = None  # what {interrogate}/{tags} describe (None: image)
+    parameters_model_hash: str | None = None  # use_png_info: the model the parameters name
+
+    @property
+    def interrogates(self) -> bool:
+        return self.settings.task == "interrogate"
+
+
+@dataclass(frozen=True)
+class RenderResult:
+    """What a request gave: images with their parameter text, or an interrogation."""
+
+    images: tuple[Image.Image, ...] = ()
+    infotexts: tuple[str, ...] = ()  # A1111's parameters, one per image
+    seeds: tuple[int, ...] = ()
+    prompt: str = ""  # the prompts as painted ({interrogate}/{tags} filled in)
+    negative_prompt: str = ""
+    interrogation: Interrogation | None = None
+    notes: tuple[str, ...] = ()  # things the user should know, for the log
