@@ -9,12 +9,13 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run once check-config test lint typecheck check bench bench-media soak clean help
+.PHONY: venv run once check-config test test-slow lint typecheck check bench bench-media soak clean help
 
 help:
 	@echo "make run      set up .venv and start the daemon on ./inbox with ./profiles"
 	@echo "make once     process what is in ./inbox now, then exit"
 	@echo "make test     set up .venv and run the test suite (offline, CPU, a few minutes)"
+	@echo "make test-slow  the long tests (a 1000-file burst and its kind), left out of make test"
 	@echo "make check    ruff, mypy and the tests"
 	@echo "make bench    daemon time per image vs a plain diffusers loop, and drop-to-start latency"
 	@echo "make bench-media  interrogation, clips and videos: the daemon's cost per image or frame"
@@ -39,6 +40,9 @@ check-config: venv
 
 test: venv
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-slow: venv
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
 
 lint: venv
 	$(BIN)/ruff check daemon tests bench

@@ -6,6 +6,7 @@ import errno
 import struct
 import zlib
 
+import pytest
 from PIL import Image
 
 from tests.conftest import DATA, Workspace, wait_for
@@ -153,6 +154,14 @@ def test_disk_full_while_writing_keeps_the_input(workspace: Workspace, running, 
     assert not [p for p in (workspace.outbox / "img2img").iterdir() if p.name.startswith(".")]
 
 
+@pytest.fixture
+def fresh_model_afterwards(models):
+    """Low-memory mode stays on for a model; the next test gets the model as it loads."""
+    yield
+    models.unload("builtin:tiny-sd")
+    models.use_low_memory("builtin:tiny-sd", enabled=False)
+
+
 def inject_out_of_memory(monkeypatch, times: int) -> dict[str, int]:
     """Fault injection: the pipeline raises torch's OutOfMemoryError ``times`` times."""
     import torch
@@ -173,7 +182,7 @@ def inject_out_of_memory(monkeypatch, times: int) -> dict[str, int]:
 
 
 def test_out_of_memory_retries_at_once_with_low_memory_settings(
-    workspace: Workspace, running, monkeypatch, logs, models
+    workspace: Workspace, running, monkeypatch, logs, models, fresh_model_afterwards
 ):
     calls = inject_out_of_memory(monkeypatch, times=1)
     workspace.profile("img2img")
@@ -184,12 +193,10 @@ def test_out_of_memory_retries_at_once_with_low_memory_settings(
     assert any("retrying once with attention slicing" in line for line in logs)
     pipe = models.pipeline("builtin:tiny-sd", "img2img")
     assert pipe.vae.use_tiling, "low-memory settings stay on for the model"
-    models.unload("builtin:tiny-sd")  # the next test gets the model as it loads
-    models._low_memory.clear()
 
 
 def test_out_of_memory_twice_defers_without_failing_the_file(
-    workspace: Workspace, running, monkeypatch, logs
+    workspace: Workspace, running, monkeypatch, logs, fresh_model_afterwards
 ):
     inject_out_of_memory(monkeypatch, times=2)
     workspace.profile("img2img")

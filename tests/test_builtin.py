@@ -125,12 +125,13 @@ def test_unknown_name(tmp_path: Path) -> None:
 
 def test_leftover_temp_folders_do_not_break_a_build(tmp_path: Path) -> None:
     name = f"tiny-sd-v{BUILD_VERSION}"
-    stale = tmp_path / f".{name}.tmp-crashed"
+    # The temporary-name pattern of daemon.atomic: ".<name>.<pid>.tmp".
+    stale = tmp_path / f".{name}.99998.tmp"
     (stale / "unet").mkdir(parents=True)
     (stale / "unet" / "config.json").write_text("{")
     old = time.time() - 2 * 3600
     os.utime(stale, (old, old))
-    fresh = tmp_path / f".{name}.tmp-running"  # maybe another process's build in progress
+    fresh = tmp_path / f".{name}.99999.tmp"  # maybe another process's build in progress
     (fresh / "vae").mkdir(parents=True)
     (tmp_path / name).mkdir()  # an empty final folder (e.g. made by hand) is not a model
 

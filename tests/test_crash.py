@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,6 +80,18 @@ def journal_states(workspace: Workspace) -> list[str]:
         return [entry.state.value for entry in journal.recent(100)]
     finally:
         journal.close()
+
+
+def committed_outputs(workspace: Workspace, suffix: str) -> list[Path]:
+    """Outputs of the jobs the journal records as written (or done): never painted again."""
+    journal = open_read_only(workspace.root / "state" / JOURNAL_NAME)
+    if journal is None:
+        return []
+    try:
+        entries = journal.recent(100, states=(JobStatus.WRITTEN, JobStatus.DONE))
+    finally:
+        journal.close()
+    return [p for entry in entries for p in entry.outputs if p.suffix == suffix]
 
 
 def slow_profile(workspace: Workspace) -> None:
@@ -169,7 +180,7 @@ def test_crash_after_outputs_complete_archives_without_repainting(workspace: Wor
 
     daemon = running()
     wait_for(lambda: workspace.done("img2img"))
-    time.sleep(0.3)
+    wait_for(lambda: daemon.started.is_set() and daemon.idle())  # start-up rescan included
     assert sorted(p.name for p in workspace.outputs("img2img")) == ["a.png", "a.txt"]
     assert daemon.tally.done == 0, "nothing was painted again"
 

@@ -77,11 +77,15 @@ def test_atomic_rename_into_inbox(workspace: Workspace, running):
     running()
     temporary = workspace.inbox / "img2img/~export.tmp"
     temporary.write_bytes((DATA / "chelsea.png").read_bytes())
-    time.sleep(0.3)
-    assert not workspace.outputs("img2img"), "a temporary name must never be processed"
+    # A barrier: a file written after the temporary one is taken only after the watcher
+    # and the stability check have seen the temporary one too.
+    small_png(workspace.inbox / "img2img/barrier.png")
+    wait_for(lambda: [p.name for p in workspace.done("img2img")] == ["barrier.png"])
+    assert sorted(p.name for p in workspace.outputs("img2img")) == ["barrier.png", "barrier.txt"]
     os.replace(temporary, workspace.inbox / "img2img/export.png")
-    wait_for(lambda: workspace.done("img2img"))
-    assert [p.name for p in workspace.outputs("img2img")] == ["export.png", "export.txt"]
+    wait_for(lambda: len(workspace.done("img2img")) == 2)
+    names = sorted(p.name for p in workspace.outputs("img2img"))
+    assert names == ["barrier.png", "barrier.txt", "export.png", "export.txt"]
 
 
 def test_junk_and_underscore_folders_are_ignored(workspace: Workspace, running):
@@ -90,9 +94,8 @@ def test_junk_and_underscore_folders_are_ignored(workspace: Workspace, running):
         (workspace.inbox / "img2img" / name).write_bytes(b"junk")
     small_png(workspace.inbox / "_private/img2img/a.png")
     running()
-    small_png(workspace.inbox / "img2img/real.png")
+    small_png(workspace.inbox / "img2img/real.png")  # after the junk: taken after it was seen
     wait_for(lambda: workspace.done("img2img"))
-    time.sleep(0.3)
     assert [p.name for p in workspace.done("img2img")] == ["real.png"]
     assert (workspace.inbox / "img2img/.DS_Store").exists()
     assert not workspace.failed("img2img")

@@ -51,6 +51,7 @@ def test_inotify_limit_falls_back_to_polling(workspace: Workspace, running, monk
     wait_for(lambda: workspace.done("img2img"))
 
 
+@pytest.mark.slow
 def test_burst_of_1000_files_each_processed_exactly_once(workspace: Workspace, running):
     workspace.profile("img2img", max_pixels=16 * 16, steps=1, denoising_strength=1.0)
     running(stability_delay=0.05)
@@ -81,9 +82,9 @@ def test_processing_hours_hold_files_in_the_inbox(workspace: Workspace, running,
     daemon = running(processing_hours=closed)
     small_png(workspace.inbox / "img2img/later.png")
     wait_for(lambda: any("outside the processing hours" in line for line in logs))
-    time.sleep(0.5)
+    wait_for(lambda: len(daemon.queue) == 1)  # complete and queued: only the hours hold it
     assert (workspace.inbox / "img2img/later.png").exists() and not workspace.outputs("img2img")
-    daemon.window = None  # the window opens
+    daemon.worker.hours.window = None  # the window opens
     wait_for(lambda: workspace.done("img2img"))
 
 

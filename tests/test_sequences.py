@@ -14,7 +14,14 @@ from daemon.a1111.seeds import frame_seed
 from daemon.intake.names import frame_number
 from daemon.prepare.clip_state import progress_line
 from tests.conftest import DATA, Workspace, wait_for
-from tests.test_crash import assert_no_temporaries, finish_once, kill_9_when, write_config
+from tests.test_crash import (
+    assert_no_temporaries,
+    committed_outputs,
+    finish_once,
+    journal_states,
+    kill_9_when,
+    write_config,
+)
 
 FRAMES = 6
 
@@ -183,12 +190,10 @@ def test_a_killed_clip_resumes_without_redoing_a_frame(workspace: Workspace, mod
     make_frames(workspace.inbox / "img2img/clip", 8, size=(128, 96))
     config = write_config(workspace, models.state_dir)
     out = workspace.outbox / "img2img/clip"
-    kill_9_when(config, lambda: len(list(out.glob("*.txt"))) >= 3)
-    # Frames whose whole group (image and sidecar) was in place; a group caught half-written
-    # by the kill is rolled back and painted again, by design.
-    before = {
-        p.name: p.stat().st_mtime_ns for p in out.glob("*.png") if p.with_suffix(".txt").exists()
-    }
+    kill_9_when(config, lambda: journal_states(workspace).count("done") >= 3)
+    # Frames the journal records as written: a group still `writing` when the kill came is
+    # rolled back and painted again by design, even when both files are already in place.
+    before = {p.name: p.stat().st_mtime_ns for p in committed_outputs(workspace, ".png")}
     assert 3 <= len(before) < 8
 
     finish_once(config)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -104,9 +102,10 @@ def test_masks_folder_serves_as_mask(workspace: Workspace, running):
 def test_late_mask_is_paired_within_the_window(workspace: Workspace, running):
     """Photoshop exports one file at a time: the mask may land after the image."""
     workspace.profile("inpaint", task="inpaint")
-    running(pairing_window=5.0)
-    Image.new("RGB", (64, 64), (90, 90, 200)).save(workspace.inbox / "inpaint/late.png")
-    time.sleep(0.6)
+    daemon = running(pairing_window=30.0)
+    image = workspace.inbox / "inpaint/late.png"
+    Image.new("RGB", (64, 64), (90, 90, 200)).save(image)
+    wait_for(lambda: image in daemon.admission.waiting())
     assert not workspace.outputs("inpaint"), "an inpaint job must wait for its mask"
     Image.new("L", (64, 64), 255).save(workspace.inbox / "inpaint/late.mask.png")
     wait_for(lambda: len(workspace.done("inpaint")) == 2)

@@ -76,6 +76,7 @@ class Daemon:
         self.lock = StateLock(settings.state_dir)
         self.notifier = Notifier()
         self.stop_event = threading.Event()
+        self.started = threading.Event()  # set once start-up (recovery, first rescan) is done
         self.clips = SequenceStore(settings.state_dir / "sequences")
         self.clip_ends = ClipEnds(settings.inbox, self.clips, window=settings.pairing_window)
         self.ledger = Ledger(
@@ -172,6 +173,7 @@ class Daemon:
             self._scheduler.start()
         self.admission.rescan()  # files already present go through the same stability check
         self.notifier.ready(self.status_line())
+        self.started.set()
 
     def _add_housekeeping(self, scheduler: BackgroundScheduler) -> None:
         settings = self.settings

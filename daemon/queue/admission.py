@@ -86,6 +86,11 @@ class Admission:
             waiting = bool(self._waiting)
         return not waiting and len(self.tracker) == 0 and len(self.queue) == 0
 
+    def waiting(self) -> set[Path]:
+        """Images waiting for a companion (a mask or sketch their profile needs)."""
+        with self._lock:
+            return set(self._waiting)
+
     def busy_folders(self) -> set[Path]:
         """Folders with an input in hand or waiting for a companion."""
         with self._lock:

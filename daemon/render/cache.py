@@ -215,10 +215,14 @@ class ModelCache:
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
-    def use_low_memory(self, ref: str, *, vae: str | None = None) -> None:
+    def use_low_memory(self, ref: str, *, vae: str | None = None, enabled: bool = True) -> None:
         """Attention slicing and VAE slicing/tiling for a model, now and whenever it loads
-        again: slower, far less memory. The inpaint pipeline shares the modules."""
+        again: slower, far less memory. The inpaint pipeline shares the modules.
+        ``enabled=False`` forgets it for the next load (a loaded model keeps its mode)."""
         key = _key(ref, vae)
+        if not enabled:
+            self._low_memory.discard(key)
+            return
         self._low_memory.add(key)
         loaded = self._loaded.get(key)
         for pipe in loaded.pipelines.values() if loaded else ():
