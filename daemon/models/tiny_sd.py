@@ -38,6 +38,16 @@ _SD_NOISE_SCHEDULE: dict[str, Any] = {
 }
 """SD's noise schedule, which SDXL base shares."""
 
+_UNET_LAYOUT: dict[str, Any] = {
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "block_out_channels": (32, 64),
+    "layers_per_block": 2,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+}
+"""The block layout both tiny UNets share (two levels, attention in the lower one)."""
 _SPECIAL_BOS = "<|startoftext|>"
 _SPECIAL_EOS = "<|endoftext|>"
 _VOCAB_SIZE = 1000
@@ -151,16 +161,7 @@ def build_tiny_sd(folder: Path) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED)
         unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=2,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=32,
-            attention_head_dim=8,
-            norm_num_groups=32,
+            **_UNET_LAYOUT, cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32
         )
         torch.manual_seed(_SEED)
         vae = _tiny_vae(scaling_factor=0.18215)
@@ -248,13 +249,7 @@ def build_tiny_sdxl(folder: Path) -> None:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED)
         unet = UNet2DConditionModel(
-            sample_size=8,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=(32, 64),
-            layers_per_block=2,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            **_UNET_LAYOUT,
             transformer_layers_per_block=(1, 2),
             cross_attention_dim=32 + 64,
             attention_head_dim=(4, 8),
