@@ -24,7 +24,6 @@ import functools
 import os
 import platform
 import random
-import shutil
 import statistics
 import sys
 import tempfile
@@ -35,7 +34,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
+# Run as `python bench/bench.py`, Python puts bench/ on the path, not the project root: the
+# workspace helper in tests/support (shared with the tests) is imported from there.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from loguru import logger
 from PIL import Image
 
@@ -43,6 +45,8 @@ from daemon.config.settings import Settings
 from daemon.intake.jobs import Job, JobStatus
 from daemon.ops.service import TICK, Daemon
 from daemon.render.cache import ModelCache
+from tests.support.workspace import DATA, Workspace
+from tests.support.workspace import drop as drop_file
 
 # The daemon imports diffusers and transformers lazily, so this still comes first: a
 # benchmark must never wait on the network.
@@ -50,7 +54,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 T = TypeVar("T")
-DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 SOURCES = ("chelsea.png", "astronaut.png")
 MODEL = "builtin:tiny-sd"
 PROFILE = "bench"
@@ -185,9 +188,7 @@ def make_inputs(folder: Path, size: int, count: int) -> list[Path]:
 def drop(source: Path, target: Path) -> float:
     """Copy into the inbox the way most tools do (temp name, then rename); return the time
     the file became visible under its final name."""
-    temporary = target.with_name(f".{target.name}.part")  # dot names are ignored by the daemon
-    shutil.copyfile(source, temporary)
-    os.replace(temporary, target)
+    drop_file(source, target)
     return time.monotonic()
 
 
@@ -281,48 +282,24 @@ class Probe:
             self.paint_seconds.clear()
 
 
-@dataclass
-class Workspace:
-    root: Path
-    state_dir: Path
-
-    @property
-    def inbox(self) -> Path:
-        return self.root / "inbox"
-
-    @property
-    def outbox(self) -> Path:
-        return self.root / "outbox"
-
-    @property
-    def folder(self) -> Path:
-        """Where inputs are dropped: the profile's inbox folder."""
-        return self.inbox / PROFILE
-
-    def write_profile(self, case: Case) -> None:
-        profile = {
-            "model": MODEL,
-            "prompt": PROMPT,
-            "sampler_name": SAMPLER,
-            "steps": case.steps,
-            "denoising_strength": STRENGTH,
-            "cfg_scale": CFG_SCALE,
-            "width": case.size,
-            "height": case.size,
-            "seed": SEED,
-        }
-        (self.root / "profiles").mkdir(parents=True, exist_ok=True)
-        (self.root / "profiles" / f"{PROFILE}.yaml").write_text(yaml.safe_dump(profile))
-
-    def settings(self, **keys: Any) -> Settings:
-        return Settings(
-            inbox=self.inbox,
-            outbox=self.outbox,
-            profiles=self.root / "profiles",
-            state_dir=self.state_dir,
-            device="cpu",
-            **keys,
-        )
+def make_workspace(root: Path, state_dir: Path, case: Case) -> Workspace:
+    """A workspace with the benchmark's profile for ``case`` (every key spelled out, none of
+    the tests' defaults). Settings' own delays apply (no test speed-ups), and the daemon keeps
+    its journal in the shared ``state_dir``."""
+    profile = {
+        "model": MODEL,
+        "prompt": PROMPT,
+        "sampler_name": SAMPLER,
+        "steps": case.steps,
+        "denoising_strength": STRENGTH,
+        "cfg_scale": CFG_SCALE,
+        "width": case.size,
+        "height": case.size,
+        "seed": SEED,
+    }
+    workspace = Workspace(root, state_dir, profile_base={}, settings_base={"state_dir": state_dir})
+    workspace.profile(PROFILE, **profile)
+    return workspace
 
 
 @contextlib.contextmanager
@@ -446,19 +423,20 @@ def daemon_burst(
 ) -> DaemonResult:
     """Drop every input one after another into a running daemon; time until all are archived."""
     settings = workspace.settings(stability_delay=THROUGHPUT_DELAY)
+    folder = workspace.inbox / PROFILE
     with running_daemon(settings, models) as (_, probe):
         # One job first: the daemon's own first-job costs (profile parse, model hash, the
         # sampler module import) are start-up, like model loading, not per image.
         names = [f"warm_{path.name}" for path in warmups]
         for path, name in zip(warmups, names, strict=True):
-            drop(path, workspace.folder / name)
+            drop(path, folder / name)
         probe.wait_ended(names)
         time.sleep(MOVE_HOLD + 0.1)  # that first archive created _done/<profile>/: see MOVE_HOLD
         probe.reset_timings()
         meter = CpuMeter()
         start = time.monotonic()
         for path in inputs:
-            drop(path, workspace.folder / path.name)
+            drop(path, folder / path.name)
         ends = probe.wait_ended([path.name for path in inputs])
         seconds = max(ends) - start
         others = meter.others()
@@ -509,9 +487,7 @@ def measure_case(
         plain = in_thread(functools.partial(plain_loop, pipe, inputs, root / f"plain{index}", case))
         if best_plain is None or plain.seconds < best_plain.seconds:
             best_plain = plain
-        workspace = Workspace(root / f"daemon{index}", state_dir)
-        workspace.write_profile(case)
-        workspace.folder.mkdir(parents=True, exist_ok=True)
+        workspace = make_workspace(root / f"daemon{index}", state_dir, case)
         result = daemon_burst(workspace, models, inputs, inputs[:1])
         if best_daemon is None or result.seconds < best_daemon.seconds:
             best_daemon = result
@@ -626,9 +602,9 @@ def measure_latency(
     root: Path, state_dir: Path, models: ModelCache, scenario: Scenario, drops: int, seed: int
 ) -> tuple[list[float], float | None]:
     """Seconds from file complete to job start, one per drop, each into an idle daemon."""
-    workspace = Workspace(root, state_dir)
-    workspace.write_profile(CASES[0])  # the smallest job: only the start time matters here
-    workspace.folder.mkdir(parents=True, exist_ok=True)
+    # The smallest job: only the start time matters here.
+    workspace = make_workspace(root, state_dir, CASES[0])
+    profile_folder = workspace.inbox / PROFILE
     source = make_inputs(root / "inputs", CASES[0].size, 1)[0]
     settings = workspace.settings(
         stability_delay=scenario.delay, polling=scenario.polling, poll_interval=POLL_INTERVAL
@@ -637,13 +613,13 @@ def measure_latency(
     latencies = []
     meter = CpuMeter()
     with running_daemon(settings, models) as (_, probe):
-        drop(source, workspace.folder / "warm.png")  # its archive creates _done/<profile>/
+        drop(source, profile_folder / "warm.png")  # its archive creates _done/<profile>/
         probe.wait_ended(["warm.png"])
         time.sleep(MOVE_HOLD + 0.1)
         for index in range(drops):
-            folder = workspace.folder
+            folder = profile_folder
             if scenario.after_new_archive:
-                folder = workspace.folder / f"batch{index:02d}"  # a new _done/ folder each time
+                folder = profile_folder / f"batch{index:02d}"  # a new _done/ folder each time
                 folder.mkdir()
                 time.sleep(0.1)  # let the watcher add the new inbox folder's watch
                 first = f"first_{index:02d}.png"

@@ -17,23 +17,23 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Run as `python bench/bench_media.py`, Python puts bench/ on the path, not the project root:
+# the helpers in tests/support (shared with the tests) are imported from there.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import yaml
 from loguru import logger
 from PIL import Image
 
 from daemon.a1111.imaging import flatten_on_white, load_image
 from daemon.config.profiles import Profile
-from daemon.config.settings import Settings
 from daemon.media.video import read_frames
 from daemon.ops.service import Daemon
 from daemon.prepare.canvas import processing_size
@@ -41,8 +41,8 @@ from daemon.render.cache import ModelCache
 from daemon.render.render import render
 from daemon.render.values import RenderRequest
 from tests.support.media import make_test_clip
+from tests.support.workspace import DATA, Workspace
 
-DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 TAGGER = {"task": "interrogate", "interrogator": "deepbooru", "model": "builtin:tiny-tagger"}
 CLIP = {
     "task": "interrogate", "interrogator": "clip", "model": "builtin:tiny-interrogator",
@@ -59,23 +59,17 @@ class Bench:
         self.models = ModelCache(models_dir=None, state_dir=self.state, device="cpu")
         self._empty: float | None = None
 
-    def settings(self, name: str) -> Settings:
-        base = self.root / name
-        for folder in ("inbox", "outbox", "profiles"):
-            (base / folder).mkdir(parents=True, exist_ok=True)
-        return Settings(
-            inbox=base / "inbox", outbox=base / "outbox", profiles=base / "profiles",
-            state_dir=self.state, device="cpu", stability_delay=0.05,
-        )  # fmt: skip
+    def workspace(self, name: str) -> Workspace:
+        """A daemon's folders, made under root/name: no default profile keys, Settings' own
+        delays but a short stability delay, and the state folder the models live in."""
+        settings = {"state_dir": self.state, "stability_delay": 0.05}
+        workspace = Workspace(self.root / name, self.state, profile_base={}, settings_base=settings)
+        return workspace.create()
 
-    def profile(self, settings: Settings, name: str, keys: dict[str, Any]) -> Path:
-        (settings.profiles / f"{name}.yaml").write_text(yaml.safe_dump(keys))
-        (settings.inbox / name).mkdir(exist_ok=True)
-        return settings.inbox / name
-
-    def once(self, settings: Settings) -> float:
+    def once(self, workspace: Workspace) -> float:
         """Seconds of ``run_once`` over the inbox, less what a run over an empty inbox costs
         (start-up and shut-down: journal, recovery, scheduler), which no file should carry."""
+        settings = workspace.settings()
         started = time.perf_counter()
         tally = Daemon(settings, watch=False, models=self.models).run_once(tick=0.01)
         if tally.failed or tally.deferred:
@@ -84,7 +78,7 @@ class Bench:
 
     def empty_run(self) -> float:
         if self._empty is None:
-            settings = self.settings("empty")
+            settings = self.workspace("empty").settings()
             started = time.perf_counter()
             Daemon(settings, watch=False, models=self.models).run_once(tick=0.01)
             self._empty = time.perf_counter() - started
@@ -111,10 +105,10 @@ def interrogation(bench: Bench, images: int) -> list[tuple[str, float, float]]:
         index = iter(range(images))
         direct = timed(lambda: interrogate(decoded[next(index) % 2], settings, kind, ref), images)  # noqa: B023
 
-        run = bench.settings(f"interrogate-{kind}")
-        folder = bench.profile(run, "p", keys)
+        run = bench.workspace(f"interrogate-{kind}")
+        run.profile("p", **keys)
         for i in range(images):
-            shutil.copyfile(sources[i % 2], folder / f"img{i:03d}.png")
+            run.drop(sources[i % 2], f"p/img{i:03d}.png")
         daemon = bench.once(run) / images
         rows.append((label, direct, daemon))
     return rows
@@ -125,7 +119,7 @@ def repaint(bench: Bench, frames: int) -> list[tuple[str, float, float]]:
     make_test_clip(clip, frames=frames, size=(128, 96))
     decoded = list(read_frames(clip))
 
-    run = bench.settings("frames")
+    run = bench.workspace("frames")
     settings = Profile.model_validate({**PAINT, "color_correction": False})
 
     def request(frame: Image.Image) -> RenderRequest:
@@ -136,14 +130,16 @@ def repaint(bench: Bench, frames: int) -> list[tuple[str, float, float]]:
     index = iter(range(frames))
     direct = timed(lambda: render(request(decoded[next(index)]), bench.models), frames)
 
-    folder = bench.profile(run, "p", PAINT) / "clip"
+    run.profile("p", **PAINT)
+    folder = run.inbox / "p" / "clip"
     folder.mkdir()
     for i, frame in enumerate(decoded, start=1):
         frame.save(folder / f"frame_{i:04d}.png")
     as_folder = bench.once(run) / frames
 
-    video_run = bench.settings("video")
-    shutil.copyfile(clip, bench.profile(video_run, "p", PAINT) / "clip.mp4")
+    video_run = bench.workspace("video")
+    video_run.profile("p", **PAINT)
+    video_run.drop(clip, "p/clip.mp4")
     as_video = bench.once(video_run) / frames
     return [
         ("frames as a folder (a clip)", direct, as_folder),

@@ -43,10 +43,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-import yaml
+# Run as `python bench/soak.py`, Python puts bench/ on the path, not the project root: the
+# workspace helper in tests/support (shared with the tests) is imported from there.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from PIL import Image
 
 from daemon.atomic import is_temporary
+from tests.support import workspace as shared
 
 # The daemon imports diffusers lazily; a soak test must never wait on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -89,33 +93,12 @@ NAME = re.compile(r"^(soak-\d{6})(-\d+)?(\..+)$")  # id, collision suffix, exten
 # ------------------------------------------------------------------------------ set-up
 
 
-@dataclass(frozen=True)
-class Workspace:
-    root: Path
-
-    @property
-    def inbox(self) -> Path:
-        return self.root / "inbox"
-
-    @property
-    def outbox(self) -> Path:
-        return self.root / "outbox"
-
-    @property
-    def profiles(self) -> Path:
-        return self.root / "profiles"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state"
+class Workspace(shared.Workspace):
+    """The shared workspace, plus where the sources wait and where the daemon logs."""
 
     @property
     def sources(self) -> Path:
         return self.root / "sources"  # outside the inbox: what `cp` copies from
-
-    @property
-    def config(self) -> Path:
-        return self.root / "img2imgd.yaml"
 
     @property
     def log(self) -> Path:
@@ -136,12 +119,9 @@ def ensure_model(cache: Path) -> Path:
     return folder
 
 
-def make_workspace(root: Path, builtin: Path) -> Workspace:
-    ws = Workspace(root)
-    for folder in (ws.inbox, ws.outbox, ws.profiles, ws.state, ws.sources):
-        folder.mkdir(parents=True)
-    # The daemon finds built-in models in state/builtin; a link shares the cached build.
-    (ws.state / "builtin").symlink_to(builtin, target_is_directory=True)
+def make_workspace(root: Path, cache: Path) -> Workspace:
+    """The folders, the profile and img2imgd.yaml; the daemon finds the built-in model in
+    state/builtin, a link to ``cache/builtin`` (:func:`ensure_model`)."""
     profile = {
         "model": MODEL,
         "prompt": "soak",
@@ -151,19 +131,16 @@ def make_workspace(root: Path, builtin: Path) -> Workspace:
         "max_pixels": 32 * 32,  # the job's cost is not the point: many jobs are
         "seed": -1,
     }
-    (ws.profiles / f"{PROFILE}.yaml").write_text(yaml.safe_dump(profile))
     config = {
-        "inbox": str(ws.inbox),
-        "outbox": str(ws.outbox),
-        "profiles": str(ws.profiles),
-        "state_dir": str(ws.state),
-        "device": "cpu",
         "stability_delay": STABILITY_DELAY,
         "retry_delay": 1.0,
         "rescan_interval": 2.0,
         "log_level": "INFO",
     }
-    ws.config.write_text(yaml.safe_dump(config))
+    ws = Workspace(root, cache, profile_base=profile, settings_base=config).create()
+    ws.sources.mkdir()
+    ws.profile(PROFILE)
+    ws.config_file()
     return ws
 
 
@@ -705,8 +682,9 @@ def main(argv: list[str] | None = None) -> int:
     # Separate streams: the drop sequence for a seed stays the same whatever the kills do.
     chaos_rng = random.Random(rng.random())
     print(f"== img2imgd soak: {args.seconds:g} s, seed {seed}", flush=True)
-    builtin = ensure_model(model_cache())
-    ws = make_workspace(Path(tempfile.mkdtemp(prefix="img2imgd-soak-")), builtin)
+    cache = model_cache()
+    ensure_model(cache)
+    ws = make_workspace(Path(tempfile.mkdtemp(prefix="img2imgd-soak-")), cache)
     print(f"workspace {ws.root}", flush=True)
     sources = make_sources(ws, rng)
     daemon = DaemonProcess(ws)

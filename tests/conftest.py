@@ -11,44 +11,21 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from daemon.config.settings import Settings
 from daemon.ops.service import Daemon
 from daemon.render.cache import ModelCache
+from tests.support.workspace import DATA, FAST_PROFILE, Workspace, wait_for
 
-DATA = Path(__file__).parent / "data"
-
-# Small and fast: 64x64 at 4 steps keeps a job well under a second on a 2-core CPU.
-FAST_PROFILE: dict[str, Any] = {
-    "model": "builtin:tiny-sd",
-    "prompt": "a test",
-    "steps": 4,
-    "denoising_strength": 0.5,
-    "max_pixels": 64 * 64,
-    "seed": 1234,
-    "sampler_name": "Euler",
-}
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.02) -> Any:
-    """Poll until ``predicate`` is truthy; fail the test with a clear message otherwise."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s: {predicate}")
+# The workspace helper lives in tests/support (the benchmarks use it too); many test modules
+# import it from here.
+__all__ = ["DATA", "FAST_PROFILE", "Workspace", "wait_for"]
 
 
 # Threads that libraries keep for the life of the process, not ours to stop.
@@ -78,78 +55,9 @@ def models(state_dir: Path) -> ModelCache:
     return ModelCache(models_dir=None, state_dir=state_dir, device="cpu")
 
 
-@dataclass
-class Workspace:
-    root: Path
-    state_dir: Path
-    overrides: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def inbox(self) -> Path:
-        return self.root / "inbox"
-
-    @property
-    def outbox(self) -> Path:
-        return self.root / "outbox"
-
-    @property
-    def profiles(self) -> Path:
-        return self.root / "profiles"
-
-    def profile(self, name: str, **keys: Any) -> Path:
-        """Write profiles/<name>.yaml: the fast defaults plus ``keys`` (None removes a key)."""
-        data = {**FAST_PROFILE, **keys}
-        data = {k: v for k, v in data.items() if v is not None}
-        self.profiles.mkdir(parents=True, exist_ok=True)
-        path = self.profiles / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(data))
-        (self.inbox / name).mkdir(parents=True, exist_ok=True)
-        return path
-
-    def settings(self, **keys: Any) -> Settings:
-        values = {
-            "inbox": self.inbox,
-            "outbox": self.outbox,
-            "profiles": self.profiles,
-            "state_dir": self.root / "state",  # journal and lock: one daemon per test
-            "device": "cpu",
-            "stability_delay": 0.1,
-            "pairing_window": 1.0,
-            "retry_delay": 0.3,
-            **self.overrides,
-            **keys,
-        }
-        return Settings(**values)
-
-    def drop(self, source: Path | str, relative: str) -> Path:
-        """Copy a sample into the inbox the way most tools do: temp name, then rename."""
-        source = DATA / source if isinstance(source, str) else source
-        target = self.inbox / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(f".{target.name}.part")
-        shutil.copyfile(source, temporary)
-        os.replace(temporary, target)
-        return target
-
-    def outputs(self, profile: str) -> list[Path]:
-        folder = self.outbox / profile
-        return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
-
-    def done(self, profile: str) -> list[Path]:
-        folder = self.inbox / "_done" / profile
-        return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
-
-    def failed(self, profile: str) -> list[Path]:
-        folder = self.inbox / "_failed" / profile
-        return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
-
-
 @pytest.fixture
 def workspace(tmp_path: Path, state_dir: Path) -> Workspace:
-    ws = Workspace(tmp_path, state_dir)
-    for folder in (ws.inbox, ws.outbox, ws.profiles):
-        folder.mkdir()
-    return ws
+    return Workspace(tmp_path, state_dir).create()
 
 
 @pytest.fixture

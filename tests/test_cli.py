@@ -23,7 +23,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.conftest import DATA
+from tests.support.workspace import Workspace
+from tests.support.workspace import drop as drop_file
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED_PROFILES = REPO / "profiles"
@@ -48,33 +49,20 @@ JOBS = 240  # s; a run that loads torch and the model (generous for a loaded CI 
 def workspace(
     root: Path, state_dir: Path, profiles: dict[str, dict[str, Any]], **config: Any
 ) -> Path:
-    """A folder with img2imgd.yaml and profiles/; relative folders resolve inside it."""
+    """A folder with img2imgd.yaml and profiles/ and nothing else: the config names no inbox,
+    outbox or profiles folder and a relative state folder, so they resolve inside it, and the
+    daemon makes the inbox folders itself."""
     (root / "profiles").mkdir(parents=True, exist_ok=True)
-    (state_dir / "builtin").mkdir(parents=True, exist_ok=True)
-    (root / "state").mkdir(exist_ok=True)
-    (root / "state" / "builtin").symlink_to(state_dir / "builtin", target_is_directory=True)
     for name, keys in profiles.items():
         (root / "profiles" / f"{name}.yaml").write_text(yaml.safe_dump(keys))
-    settings = {
-        "stability_delay": 0.1,
-        "pairing_window": 1.0,
-        "retry_delay": 0.3,
-        "state_dir": "state",
-        "device": "cpu",
-        **config,
-    }
-    (root / "img2imgd.yaml").write_text(yaml.safe_dump(settings))
+    defaults = {"inbox": None, "outbox": None, "profiles": None, "state_dir": "state"}
+    Workspace(root, state_dir).config_file(**{**defaults, **config})
     return root
 
 
 def drop(root: Path, sample: str, relative: str) -> Path:
     """Copy a sample into the inbox with a temporary name, then rename it into place."""
-    target = root / "inbox" / relative
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = target.with_name(f".{target.name}.part")
-    shutil.copyfile(DATA / sample, temporary)
-    os.replace(temporary, target)
-    return target
+    return drop_file(sample, root / "inbox" / relative)
 
 
 def cli(root: Path, *args: str, timeout: float = QUICK) -> subprocess.CompletedProcess[str]:

@@ -9,8 +9,8 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-import yaml
 from PIL import Image
 
 from daemon.deliver.journal import Journal, open_read_only
@@ -23,26 +23,10 @@ from tests.conftest import Workspace, wait_for
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def write_config(workspace: Workspace, shared_state: Path, **keys) -> Path:
+def write_config(workspace: Workspace, **keys: Any) -> Path:
     """A config for a daemon in a subprocess; the built-in model comes from the shared state."""
-    state = workspace.root / "state"
-    state.mkdir(exist_ok=True)
-    builtin = state / "builtin"
-    if not builtin.exists():
-        ensure_builtin("tiny-sd", shared_state / "builtin")  # generated once per session
-        builtin.symlink_to(shared_state / "builtin", target_is_directory=True)
-    config = {
-        "inbox": str(workspace.inbox),
-        "outbox": str(workspace.outbox),
-        "profiles": str(workspace.profiles),
-        "state_dir": str(state),
-        "device": "cpu",
-        "stability_delay": 0.1,
-        **keys,
-    }
-    path = workspace.root / "img2imgd.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    ensure_builtin("tiny-sd", workspace.state_dir / "builtin")  # generated once per session
+    return workspace.config_file(**keys)
 
 
 def start(config: Path, command: str = "run") -> subprocess.Popen[str]:
@@ -104,9 +88,9 @@ def assert_no_temporaries(workspace: Workspace) -> None:
     assert not hidden, f"half-written files left in the outbox: {hidden}"
 
 
-def test_kill_9_mid_job_then_restart_redoes_it_once(workspace: Workspace, models):
+def test_kill_9_mid_job_then_restart_redoes_it_once(workspace: Workspace):
     slow_profile(workspace)
-    config = write_config(workspace, models.state_dir)
+    config = write_config(workspace)
     workspace.drop("astronaut.png", "img2img/a.png")
     kill_9_when(config, lambda: "running" in journal_states(workspace), timeout=60)
     assert (workspace.inbox / "img2img/a.png").exists(), "the input must survive a kill -9"
@@ -119,9 +103,9 @@ def test_kill_9_mid_job_then_restart_redoes_it_once(workspace: Workspace, models
     assert [p.name for p in workspace.done("img2img")] == ["a.png"]
 
 
-def test_sigterm_finishes_the_job_in_hand_then_exits_0(workspace: Workspace, models):
+def test_sigterm_finishes_the_job_in_hand_then_exits_0(workspace: Workspace):
     slow_profile(workspace)
-    config = write_config(workspace, models.state_dir)
+    config = write_config(workspace)
     daemon = start(config)
     try:
         workspace.drop("astronaut.png", "img2img/a.png")
@@ -185,9 +169,9 @@ def test_crash_after_outputs_complete_archives_without_repainting(workspace: Wor
     assert daemon.tally.done == 0, "nothing was painted again"
 
 
-def test_a_second_daemon_on_the_same_folders_is_refused(workspace: Workspace, models):
+def test_a_second_daemon_on_the_same_folders_is_refused(workspace: Workspace):
     workspace.profile("img2img")
-    config = write_config(workspace, models.state_dir)
+    config = write_config(workspace)
     first = start(config)
     try:
         wait_for(lambda: _locked(workspace), timeout=60)
@@ -206,13 +190,13 @@ def _locked(workspace: Workspace) -> bool:
     return lock_owner(workspace.root / "state") is not None
 
 
-def test_status_shows_recent_results_and_failures(workspace: Workspace, running, models):
+def test_status_shows_recent_results_and_failures(workspace: Workspace, running):
     workspace.profile("img2img")
     running()
     workspace.drop("chelsea.png", "img2img/good.png")
     (workspace.inbox / "img2img/bad.png").write_text("nope")
     wait_for(lambda: workspace.done("img2img") and workspace.failed("img2img"))
-    config = write_config(workspace, models.state_dir)
+    config = write_config(workspace)
     result = subprocess.run(
         [sys.executable, "-m", "daemon", "--config", str(config), "status"],
         cwd=ROOT, capture_output=True, text=True, timeout=60,

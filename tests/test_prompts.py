@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import copy
 import importlib.util
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -380,30 +378,21 @@ def test_clip_skip(pipe: Any, encoder: PromptEncoder) -> None:
 
 
 @pytest.fixture(scope="module")
-def fake_sdxl(pipe: Any) -> SimpleNamespace:
-    """The tiny encoder twice, the second with a projection and an OpenCLIP-style "!" pad."""
-    from transformers import CLIPTextModelWithProjection, CLIPTokenizer
-
-    tokenizer_2 = CLIPTokenizer.from_pretrained(pipe.tokenizer.name_or_path, pad_token="!")
-    config = copy.deepcopy(pipe.text_encoder.config)
-    config.projection_dim = 16
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        text_encoder_2 = CLIPTextModelWithProjection(config).eval()
-    return SimpleNamespace(
-        tokenizer=pipe.tokenizer,
-        text_encoder=pipe.text_encoder,
-        tokenizer_2=tokenizer_2,
-        text_encoder_2=text_encoder_2,
-        config=SimpleNamespace(force_zeros_for_empty_prompt=True),
-        _execution_device=torch.device("cpu"),
-    )
-
-
-def test_sdxl_equals_diffusers_own_encoding(fake_sdxl: SimpleNamespace) -> None:
+def sdxl(state_dir: Path) -> Any:
+    """The built-in tiny SDXL, loaded once for the module: two real tokenizers and encoders
+    (32 and 64 wide, the second projecting to 16 and padding with "!"), as SDXL's are."""
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
-    encoder = PromptEncoder(fake_sdxl)
+    from daemon.models.builtin import ensure_builtin
+
+    folder = ensure_builtin("tiny-sdxl", state_dir / "builtin")
+    pipe = StableDiffusionXLImg2ImgPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def test_sdxl_equals_diffusers_own_encoding(sdxl: Any) -> None:
+    encoder = PromptEncoder(sdxl)
     assert encoder.is_sdxl
     names = [
         "prompt_embeds",
@@ -414,8 +403,7 @@ def test_sdxl_equals_diffusers_own_encoding(fake_sdxl: SimpleNamespace) -> None:
     for negative, theirs_negative in (("ugly", "ugly"), ("", None)):
         ours = encoder.encode("a cat", negative, clip_skip=2)  # clip skip: ignored on SDXL
         with torch.no_grad():
-            theirs = StableDiffusionXLImg2ImgPipeline.encode_prompt(
-                fake_sdxl,  # type: ignore[arg-type]
+            theirs = sdxl.encode_prompt(
                 "a cat",
                 device="cpu",
                 do_classifier_free_guidance=True,
@@ -429,12 +417,19 @@ def test_sdxl_equals_diffusers_own_encoding(fake_sdxl: SimpleNamespace) -> None:
     assert not empty_negative["negative_pooled_prompt_embeds"].any()
 
 
-def test_sdxl_long_prompt_and_refiner(fake_sdxl: SimpleNamespace) -> None:
-    kwargs = PromptEncoder(fake_sdxl).encode("a cat BREAK a dog", "")
-    assert kwargs["prompt_embeds"].shape == (1, 154, 64)
-    assert kwargs["negative_prompt_embeds"].shape == (1, 154, 64)
+def test_sdxl_long_prompt_and_refiner(sdxl: Any) -> None:
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    # tiny-sdxl's encoders are 32 and 64 wide, side by side 96 (the UNet's cross-attention
+    # width); the second projects its pooled output to 16. Two chunks: 2 x 77 tokens.
+    kwargs = PromptEncoder(sdxl).encode("a cat BREAK a dog", "")
+    assert kwargs["prompt_embeds"].shape == (1, 154, 96)
+    assert kwargs["negative_prompt_embeds"].shape == (1, 154, 96)
     assert kwargs["pooled_prompt_embeds"].shape == (1, 16)
-    refiner = SimpleNamespace(**{**vars(fake_sdxl), "tokenizer": None, "text_encoder": None})
+    # A refiner is SDXL without the first encoder (diffusers' refiner has text_encoder=None):
+    # only the second, 64 wide, and still its pooled output.
+    components = {**sdxl.components, "tokenizer": None, "text_encoder": None}
+    refiner = StableDiffusionXLImg2ImgPipeline(**components)
     kwargs = PromptEncoder(refiner).encode("a cat", "ugly")
-    assert kwargs["prompt_embeds"].shape == (1, 77, 32)
+    assert kwargs["prompt_embeds"].shape == (1, 77, 64)
     assert kwargs["pooled_prompt_embeds"].shape == (1, 16)

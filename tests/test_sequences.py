@@ -185,10 +185,10 @@ def test_a_corrupt_frame_fails_alone(workspace: Workspace, running):
     assert outputs == ["frame_0001.png", "frame_0002.png", "frame_0004.png"]
 
 
-def test_a_killed_clip_resumes_without_redoing_a_frame(workspace: Workspace, models):
+def test_a_killed_clip_resumes_without_redoing_a_frame(workspace: Workspace):
     workspace.profile("img2img", seed=-1, max_pixels=128 * 128, steps=12, denoising_strength=1.0)
     make_frames(workspace.inbox / "img2img/clip", 8, size=(128, 96))
-    config = write_config(workspace, models.state_dir)
+    config = write_config(workspace)
     out = workspace.outbox / "img2img/clip"
     kill_9_when(config, lambda: journal_states(workspace).count("done") >= 3)
     # Frames the journal records as written: a group still `writing` when the kill came is

@@ -92,13 +92,13 @@ def test_a_video_in_an_interrogate_profile_fails_with_a_report(workspace: Worksp
     assert "is a video" in report.splitlines()[0]
 
 
-def test_a_killed_video_resumes_at_the_first_frame_without_a_result(workspace: Workspace, models):
+def test_a_killed_video_resumes_at_the_first_frame_without_a_result(workspace: Workspace):
     workspace.profile(
         "img2img", keep_frames=True, max_pixels=128 * 128, steps=12, denoising_strength=1.0
     )
     make_test_clip(workspace.inbox / "img2img/long.mp4", frames=12, size=(128, 96))
     os.utime(workspace.inbox / "img2img/long.mp4", (time.time() - 10, time.time() - 10))
-    config = write_config(workspace, models.state_dir)
+    config = write_config(workspace)
     frames = workspace.outbox / "img2img/long"
     kill_9_when(config, lambda: len(list(frames.glob("*.png"))) >= 3)
     before = {p.name: p.stat().st_mtime_ns for p in frames.glob("*.png")}

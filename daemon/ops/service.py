@@ -274,9 +274,6 @@ class Daemon:
         self.admission.step()
         self.clip_ends.end_due(self.admission.busy_folders())
 
-    def rescan(self) -> None:
-        self.admission.rescan()
-
     def check_watcher(self) -> None:
         """Re-arm the watcher when it died or the inbox came back; never treat a vanished
         inbox as deleted inputs (a share that drops out comes back with its files)."""

@@ -8,7 +8,7 @@ state is dropped when the clip's folder runs empty, so the next clip dropped the
 afresh. Frames themselves are ordinary jobs (one per file), which is what makes a clip
 resumable frame by frame and lets a corrupt frame fail alone.
 
-Videos (:mod:`daemon.queue.video_runner`) keep the same state in their work folder.
+Videos (:mod:`daemon.prepare.video`) keep the same state in their work folder.
 """
 
 from __future__ import annotations

@@ -101,11 +101,6 @@ class Ledger:
                 del self._retries[job.image]
         return due
 
-    @property
-    def waiting_retries(self) -> int:
-        with self._lock:
-            return len(self._retries)
-
     # ----------------------------------------------------------------- the journal
 
     def running(self, job: Job) -> None:
