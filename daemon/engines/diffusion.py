@@ -30,6 +30,7 @@ from daemon.a1111.seeds import MAX_SEED
 from daemon.a1111.sizes import ResizeMode
 from daemon.config.profiles import Profile
 from daemon.engines.adapters import AdapterManager
+from daemon.engines.prompt_cache import PromptCache
 from daemon.engines.prompt_encoder import PromptEncoder
 from daemon.errors import InputError
 
@@ -48,6 +49,7 @@ class Pipelines(Protocol):
     def adapters(
         self, ref: str, task: PipelineTask, *, vae: str | None = None
     ) -> AdapterManager: ...
+    def prompts(self, ref: str, *, vae: str | None = None) -> PromptCache: ...
 
 
 @dataclass(frozen=True)
@@ -191,8 +193,18 @@ class DiffusionEngine:
             [*loras, *negative_loras], prompt_text, negative_text
         )
         notes += applied.notes
-        embeddings = PromptEncoder(pipe).encode(
-            applied.prompt, applied.negative_prompt, clip_skip=settings.clip_skip
+        # What makes the text encoders' output: the LoRAs on them, the texts, the clip skip.
+        key = (
+            tuple((lora.adapter, lora.te_weight) for lora in applied.loras),
+            applied.prompt,
+            applied.negative_prompt,
+            settings.clip_skip,
+        )
+        embeddings = self.models.prompts(settings.model, vae=settings.vae).get(
+            key,
+            lambda: PromptEncoder(pipe).encode(
+                applied.prompt, applied.negative_prompt, clip_skip=settings.clip_skip
+            ),
         )
         steps, strength = inference_steps(
             settings.steps, settings.denoising_strength, fix_steps=settings.img2img_fix_steps

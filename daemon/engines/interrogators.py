@@ -132,6 +132,10 @@ class Interrogators:
 
     # -- models ----------------------------------------------------------------------------
 
+    def warm(self, kind: Interrogator, ref: str) -> None:
+        """Load model `ref` of `kind` now, ahead of the first image."""
+        self._engine(kind, ref)
+
     def _engine(self, kind: Interrogator, ref: str) -> Any:
         key = (kind, ref)
         with self._lock:

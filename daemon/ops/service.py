@@ -99,6 +99,7 @@ class Daemon:
             stop=self.stop_event,
             on_change=lambda: self.notifier.status(self.status_line()),
         )
+        self.admission.on_arrival = self.worker.want
         self._inbox_gone = False
         self._watcher: InboxWatcher | None = None
         self._worker = threading.Thread(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from loguru import logger
@@ -48,6 +49,7 @@ class Admission:
         self.queue = queue
         self.hold_files = hold_files  # False for `once`: what cannot run now is left for later
         self.on_job_queued = lambda job: None
+        self.on_arrival: Callable[[str], None] = lambda profile: None  # a file for a profile
         self._lock = threading.Lock()
         self._waiting: dict[Path, float] = {}  # image -> deadline for a required companion
         self._said: set[str] = set()  # warnings already logged once
@@ -56,6 +58,7 @@ class Admission:
         """Watcher thread: only record the path (our own reads and moves are ignored)."""
         if not self.ledger.holds(path):
             self.tracker.touch(path, closed=closed)
+            self._arrived(path)
 
     def rescan(self) -> None:
         """Catch what the watcher missed (dropped events, network shares, start-up)."""
@@ -67,6 +70,7 @@ class Admission:
         for path in walk_files(self.settings.inbox):
             if path not in in_hand and path not in self.tracker:
                 self.tracker.touch(path)
+                self._arrived(path)
 
     def step(self, now: float | None = None) -> None:
         """Complete files → jobs; images waiting for companions looked at again; deferred
@@ -80,6 +84,11 @@ class Admission:
             self.consider(path, deadline=deadline, now=now)
         for job in self.ledger.due_retries(now):
             self._requeue(job)
+
+    def _arrived(self, path: Path) -> None:
+        where = route(self.settings.inbox, path)
+        if where is not None and self.profiles.exists(where.profile):
+            self.on_arrival(where.profile)
 
     def idle(self) -> bool:
         with self._lock:

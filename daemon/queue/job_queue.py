@@ -49,6 +49,12 @@ class JobQueue:
             del self._keys[chosen.id]
             return chosen
 
+    def wake(self) -> None:
+        """Make a waiting ``get`` return now (None if there is no job): the worker has
+        something else to do (load a model that arriving files will need)."""
+        with self._cond:
+            self._cond.notify_all()
+
     def close(self) -> None:
         with self._cond:
             self._closed = True

@@ -15,6 +15,7 @@ from functools import partial
 
 from daemon.config.hours import Window
 from daemon.deliver.results import Delivered, Deliverer
+from daemon.errors import ConfigError
 from daemon.intake.jobs import Job, JobStatus
 from daemon.intake.names import is_video
 from daemon.prepare.prepare import Preparer
@@ -73,6 +74,8 @@ class Worker:
         self.on_change = on_change  # the status line changed
         self.on_job_end: Callable[[Job, JobStatus], None] = lambda job, status: None
         self.current: Job | None = None
+        self._wanted: set[str] = set()  # profiles whose files are arriving: load their models
+        self._wanted_lock = threading.Lock()
 
     def work(self) -> None:
         while not self.stop.is_set():
@@ -81,6 +84,7 @@ class Worker:
                 continue
             job = self.queue.get(timeout=POLL)
             if job is None:
+                self.warm_up()  # nothing to paint yet: load what the arriving files need
                 continue
             if self.stop.is_set():
                 self.ledger.release(job)  # not started: it stays in the inbox for the next run
@@ -113,6 +117,26 @@ class Worker:
         result = render_one(self.executor, prepared.request)
         seconds = time.monotonic() - started
         return self.deliverer.deliver(prepared, result, on_planned=on_planned, seconds=seconds)
+
+    def want(self, profile: str) -> None:
+        """Files for `profile` are arriving (watcher or rescan thread): while they settle,
+        the worker imports torch and loads the profile's models, so that the first job waits
+        only for what could not have been done earlier."""
+        with self._wanted_lock:
+            if profile in self._wanted:
+                return
+            self._wanted.add(profile)
+        self.queue.wake()
+
+    def warm_up(self) -> None:
+        with self._wanted_lock:
+            wanted, self._wanted = self._wanted, set()
+        for name in sorted(wanted):
+            try:
+                settings = self.preparer.profiles.get(name).settings
+            except ConfigError:
+                continue  # the profile's files wait; the admission says why
+            self.executor.warm(settings)
 
     def should_pause(self) -> bool:
         """Asked between the frames of a video: stop for a shutdown or the end of the hours."""

@@ -24,6 +24,7 @@ from daemon.engines.adapter_files import default_embedding_dirs, default_lora_di
 from daemon.engines.adapters import AdapterManager, AdapterState
 from daemon.engines.diffusion import PipelineTask
 from daemon.engines.interrogators import Interrogators
+from daemon.engines.prompt_cache import PromptCache
 from daemon.errors import ConfigError, TransientError, is_out_of_memory
 from daemon.models.builtin import BUILTIN_PREFIX
 from daemon.models.hashes import HashCache
@@ -57,6 +58,7 @@ class _Loaded:
     scheduler_config: Any  # the model's own, before any sampler replaced it
     schedulers: dict[SamplerChoice, Any] = field(default_factory=dict)
     adapters: AdapterState = field(default_factory=AdapterState)  # shared by both pipelines
+    prompts: PromptCache = field(default_factory=PromptCache)  # both share the text encoders
     last_used: float = 0.0
 
 
@@ -150,6 +152,10 @@ class ModelCache:
             allow_pickle=self.allow_pickle,
             hashes=self.hashes,
         )
+
+    def prompts(self, ref: str, *, vae: str | None = None) -> PromptCache:
+        """The model's prompt embeddings computed so far (see engines/prompt_cache.py)."""
+        return self._entry(ref, vae).prompts
 
     def scheduler(self, ref: str, choice: SamplerChoice, *, vae: str | None = None) -> Any:
         """The scheduler for a sampler on a loaded model, built once from the model's own

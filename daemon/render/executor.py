@@ -12,8 +12,9 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol
 
+from daemon.config.profiles import Profile
 from daemon.render.cache import ModelCache
-from daemon.render.render import render
+from daemon.render.render import render, warm
 from daemon.render.values import RenderRequest, RenderResult
 
 Outcome = RenderResult | Exception
@@ -24,6 +25,11 @@ class Executor(Protocol):
 
     def unload_idle(self, seconds: float) -> list[str]:
         """Free the models nothing has used for `seconds`; their names."""
+        ...
+
+    def warm(self, settings: Profile) -> None:
+        """Import the libraries and load the models `settings` will render with, ahead of
+        the first request (a no-op for what is loaded already)."""
         ...
 
 
@@ -48,6 +54,10 @@ class InProcessExecutor:
     def unload_idle(self, seconds: float) -> list[str]:
         with self._lock:
             return self.models.unload_idle(seconds)
+
+    def warm(self, settings: Profile) -> None:
+        with self._lock:
+            warm(settings, self.models)
 
 
 def render_one(executor: Executor, request: RenderRequest) -> RenderResult:

@@ -50,6 +50,20 @@ def render(request: RenderRequest, models: ModelCache) -> RenderResult:
     )
 
 
+def warm(settings: Profile, models: ModelCache) -> None:
+    """Load what `settings` render with. A model that cannot be loaded is only logged here:
+    the job that needs it reports it, with the input's name."""
+    try:
+        if settings.task == "interrogate":
+            kind = settings.interrogator
+            models.interrogators.warm(kind, settings.interrogation_model(kind))
+        else:
+            models.pipeline(settings.model, "inpaint" if settings.needs_mask else "img2img",
+                            vae=settings.vae)  # fmt: skip
+    except Exception as exc:  # the job will say it; warming is only a head start
+        logger.debug("could not load {} ahead of its jobs: {}", settings.model, exc)
+
+
 def with_low_memory_retry(
     models: ModelCache, label: str, settings: Profile, attempt: Callable[[], _T]
 ) -> _T:
