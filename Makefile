@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.installed
 
-.PHONY: venv run once check-config test test-slow lint typecheck check bench bench-media soak clean help
+.PHONY: venv run once check-config test test-slow lint typecheck check bench bench-detail bench-media soak clean help
 
 help:
 	@echo "make run      set up .venv and start the daemon on ./inbox with ./profiles"
@@ -17,7 +17,8 @@ help:
 	@echo "make test     set up .venv and run the test suite (offline, CPU, a few minutes)"
 	@echo "make test-slow  the long tests (a 1000-file burst and its kind), left out of make test"
 	@echo "make check    ruff, mypy and the tests"
-	@echo "make bench    daemon time per image vs a plain diffusers loop, and drop-to-start latency"
+	@echo "make bench    img2imgd once vs a plain diffusers script, whole processes, and where the time goes"
+	@echo "make bench-detail  the daemon's time per image on a warm pipeline, and drop-to-start latency"
 	@echo "make bench-media  interrogation, clips and videos: the daemon's cost per image or frame"
 	@echo "make soak     drop files for a while, killing and restarting the daemon; check nothing is lost or duplicated"
 
@@ -54,6 +55,9 @@ typecheck: venv
 check: lint typecheck test
 
 bench: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/whole.py
+
+bench-detail: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench.py
 
 bench-media: venv

@@ -1,0 +1,236 @@
+"""img2imgd against the script a user would write instead, both timed as whole processes.
+
+``make bench``: the same files through ``bench/plain_loop.py`` (import torch and diffusers,
+load the pipeline once, loop, save) and through ``img2imgd once`` (start-up, stability check,
+journal, outputs with parameters, archive), each as a fresh process on an idle machine, in
+interleaved rounds. Three cases, as in PERFORMANCE.md: (a) 24 images, (b) a clip folder of
+24 frames, (c) a 24-frame video (the loop decodes and encodes with PyAV). The tiny built-in
+model, 96x96, 20 steps x 0.5 (10 run), Euler a, CFG 7.
+
+Then where the daemon's time goes, from one instrumented in-process run of case (a):
+waiting, import and load, decode, text encoding, UNet, VAE, writing.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/whole.py [--rounds 3] [--images 24]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Run as `python bench/whole.py`, Python puts bench/ on the path, not the project root.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from PIL import Image
+
+from daemon.models.builtin import ensure_builtin
+from tests.support.media import make_test_clip
+from tests.support.workspace import DATA, Workspace
+
+ROOT = Path(__file__).resolve().parent.parent
+SIZE = 96
+PROFILE: dict[str, Any] = {
+    "model": "builtin:tiny-sd",
+    "prompt": "a test",
+    "sampler_name": "Euler a",
+    "steps": 20,
+    "denoising_strength": 0.5,
+    "cfg_scale": 7.0,
+    "seed": 1234,
+    "max_pixels": SIZE * SIZE,
+}
+TARGETS = {"images": 0.90, "clip": 0.85, "video": 0.90}  # issue 11: median ratio to reach
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    label: str
+    make: Callable[[Path, int], None]  # fill a profile folder with the inputs
+    plain_mode: str  # plain_loop.py's mode
+    plain_input: Callable[[Path], Path]  # the loop's input, from the profile folder
+
+
+def _images(folder: Path, count: int) -> None:
+    sources = [DATA / "chelsea.png", DATA / "astronaut.png"]
+    for index in range(count):
+        with Image.open(sources[index % 2]) as image:
+            square = image.convert("RGB").resize((SIZE, SIZE), Image.Resampling.LANCZOS)
+        square.save(folder / f"img_{index:03d}.png")
+
+
+def _clip(folder: Path, count: int) -> None:
+    (folder / "clip").mkdir()
+    _images(folder / "clip", count)
+
+
+def _video(folder: Path, count: int) -> None:
+    make_test_clip(folder / "clip.mp4", frames=count, size=(SIZE, SIZE), audio=False)
+
+
+CASES = (
+    Case("images", f"(a) {{n}} images, {SIZE} px", _images, "images", lambda f: f),
+    Case("clip", "(b) a clip folder of {n} frames", _clip, "images", lambda f: f / "clip"),
+    Case("video", "(c) a {n}-frame video", _video, "video", lambda f: f / "clip.mp4"),
+)
+
+
+def timed(command: list[str], cwd: Path) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=cwd, env=ENV, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def run_plain(case: Case, model: Path, source: Path, root: Path) -> float:
+    out = root / "plain-out"
+    shutil.rmtree(out, ignore_errors=True)
+    script = str(ROOT / "bench" / "plain_loop.py")
+    return timed([sys.executable, script, case.plain_mode, str(model), str(source), str(out)], root)
+
+
+def run_daemon(case: Case, master: Path, state: Path, root: Path) -> float:
+    shutil.rmtree(root, ignore_errors=True)
+    ws = Workspace(root, state, profile_base=dict(PROFILE), settings_base={}).create()
+    ws.profile("p")
+    shutil.copytree(master, ws.inbox / "p", dirs_exist_ok=True)
+    config = ws.config_file()
+    return timed([sys.executable, "-m", "daemon", "--config", str(config), "once"], ROOT)
+
+
+def compare(
+    rounds: int, count: int, state: Path, work: Path
+) -> list[tuple[str, list[float], list[float]]]:
+    model = ensure_builtin("tiny-sd", state / "builtin")
+    rows = []
+    for case in CASES:
+        master = work / f"{case.name}-inputs"
+        master.mkdir()
+        case.make(master, count)
+        plain, daemon = [], []
+        for index in range(rounds):  # interleaved, and the order alternates
+            order = ("plain", "daemon") if index % 2 == 0 else ("daemon", "plain")
+            for which in order:
+                if which == "plain":
+                    plain.append(run_plain(case, model, case.plain_input(master), work))
+                else:
+                    daemon.append(run_daemon(case, master, state, work / "daemon"))
+            print(f"  {case.name} round {index + 1}: plain {plain[-1]:.1f} s, "
+                  f"img2imgd {daemon[-1]:.1f} s", flush=True)  # fmt: skip
+        rows.append((case.label.format(n=count), plain, daemon))
+    return rows
+
+
+def print_table(rows: list[tuple[str, list[float], list[float]]], rounds: int) -> None:
+    print(f"\nwhole process, median of {rounds} interleaved rounds (each a fresh process)")
+    head = (
+        f"{'case':34} {'plain loop':>10} {'img2imgd':>10} {'ratio':>7} {'ratios':>13} {'target':>7}"
+    )
+    print(head)
+    print("-" * len(head))
+    for (label, plain, daemon), case in zip(rows, CASES, strict=True):
+        ratios = [d / p for d, p in zip(daemon, plain, strict=True)]
+        spread = f"{min(ratios):.2f}-{max(ratios):.2f}"
+        print(
+            f"{label:34} {statistics.median(plain):>9.1f}s {statistics.median(daemon):>9.1f}s "
+            f"{statistics.median(ratios):>7.2f} {spread:>13} {TARGETS[case.name]:>7.2f}"
+        )
+
+
+# ----------------------------------------------------------------------- where the time goes
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.totals[name] += time.perf_counter() - started
+
+    def wrap(self, owner: Any, attribute: str, name: str) -> None:
+        real = getattr(owner, attribute)
+
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            with self.part(name):
+                return real(*args, **kwargs)
+
+        setattr(owner, attribute, timed_call)
+
+
+def breakdown(count: int, state: Path, work: Path) -> None:
+    """One `once` run of case (a) in this process, with the stages timed where they run."""
+    import_started = time.perf_counter()
+    import diffusers  # noqa: F401
+    import torch  # noqa: F401  (what the daemon's first job would import)
+
+    imports = time.perf_counter() - import_started
+    from daemon.engines.prompt_encoder import PromptEncoder
+    from daemon.ops.service import Daemon
+
+    watch = Stopwatch()
+    ws = Workspace(work / "breakdown", state, profile_base=dict(PROFILE), settings_base={})
+    ws.create().profile("p")
+    _images(ws.inbox / "p", count)
+    daemon = Daemon(ws.settings(), watch=False)
+    watch.wrap(daemon.worker.preparer, "prepare", "decode and check")
+    watch.wrap(daemon.worker.deliverer, "deliver", "writing")
+    watch.wrap(daemon.ledger, "done", "journal and archive")
+    watch.wrap(PromptEncoder, "encode", "text encoding")
+    with watch.part("import and load"):  # what the daemon overlaps with the stability check
+        pipe = daemon.models.pipeline("builtin:tiny-sd", "img2img")
+    watch.wrap(pipe.unet, "forward", "UNet")
+    watch.wrap(pipe.vae, "encode", "VAE")
+    watch.wrap(pipe.vae, "decode", "VAE")
+    daemon.run_once()
+    total = time.perf_counter() - import_started
+    totals = dict(watch.totals)
+    totals["import and load"] += imports
+    inside = sum(totals.get(k, 0.0) for k in ("text encoding", "UNet", "VAE"))
+    totals["waiting (stability check) and the rest"] = max(0.0, total - sum(totals.values()))
+    print(f"\nwhere img2imgd's time goes, case (a), {count} images, one run in-process")
+    print("(here the load runs first; a real `once` overlaps it with the stability check)")
+    print(f"{'part':44} {'seconds':>8} {'share':>7}")
+    for name, seconds in sorted(totals.items(), key=lambda item: -item[1]):
+        print(f"{name:44} {seconds:>8.2f} {seconds / total:>7.0%}")
+    print(f"{'total':44} {total:>8.2f}")
+    print(f"(model work: text encoding + UNet + VAE = {inside:.2f} s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=int, default=24, help="images or frames per case")
+    parser.add_argument(
+        "--state-dir", type=Path, default=Path(tempfile.gettempdir()) / "img2imgd-bench-state"
+    )
+    args = parser.parse_args()
+    began = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="img2imgd-whole-") as tmp:
+        rows = compare(args.rounds, args.images, args.state_dir, Path(tmp))
+        print_table(rows, args.rounds)
+        breakdown(args.images, args.state_dir, Path(tmp))
+    print(f"\ntotal {time.monotonic() - began:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
