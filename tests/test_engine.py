@@ -129,3 +129,15 @@ def test_transparent_input_is_flattened_on_white():
 
     clear = Image.new("RGBA", (8, 8), (0, 0, 0, 0))
     assert flatten_on_white(clear).getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_vae_tiling_only_for_large_outputs_on_a_gpu_and_kept_in_low_memory_mode(models):
+    from daemon.engines.diffusion import VAE_TILING_ABOVE, vae_tiling
+
+    pipe = models.pipeline("builtin:tiny-sd", "img2img")
+    vae_tiling(pipe, VAE_TILING_ABOVE * 4, low_memory=False)
+    assert not pipe.vae.use_tiling, "a CPU never tiles: its memory is the machine's"
+    pipe.vae.enable_tiling()
+    vae_tiling(pipe, 64 * 64, low_memory=True)
+    assert pipe.vae.use_tiling, "low-memory mode keeps tiling on"
+    pipe.vae.disable_tiling()

@@ -33,6 +33,7 @@ class Settings(BaseModel):
     embedding_dirs: list[Path] | None = None  # default: models_dir/embeddings, ../embeddings
     allow_pickle: bool = False  # read pickled (.ckpt/.pt/.bin) models, VAEs, LoRAs, embeddings
     device: Literal["auto", "cpu", "cuda", "mps"] | str = "auto"
+    compile_unet: bool = False  # CUDA: torch.compile the UNet (minutes at first, then faster)
 
     stability_delay: float = Field(2.0, ge=0.0, le=3600.0)  # s of unchanged size+mtime
     pairing_window: float = Field(30.0, ge=0.0, le=86400.0)  # s to wait for a required mask/sketch

@@ -67,6 +67,7 @@ class Daemon:
             lora_dirs=settings.lora_dirs,
             embedding_dirs=settings.embedding_dirs,
             allow_pickle=settings.allow_pickle,
+            compile_unet=settings.compile_unet,
         )
         self.executor = executor or InProcessExecutor(self.models)
         self.rng = rng or random.Random()  # seeds drawn for -1: the service's, not the process's

@@ -24,7 +24,7 @@ from PIL import Image
 from daemon.a1111.color import apply_color_correction
 from daemon.a1111.pnginfo import model_note
 from daemon.config.profiles import PROMPT_SOURCES, Profile
-from daemon.engines.diffusion import Canvas, DiffusionEngine
+from daemon.engines.diffusion import Canvas, DiffusionEngine, PipelineTask
 from daemon.errors import TransientError, is_out_of_memory
 from daemon.render.cache import ModelCache
 from daemon.render.parameters import infotext
@@ -53,13 +53,16 @@ def render(request: RenderRequest, models: ModelCache) -> RenderResult:
 def warm(settings: Profile, models: ModelCache) -> None:
     """Load what `settings` render with. A model that cannot be loaded is only logged here:
     the job that needs it reports it, with the input's name."""
-    try:
+    def load() -> None:
         if settings.task == "interrogate":
             kind = settings.interrogator
             models.interrogators.warm(kind, settings.interrogation_model(kind))
         else:
-            models.pipeline(settings.model, "inpaint" if settings.needs_mask else "img2img",
-                            vae=settings.vae)  # fmt: skip
+            task: PipelineTask = "inpaint" if settings.needs_mask else "img2img"
+            models.pipeline(settings.model, task, vae=settings.vae)
+
+    try:
+        with_low_memory_retry(models, f"loading {settings.model}", settings, load)
     except Exception as exc:  # the job will say it; warming is only a head start
         logger.debug("could not load {} ahead of its jobs: {}", settings.model, exc)
 
