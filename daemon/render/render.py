@@ -53,6 +53,7 @@ def render(request: RenderRequest, models: ModelCache) -> RenderResult:
 def warm(settings: Profile, models: ModelCache) -> None:
     """Load what `settings` render with. A model that cannot be loaded is only logged here:
     the job that needs it reports it, with the input's name."""
+
     def load() -> None:
         if settings.task == "interrogate":
             kind = settings.interrogator
