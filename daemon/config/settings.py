@@ -7,7 +7,7 @@ there is no config file), so a checkout runs as it is and a service can point an
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -34,6 +34,8 @@ class Settings(BaseModel):
     allow_pickle: bool = False  # read pickled (.ckpt/.pt/.bin) models, VAEs, LoRAs, embeddings
     device: Literal["auto", "cpu", "cuda", "mps"] | str = "auto"
     compile_unet: bool = False  # CUDA: torch.compile the UNet (minutes at first, then faster)
+    # Frames of a video painted in one pipeline call; auto: 8 on a CPU, from free memory on CUDA
+    max_batch: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = "auto"
 
     stability_delay: float = Field(2.0, ge=0.0, le=3600.0)  # s of unchanged size+mtime
     pairing_window: float = Field(30.0, ge=0.0, le=86400.0)  # s to wait for a required mask/sketch

@@ -29,7 +29,7 @@ from daemon.a1111.samplers import SamplerChoice
 from daemon.a1111.seeds import MAX_SEED
 from daemon.a1111.sizes import ResizeMode
 from daemon.config.profiles import Profile
-from daemon.engines.adapters import AdapterManager
+from daemon.engines.adapters import AdapterManager, AppliedAdapters
 from daemon.engines.prompt_cache import PromptCache
 from daemon.engines.prompt_encoder import PromptEncoder
 from daemon.errors import InputError
@@ -180,34 +180,8 @@ class DiffusionEngine:
         import torch
 
         task: PipelineTask = "inpaint" if mask is not None else "img2img"
-        pipe = self.models.pipeline(settings.model, task, vae=settings.vae)
-        pipe.scheduler = self.models.scheduler(settings.model, settings.sampler, vae=settings.vae)
-        low_memory = self.models.low_memory(settings.model, vae=settings.vae)
-        vae_tiling(pipe, width * height, low_memory=low_memory)
-        # A1111: <lora:…> tags leave the prompt and load the LoRA; embeddings are used by
-        # name; the prompts are then encoded with A1111's weighting and 75-token chunks.
-        try:
-            prompt_text, loras, ignored = extract_extra_networks(prompt)
-            negative_text, negative_loras, _ = extract_extra_networks(negative_prompt)
-        except ValueError as exc:
-            raise InputError(f"the prompt has a malformed extra-network tag: {exc}") from exc
-        notes += [f"ignored {tag}: only <lora:…> tags are supported" for tag in ignored]
-        applied = self.models.adapters(settings.model, task, vae=settings.vae).apply(
-            [*loras, *negative_loras], prompt_text, negative_text
-        )
-        notes += applied.notes
-        # What makes the text encoders' output: the LoRAs on them, the texts, the clip skip.
-        key = (
-            tuple((lora.adapter, lora.te_weight) for lora in applied.loras),
-            applied.prompt,
-            applied.negative_prompt,
-            settings.clip_skip,
-        )
-        embeddings = self.models.prompts(settings.model, vae=settings.vae).get(
-            key,
-            lambda: PromptEncoder(pipe).encode(
-                applied.prompt, applied.negative_prompt, clip_skip=settings.clip_skip
-            ),
+        pipe, embeddings, applied = self._conditioning(
+            settings, task, width * height, prompt, negative_prompt, notes
         )
         steps, strength = inference_steps(
             settings.steps, settings.denoising_strength, fix_steps=settings.img2img_fix_steps
@@ -249,6 +223,94 @@ class DiffusionEngine:
                 outputs += pipe(**call).images
             seeds += batch_seeds
         return outputs, seeds, applied.infotext_params()
+
+    def _conditioning(
+        self,
+        settings: Profile,
+        task: PipelineTask,
+        pixels: int,
+        prompt: str,
+        negative_prompt: str,
+        notes: list[str],
+    ) -> tuple[Any, dict[str, Any], AppliedAdapters]:
+        """The warm pipeline for `task`, set up for this job: its sampler, VAE tiling, the
+        LoRAs and embeddings the prompts name, and the prompts' embeddings."""
+        pipe = self.models.pipeline(settings.model, task, vae=settings.vae)
+        pipe.scheduler = self.models.scheduler(settings.model, settings.sampler, vae=settings.vae)
+        low_memory = self.models.low_memory(settings.model, vae=settings.vae)
+        vae_tiling(pipe, pixels, low_memory=low_memory)
+        # A1111: <lora:…> tags leave the prompt and load the LoRA; embeddings are used by
+        # name; the prompts are then encoded with A1111's weighting and 75-token chunks.
+        try:
+            prompt_text, loras, ignored = extract_extra_networks(prompt)
+            negative_text, negative_loras, _ = extract_extra_networks(negative_prompt)
+        except ValueError as exc:
+            raise InputError(f"the prompt has a malformed extra-network tag: {exc}") from exc
+        notes += [f"ignored {tag}: only <lora:…> tags are supported" for tag in ignored]
+        applied = self.models.adapters(settings.model, task, vae=settings.vae).apply(
+            [*loras, *negative_loras], prompt_text, negative_text
+        )
+        notes += applied.notes
+        # What makes the text encoders' output: the LoRAs on them, the texts, the clip skip.
+        key = (
+            tuple((lora.adapter, lora.te_weight) for lora in applied.loras),
+            applied.prompt,
+            applied.negative_prompt,
+            settings.clip_skip,
+        )
+        embeddings = self.models.prompts(settings.model, vae=settings.vae).get(
+            key,
+            lambda: PromptEncoder(pipe).encode(
+                applied.prompt, applied.negative_prompt, clip_skip=settings.clip_skip
+            ),
+        )
+        return pipe, embeddings, applied
+
+    def paint_batch(
+        self,
+        images: list[Image.Image],
+        settings: Profile,
+        *,
+        width: int,
+        height: int,
+        seeds: list[int],
+        prompt: str,
+        negative_prompt: str,
+        corrects: list[Callable[[Image.Image], Image.Image] | None],
+    ) -> list[Painting]:
+        """Paint several images that share every setting but their seed in one pipeline call,
+        each with its own generator: what :meth:`paint` gives each alone, to within float
+        rounding (the batch sums in another order). Plain img2img only (see
+        :func:`batchable`)."""
+        import torch
+
+        notes: list[str] = []
+        pipe, embeddings, applied = self._conditioning(
+            settings, "img2img", width * height, prompt, negative_prompt, notes
+        )
+        steps, strength = inference_steps(
+            settings.steps, settings.denoising_strength, fix_steps=settings.img2img_fix_steps
+        )
+        count = len(images)
+        # CPU generators: the same seed gives the same image on any device.
+        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
+        batch = {
+            key: value.repeat(count, *[1] * (value.dim() - 1)) for key, value in embeddings.items()
+        }
+        resized = [resize_image(image, settings.resize_mode, width, height) for image in images]
+        call: dict[str, Any] = dict(
+            **batch, image=resized, num_inference_steps=steps, strength=strength,
+            guidance_scale=settings.cfg_scale, num_images_per_prompt=1, generator=generators,
+        )  # fmt: skip
+        with torch.inference_mode():
+            painted = pipe(**call).images
+        params = applied.infotext_params()
+        paintings = []
+        for image, seed, correct in zip(painted, seeds, corrects, strict=True):
+            result = correct(image) if correct else image
+            paintings.append(Painting([result], [seed], width, height, inpainted=False,
+                                      notes=tuple(notes), params=params))  # fmt: skip
+        return paintings
 
     def _init_image(
         self,
@@ -335,3 +397,14 @@ def vae_tiling(pipe: Any, pixels: int, *, low_memory: bool) -> None:
         pipe.vae.enable_tiling()
     else:
         pipe.vae.disable_tiling()
+
+
+def batchable(settings: Profile, has_mask: bool) -> bool:
+    """Whether requests with these settings can share a pipeline call: plain img2img (or a
+    sketch laid on), one image per request, no latent upscale (it encodes per image)."""
+    return (
+        not has_mask
+        and settings.n_iter == 1
+        and settings.batch_size == 1
+        and settings.resize_mode is not ResizeMode.LATENT_UPSCALE
+    )

@@ -10,10 +10,13 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from loguru import logger
+from PIL import Image
 
-from daemon.config.profiles import ProfileStore
+from daemon.a1111.color import Colors
+from daemon.config.profiles import Profile, ProfileStore
 from daemon.config.settings import Settings
 from daemon.deliver.results import Delivered, Planned
 from daemon.deliver.video import join_video, write_frame
@@ -27,7 +30,8 @@ from daemon.prepare.video import (
     plan_video,
     reference_colors,
 )
-from daemon.render.executor import Executor, render_one
+from daemon.render.executor import Executor
+from daemon.render.values import RenderRequest
 
 PROGRESS_SECONDS = 10.0  # a progress line at most this often (and for the first frames)
 
@@ -49,21 +53,37 @@ class VideoRunner:
 
     def run(self, job: Job, *, on_planned: Planned, should_stop: Callable[[], bool]) -> Delivered:
         plan = plan_video(job, self.settings, self.profiles, self.clips, self.rng)
+        progress = _Progress(job.label, plan.info.frames)
         settings = plan.settings
         notes = list(plan.notes)
         colors = reference_colors(plan)
-        frames = []
-        started = time.monotonic()
-        last_report = 0.0
-        painted = 0
+        frames: list[Path] = []
+        pending: list[tuple[int, Image.Image, RenderRequest]] = []
         first = None  # frame 1: what {interrogate}/{tags} describe, for every frame
+
+        def paint_pending() -> None:
+            """Render the frames in hand (one call when they share it) and write them."""
+            nonlocal settings
+            outcomes = self.executor.render([request for _, _, request in pending])
+            for (index, frame, _), outcome in zip(pending, outcomes, strict=True):
+                if isinstance(outcome, Exception):
+                    raise outcome
+                if settings.prompt_sources:  # filled once, from the first frame, for all
+                    update = {"prompt": outcome.prompt, "negative_prompt": outcome.negative_prompt}
+                    settings = settings.model_copy(update=update)
+                if progress.painted == 0:  # said once, not for every frame
+                    notes.extend([*frame_notes(plan, frame), *outcome.notes])
+                write_frame(plan.frame_path(index), outcome)
+                progress.frame_done(index)
+            pending.clear()
+
         for index, frame in decoded_frames(plan):
             first = first or frame
-            target = plan.frame_path(index)
-            frames.append(target)
-            if target.exists():  # painted before a restart
+            frames.append(plan.frame_path(index))
+            if frames[-1].exists():  # painted before a restart
                 continue
             if should_stop():
+                paint_pending()  # what is in hand is kept
                 raise TransientError(
                     f"stopped at frame {index} of {plan.info.frames}; the video resumes there"
                 )
@@ -72,24 +92,41 @@ class VideoRunner:
             prompt_image = first if settings.prompt_sources else None
             request = frame_request(plan, index, frame, settings, colors, self.rng,
                                     prompt_image=prompt_image)  # fmt: skip
-            result = render_one(self.executor, request)
-            if settings.prompt_sources:  # filled once, from the first frame, for all
-                update = {"prompt": result.prompt, "negative_prompt": result.negative_prompt}
-                settings = settings.model_copy(update=update)
-            if painted == 0:
-                notes += [*frame_notes(plan, frame), *result.notes]  # said once, not per frame
-            write_frame(target, result)
-            painted += 1
-            now = time.monotonic()
-            if now - last_report >= PROGRESS_SECONDS or index == plan.info.frames:
-                last_report = now
-                seconds = (now - started) / painted * index  # as if all were painted now
-                logger.info("{}: {}", job.label, progress_line(index, plan.info.frames, seconds))
+            pending.append((index, frame, request))
+            if len(pending) >= self._batch(settings, request, colors):
+                paint_pending()
+        paint_pending()
         if not frames:
             raise InputError(f"{job.image.name} has no frames")
-        if painted < len(frames):
-            notes.append(
-                f"resumed: {len(frames) - painted} of {len(frames)} frames were done before"
-            )
+        if progress.painted < len(frames):
+            done_before = len(frames) - progress.painted
+            notes.append(f"resumed: {done_before} of {len(frames)} frames were done before")
         outputs = join_video(plan, frames, self.settings.outbox, on_planned)
         return Delivered(outputs, tuple(notes))
+
+    def _batch(self, settings: Profile, request: RenderRequest, colors: Colors | None) -> int:
+        """Frames painted at once: one while the colour reference (the first frame's result)
+        or the prompts ({interrogate}/{tags}, from the first frame) are still to come."""
+        if settings.prompt_sources or (colors is None and settings.color_correction is not False):
+            return 1
+        wanted = settings.max_batch or self.settings.max_batch
+        return self.executor.batch_limit(request) if wanted == "auto" else wanted
+
+
+class _Progress:
+    """A progress line at most every PROGRESS_SECONDS, and for the last frame."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label = label
+        self.total = total
+        self.painted = 0
+        self._started = time.monotonic()
+        self._last = 0.0
+
+    def frame_done(self, index: int) -> None:
+        self.painted += 1
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_SECONDS or index == self.total:
+            self._last = now
+            seconds = (now - self._started) / self.painted * index  # as if all were painted now
+            logger.info("{}: {}", self.label, progress_line(index, self.total, seconds))

@@ -12,9 +12,12 @@ import threading
 from collections.abc import Sequence
 from typing import Protocol
 
+from loguru import logger
+
 from daemon.config.profiles import Profile
+from daemon.errors import is_out_of_memory
 from daemon.render.cache import ModelCache
-from daemon.render.render import render, warm
+from daemon.render.render import render, render_batch, share_a_call, warm
 from daemon.render.values import RenderRequest, RenderResult
 
 Outcome = RenderResult | Exception
@@ -25,6 +28,10 @@ class Executor(Protocol):
 
     def unload_idle(self, seconds: float) -> list[str]:
         """Free the models nothing has used for `seconds`; their names."""
+        ...
+
+    def batch_limit(self, request: RenderRequest) -> int:
+        """``max_batch: auto``: how many requests like this one to send at once."""
         ...
 
     def warm(self, settings: Profile) -> None:
@@ -42,14 +49,38 @@ class InProcessExecutor:
         self._lock = threading.Lock()
 
     def render(self, requests: Sequence[RenderRequest]) -> list[Outcome]:
+        """Consecutive requests that share a call are painted together (the caller decides
+        how many it sends at once: ``max_batch``)."""
         outcomes: list[Outcome] = []
         with self._lock:
-            for request in requests:
-                try:
-                    outcomes.append(render(request, self.models))
-                except Exception as exc:  # the request's own failure, classified by the caller
-                    outcomes.append(exc)
+            for group in _groups(requests):
+                outcomes += self._render_group(group)
         return outcomes
+
+    def _render_group(self, group: Sequence[RenderRequest]) -> list[Outcome]:
+        if len(group) == 1:
+            return [self._render_one(group[0])]
+        try:
+            return list(render_batch(group, self.models))
+        except Exception as exc:
+            if is_out_of_memory(exc):  # a smaller batch first; low-memory mode only alone
+                logger.warning(
+                    "out of memory painting {} images at once; trying {} at a time",
+                    len(group), (len(group) + 1) // 2,
+                )  # fmt: skip
+                half = (len(group) + 1) // 2
+                return self._render_group(group[:half]) + self._render_group(group[half:])
+            # One input's own failure must not fail the others: each alone finds the culprit.
+            return [self._render_one(request) for request in group]
+
+    def _render_one(self, request: RenderRequest) -> Outcome:
+        try:
+            return render(request, self.models)
+        except Exception as exc:  # the request's own failure, classified by the caller
+            return exc
+
+    def batch_limit(self, request: RenderRequest) -> int:
+        return auto_batch(self.models.device[0], request)
 
     def unload_idle(self, seconds: float) -> list[str]:
         with self._lock:
@@ -58,6 +89,39 @@ class InProcessExecutor:
     def warm(self, settings: Profile) -> None:
         with self._lock:
             warm(settings, self.models)
+
+
+CPU_BATCH = 8
+"""``max_batch: auto`` on a CPU. Measured here (96 px, 10 steps): per image 666 ms alone, 625 at
+2, 640 at 4, 567 at 8; a CPU has the memory for it at any size a CPU can paint."""
+GPU_BYTES_PER_PIXEL = 2_500  # what one image of a batch takes on a GPU, per output pixel, fp16
+
+
+def auto_batch(device: str, request: RenderRequest) -> int:
+    """How many requests like `request` to paint at once with ``max_batch: auto``."""
+    if device == "cpu":
+        return CPU_BATCH
+    if not device.startswith("cuda"):
+        return 1  # MPS and others: no figures to go by
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(torch.device(device))
+    width, height = request.size
+    per_image = (
+        GPU_BYTES_PER_PIXEL * width * height * (2 if "xl" in request.settings.model.lower() else 1)
+    )
+    return max(1, min(16, int(free * 0.6 // per_image)))
+
+
+def _groups(requests: Sequence[RenderRequest]) -> list[list[RenderRequest]]:
+    """Runs of consecutive requests that share a call with the run's first."""
+    groups: list[list[RenderRequest]] = []
+    for request in requests:
+        if groups and share_a_call(groups[-1][0], request):
+            groups[-1].append(request)
+        else:
+            groups.append([request])
+    return groups
 
 
 def render_one(executor: Executor, request: RenderRequest) -> RenderResult:

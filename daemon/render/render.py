@@ -14,7 +14,7 @@ defers its input. Every other error is raised as it is, for :func:`daemon.errors
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TypeVar
 
@@ -24,7 +24,7 @@ from PIL import Image
 from daemon.a1111.color import apply_color_correction
 from daemon.a1111.pnginfo import model_note
 from daemon.config.profiles import PROMPT_SOURCES, Profile
-from daemon.engines.diffusion import Canvas, DiffusionEngine, PipelineTask
+from daemon.engines.diffusion import Canvas, DiffusionEngine, Painting, PipelineTask, batchable
 from daemon.errors import TransientError, is_out_of_memory
 from daemon.render.cache import ModelCache
 from daemon.render.parameters import infotext
@@ -99,21 +99,60 @@ def with_low_memory_retry(
 
 def _paint(request: RenderRequest, models: ModelCache) -> RenderResult:
     settings = fill_prompt_sources(request, models)
-    notes = []
-    source = models.source(settings.model)
-    model_hash = models.model_hash(source)
-    mismatch = model_note(request.parameters_model_hash, model_hash, source.name)
-    if mismatch:
-        notes.append(mismatch)
-    correct = None
-    if request.colors is not None:
-        correct = partial(apply_color_correction, request.colors)
     width, height = request.size
     painting = DiffusionEngine(models).paint(
         Canvas(request.image, request.mask), settings, width=width, height=height,
         seed=request.seed, prompt=settings.prompt, negative_prompt=settings.negative_prompt,
-        correct=correct,
+        correct=_correction(request),
     )  # fmt: skip
+    return _result(request, settings, painting, models)
+
+
+def share_a_call(first: RenderRequest, other: RenderRequest) -> bool:
+    """Whether two requests differ only in their input image, seed and colour reference, so
+    that one pipeline call can paint both (see :meth:`DiffusionEngine.paint_batch`)."""
+    return (
+        first.settings == other.settings
+        and first.size == other.size
+        and first.mask is None
+        and other.mask is None
+        and not first.settings.prompt_sources
+        and first.parameters_model_hash == other.parameters_model_hash
+        and batchable(first.settings, has_mask=False)
+    )
+
+
+def render_batch(requests: Sequence[RenderRequest], models: ModelCache) -> list[RenderResult]:
+    """Requests that all :func:`share_a_call` with the first, in one pipeline call. Out of
+    memory is raised as it is: the executor tries a smaller batch first."""
+    first = requests[0]
+    settings = first.settings
+    width, height = first.size
+    paintings = DiffusionEngine(models).paint_batch(
+        [request.image for request in requests], settings, width=width, height=height,
+        seeds=[request.seed for request in requests], prompt=settings.prompt,
+        negative_prompt=settings.negative_prompt,
+        corrects=[_correction(request) for request in requests],
+    )  # fmt: skip
+    return [
+        _result(request, settings, painting, models)
+        for request, painting in zip(requests, paintings, strict=True)
+    ]
+
+
+def _correction(request: RenderRequest) -> Callable[[Image.Image], Image.Image] | None:
+    if request.colors is None:
+        return None
+    return partial(apply_color_correction, request.colors)
+
+
+def _result(
+    request: RenderRequest, settings: Profile, painting: Painting, models: ModelCache
+) -> RenderResult:
+    """The painting with A1111's parameters, and what the user should know about it."""
+    source = models.source(settings.model)
+    model_hash = models.model_hash(source)
+    mismatch = model_note(request.parameters_model_hash, model_hash, source.name)
     vae = models.vae_info(settings.vae)
     texts = [
         infotext(settings, painting, index, model_name=source.name, model_hash=model_hash, vae=vae)
@@ -125,7 +164,7 @@ def _paint(request: RenderRequest, models: ModelCache) -> RenderResult:
         seeds=tuple(painting.seeds),
         prompt=settings.prompt,
         negative_prompt=settings.negative_prompt,
-        notes=(*notes, *painting.notes),
+        notes=(*([mismatch] if mismatch else []), *painting.notes),
     )
 
 

@@ -39,6 +39,9 @@ FAST_SETTINGS: dict[str, Any] = {
     "stability_delay": 0.1,
     "pairing_window": 1.0,
     "retry_delay": 0.3,
+    # One frame per pipeline call: every test's pixels stay exactly those recorded before
+    # batching existed (a batch differs by float rounding); tests/test_batching.py batches.
+    "max_batch": 1,
 }
 
 
