@@ -80,7 +80,8 @@ class Profile(BaseModel):
     color_correction: bool | None = None  # frames matched to the first one's colours; None:
     # on for clips (sub-folders and videos), off for single images
     keep_frames: bool = False  # a video's repainted frames also go to outbox/<profile>/<stem>/
-    max_batch: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] | None = None  # the daemon's max_batch unless set here
+    # Frames of a video painted in one pipeline call; None: the daemon's max_batch
+    max_batch: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] | None = None
 
     # Interrogation: `task: interrogate` (then `model:` is the interrogation model), or the
     # {interrogate} / {tags} placeholders of an img2img prompt (then the *_model keys).
