@@ -10,7 +10,7 @@ worker, prepare, render (diffusers pipeline), deliver (PNG writer), archive.
    strength, seed and size. The daemon's figure runs from the first drop into the inbox to
    the last input archived to ``_done``.
 2. Drop-to-start latency with an idle daemon: from the moment a file is complete in the
-   inbox to the moment the worker takes it (``Worker.process``), for renamed-in files,
+   inbox to the moment the worker takes it (``Worker.run``), for renamed-in files,
    files written slowly in place, and the polling observer.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench.py [--quick] [--images N]
@@ -228,7 +228,7 @@ class Probe:
     def attach(self, daemon: Daemon) -> None:
         # Instance attributes shadow the methods the worker looks up on each job; the shims
         # only read the clock, so what runs is exactly the daemon's code.
-        run, paint = daemon.worker.process, daemon.executor.render
+        run, paint = daemon.worker.run, daemon.executor.render
 
         def timed_run(job: Job) -> Any:
             start = time.monotonic()
@@ -246,7 +246,7 @@ class Probe:
             finally:
                 self.paint_seconds.append(time.monotonic() - start)
 
-        daemon.worker.process = timed_run  # type: ignore[method-assign]
+        daemon.worker.run = timed_run  # type: ignore[method-assign]
         daemon.executor.render = timed_paint  # type: ignore[method-assign]
         daemon.on_job_end = self._on_job_end
 
@@ -297,7 +297,10 @@ def make_workspace(root: Path, state_dir: Path, case: Case) -> Workspace:
         "height": case.size,
         "seed": SEED,
     }
-    workspace = Workspace(root, state_dir, profile_base={}, settings_base={"state_dir": state_dir})
+    # max_batch 1: this measures the daemon's cost per image on top of the same pipeline
+    # call, one image per call as the loop makes it (make bench shows what batching gains).
+    base = {"state_dir": state_dir, "max_batch": 1}
+    workspace = Workspace(root, state_dir, profile_base={}, settings_base=base)
     workspace.profile(PROFILE, **profile)
     return workspace
 
@@ -338,7 +341,7 @@ class PlainResult:
 @dataclass
 class DaemonResult:
     seconds: float  # first drop -> last input archived
-    run_seconds: float  # sum of Worker.process (prepare + render + deliver)
+    run_seconds: float  # sum of Worker.run (prepare + render + deliver)
     paint_seconds: float  # sum of the executor's render
     outputs: dict[str, Path]
     others: float | None

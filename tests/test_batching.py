@@ -106,3 +106,88 @@ def test_out_of_memory_on_a_batch_tries_smaller_batches_first(
     assert [o.seeds for o in outcomes if not isinstance(o, Exception)] == [(1,), (2,), (3,), (4,)]
     assert any("trying 2 at a time" in line for line in logs)
     assert not executor.models.low_memory(settings.model), "no low-memory mode was needed"
+
+
+def spy_batches(monkeypatch) -> list[list[int]]:
+    """The seeds of every batched pipeline call (the real one runs)."""
+    batches: list[list[int]] = []
+    real = DiffusionEngine.paint_batch
+
+    def counted(self: DiffusionEngine, images: list[Any], *args: Any, **kwargs: Any) -> Any:
+        batches.append(list(kwargs["seeds"]))
+        return real(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(DiffusionEngine, "paint_batch", counted)
+    return batches
+
+
+def make_clip(root: Path, name: str) -> None:
+    folder = root / name / "clip"
+    folder.mkdir(parents=True)
+    for index in range(1, 7):
+        Image.new("RGB", (64, 48), (40 * index % 255, 90, 140)).save(folder / f"f_{index:04d}.png")
+
+
+def rename_in(workspace: Workspace, name: str) -> None:
+    """A whole folder renamed into the inbox: every frame is queued at once."""
+    (workspace.inbox / name).rmdir()
+    (workspace.root / name).rename(workspace.inbox / name)
+
+
+def test_clip_frames_share_calls_within_one_level_of_frame_by_frame(
+    workspace: Workspace, running, monkeypatch
+):
+    sizes = spy_batches(monkeypatch)
+    for name, batch in (("one", 1), ("four", 4)):
+        workspace.profile(name, max_batch=batch, seed_mode="increment", color_correction=False)
+        make_clip(workspace.root, name)
+    daemon = running()
+    for name in ("one", "four"):
+        rename_in(workspace, name)
+    wait_for(lambda: daemon.tally.done == 12, timeout=120)
+    # How frames group depends on how many are queued when the worker looks: some calls
+    # of up to four, for the profile with max_batch 4 only.
+    assert sizes and all(2 <= len(seeds) <= 4 for seeds in sizes)
+    assert sum(map(len, sizes)) <= 6
+    one = frames_of(workspace.outbox / "one/clip")
+    four = frames_of(workspace.outbox / "four/clip")
+    assert len(one) == len(four) == 6
+    worst = max(int(np.abs(a - b).max()) for a, b in zip(one, four, strict=True))
+    assert worst <= 1, f"batched frames differ by {worst} levels"
+    assert len(workspace.done("four")) == 6 and not workspace.failed("four")
+
+
+def test_a_clips_colour_reference_is_painted_first_and_alone(
+    workspace: Workspace, running, monkeypatch
+):
+    """Colour correction on (the clips' default): frame 1 alone, the rest in batches after
+    it, corrected towards its result."""
+    sizes = spy_batches(monkeypatch)
+    workspace.profile("p", max_batch=4, seed_mode="increment")  # frame N: seed 1234 + N
+    make_clip(workspace.root, "p")
+    daemon = running()
+    rename_in(workspace, "p")
+    wait_for(lambda: daemon.tally.done == 6, timeout=120)
+    assert sizes, "the frames after the reference shared calls"
+    assert all(1235 not in seeds for seeds in sizes), "frame 1 was painted alone"
+    first = Image.open(workspace.outbox / "p/clip/f_0001.png").info["parameters"]
+    assert "Seed: 1235" in first
+
+
+def test_a_broken_image_among_same_size_images_fails_alone(
+    workspace: Workspace, running, monkeypatch
+):
+    sizes = spy_batches(monkeypatch)
+    workspace.profile("img2img", max_batch=8)
+    staging = workspace.root / "staging"
+    staging.mkdir()
+    for index in range(4):
+        Image.new("RGB", (64, 64), (60 * index, 80, 120)).save(staging / f"good_{index}.png")
+    (staging / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    daemon = running()
+    (workspace.inbox / "img2img").rmdir()
+    staging.rename(workspace.inbox / "img2img")
+    wait_for(lambda: daemon.tally.done + daemon.tally.failed == 5, timeout=120)
+    assert daemon.tally.done == 4 and daemon.tally.failed == 1
+    assert sum(map(len, sizes)) >= 2, "the good ones shared calls"
+    assert [p.name for p in workspace.failed("img2img")] == ["broken.error.txt", "broken.png"]

@@ -98,6 +98,7 @@ class Daemon:
             videos=VideoRunner(settings, self.profiles, self.clips, self.executor, self.rng),
             hours=Hours(hours if watch else None, self.admission.say_once),
             stop=self.stop_event,
+            max_batch=settings.max_batch,
             on_change=lambda: self.notifier.status(self.status_line()),
         )
         self.admission.on_arrival = self.worker.want

@@ -49,6 +49,23 @@ class JobQueue:
             del self._keys[chosen.id]
             return chosen
 
+    def take_similar(self, job: Job, count: int) -> list[Job]:
+        """Up to `count` more queued jobs from `job`'s folder and profile, in natural order:
+        the frames of a clip, or images dropped together, to be painted in one call."""
+        if count < 1:
+            return []
+        folder = job.image.parent
+        with self._cond:
+            similar = sorted(
+                (queued for queued in self._jobs
+                 if queued.image.parent == folder and queued.profile == job.profile),
+                key=lambda queued: self._keys[queued.id],
+            )[:count]  # fmt: skip
+            for taken in similar:
+                self._jobs.remove(taken)
+                del self._keys[taken.id]
+        return similar
+
     def wake(self) -> None:
         """Make a waiting ``get`` return now (None if there is no job): the worker has
         something else to do (load a model that arriving files will need)."""

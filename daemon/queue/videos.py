@@ -30,7 +30,7 @@ from daemon.prepare.video import (
     plan_video,
     reference_colors,
 )
-from daemon.render.executor import Executor
+from daemon.render.executor import Executor, batch_limit
 from daemon.render.values import RenderRequest
 
 PROGRESS_SECONDS = 10.0  # a progress line at most this often (and for the first frames)
@@ -109,8 +109,7 @@ class VideoRunner:
         or the prompts ({interrogate}/{tags}, from the first frame) are still to come."""
         if settings.prompt_sources or (colors is None and settings.color_correction is not False):
             return 1
-        wanted = settings.max_batch or self.settings.max_batch
-        return self.executor.batch_limit(request) if wanted == "auto" else wanted
+        return batch_limit(self.executor, request, self.settings.max_batch)
 
 
 class _Progress:

@@ -12,17 +12,19 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
+from typing import Literal
 
 from daemon.config.hours import Window
-from daemon.deliver.results import Delivered, Deliverer
+from daemon.deliver.results import Deliverer
 from daemon.errors import ConfigError
 from daemon.intake.jobs import Job, JobStatus
 from daemon.intake.names import is_video
-from daemon.prepare.prepare import Preparer
+from daemon.prepare.prepare import Prepared, Preparer
 from daemon.queue.job_queue import JobQueue
 from daemon.queue.ledger import Ledger
 from daemon.queue.videos import VideoRunner
-from daemon.render.executor import Executor, render_one
+from daemon.render.executor import Executor, batch_limit
+from daemon.render.render import share_a_call
 
 POLL = 0.5  # s a worker waits for a job before it looks at the stop flag again
 
@@ -61,6 +63,7 @@ class Worker:
         videos: VideoRunner,
         hours: Hours,
         stop: threading.Event,
+        max_batch: Literal["auto"] | int = 1,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.queue = queue
@@ -71,6 +74,7 @@ class Worker:
         self.videos = videos
         self.hours = hours
         self.stop = stop
+        self.max_batch = max_batch  # the daemon's; a profile may say otherwise
         self.on_change = on_change  # the status line changed
         self.on_job_end: Callable[[Job, JobStatus], None] = lambda job, status: None
         self.current: Job | None = None
@@ -89,34 +93,85 @@ class Worker:
             if self.stop.is_set():
                 self.ledger.release(job)  # not started: it stays in the inbox for the next run
                 break
-            status = self.run(job)
-            self.on_job_end(job, status)
+            for ended, status in self.run(job):
+                self.on_job_end(ended, status)
 
-    def run(self, job: Job) -> JobStatus:
+    def run(self, job: Job) -> list[tuple[Job, JobStatus]]:
+        """prepare → render → deliver → record, for `job` and for the queued jobs that can
+        share its pipeline call (the frames of a clip, images of one profile and size)."""
         self.current = job
         self.on_change()
-        started = time.monotonic()
-        self.ledger.running(job)
         try:
-            delivered = self.process(job)
-        except Exception as exc:
-            status = self.ledger.attempt_failed(job, exc)
-        else:
-            status = self.ledger.done(job, delivered, time.monotonic() - started)
+            if is_video(job.image):
+                return [(job, self._video(job))]
+            return self._images(job)
         finally:
             self.current = None
             self.on_change()
-        return status
 
-    def process(self, job: Job) -> Delivered:
-        on_planned = partial(self.ledger.planned, job)
-        if is_video(job.image):
-            return self.videos.run(job, on_planned=on_planned, should_stop=self.should_pause)
-        prepared = self.preparer.prepare(job)
+    def _video(self, job: Job) -> JobStatus:
         started = time.monotonic()
-        result = render_one(self.executor, prepared.request)
-        seconds = time.monotonic() - started
-        return self.deliverer.deliver(prepared, result, on_planned=on_planned, seconds=seconds)
+        self.ledger.running(job)
+        planned = partial(self.ledger.planned, job)
+        try:
+            delivered = self.videos.run(job, on_planned=planned, should_stop=self.should_pause)
+        except Exception as exc:
+            return self.ledger.attempt_failed(job, exc)
+        return self.ledger.done(job, delivered, time.monotonic() - started)
+
+    def _images(self, first: Job) -> list[tuple[Job, JobStatus]]:
+        started = time.monotonic()
+        ended: list[tuple[Job, JobStatus]] = []
+        head = self._prepare(first, ended)
+        if head is None:
+            return ended
+        batch: list[Prepared] = [head]
+        later: list[Prepared] = []
+        for job in self.queue.take_similar(first, self._batch_limit(head) - 1):
+            prepared = self._prepare(job, ended)
+            if prepared is not None:
+                joins = share_a_call(head.request, prepared.request) and not _reference(prepared)
+                (batch if joins else later).append(prepared)
+        for group in (batch, *([prepared] for prepared in later)):
+            ended += self._render_and_deliver(group, started)
+            started = time.monotonic()
+        return ended
+
+    def _prepare(self, job: Job, ended: list[tuple[Job, JobStatus]]) -> Prepared | None:
+        self.ledger.running(job)
+        try:
+            return self.preparer.prepare(job)
+        except Exception as exc:
+            ended.append((job, self.ledger.attempt_failed(job, exc)))
+            return None
+
+    def _batch_limit(self, head: Prepared) -> int:
+        """One for a clip's colour reference (its first frame's result): the frames after it
+        are corrected towards it, so it is painted first and alone."""
+        if _reference(head):
+            return 1
+        return batch_limit(self.executor, head.request, self.max_batch)
+
+    def _render_and_deliver(
+        self, group: list[Prepared], started: float
+    ) -> list[tuple[Job, JobStatus]]:
+        outcomes = self.executor.render([prepared.request for prepared in group])
+        rendered = (time.monotonic() - started) / len(group)  # the batch's time, shared
+        ended = []
+        for prepared, outcome in zip(group, outcomes, strict=True):
+            job = prepared.job
+            try:
+                if isinstance(outcome, Exception):
+                    raise outcome
+                delivered = self.deliverer.deliver(
+                    prepared, outcome, on_planned=partial(self.ledger.planned, job),
+                    seconds=rendered,
+                )  # fmt: skip
+            except Exception as exc:
+                ended.append((job, self.ledger.attempt_failed(job, exc)))
+                continue
+            ended.append((job, self.ledger.done(job, delivered, rendered)))
+        return ended
 
     def want(self, profile: str) -> None:
         """Files for `profile` are arriving (watcher or rescan thread): while they settle,
@@ -141,3 +196,9 @@ class Worker:
     def should_pause(self) -> bool:
         """Asked between the frames of a video: stop for a shutdown or the end of the hours."""
         return self.stop.is_set() or not self.hours.open()
+
+
+def _reference(prepared: Prepared) -> bool:
+    """The frame that becomes its clip's colour reference."""
+    frame = prepared.frame
+    return frame is not None and frame.correct_colors and frame.colors is None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Literal, Protocol
 
 from loguru import logger
 
@@ -113,6 +113,15 @@ def auto_batch(device: str, request: RenderRequest) -> int:
     return max(1, min(16, int(free * 0.6 // per_image)))
 
 
+def batch_limit(executor: Executor, request: RenderRequest, default: Literal["auto"] | int) -> int:
+    """How many requests like `request` to send at once: the profile's ``max_batch``, else the
+    daemon's (`default`); ``auto`` asks the executor. 1 for a request that cannot share."""
+    if not share_a_call(request, request):
+        return 1
+    wanted = request.settings.max_batch or default
+    return executor.batch_limit(request) if wanted == "auto" else wanted
+
+
 def _groups(requests: Sequence[RenderRequest]) -> list[list[RenderRequest]]:
     """Runs of consecutive requests that share a call with the run's first."""
     groups: list[list[RenderRequest]] = []
@@ -122,11 +131,3 @@ def _groups(requests: Sequence[RenderRequest]) -> list[list[RenderRequest]]:
         else:
             groups.append([request])
     return groups
-
-
-def render_one(executor: Executor, request: RenderRequest) -> RenderResult:
-    """Render a single request; its failure is raised."""
-    (outcome,) = executor.render([request])
-    if isinstance(outcome, Exception):
-        raise outcome
-    return outcome
