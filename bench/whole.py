@@ -8,9 +8,10 @@ interleaved rounds. Three cases, as in PERFORMANCE.md: (a) 24 images, (b) a clip
 model, 96x96, 20 steps x 0.5 (10 run), Euler a, CFG 7.
 
 Then where the daemon's time goes, from one instrumented in-process run of case (a):
-waiting, import and load, decode, text encoding, UNet, VAE, writing.
+waiting, import and load, decode, text encoding, UNet, VAE, writing. Last, a running daemon's
+resident memory after 100 images and after 1,000.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/whole.py [--rounds 3] [--images 24]
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/whole.py [--rounds 3] [--images 24] [--memory 1000]
 """
 
 from __future__ import annotations
@@ -216,10 +217,58 @@ def breakdown(count: int, state: Path, work: Path) -> None:
     print(f"(model work: text encoding + UNet + VAE = {inside:.2f} s)")
 
 
+def rss(pid: int) -> int:
+    """Resident memory of a process, in bytes (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def memory(total: int, state: Path, work: Path) -> None:
+    """A running daemon's resident memory after 100 images and after `total` (64 px, 4 steps):
+    a daemon that runs for weeks must not grow with the work it has done."""
+    ws = Workspace(work / "memory", state, profile_base={**PROFILE, "steps": 4,
+                   "max_pixels": 64 * 64}, settings_base={"stability_delay": 0.2})  # fmt: skip
+    ws.create().profile("p")
+    staging = work / "memory-staging"
+    staging.mkdir()
+    with Image.open(DATA / "chelsea.png") as image:
+        small = image.convert("RGB").resize((64, 64))
+    for index in range(total):
+        small.save(staging / f"m_{index:05d}.png")
+    config = ws.config_file()
+    daemon = subprocess.Popen(
+        [sys.executable, "-m", "daemon", "--config", str(config), "run"], cwd=ROOT, env=ENV,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    marks: dict[int, int] = {}
+    try:
+        for path in sorted(staging.iterdir()):
+            path.rename(ws.inbox / "p" / path.name)
+        deadline = time.monotonic() + 1800
+        while len(marks) < 2 and time.monotonic() < deadline:
+            done = sum(1 for _ in (ws.inbox / "_done" / "p").glob("*.png"))
+            for mark in (100, total):
+                if done >= mark and mark not in marks:
+                    marks[mark] = rss(daemon.pid)
+            time.sleep(0.2)
+    finally:
+        daemon.terminate()
+        daemon.wait(60)
+    if len(marks) < 2:
+        raise SystemExit(f"the memory run did not finish: {marks}")
+    change = marks[total] / marks[100] - 1
+    print("\nmemory of a running daemon (RSS), 64 px images, 4 steps")
+    print(f"after 100 images: {marks[100] / 2**20:.0f} MiB; after {total}: "
+          f"{marks[total] / 2**20:.0f} MiB ({change:+.1%}; target within ±5 %)")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=24, help="images or frames per case")
+    parser.add_argument("--memory", type=int, default=1000, help="images in the memory run")
     parser.add_argument(
         "--state-dir", type=Path, default=Path(tempfile.gettempdir()) / "img2imgd-bench-state"
     )
@@ -229,6 +278,7 @@ def main() -> None:
         rows = compare(args.rounds, args.images, args.state_dir, Path(tmp))
         print_table(rows, args.rounds)
         breakdown(args.images, args.state_dir, Path(tmp))
+        memory(args.memory, args.state_dir, Path(tmp))
     print(f"\ntotal {time.monotonic() - began:.0f} s")
 
 
