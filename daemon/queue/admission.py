@@ -188,7 +188,7 @@ class Admission:
         if self.hold_files:
             self.tracker.touch(path, not_before=time.monotonic() + seconds)
         else:
-            self.ledger.tally.deferred += 1
+            self.ledger.count("deferred")
 
     def _refuse_unsupported(self, path: Path, profile: str) -> None:
         where = route(self.settings.inbox, path)

@@ -68,6 +68,11 @@ class Ledger:
         self._rows: dict[int, int] = {}  # job id -> journal row
         self._retries: dict[Path, tuple[float, Job]] = {}  # image -> (due, deferred job)
 
+    def count(self, outcome: str) -> None:
+        """One more done, failed or deferred input (the worker and the writer both count)."""
+        with self._lock:
+            setattr(self.tally, outcome, getattr(self.tally, outcome) + 1)
+
     # ----------------------------------------------------------------- claims
 
     def claim(self, job: Job) -> bool:
@@ -151,7 +156,7 @@ class Ledger:
         logger.success("done {} → {} ({:.1f} s){}", job.label, names, seconds, progress)
         self.on_finished(job)
         self._finished(job, JobStatus.DONE, seconds=seconds)
-        self.tally.done += 1
+        self.count("done")
         return JobStatus.DONE
 
     def attempt_failed(self, job: Job, error: Exception) -> JobStatus:
@@ -176,7 +181,7 @@ class Ledger:
         self.release(job)
         self._finished(job, JobStatus.FAILED, reason)
         self.on_finished(job)
-        self.tally.failed += 1
+        self.count("failed")
         logger.error(
             "FAILED {}: {} (report: {})", job.label, reason, report.relative_to(self.inbox)
         )
@@ -186,7 +191,7 @@ class Ledger:
         """Leave the input in the inbox and try it again later (``delay`` None: back off)."""
         self._finished(job, JobStatus.DEFERRED, reason)
         if delay is None:
-            self.tally.deferred += 1
+            self.count("deferred")
             if not self.retry_later:  # `once`: the next run tries again
                 self.release(job)
                 logger.warning("{}: not done, left in the inbox: {}", job.label, reason)

@@ -23,7 +23,8 @@ from daemon.prepare.prepare import Prepared, Preparer
 from daemon.queue.job_queue import JobQueue
 from daemon.queue.ledger import Ledger
 from daemon.queue.videos import VideoRunner
-from daemon.render.executor import Executor, batch_limit
+from daemon.queue.writer import Writer
+from daemon.render.executor import Executor, Outcome, batch_limit
 from daemon.render.render import share_a_call
 
 POLL = 0.5  # s a worker waits for a job before it looks at the stop flag again
@@ -77,11 +78,19 @@ class Worker:
         self.max_batch = max_batch  # the daemon's; a profile may say otherwise
         self.on_change = on_change  # the status line changed
         self.on_job_end: Callable[[Job, JobStatus], None] = lambda job, status: None
+        self.writer = Writer()
         self.current: Job | None = None
         self._wanted: set[str] = set()  # profiles whose files are arriving: load their models
         self._wanted_lock = threading.Lock()
 
     def work(self) -> None:
+        self.writer.start()
+        try:
+            self._loop()
+        finally:
+            self.writer.stop()  # what was painted is written before the worker ends
+
+    def _loop(self) -> None:
         while not self.stop.is_set():
             if not self.hours.open():
                 self.stop.wait(1.0)
@@ -93,21 +102,25 @@ class Worker:
             if self.stop.is_set():
                 self.ledger.release(job)  # not started: it stays in the inbox for the next run
                 break
-            for ended, status in self.run(job):
-                self.on_job_end(ended, status)
+            self.run(job)
 
-    def run(self, job: Job) -> list[tuple[Job, JobStatus]]:
+    def run(self, job: Job) -> None:
         """prepare → render → deliver → record, for `job` and for the queued jobs that can
-        share its pipeline call (the frames of a clip, images of one profile and size)."""
+        share its pipeline call (the frames of a clip, images of one profile and size).
+        Delivering and recording happen on the writer's thread while the next job paints."""
         self.current = job
         self.on_change()
         try:
             if is_video(job.image):
-                return [(job, self._video(job))]
-            return self._images(job)
+                self._ended(job, self._video(job))
+            else:
+                self._images(job)
         finally:
             self.current = None
             self.on_change()
+
+    def _ended(self, job: Job, status: JobStatus) -> None:
+        self.on_job_end(job, status)
 
     def _video(self, job: Job) -> JobStatus:
         started = time.monotonic()
@@ -119,30 +132,33 @@ class Worker:
             return self.ledger.attempt_failed(job, exc)
         return self.ledger.done(job, delivered, time.monotonic() - started)
 
-    def _images(self, first: Job) -> list[tuple[Job, JobStatus]]:
+    def _images(self, first: Job) -> None:
         started = time.monotonic()
-        ended: list[tuple[Job, JobStatus]] = []
-        head = self._prepare(first, ended)
+        self.writer.wait_for_folder(first.image.parent)  # its clip's colour reference
+        head = self._prepare(first)
         if head is None:
-            return ended
+            return
         batch: list[Prepared] = [head]
         later: list[Prepared] = []
         for job in self.queue.take_similar(first, self._batch_limit(head) - 1):
-            prepared = self._prepare(job, ended)
+            prepared = self._prepare(job)
             if prepared is not None:
                 joins = share_a_call(head.request, prepared.request) and not _reference(prepared)
                 (batch if joins else later).append(prepared)
         for group in (batch, *([prepared] for prepared in later)):
-            ended += self._render_and_deliver(group, started)
+            outcomes = self.executor.render([prepared.request for prepared in group])
+            seconds = (time.monotonic() - started) / len(group)  # the batch's time, shared
+            reference = next((p.job.image.parent for p in group if _reference(p)), None)
+            self.writer.submit(partial(self._deliver, group, outcomes, seconds),
+                               reference_of=reference)  # fmt: skip
             started = time.monotonic()
-        return ended
 
-    def _prepare(self, job: Job, ended: list[tuple[Job, JobStatus]]) -> Prepared | None:
+    def _prepare(self, job: Job) -> Prepared | None:
         self.ledger.running(job)
         try:
             return self.preparer.prepare(job)
         except Exception as exc:
-            ended.append((job, self.ledger.attempt_failed(job, exc)))
+            self._ended(job, self.ledger.attempt_failed(job, exc))
             return None
 
     def _batch_limit(self, head: Prepared) -> int:
@@ -152,12 +168,8 @@ class Worker:
             return 1
         return batch_limit(self.executor, head.request, self.max_batch)
 
-    def _render_and_deliver(
-        self, group: list[Prepared], started: float
-    ) -> list[tuple[Job, JobStatus]]:
-        outcomes = self.executor.render([prepared.request for prepared in group])
-        rendered = (time.monotonic() - started) / len(group)  # the batch's time, shared
-        ended = []
+    def _deliver(self, group: list[Prepared], outcomes: list[Outcome], seconds: float) -> None:
+        """On the writer's thread: each result written, its input archived or failed."""
         for prepared, outcome in zip(group, outcomes, strict=True):
             job = prepared.job
             try:
@@ -165,13 +177,12 @@ class Worker:
                     raise outcome
                 delivered = self.deliverer.deliver(
                     prepared, outcome, on_planned=partial(self.ledger.planned, job),
-                    seconds=rendered,
+                    seconds=seconds,
                 )  # fmt: skip
             except Exception as exc:
-                ended.append((job, self.ledger.attempt_failed(job, exc)))
+                self._ended(job, self.ledger.attempt_failed(job, exc))
                 continue
-            ended.append((job, self.ledger.done(job, delivered, rendered)))
-        return ended
+            self._ended(job, self.ledger.done(job, delivered, seconds))
 
     def want(self, profile: str) -> None:
         """Files for `profile` are arriving (watcher or rescan thread): while they settle,
