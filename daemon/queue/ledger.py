@@ -94,6 +94,11 @@ class Ledger:
         with self._lock:
             self._claimed.difference_update(job.inputs)
 
+    def not_started(self, job: Job) -> None:
+        """A job taken but not painted when the daemon stops: it stays in the inbox."""
+        self._finished(job, JobStatus.INTERRUPTED, "the daemon stopped before it was painted")
+        self.release(job)
+
     def in_hand(self) -> set[Path]:
         with self._lock:
             return set(self._claimed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from functools import partial
 from typing import Literal
@@ -79,6 +80,8 @@ class Worker:
         self.on_change = on_change  # the status line changed
         self.on_job_end: Callable[[Job, JobStatus], None] = lambda job, status: None
         self.writer = Writer()
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="img2imgd-reader")
+        self._ahead: tuple[Job, Future[Prepared | None] | None] | None = None
         self.current: Job | None = None
         self._wanted: set[str] = set()  # profiles whose files are arriving: load their models
         self._wanted_lock = threading.Lock()
@@ -88,6 +91,8 @@ class Worker:
         try:
             self._loop()
         finally:
+            self._put_back_ahead()
+            self._reader.shutdown(wait=True)
             self.writer.stop()  # what was painted is written before the worker ends
 
     def _loop(self) -> None:
@@ -95,16 +100,17 @@ class Worker:
             if not self.hours.open():
                 self.stop.wait(1.0)
                 continue
-            job = self.queue.get(timeout=POLL)
+            job, prepared = self._ahead or (self.queue.get(timeout=POLL), None)
+            self._ahead = None
             if job is None:
                 self.warm_up()  # nothing to paint yet: load what the arriving files need
                 continue
             if self.stop.is_set():
-                self.ledger.release(job)  # not started: it stays in the inbox for the next run
-                break
-            self.run(job)
+                self._ahead = (job, prepared)
+                break  # not painted: it stays in the inbox for the next run
+            self.run(job, prepared)
 
-    def run(self, job: Job) -> None:
+    def run(self, job: Job, prepared: Future[Prepared | None] | None = None) -> None:
         """prepare → render → deliver → record, for `job` and for the queued jobs that can
         share its pipeline call (the frames of a clip, images of one profile and size).
         Delivering and recording happen on the writer's thread while the next job paints."""
@@ -114,13 +120,14 @@ class Worker:
             if is_video(job.image):
                 self._ended(job, self._video(job))
             else:
-                self._images(job)
+                self._images(job, prepared)
         finally:
             self.current = None
             self.on_change()
 
     def _ended(self, job: Job, status: JobStatus) -> None:
         self.on_job_end(job, status)
+        self.on_change()  # the counts in the status line
 
     def _video(self, job: Job) -> JobStatus:
         started = time.monotonic()
@@ -132,10 +139,9 @@ class Worker:
             return self.ledger.attempt_failed(job, exc)
         return self.ledger.done(job, delivered, time.monotonic() - started)
 
-    def _images(self, first: Job) -> None:
+    def _images(self, first: Job, ahead: Future[Prepared | None] | None = None) -> None:
         started = time.monotonic()
-        self.writer.wait_for_folder(first.image.parent)  # its clip's colour reference
-        head = self._prepare(first)
+        head = ahead.result() if ahead is not None else self._prepare_in_turn(first)
         if head is None:
             return
         batch: list[Prepared] = [head]
@@ -146,12 +152,39 @@ class Worker:
                 joins = share_a_call(head.request, prepared.request) and not _reference(prepared)
                 (batch if joins else later).append(prepared)
         for group in (batch, *([prepared] for prepared in later)):
+            if not any(_reference(prepared) for prepared in group):
+                self._read_ahead()
             outcomes = self.executor.render([prepared.request for prepared in group])
             seconds = (time.monotonic() - started) / len(group)  # the batch's time, shared
             reference = next((p.job.image.parent for p in group if _reference(p)), None)
             self.writer.submit(partial(self._deliver, group, outcomes, seconds),
                                reference_of=reference)  # fmt: skip
             started = time.monotonic()
+
+    def _read_ahead(self) -> None:
+        """While the model paints, decode and check the next input on the reader's thread."""
+        if self._ahead is not None:
+            return
+        job = self.queue.get(timeout=0)
+        if job is None:
+            return
+        future = None if is_video(job.image) else self._reader.submit(self._prepare_in_turn, job)
+        self._ahead = (job, future)
+
+    def _put_back_ahead(self) -> None:
+        """At a stop: the input read ahead was not painted; it stays for the next run."""
+        if self._ahead is None:
+            return
+        job, future = self._ahead
+        self._ahead = None
+        if future is not None and future.result() is None:
+            return  # it failed while being read, and was settled then
+        self.ledger.not_started(job)
+
+    def _prepare_in_turn(self, job: Job) -> Prepared | None:
+        """Prepare `job` once its clip's colour reference, if on its way, is on disk."""
+        self.writer.wait_for_folder(job.image.parent)
+        return self._prepare(job)
 
     def _prepare(self, job: Job) -> Prepared | None:
         self.ledger.running(job)
