@@ -52,3 +52,43 @@ def test_the_next_input_paints_while_the_previous_one_is_written(
         "a.png", "a.txt", "b.png", "b.txt",
     ]  # fmt: skip
     assert not Path(workspace.inbox / "img2img/a.png").exists()
+
+
+def test_the_next_input_is_read_while_the_previous_one_paints(
+    workspace: Workspace, running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A paints only once B is being read: that only ends if reading B overlaps painting A."""
+    from daemon.prepare.prepare import Preparer
+
+    b_read = threading.Event()
+    where: dict[str, str] = {}
+    overlapped: list[bool] = []
+    prepare, render = Preparer.prepare, InProcessExecutor.render
+    holder: dict[str, Any] = {}
+
+    def preparing(self: Preparer, job: Any) -> Any:
+        where[job.image.name] = threading.current_thread().name
+        if job.image.name == "a.png":  # B is queued before A paints, whatever the timing
+            wait_for(lambda: len(holder["daemon"].queue) >= 1)
+        if job.image.name == "b.png":
+            b_read.set()
+        return prepare(self, job)
+
+    def rendering(self: InProcessExecutor, requests: list[RenderRequest]) -> Any:
+        if requests[0].label.endswith("a.png"):
+            overlapped.append(b_read.wait(timeout=30))
+        return render(self, requests)
+
+    monkeypatch.setattr(Preparer, "prepare", preparing)
+    monkeypatch.setattr(InProcessExecutor, "render", rendering)
+    workspace.profile("img2img")
+    holder["daemon"] = daemon = running()
+    staging = workspace.root / "staging"
+    staging.mkdir()
+    for name, sample in (("a.png", "chelsea.png"), ("b.png", "astronaut.png")):
+        (staging / name).write_bytes((Path(__file__).parent / "data" / sample).read_bytes())
+    (workspace.inbox / "img2img").rmdir()
+    staging.rename(workspace.inbox / "img2img")
+    wait_for(lambda: daemon.tally.done == 2, timeout=60)
+    assert overlapped == [True]
+    assert where["a.png"] == "img2imgd-worker" and where["b.png"].startswith("img2imgd-reader")
