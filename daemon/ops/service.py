@@ -2,9 +2,10 @@
 
 Threads: watchdog's observer thread only records paths in the stability tracker; the main
 loop (this module) turns complete files into jobs and ends finished clips; one worker thread
-(:mod:`daemon.queue.worker`) owns the model and runs jobs in arrival order; apscheduler runs
-the periodic rescan and housekeeping. The worker never waits on the watcher and the watcher
-never waits on the worker.
+(:mod:`daemon.queue.worker`) owns the model and runs jobs in arrival order, with a reader
+thread preparing the next input and a writer thread delivering the previous results;
+apscheduler runs the periodic rescan and housekeeping. The worker never waits on the
+watcher and the watcher never waits on the worker.
 """
 
 from __future__ import annotations
