@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from loguru import logger
@@ -24,6 +25,7 @@ from daemon.errors import InputError, TransientError
 from daemon.intake.jobs import Job
 from daemon.prepare.clip_state import SequenceStore, progress_line
 from daemon.prepare.video import (
+    VideoPlan,
     decoded_frames,
     frame_notes,
     frame_request,
@@ -51,7 +53,9 @@ class VideoRunner:
         self.executor = executor
         self.rng = rng
 
-    def run(self, job: Job, *, on_planned: Planned, should_stop: Callable[[], bool]) -> Delivered:
+    def paint(self, job: Job, *, should_stop: Callable[[], bool]) -> PaintedVideo:
+        """Every frame not painted yet, into the work folder; the join comes after
+        (:meth:`join`, on the writer's thread)."""
         plan = plan_video(job, self.settings, self.profiles, self.clips, self.rng)
         progress = _Progress(job.label, plan.info.frames)
         settings = plan.settings
@@ -101,8 +105,13 @@ class VideoRunner:
         if progress.painted < len(frames):
             done_before = len(frames) - progress.painted
             notes.append(f"resumed: {done_before} of {len(frames)} frames were done before")
-        outputs = join_video(plan, frames, self.settings.outbox, on_planned)
-        return Delivered(outputs, tuple(notes))
+        return PaintedVideo(plan, tuple(frames), tuple(notes))
+
+    def join(self, painted: PaintedVideo, *, on_planned: Planned) -> Delivered:
+        """The frames joined into the video (the H.264 encode) and its ``.txt``."""
+        frames = list(painted.frames)
+        outputs = join_video(painted.plan, frames, self.settings.outbox, on_planned)
+        return Delivered(outputs, painted.notes)
 
     def _batch(self, settings: Profile, request: RenderRequest, colors: Colors | None) -> int:
         """Frames painted at once: one while the colour reference (the first frame's result)
@@ -110,6 +119,13 @@ class VideoRunner:
         if settings.prompt_sources or (colors is None and settings.color_correction is not False):
             return 1
         return batch_limit(self.executor, request, self.settings.max_batch)
+
+
+@dataclass(frozen=True)
+class PaintedVideo:
+    plan: VideoPlan
+    frames: tuple[Path, ...]  # every frame's PNG in the work folder, in order
+    notes: tuple[str, ...]
 
 
 class _Progress:

@@ -23,7 +23,7 @@ from daemon.intake.names import is_video
 from daemon.prepare.prepare import Prepared, Preparer
 from daemon.queue.job_queue import JobQueue
 from daemon.queue.ledger import Ledger
-from daemon.queue.videos import VideoRunner
+from daemon.queue.videos import PaintedVideo, VideoRunner
 from daemon.queue.writer import Writer
 from daemon.render.executor import Executor, Outcome, batch_limit
 from daemon.render.render import share_a_call
@@ -118,7 +118,7 @@ class Worker:
         self.on_change()
         try:
             if is_video(job.image):
-                self._ended(job, self._video(job))
+                self._video(job)
             else:
                 self._images(job, prepared)
         finally:
@@ -129,15 +129,25 @@ class Worker:
         self.on_job_end(job, status)
         self.on_change()  # the counts in the status line
 
-    def _video(self, job: Job) -> JobStatus:
+    def _video(self, job: Job) -> None:
+        """Frame by frame through the same seam; the frames are joined (the H.264 encode)
+        on the writer's thread while the next job paints."""
         started = time.monotonic()
         self.ledger.running(job)
-        planned = partial(self.ledger.planned, job)
         try:
-            delivered = self.videos.run(job, on_planned=planned, should_stop=self.should_pause)
+            painted = self.videos.paint(job, should_stop=self.should_pause)
         except Exception as exc:
-            return self.ledger.attempt_failed(job, exc)
-        return self.ledger.done(job, delivered, time.monotonic() - started)
+            self._ended(job, self.ledger.attempt_failed(job, exc))
+            return
+        self.writer.submit(partial(self._join, job, painted, started))
+
+    def _join(self, job: Job, painted: PaintedVideo, started: float) -> None:
+        try:
+            delivered = self.videos.join(painted, on_planned=partial(self.ledger.planned, job))
+        except Exception as exc:
+            self._ended(job, self.ledger.attempt_failed(job, exc))
+            return
+        self._ended(job, self.ledger.done(job, delivered, time.monotonic() - started))
 
     def _images(self, first: Job, ahead: Future[Prepared | None] | None = None) -> None:
         started = time.monotonic()
