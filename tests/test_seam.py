@@ -1,0 +1,45 @@
+"""The values between prepare, render and deliver are plain: they survive a pickle round trip,
+so the same render call can run in another process or on another machine."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import numpy as np
+
+from daemon.config.profiles import ProfileStore
+from daemon.intake.jobs import Job
+from daemon.intake.pairing import companions_on_disk, route
+from daemon.prepare.clip_state import SequenceStore
+from daemon.prepare.prepare import Preparer
+from daemon.render.executor import InProcessExecutor
+from daemon.render.values import RenderResult
+from tests.conftest import Workspace
+
+
+def test_requests_and_results_pickle(workspace: Workspace, models) -> None:
+    workspace.profile("inpaint", task="inpaint", color_correction=True)
+    image = workspace.drop("astronaut.png", "inpaint/a.png")
+    workspace.drop("astronaut.mask.png", "inpaint/a.mask.png")
+    settings = workspace.settings()
+    where = route(settings.inbox, image)
+    assert where is not None
+    job = Job(where.profile, image, where.sub_dir, companions_on_disk(image))
+    preparer = Preparer(
+        settings, ProfileStore(settings.profiles), SequenceStore(settings.state_dir / "seq"),
+        random.Random(1),
+    )  # fmt: skip
+    request = preparer.prepare(job).request
+    again = pickle.loads(pickle.dumps(request))
+    assert again.settings == request.settings and again.seed == request.seed
+    assert again.image.tobytes() == request.image.tobytes()
+    assert again.mask is not None and request.mask is not None
+    assert again.mask.tobytes() == request.mask.tobytes()
+    assert request.colors is not None and np.array_equal(again.colors, request.colors)
+
+    (result,) = InProcessExecutor(models).render([again])
+    assert isinstance(result, RenderResult)
+    back = pickle.loads(pickle.dumps(result))
+    assert back.infotexts == result.infotexts and back.seeds == result.seeds
+    assert [i.tobytes() for i in back.images] == [i.tobytes() for i in result.images]
