@@ -1,6 +1,9 @@
 """The worker: one thread that owns the GPU and runs jobs one after the other.
 
 Its loop reads like rq's: stop requested? → next job → prepare → render → deliver → record.
+Around it, two helpers keep the model busy: the next input is prepared ahead on a reader
+thread, and results are delivered and recorded on a writer thread (:mod:`.writer`), both in
+order. A job takes along the queued jobs that can share its pipeline call (``max_batch``).
 Everything it needs is handed to it by the service; it makes no decision of its own about
 whose fault a failure is (the ledger asks :func:`daemon.errors.classify`).
 """
