@@ -26,6 +26,7 @@ from daemon.engines.tagger import (
 from daemon.engines.taggers import load_tagger
 from daemon.errors import ConfigError
 from daemon.models.tiny_tagger import build_tiny_tagger, tiny_tag_rows
+from tests.support.deepdanbooru import random_state_dict
 
 DATA = Path(__file__).parent / "data"
 DD_TAGS = [
@@ -75,7 +76,7 @@ def scores(wd14: Wd14Tagger, image: Image.Image) -> np.ndarray:
 @pytest.fixture(scope="module")
 def dd_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("dd") / "model-resnet_custom_v3.pt"
-    torch.save(deepdanbooru.random_state_dict(DD_TAGS, seed=0), path)
+    torch.save(random_state_dict(DD_TAGS, seed=0), path)
     return path
 
 
@@ -416,7 +417,7 @@ def test_deepdanbooru_preprocessing_is_a1111s() -> None:
 
 
 def test_deepdanbooru_wrong_state_dicts_are_config_errors(tmp_path: Path) -> None:
-    state = deepdanbooru.random_state_dict(DD_TAGS)
+    state = random_state_dict(DD_TAGS)
     missing = {k: v for k, v in state.items() if k != "n_Conv_50.weight"}
     torch.save(missing, tmp_path / "missing.pt")
     with pytest.raises(ConfigError, match=r"n_Conv_50\.weight' is missing"):

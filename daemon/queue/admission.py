@@ -111,9 +111,6 @@ class Admission:
             self._said.add(key)
             logger.warning(message)
 
-    def forget_said(self, key: str) -> None:
-        self._said.discard(key)
-
     def consider(
         self, path: Path, *, deadline: float | None = None, now: float | None = None
     ) -> None:

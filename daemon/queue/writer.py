@@ -49,10 +49,6 @@ class Writer:
         with self._lock:
             self._lock.wait_for(lambda: folder not in self._folders)
 
-    def drain(self) -> None:
-        """Until every task submitted so far has run."""
-        self._tasks.join()
-
     def stop(self) -> None:
         """Run what is queued, then end the thread."""
         if self._thread is not None:

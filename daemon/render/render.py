@@ -15,6 +15,7 @@ defers its input. Every other error is raised as it is, for :func:`daemon.errors
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
@@ -39,11 +40,13 @@ def render(request: RenderRequest, models: ModelCache) -> RenderResult:
         settings = request.settings
         kind = settings.interrogator
         found = with_low_memory_retry(
-            models, request.label, settings,
+            models,
+            request.label,
+            settings,
             lambda: models.interrogators.interrogate(
                 request.image, settings, kind, settings.interrogation_model(kind)
             ),
-        )  # fmt: skip
+        )
         return RenderResult(interrogation=found)
     return with_low_memory_retry(
         models, request.label, request.settings, partial(_paint, request, models)
@@ -105,7 +108,7 @@ def _paint(request: RenderRequest, models: ModelCache) -> RenderResult:
         seed=request.seed, prompt=settings.prompt, negative_prompt=settings.negative_prompt,
         correct=_correction(request),
     )  # fmt: skip
-    return _result(request, settings, painting, models)
+    return _result(request, settings, painting, _ModelInfo.of(settings, models))
 
 
 def share_a_call(first: RenderRequest, other: RenderRequest) -> bool:
@@ -134,8 +137,9 @@ def render_batch(requests: Sequence[RenderRequest], models: ModelCache) -> list[
         negative_prompt=settings.negative_prompt,
         corrects=[_correction(request) for request in requests],
     )  # fmt: skip
+    model = _ModelInfo.of(settings, models)
     return [
-        _result(request, settings, painting, models)
+        _result(request, settings, painting, model)
         for request, painting in zip(requests, paintings, strict=True)
     ]
 
@@ -146,16 +150,29 @@ def _correction(request: RenderRequest) -> Callable[[Image.Image], Image.Image] 
     return partial(apply_color_correction, request.colors)
 
 
+@dataclass(frozen=True)
+class _ModelInfo:
+    """What the parameter text says of the model: found and hashed once per call."""
+
+    name: str
+    hash: str | None
+    vae: tuple[str, str | None] | None
+
+    @classmethod
+    def of(cls, settings: Profile, models: ModelCache) -> _ModelInfo:
+        source = models.source(settings.model)
+        return cls(source.name, models.model_hash(source), models.vae_info(settings.vae))
+
+
 def _result(
-    request: RenderRequest, settings: Profile, painting: Painting, models: ModelCache
+    request: RenderRequest, settings: Profile, painting: Painting, model: _ModelInfo
 ) -> RenderResult:
     """The painting with A1111's parameters, and what the user should know about it."""
-    source = models.source(settings.model)
-    model_hash = models.model_hash(source)
-    mismatch = model_note(request.parameters_model_hash, model_hash, source.name)
-    vae = models.vae_info(settings.vae)
+    mismatch = model_note(request.parameters_model_hash, model.hash, model.name)
     texts = [
-        infotext(settings, painting, index, model_name=source.name, model_hash=model_hash, vae=vae)
+        infotext(
+            settings, painting, index, model_name=model.name, model_hash=model.hash, vae=model.vae
+        )
         for index in range(len(painting.images))
     ]
     return RenderResult(
