@@ -87,10 +87,11 @@ def test_a_clip_runs_in_order_with_one_seed_and_keeps_its_names(
     workspace.profile("img2img", seed=-1)
     staging = workspace.root / "staging"
     frames = make_frames(staging)
-    running()
+    daemon = running()
     for frame in reversed(frames):  # arrival order must not matter
         workspace.drop(frame, f"img2img/clip1/{frame.name}")
-    wait_for(lambda: len(workspace.done("img2img")) == FRAMES)
+    # Counted last, after the archive and the "done" line: the log below is complete.
+    wait_for(lambda: daemon.tally.done == FRAMES)
 
     names = sorted(p.name for p in (workspace.outbox / "img2img/clip1").glob("*.png"))
     assert names == [f.name for f in frames]
