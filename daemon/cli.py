@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import signal
 import sys
 from pathlib import Path
@@ -25,9 +26,9 @@ from daemon.config.settings import Settings, load_settings
 from daemon.engines.labels import load_label_lists
 from daemon.errors import ConfigError, Img2ImgdError
 from daemon.intake.jobs import Job
+from daemon.libraries import quiet_libraries
 from daemon.models.checkpoints import detect_architecture
 from daemon.models.resolve import resolve_clip, resolve_model, resolve_tagger, resolve_vae
-from daemon.ops.libraries import quiet_libraries
 from daemon.ops.service import JOURNAL_NAME, Daemon
 from daemon.ops.status import status_report
 from daemon.ops.unit import enable_hint, install_unit, unit_file, writable_dirs
@@ -119,6 +120,11 @@ def _setup_logging(level: str, *, through_tqdm: bool = False) -> None:
 def _preflight(settings: Settings) -> list[str]:
     """Problems that stop the daemon from starting: every profile, and the models they name."""
     loaded, problems = check_all(settings.profiles)
+    if settings.executor == "ray" and importlib.util.find_spec("ray") is None:
+        problems.append(
+            "executor: ray needs Ray, which is not installed: pip install 'img2imgd[ray]' "
+            "(or set executor: local)"
+        )
     for profile in loaded.values():
         try:
             _check_models(profile.settings, settings)

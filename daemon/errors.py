@@ -35,6 +35,11 @@ class TransientError(Img2ImgdError):
     """Not the file's fault; the job is retried later and the input stays in the inbox."""
 
 
+class NotStarted(TransientError):
+    """The daemon stopped before the job was sent to a render worker: it stays in the inbox
+    and runs on the next start, as if it had never been taken."""
+
+
 class ConfigError(Img2ImgdError):
     """The configuration or a profile is invalid; ``problems`` lists every finding."""
 

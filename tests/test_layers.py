@@ -17,7 +17,7 @@ import pytest
 
 PACKAGE = Path(__file__).parent.parent / "daemon"
 LAYERS: list[set[str]] = [
-    {"__init__", "errors", "atomic", "paths"},  # the core every layer may use
+    {"__init__", "errors", "atomic", "paths", "libraries"},  # the core every layer may use
     {"intake"},  # names, stability, watching, pairing, jobs: no image library
     {"a1111", "media"},  # A1111's behaviour as pure functions; video files in and out
     {"config"},
@@ -33,7 +33,7 @@ LAYERS: list[set[str]] = [
 ]
 HEAVY = {
     "torch", "diffusers", "transformers", "onnxruntime", "onnx", "av", "skimage",
-    "safetensors", "huggingface_hub", "peft", "scipy", "torchsde", "accelerate",
+    "safetensors", "huggingface_hub", "peft", "scipy", "torchsde", "accelerate", "ray",
 }  # fmt: skip
 """Libraries that take seconds to import: only inside the functions that need them, so that
 ``check``, ``status`` and the pure tests start fast."""

@@ -36,6 +36,11 @@ class Settings(BaseModel):
     compile_unet: bool = False  # CUDA: torch.compile the UNet (minutes at first, then faster)
     # Frames of a video painted in one pipeline call; auto: 8 on a CPU, from free memory on CUDA
     max_batch: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = "auto"
+    # Where rendering runs: `local` in this process; `ray` on every GPU of a Ray cluster
+    executor: Literal["local", "ray"] = "local"
+    ray_address: str = ""  # "": a private Ray on this machine; "auto" or "host:port": join one
+    ray_gpus_per_worker: float = Field(1.0, gt=0.0, le=64.0)  # 0.5: two workers share a GPU
+    ray_inflight_per_worker: int = Field(2, ge=1, le=64)  # requests (or batches) sent ahead
 
     stability_delay: float = Field(2.0, ge=0.0, le=3600.0)  # s of unchanged size+mtime
     pairing_window: float = Field(30.0, ge=0.0, le=86400.0)  # s to wait for a required mask/sketch

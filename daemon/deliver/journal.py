@@ -1,6 +1,6 @@
 """The job journal: every job's state in SQLite (WAL), so a crash never loses or repeats work.
 
-A job moves through ``queued → running → writing → written → done`` (or ``failed`` /
+A job moves through ``queued → running [→ dispatched] → writing → written → done`` (or ``failed`` /
 ``deferred`` / ``interrupted``). The two states around the output files are what make a
 ``kill -9`` at any instant harmless:
 
@@ -42,7 +42,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     queued_at   REAL NOT NULL,
     started_at  REAL,
     finished_at REAL,
-    seconds     REAL
+    seconds     REAL,
+    worker      TEXT NOT NULL DEFAULT ''  -- the render worker it was sent to (executor: ray)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 """
@@ -50,6 +51,7 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 UNFINISHED = (
     JobStatus.QUEUED,
     JobStatus.RUNNING,
+    JobStatus.DISPATCHED,
     JobStatus.WRITING,
     JobStatus.WRITTEN,
     JobStatus.FAILING,
@@ -73,6 +75,7 @@ class Entry:
     started_at: float | None
     finished_at: float | None
     seconds: float | None
+    worker: str = ""
 
     def image_unchanged(self) -> bool:
         """True when the image recorded is still in the inbox, as it was."""
@@ -102,6 +105,9 @@ class Journal:
             # not know which outputs were half-written.
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+            if "worker" not in columns:  # a journal from before executor: ray
+                self._db.execute("ALTER TABLE jobs ADD COLUMN worker TEXT NOT NULL DEFAULT ''")
 
     def close(self) -> None:
         with self._lock:
@@ -132,6 +138,9 @@ class Journal:
 
     def running(self, row: int) -> None:
         self._set(row, JobStatus.RUNNING, started_at=time.time())
+
+    def dispatched(self, row: int, worker: str) -> None:
+        self._set(row, JobStatus.DISPATCHED, worker=worker)
 
     def writing(self, row: int, outputs: list[Path]) -> None:
         self._set(row, JobStatus.WRITING, outputs=json.dumps([str(p) for p in outputs]))
@@ -215,6 +224,7 @@ def _entry(row: sqlite3.Row) -> Entry:
         started_at=row["started_at"],
         finished_at=row["finished_at"],
         seconds=row["seconds"],
+        worker=row["worker"] if "worker" in row.keys() else "",  # noqa: SIM118
     )
 
 

@@ -15,6 +15,7 @@ _ids = itertools.count(1)
 class JobStatus(str, enum.Enum):
     QUEUED = "queued"
     RUNNING = "running"
+    DISPATCHED = "dispatched"  # sent to a render worker elsewhere (executor: ray)
     WRITING = "writing"  # outputs are being renamed into place (see journal.py)
     WRITTEN = "written"  # every output is in place; the input is not archived yet
     DONE = "done"

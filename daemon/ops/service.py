@@ -30,6 +30,7 @@ from daemon.intake.jobs import Job, JobStatus
 from daemon.intake.stability import StabilityTracker
 from daemon.intake.watcher import InboxWatcher
 from daemon.ops.housekeeping import prune_done
+from daemon.ops.status import publish_workers
 from daemon.ops.systemd import Notifier
 from daemon.prepare.clip_state import SequenceStore, drop_abandoned
 from daemon.prepare.prepare import Preparer
@@ -40,12 +41,14 @@ from daemon.queue.ledger import Ledger, Tally
 from daemon.queue.videos import VideoRunner
 from daemon.queue.worker import Hours, Worker
 from daemon.render.cache import ModelCache
+from daemon.render.cluster import RayExecutor
 from daemon.render.executor import Executor, InProcessExecutor
 
 JOURNAL_NAME = "journal.sqlite3"
 STOP_EXTENSION = 30.0  # s asked of systemd at a time while the job in hand finishes
 ABANDONED_STATE = 86400.0  # s untouched before an unfinished clip's or video's state goes
 WATCHER_CHECK = 1.0  # s between checks that the watcher and the inbox are alive
+WORKERS_EVERY = 2.0  # s between rewrites of workers.json (executor: ray) for `status`
 TICK = 0.05  # s between passes of the main loop over completed files
 
 
@@ -70,14 +73,14 @@ class Daemon:
             allow_pickle=settings.allow_pickle,
             compile_unet=settings.compile_unet,
         )
-        self.executor = executor or InProcessExecutor(self.models)
+        self.stop_event = threading.Event()
+        self.executor = executor or _executor(settings, self.models, self.stop_event)
         self.rng = rng or random.Random()  # seeds drawn for -1: the service's, not the process's
         self.profiles = ProfileStore(settings.profiles)
         self.tracker = StabilityTracker(settings.stability_delay)
         self.queue = JobQueue()
         self.lock = StateLock(settings.state_dir)
         self.notifier = Notifier()
-        self.stop_event = threading.Event()
         self.started = threading.Event()  # set once start-up (recovery, first rescan) is done
         self.clips = SequenceStore(settings.state_dir / "sequences")
         self.clip_ends = ClipEnds(settings.inbox, self.clips, window=settings.pairing_window)
@@ -199,6 +202,15 @@ class Daemon:
         scheduler.add_job(
             self.drop_abandoned_states, "interval", hours=1, id="drop-states", **every
         )
+        if self.executor.workers() or self.settings.executor == "ray":
+            scheduler.add_job(
+                self.publish_workers, "interval", seconds=WORKERS_EVERY, id="workers",
+                next_run_time=datetime.now(), **every,
+            )  # fmt: skip
+
+    def publish_workers(self) -> None:
+        """For `img2imgd status`: the render workers, as the executor sees them now."""
+        publish_workers(self.settings.state_dir, self.executor.workers())
 
     def unload_idle_models(self) -> None:
         for name in self.executor.unload_idle(self.settings.unload_after):
@@ -237,6 +249,8 @@ class Daemon:
             # while the job in hand finishes, rather than be killed half-way.
             self.notifier.extend_timeout(STOP_EXTENSION)
             self._worker.join(timeout=STOP_EXTENSION / 2)
+        self.executor.close()
+        publish_workers(self.settings.state_dir, [])  # gone with the daemon
         self.clip_ends.end_due(self.admission.busy_folders(), at_stop=True)
         journal, self.ledger.journal = self.ledger.journal, None
         if journal is not None:
@@ -303,3 +317,10 @@ class Daemon:
         watcher.stop()
         watcher.start()
         self.admission.rescan()
+
+
+def _executor(settings: Settings, models: ModelCache, stop: threading.Event) -> Executor:
+    """Where rendering runs: here (``executor: local``), or on a Ray cluster's GPUs."""
+    if settings.executor == "ray":
+        return RayExecutor(settings, stop=stop)
+    return InProcessExecutor(models)

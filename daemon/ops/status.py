@@ -1,15 +1,53 @@
-"""``img2imgd status``: what the daemon is doing, read from its journal (also while it runs)."""
+"""``img2imgd status``: what the daemon is doing, read from its journal (also while it runs),
+and, with ``executor: ray``, its render workers (from ``workers.json``, which the daemon
+rewrites every few seconds while it runs)."""
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import time
 from pathlib import Path
 
+from daemon.atomic import write_text
 from daemon.deliver.journal import Entry, open_read_only
 from daemon.deliver.recovery import lock_owner
 from daemon.intake.jobs import JobStatus
+from daemon.render.executor import WorkerInfo
 
-IN_HAND = (JobStatus.RUNNING, JobStatus.WRITING, JobStatus.WRITTEN)
+IN_HAND = (JobStatus.RUNNING, JobStatus.DISPATCHED, JobStatus.WRITING, JobStatus.WRITTEN)
+WORKERS_NAME = "workers.json"
+
+
+def publish_workers(state_dir: Path, workers: list[WorkerInfo]) -> None:
+    """What `status` shows of the render workers; nothing (no file) when there are none."""
+    path = state_dir / WORKERS_NAME
+    if not workers:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        return
+    rows = [dataclasses.asdict(worker) for worker in workers]
+    write_text(path, json.dumps(rows, indent=1), durable=False)  # rewritten in seconds
+
+
+def worker_lines(state_dir: Path) -> list[str]:
+    try:
+        rows = json.loads((state_dir / WORKERS_NAME).read_text())
+    except (OSError, ValueError):
+        return []
+    lines = [f"workers: {len(rows)}"]
+    for row in rows:
+        state = "ready" if row["alive"] else "starting or restarting"
+        models = ", ".join(row["models"]) or "none loaded"
+        line = (
+            f"  {row['name']}  {row['node']} GPU {row['gpus'] or '-'}  pid {row['pid'] or '?'}"
+            f"  {state}  {row['done']} done, {row['in_flight']} in hand  models: {models}"
+        )
+        if row["last_error"]:
+            line += f"  last error: {row['last_error']}"
+        lines.append(line)
+    return lines
 
 
 def status_report(
@@ -24,7 +62,7 @@ def status_report(
         return "\n".join(lines) + "\n"
     try:
         queued = journal.recent(100_000, states=(JobStatus.QUEUED,)) if owner else []
-        in_hand = journal.recent(1, states=IN_HAND) if owner else []
+        in_hand = journal.recent(20, states=IN_HAND) if owner else []
         latest = journal.recent(
             recent, states=(JobStatus.DONE, JobStatus.FAILED, JobStatus.DEFERRED)
         )
@@ -33,10 +71,12 @@ def status_report(
     finally:
         journal.close()
     lines.append(f"queue: {len(queued)} waiting" + (f", next {queued[-1].label}" if queued else ""))
-    if in_hand:
-        job = in_hand[0]
+    for job in reversed(in_hand):
         started = f" for {now - job.started_at:.0f} s" if job.started_at else ""
-        lines.append(f"now:   {job.label} ({job.state.value}{started})")
+        on = f" on {job.worker}" if job.worker and job.state is JobStatus.DISPATCHED else ""
+        lines.append(f"now:   {job.label} ({job.state.value}{on}{started})")
+    if owner:
+        lines += worker_lines(state_dir)
     lines.append(
         "last 24 h: "
         + ", ".join(

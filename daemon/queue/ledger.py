@@ -123,6 +123,15 @@ class Ledger:
                 parents=True, exist_ok=True
             )
 
+    def dispatched(self, jobs: list[Job], worker: str) -> None:
+        """Sent to a render worker (``executor: ray``); after a restart it runs again."""
+        for job in jobs:
+            self._journal(job, lambda journal, row: journal.dispatched(row, worker))
+
+    def live(self, job: Job) -> bool:
+        """Not finished yet: a result for a finished job is a duplicate (at-least-once)."""
+        return self.journal is None or job.id in self._rows
+
     def planned(self, job: Job, outputs: list[Path]) -> None:
         """Just before the first output is written: recovery rolls back a half group."""
         self._journal(job, lambda journal, row: journal.writing(row, outputs))

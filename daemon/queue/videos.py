@@ -1,15 +1,19 @@
 """A video job: prepare, render and deliver frame by frame, then join the frames.
 
-The frames go one at a time through the same seam as every image (a RenderRequest through the
-executor), written into the video's work folder as they come, so a video is resumable at any
-frame and can stop between frames (the daemon stopping, the processing hours ending).
+The frames go through the same seam as every image (RenderRequests through the executor),
+written into the video's work folder by index as they come back, so a video is resumable at
+any frame and can stop between frames (the daemon stopping, the processing hours ending).
+With several render workers (executor: ray) the frames spread over them; the first frame,
+the colour reference, is painted and written before any other is sent.
 """
 
 from __future__ import annotations
 
 import random
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +36,7 @@ from daemon.prepare.video import (
     plan_video,
     reference_colors,
 )
-from daemon.render.executor import Executor, batch_limit
+from daemon.render.executor import Executor, Outcome, batch_limit
 from daemon.render.values import RenderRequest
 
 PROGRESS_SECONDS = 10.0  # a progress line at most this often (and for the first frames)
@@ -63,23 +67,40 @@ class VideoRunner:
         colors = reference_colors(plan)
         frames: list[Path] = []
         pending: list[tuple[int, Image.Image, RenderRequest]] = []
+        # Calls sent and not written yet: several workers paint frames at once (executor: ray)
+        sent: deque[tuple[list[tuple[int, Image.Image]], Future[list[Outcome]]]] = deque()
         first = None  # frame 1: what {interrogate}/{tags} describe, for every frame
 
-        def paint_pending() -> None:
-            """Render the frames in hand (one call when they share it) and write them."""
+        def send() -> None:
+            """The frames in hand, as one call (one pipeline call when they share it)."""
+            if pending:
+                requests = [request for _, _, request in pending]
+                sent.append(([(i, f) for i, f, _ in pending], self.executor.submit(requests)))
+                pending.clear()
+
+        def write(keep: int) -> None:
+            """Write the sent frames, oldest first, until at most `keep` calls are out."""
             nonlocal settings
-            outcomes = self.executor.render([request for _, _, request in pending])
-            for (index, frame, _), outcome in zip(pending, outcomes, strict=True):
-                if isinstance(outcome, Exception):
-                    raise outcome
-                if settings.prompt_sources:  # filled once, from the first frame, for all
-                    update = {"prompt": outcome.prompt, "negative_prompt": outcome.negative_prompt}
-                    settings = settings.model_copy(update=update)
-                if progress.painted == 0:  # said once, not for every frame
-                    notes.extend([*frame_notes(plan, frame), *outcome.notes])
-                write_frame(plan.frame_path(index), outcome)
-                progress.frame_done(index)
-            pending.clear()
+            while len(sent) > keep:
+                painted, future = sent.popleft()
+                for (index, frame), outcome in zip(painted, future.result(), strict=True):
+                    if isinstance(outcome, Exception):
+                        write(0)  # the frames sent after it are kept for the resume
+                        raise outcome
+                    if settings.prompt_sources:  # filled once, from the first frame, for all
+                        update = {
+                            "prompt": outcome.prompt,
+                            "negative_prompt": outcome.negative_prompt,
+                        }
+                        settings = settings.model_copy(update=update)
+                    if progress.painted == 0:  # said once, not for every frame
+                        notes.extend([*frame_notes(plan, frame), *outcome.notes])
+                    write_frame(plan.frame_path(index), outcome)
+                    progress.frame_done(index)
+
+        def paint_pending() -> None:
+            send()
+            write(0)
 
         for index, frame in decoded_frames(plan):
             first = first or frame
@@ -98,7 +119,10 @@ class VideoRunner:
                                     prompt_image=prompt_image)  # fmt: skip
             pending.append((index, frame, request))
             if len(pending) >= self._batch(settings, request, colors):
-                paint_pending()
+                send()
+                # The next frame's request needs this one's result (its colour reference, or
+                # the prompts): wait for it; otherwise keep every worker busy.
+                write(0 if self._serial(settings, colors) else self.executor.slots - 1)
         paint_pending()
         if not frames:
             raise InputError(f"{job.image.name} has no frames")
@@ -116,9 +140,16 @@ class VideoRunner:
     def _batch(self, settings: Profile, request: RenderRequest, colors: Colors | None) -> int:
         """Frames painted at once: one while the colour reference (the first frame's result)
         or the prompts ({interrogate}/{tags}, from the first frame) are still to come."""
-        if settings.prompt_sources or (colors is None and settings.color_correction is not False):
+        if self._serial(settings, colors):
             return 1
         return batch_limit(self.executor, request, self.settings.max_batch)
+
+    @staticmethod
+    def _serial(settings: Profile, colors: Colors | None) -> bool:
+        """The next frame depends on this one's result."""
+        return bool(settings.prompt_sources) or (
+            colors is None and settings.color_correction is not False
+        )
 
 
 @dataclass(frozen=True)

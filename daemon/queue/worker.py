@@ -18,9 +18,11 @@ from datetime import datetime
 from functools import partial
 from typing import Literal
 
+from loguru import logger
+
 from daemon.config.hours import Window
 from daemon.deliver.results import Deliverer
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, NotStarted
 from daemon.intake.jobs import Job, JobStatus
 from daemon.intake.names import is_video
 from daemon.prepare.prepare import Prepared, Preparer
@@ -82,7 +84,9 @@ class Worker:
         self.max_batch = max_batch  # the daemon's; a profile may say otherwise
         self.on_change = on_change  # the status line changed
         self.on_job_end: Callable[[Job, JobStatus], None] = lambda job, status: None
-        self.writer = Writer()
+        # Room for a result per submission in flight, so the writer never holds the worker
+        # back while workers still have free slots.
+        self.writer = Writer(depth=executor.slots + 1)
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="img2imgd-reader")
         self._ahead: tuple[Job, Future[Prepared | None] | None] | None = None
         self.current: Job | None = None
@@ -167,10 +171,13 @@ class Worker:
         for group in (batch, *([prepared] for prepared in later)):
             if not any(_reference(prepared) for prepared in group):
                 self._read_ahead()
-            outcomes = self.executor.render([prepared.request for prepared in group])
-            seconds = (time.monotonic() - started) / len(group)  # the batch's time, shared
+            jobs = [prepared.job for prepared in group]
+            outcomes = self.executor.submit(
+                [prepared.request for prepared in group],
+                on_dispatch=partial(self.ledger.dispatched, jobs),
+            )
             reference = next((p.job.image.parent for p in group if _reference(p)), None)
-            self.writer.submit(partial(self._deliver, group, outcomes, seconds),
+            self.writer.submit(partial(self._deliver, group, outcomes, _Clock(outcomes, started)),
                                reference_of=reference)  # fmt: skip
             started = time.monotonic()
 
@@ -214,10 +221,25 @@ class Worker:
             return 1
         return batch_limit(self.executor, head.request, self.max_batch)
 
-    def _deliver(self, group: list[Prepared], outcomes: list[Outcome], seconds: float) -> None:
-        """On the writer's thread: each result written, its input archived or failed."""
+    def _deliver(
+        self, group: list[Prepared], pending: Future[list[Outcome]], clock: _Clock
+    ) -> None:
+        """On the writer's thread, in the order the jobs were sent: once rendered, each
+        result written and its input archived, or the input failed or deferred."""
+        try:
+            outcomes: list[Outcome] = pending.result()
+        except Exception as exc:  # the executor itself broke: every job of the call
+            outcomes = [exc] * len(group)
+        seconds = clock.seconds() / len(group)  # the batch's time, shared
         for prepared, outcome in zip(group, outcomes, strict=True):
             job = prepared.job
+            if not self.ledger.live(job):  # finished already: a duplicate result is dropped
+                logger.debug("{}: a second result arrived and was dropped", job.label)
+                continue
+            if isinstance(outcome, NotStarted):  # the daemon is stopping; it runs next time
+                self.ledger.not_started(job)
+                self._ended(job, JobStatus.INTERRUPTED)
+                continue
             try:
                 if isinstance(outcome, Exception):
                     raise outcome
@@ -253,6 +275,22 @@ class Worker:
     def should_pause(self) -> bool:
         """Asked between the frames of a video: stop for a shutdown or the end of the hours."""
         return self.stop.is_set() or not self.hours.open()
+
+
+class _Clock:
+    """A call's time, from when its first job started preparing to when it was rendered
+    (not when its turn to be written came)."""
+
+    def __init__(self, pending: Future[list[Outcome]], started: float) -> None:
+        self.started = started
+        self.ended: float | None = None
+        pending.add_done_callback(self._end)
+
+    def _end(self, _pending: Future[list[Outcome]]) -> None:
+        self.ended = time.monotonic()
+
+    def seconds(self) -> float:
+        return (self.ended or time.monotonic()) - self.started
 
 
 def _reference(prepared: Prepared) -> bool:

@@ -1,15 +1,19 @@
-"""Executors: where requests are rendered. One today, in-process on the worker thread.
+"""Executors: where requests are rendered. In-process on the worker thread (``local``), or
+on the GPUs of a Ray cluster (``ray``, :mod:`daemon.render.cluster`).
 
-An executor takes a list of requests and returns one outcome per request, in order: a
+An executor takes a list of requests and gives back one outcome per request, in order: a
 result, or the exception that request raised (so that one input's failure is that input's
-alone). Batching and executors that render in other processes or on other machines plug in
-here, behind the same two methods.
+alone). :meth:`Executor.submit` returns at once with a future when the executor renders
+elsewhere, so that the worker thread prepares the next inputs and the writer delivers the
+last results while several workers paint.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from loguru import logger
@@ -23,8 +27,37 @@ from daemon.render.values import RenderRequest, RenderResult
 Outcome = RenderResult | Exception
 
 
+Dispatched = Callable[[str], None]
+"""Told the worker's name each time a submission is sent to one (the journal records it)."""
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    """One render worker, as ``img2imgd status`` shows it."""
+
+    name: str
+    node: str
+    gpus: str
+    pid: int
+    alive: bool
+    models: tuple[str, ...]
+    done: int
+    in_flight: int
+    last_error: str = ""
+
+
 class Executor(Protocol):
-    def render(self, requests: Sequence[RenderRequest]) -> list[Outcome]: ...
+    @property
+    def slots(self) -> int:
+        """Submissions in flight at once, over every worker (1 in-process)."""
+        ...
+
+    def submit(
+        self, requests: Sequence[RenderRequest], on_dispatch: Dispatched | None = None
+    ) -> Future[list[Outcome]]:
+        """Render `requests`; the future holds one outcome per request, in order. Blocks
+        while every worker is full, so the caller never runs far ahead of the painting."""
+        ...
 
     def unload_idle(self, seconds: float) -> list[str]:
         """Free the models nothing has used for `seconds`; their names."""
@@ -39,6 +72,14 @@ class Executor(Protocol):
         the first request (a no-op for what is loaded already)."""
         ...
 
+    def workers(self) -> list[WorkerInfo]:
+        """The render workers, for ``img2imgd status``; empty when rendering in-process."""
+        ...
+
+    def close(self) -> None:
+        """After the last submission: let go of workers and connections."""
+        ...
+
 
 class InProcessExecutor:
     """Renders on the calling thread with one warm model cache (a GPU wants one owner)."""
@@ -47,6 +88,18 @@ class InProcessExecutor:
         self.models = models
         # Held while rendering and while unloading, so a model is never freed mid-render.
         self._lock = threading.Lock()
+
+    @property
+    def slots(self) -> int:
+        return 1
+
+    def submit(
+        self, requests: Sequence[RenderRequest], on_dispatch: Dispatched | None = None
+    ) -> Future[list[Outcome]]:
+        """Renders now, on the calling thread; the future is done when this returns."""
+        future: Future[list[Outcome]] = Future()
+        future.set_result(self.render(requests))
+        return future
 
     def render(self, requests: Sequence[RenderRequest]) -> list[Outcome]:
         """Consecutive requests that share a call are painted together (the caller decides
@@ -90,6 +143,12 @@ class InProcessExecutor:
         with self._lock:
             warm(settings, self.models)
 
+    def workers(self) -> list[WorkerInfo]:
+        return []
+
+    def close(self) -> None:
+        """Nothing to let go of: the model cache is the caller's (tests share a warm one)."""
+
 
 CPU_BATCH = 8
 """``max_batch: auto`` on a CPU. Measured here (96 px, 10 steps): per image 666 ms alone, 625 at
@@ -97,15 +156,17 @@ CPU_BATCH = 8
 GPU_BYTES_PER_PIXEL = 2_500  # what one image of a batch takes on a GPU, per output pixel, fp16
 
 
-def auto_batch(device: str, request: RenderRequest) -> int:
-    """How many requests like `request` to paint at once with ``max_batch: auto``."""
+def auto_batch(device: str, request: RenderRequest, free: int | None = None) -> int:
+    """How many requests like `request` to paint at once with ``max_batch: auto``; `free`:
+    the GPU's free bytes (None: ask torch)."""
     if device == "cpu":
         return CPU_BATCH
     if not device.startswith("cuda"):
         return 1  # MPS and others: no figures to go by
-    import torch
+    if free is None:
+        import torch
 
-    free, _total = torch.cuda.mem_get_info(torch.device(device))
+        free, _total = torch.cuda.mem_get_info(torch.device(device))
     width, height = request.size
     per_image = (
         GPU_BYTES_PER_PIXEL * width * height * (2 if "xl" in request.settings.model.lower() else 1)

@@ -1,4 +1,5 @@
-"""Start-up settings for the libraries the daemon drives, applied once by the command line.
+"""Start-up settings for the libraries the daemon drives, applied once by the command line (and
+by each render worker process of ``executor: ray``).
 
 diffusers and transformers print progress bars and advice meant for notebooks, and torchsde
 warns about float rounding of its Brownian interval (DPM++ SDE); a daemon's log wants none of

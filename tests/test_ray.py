@@ -1,0 +1,271 @@
+"""``executor: ray`` on a real local Ray cluster: a head with no GPU and two nodes with one
+CPU and one fake GPU each (Ray places by GPU; torch, seeing no CUDA, paints on the CPU), all
+on 127.0.0.1. The real daemon, the real journal, the tiny models; faults are real too: worker
+processes killed, nodes removed, the daemon killed with ``kill -9``."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from daemon.deliver.journal import open_read_only
+from daemon.intake.jobs import JobStatus
+from daemon.ops.service import JOURNAL_NAME, Daemon
+from daemon.ops.status import status_report
+from tests.support.ray_cluster import (
+    add_gpu_node,
+    local_cluster,
+    loopback_environment,
+    ray_processes,
+)
+from tests.support.workspace import Workspace, wait_for
+from tests.test_crash import finish_once, start, write_config
+
+loopback_environment()  # before Ray is imported (below, or by the daemon): it reads it then
+pytest.importorskip("ray", reason="the Ray tests need the ray extra: pip install -e '.[ray]'")
+
+IMAGES = ("astronaut.png", "chelsea.png")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    with local_cluster(gpu_nodes=2) as cluster:
+        yield cluster
+    ended = wait_for_no_ray_processes()
+    assert not ended, f"Ray processes left behind after the cluster shut down: {ended}"
+
+
+def wait_for_no_ray_processes(timeout: float = 20.0) -> list[int]:
+    """Ray's processes of this session, once they had `timeout` s to end (then ended)."""
+    deadline = time.monotonic() + timeout
+    while (left := ray_processes()) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for pid in left:  # a raylet killed with its node leaves its log monitor (SCALE-OUT.md)
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
+def ray_settings(cluster: Any, **keys: Any) -> dict[str, Any]:
+    return {"executor": "ray", "ray_address": cluster.address, **keys}
+
+
+def drop_images(workspace: Workspace, profile: str, count: int) -> list[str]:
+    names = [f"img{i:02d}.png" for i in range(count)]
+    for i, name in enumerate(names):
+        workspace.drop(IMAGES[i % len(IMAGES)], f"{profile}/{name}")
+    return names
+
+
+def run_once(workspace: Workspace, **keys: Any) -> Daemon:
+    daemon = Daemon(workspace.settings(**keys), watch=False)
+    daemon.run_once(tick=0.02)
+    return daemon
+
+
+def assert_exactly_once(workspace: Workspace, profile: str, names: list[str]) -> None:
+    """Every input painted once: one PNG and one .txt each, no ``-1`` copy, all archived."""
+    outputs = sorted(p.name for p in workspace.outputs(profile))
+    expected = sorted([*names, *(n.replace(".png", ".txt") for n in names)])
+    assert outputs == expected, f"outputs: {outputs}"
+    assert sorted(p.name for p in workspace.done(profile)) == sorted(names)
+    assert not workspace.failed(profile)
+
+
+def journal_entries(workspace: Workspace) -> list[Any]:
+    journal = open_read_only(workspace.state / JOURNAL_NAME)
+    if journal is None:
+        return []
+    try:
+        return journal.recent(1000)
+    finally:
+        journal.close()
+
+
+def slow_profile(workspace: Workspace, name: str = "slow") -> None:
+    # A few seconds a job on one CPU: still in hand when the test acts.
+    workspace.profile(name, max_pixels=128 * 128, steps=40, denoising_strength=1.0)
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+# ----------------------------------------------------------------- the same results
+
+
+def test_results_equal_the_local_executors_and_spread_over_both_workers(
+    cluster: Any, workspace: Workspace, tmp_path: Path
+):
+    workspace.profile("p")
+    names = drop_images(workspace, "p", 6)
+    daemon = run_once(workspace, **ray_settings(cluster))
+    assert_exactly_once(workspace, "p", names)
+    workers = {entry.worker for entry in journal_entries(workspace)}
+    assert len(workers) == 2, f"the jobs went to {workers}"
+
+    local = Workspace(tmp_path / "local", workspace.state_dir).create()
+    local.profile("p")
+    drop_images(local, "p", 6)
+    run_once(local)
+    for name in names:
+        ours, theirs = workspace.outbox / "p" / name, local.outbox / "p" / name
+        difference = np.abs(pixels(ours) - pixels(theirs)).max()
+        assert difference <= 2, f"{name}: differs by {difference} from the local executor"
+        assert (workspace.outbox / "p" / name).with_suffix(".txt").read_text() == (
+            local.outbox / "p" / name
+        ).with_suffix(".txt").read_text()
+    assert daemon.executor.workers() == [], "the workers ended with the daemon"
+
+
+def test_a_video_spreads_its_frames_over_the_workers(cluster: Any, workspace: Workspace):
+    from tests.support.media import make_test_clip
+
+    workspace.profile("v")  # colour correction on: frame 1 is painted first, alone
+    clip = workspace.root / "clip.mp4"
+    make_test_clip(clip, frames=9, size=(64, 48))
+    workspace.drop(clip, "v/clip.mp4")
+    daemon = Daemon(workspace.settings(**ray_settings(cluster)), watch=False)
+    painted: dict[str, int] = {}
+    daemon.on_job_end = lambda job, status: painted.update(
+        {w.name: w.done for w in daemon.executor.workers()}
+    )
+    daemon.run_once(tick=0.02)
+    assert daemon.tally.done == 1, daemon.tally
+    assert [p.name for p in workspace.outputs("v")] == ["clip.mp4", "clip.txt"]
+    assert sorted(painted.values()) != [0, 9] and sum(painted.values()) == 9, painted
+
+
+# ----------------------------------------------------------------- faults
+
+
+def test_a_worker_killed_mid_job_leaves_every_input_done_exactly_once(
+    cluster: Any, workspace: Workspace
+):
+    slow_profile(workspace)
+    names = drop_images(workspace, "slow", 4)
+    daemon = Daemon(workspace.settings(**ray_settings(cluster)), watch=False)
+    killed: list[int] = []
+
+    def kill_a_busy_worker() -> bool:
+        busy = [w for w in daemon.executor.workers() if w.alive and w.in_flight and w.pid]
+        if busy:
+            os.kill(busy[0].pid, signal.SIGKILL)
+            killed.append(busy[0].pid)
+        return bool(busy)
+
+    killer = threading.Thread(target=lambda: wait_for(kill_a_busy_worker, timeout=120))
+    killer.start()
+    daemon.run_once(tick=0.02)
+    killer.join()
+    assert killed
+    assert_exactly_once(workspace, "slow", names)
+    assert daemon.tally.failed == 0 and daemon.tally.done == 4, daemon.tally
+
+
+def test_a_job_that_kills_its_worker_every_time_fails_with_a_report(
+    cluster: Any, workspace: Workspace
+):
+    slow_profile(workspace, "poison")
+    workspace.drop("astronaut.png", "poison/bad.png")
+    daemon = Daemon(workspace.settings(**ray_settings(cluster)), watch=False)
+    killed: set[int] = set()
+
+    def kill_whoever_has_it() -> bool:
+        """The fault: each worker that takes the file dies (as with a driver crash)."""
+        for worker in daemon.executor.workers():
+            if worker.alive and worker.in_flight and worker.pid not in killed:
+                killed.add(worker.pid)
+                with contextlib.suppress(OSError):
+                    os.kill(worker.pid, signal.SIGKILL)
+        return daemon.tally.failed > 0
+
+    killer = threading.Thread(target=lambda: wait_for(kill_whoever_has_it, timeout=180))
+    killer.start()
+    daemon.run_once(tick=0.02)
+    killer.join()
+    assert len(killed) == 3
+    failed = [p.name for p in workspace.failed("poison")]
+    assert "bad.png" in failed, failed
+    report = next(p for p in workspace.failed("poison") if p.suffix == ".txt").read_text()
+    assert "render worker died 3 times" in report
+
+
+def test_status_lists_the_workers(cluster: Any, workspace: Workspace):
+    workspace.profile("p")
+    drop_images(workspace, "p", 2)
+    daemon = Daemon(workspace.settings(**ray_settings(cluster)), watch=True)
+    thread = threading.Thread(target=daemon.run_forever, kwargs={"tick": 0.02}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: daemon.tally.done == 2, timeout=120)
+        # Rewritten every 2 s: once it shows the two jobs done, with the model loaded.
+        report = wait_for(lambda: _with_both_done(status_report(workspace.state, JOURNAL_NAME)))
+    finally:
+        daemon.stop_event.set()
+        thread.join(timeout=60)
+    workers = [line for line in report.splitlines() if line.startswith("  w")]
+    assert len(workers) == 2, report
+    for line in workers:
+        assert "127.0.0.1 GPU 0" in line and "ready" in line and "pid " in line, line
+    assert any("models: builtin:tiny-sd" in line for line in workers), report
+    assert "workers:" not in status_report(workspace.state, JOURNAL_NAME), "gone at stop"
+
+
+def _with_both_done(report: str) -> str | None:
+    done = sum(int(word) for line in report.splitlines() if line.startswith("  w")
+               for word, after in zip(line.split(), line.split()[1:]) if after == "done,")  # fmt: skip
+    return report if done == 2 else None
+
+
+def test_the_daemon_killed_with_jobs_in_flight_does_each_exactly_once_after_a_restart(
+    cluster: Any, workspace: Workspace
+):
+    slow_profile(workspace)
+    config = write_config(workspace, **ray_settings(cluster))
+    names = drop_images(workspace, "slow", 4)
+    loopback_environment()  # the daemon's subprocess inherits it
+    daemon = start(config)
+    try:
+        wait_for(
+            lambda: any(e.state is JobStatus.DISPATCHED for e in journal_entries(workspace)),
+            timeout=120,
+        )
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(timeout=10)
+    finally:
+        daemon.kill()
+    output = finish_once(config, timeout=300)
+    assert "interrupted mid-job; it runs again" in output
+    assert_exactly_once(workspace, "slow", names)
+
+
+def test_a_node_removed_and_another_added_loses_nothing(workspace: Workspace):
+    slow_profile(workspace)
+    names = drop_images(workspace, "slow", 6)
+    with local_cluster(gpu_nodes=2) as cluster:
+        daemon = Daemon(workspace.settings(**ray_settings(cluster)), watch=False)
+        gpu_nodes = [node for node in cluster.list_all_nodes() if not node.head]
+        # The daemon on a thread: Ray adds nodes only from the main thread.
+        runner = threading.Thread(target=daemon.run_once, kwargs={"tick": 0.02})
+        runner.start()
+        wait_for(lambda: sum(w.in_flight for w in daemon.executor.workers()) >= 2, 120)
+        cluster.remove_node(gpu_nodes[0], allow_graceful=False)  # a machine dies
+        wait_for(lambda: len(daemon.executor.workers()) == 1 or daemon.tally.done == 6, 60)
+        add_gpu_node(cluster)  # and another joins: a second worker starts on it
+        wait_for(lambda: sum(w.alive for w in daemon.executor.workers()) == 2, 60)
+        runner.join(timeout=300)
+        assert not runner.is_alive()
+    wait_for_no_ray_processes()
+    assert_exactly_once(workspace, "slow", names)
