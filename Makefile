@@ -7,9 +7,12 @@ BIN := $(VENV)/bin
 # pip options go in TORCH_PIP_ARGS (e.g. an index URL for CPU-only wheels).
 TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
-STAMP := $(VENV)/.installed
+# Extras to install: `make test EXTRAS=dev,ray` adds Ray (executor: ray) and its tests.
+EXTRAS ?= dev
+comma := ,
+STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: venv run once check-config test test-slow lint typecheck check bench bench-detail bench-media soak clean help
+.PHONY: venv run once check-config test test-slow lint typecheck check bench bench-detail bench-media bench-ray soak clean help
 
 help:
 	@echo "make run      set up .venv and start the daemon on ./inbox with ./profiles"
@@ -20,6 +23,7 @@ help:
 	@echo "make bench    img2imgd once vs a plain diffusers script, whole processes, and where the time goes"
 	@echo "make bench-detail  the daemon's time per image on a warm pipeline, and drop-to-start latency"
 	@echo "make bench-media  interrogation, clips and videos: the daemon's cost per image or frame"
+	@echo "make bench-ray  executor: ray, 16 frames on one worker then two (a local Ray cluster)"
 	@echo "make soak     drop files for a while, killing and restarting the daemon; check nothing is lost or duplicated"
 
 venv: $(STAMP)
@@ -27,7 +31,7 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check $(TORCH_PIP_ARGS) "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 run: venv
@@ -62,6 +66,10 @@ bench-detail: venv
 
 bench-media: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_media.py
+
+bench-ray:
+	$(MAKE) venv EXTRAS=dev,ray
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/ray_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache state
