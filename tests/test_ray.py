@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import threading
 import time
@@ -224,8 +225,7 @@ def test_status_lists_the_workers(cluster: Any, workspace: Workspace):
 
 
 def _with_both_done(report: str) -> str | None:
-    done = sum(int(word) for line in report.splitlines() if line.startswith("  w")
-               for word, after in zip(line.split(), line.split()[1:]) if after == "done,")  # fmt: skip
+    done = sum(int(count) for count in re.findall(r"ready  (\d+) done,", report))
     return report if done == 2 else None
 
 
@@ -269,3 +269,23 @@ def test_a_node_removed_and_another_added_loses_nothing(workspace: Workspace):
         assert not runner.is_alive()
     wait_for_no_ray_processes()
     assert_exactly_once(workspace, "slow", names)
+
+
+def test_an_error_that_does_not_pickle_travels_as_its_kind():
+    """A request's exception must reach the daemon to be judged; one holding something that
+    does not pickle travels as the same kind of error with its message."""
+    import pickle
+
+    from daemon.errors import InputError
+    from daemon.render.remote import _portable
+
+    class Unpicklable(InputError):
+        def __init__(self, message: str) -> None:
+            super().__init__(message)
+            self.lock = threading.Lock()
+
+    sent = _portable(Unpicklable("the mask is empty"))
+    assert isinstance(sent, InputError)
+    assert "the mask is empty" in str(pickle.loads(pickle.dumps(sent)))
+    plain = InputError("not an image")
+    assert _portable(plain) is plain

@@ -92,3 +92,27 @@ def test_the_next_input_is_read_while_the_previous_one_paints(
     wait_for(lambda: daemon.tally.done == 2, timeout=60)
     assert overlapped == [True]
     assert where["a.png"] == "img2imgd-worker" and where["b.png"].startswith("img2imgd-reader")
+
+
+def test_a_second_result_for_a_finished_job_is_dropped(
+    workspace: Workspace, running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At-least-once executors (Ray after a failure) may answer twice: the fault injected
+    here delivers every result a second time, after the job is archived. The journal says the
+    job is finished, so the second one is dropped: no ``-1`` copy, nothing failed."""
+    from daemon.queue.worker import Worker
+
+    deliver = Worker._deliver
+
+    def twice(self: Worker, *args: Any) -> None:
+        deliver(self, *args)
+        deliver(self, *args)
+
+    monkeypatch.setattr(Worker, "_deliver", twice)
+    workspace.profile("img2img")
+    daemon = running()
+    workspace.drop("chelsea.png", "img2img/a.png")
+    wait_for(lambda: daemon.tally.done == 1, timeout=60)
+    assert sorted(p.name for p in workspace.outputs("img2img")) == ["a.png", "a.txt"]
+    assert [p.name for p in workspace.done("img2img")] == ["a.png"]
+    assert daemon.tally.failed == daemon.tally.deferred == 0

@@ -17,7 +17,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -123,9 +123,11 @@ class Ledger:
                 parents=True, exist_ok=True
             )
 
-    def dispatched(self, jobs: list[Job], worker: str) -> None:
-        """Sent to a render worker (``executor: ray``); after a restart it runs again."""
-        for job in jobs:
+    def dispatched(self, jobs: list[Job], worker: str, positions: Sequence[int]) -> None:
+        """``jobs[positions]`` were sent to a render worker (``executor: ray``); after a
+        restart they run again."""
+        for position in positions:
+            job = jobs[position]
             self._journal(job, lambda journal, row: journal.dispatched(row, worker))
 
     def live(self, job: Job) -> bool:

@@ -54,9 +54,17 @@ class _Call:
     requests: list[RenderRequest]
     future: Future[list[Outcome]]
     on_dispatch: Dispatched | None
+    positions: list[int]  # of these requests in the submission (a split call's pieces)
     crashes: int = 0  # its worker died while it was in hand
     tries: int = 0  # other Ray errors
     avoid: set[str] = field(default_factory=set)  # workers that lack its model
+
+    def piece(self, index: int) -> _Call:
+        """Request `index` alone, with what this call went through so far."""
+        return _Call(
+            [self.requests[index]], Future(), self.on_dispatch, [self.positions[index]],
+            self.crashes, self.tries, set(self.avoid),
+        )  # fmt: skip
 
     @property
     def model(self) -> str:
@@ -132,7 +140,7 @@ class RayExecutor:
     def submit(
         self, requests: Sequence[RenderRequest], on_dispatch: Dispatched | None = None
     ) -> Future[list[Outcome]]:
-        call = _Call(list(requests), Future(), on_dispatch)
+        call = _Call(list(requests), Future(), on_dispatch, list(range(len(requests))))
         with self._cond:
             # One call waits for a free slot at most: the caller prepares the next meanwhile.
             while self._waiting and not self._stopping():
@@ -259,7 +267,7 @@ class RayExecutor:
             ref = worker.handle.render.remote(call.requests)
             self._calls[ref] = (call, worker)
             if call.on_dispatch is not None:
-                call.on_dispatch(worker.label)
+                call.on_dispatch(worker.label, call.positions)
 
     def _pick(self, call: _Call) -> _Worker | None:
         """A live worker with a free slot: one with the model loaded, then the least busy."""
@@ -323,15 +331,11 @@ class RayExecutor:
             )
             self._resolve(call, [error] * len(call.requests))
             return
-        self._again(
-            [
-                _Call([request], Future(), None, call.crashes, call.tries, set(call.avoid))
-                for request in call.requests
-            ]
-            if len(call.requests) > 1
-            else [call],
-            parent=call if len(call.requests) > 1 else None,
-        )
+        if len(call.requests) == 1:
+            self._again([call])
+            return
+        pieces = [call.piece(i) for i in range(len(call.requests))]
+        self._again(pieces, parent=call)
 
     def _again(self, calls: list[_Call], parent: _Call | None = None) -> None:
         """Send `calls` again before anything new; the pieces of a split `parent` resolve it
@@ -408,7 +412,6 @@ def _join_pieces(parent: _Call, pieces: list[_Call]) -> None:
             parent.future.set_result([piece.future.result()[0] for piece in pieces])
 
     for piece in pieces:
-        piece.on_dispatch = parent.on_dispatch
         piece.future.add_done_callback(piece_done)
 
 

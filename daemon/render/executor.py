@@ -27,8 +27,9 @@ from daemon.render.values import RenderRequest, RenderResult
 Outcome = RenderResult | Exception
 
 
-Dispatched = Callable[[str], None]
-"""Told the worker's name each time a submission is sent to one (the journal records it)."""
+Dispatched = Callable[[str, Sequence[int]], None]
+"""Told the worker's name and which requests (their positions in the submission) each time
+some are sent to a worker: the journal records it."""
 
 
 @dataclass(frozen=True)

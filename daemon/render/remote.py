@@ -10,11 +10,13 @@ machine (the same ``models_dir`` path, or the hub cache).
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from daemon.config.profiles import Profile
+from daemon.errors import ConfigError, InputError, TransientError, is_out_of_memory
 from daemon.libraries import quiet_libraries
 from daemon.render.cache import ModelCache
 from daemon.render.executor import InProcessExecutor, Outcome
@@ -86,7 +88,7 @@ class RenderWorker:
         )
 
     def render(self, requests: Sequence[RenderRequest]) -> Reply:
-        outcomes = self.executor.render(requests)
+        outcomes = [_portable(outcome) for outcome in self.executor.render(requests)]
         return Reply(outcomes, tuple(self.models.loaded), self._free_memory())
 
     def warm(self, settings: Profile) -> tuple[str, ...]:
@@ -104,3 +106,23 @@ class RenderWorker:
 
         free, _total = torch.cuda.mem_get_info(torch.device(device))
         return int(free)
+
+
+def _portable(outcome: Outcome) -> Outcome:
+    """An exception that survives the trip to the daemon: one holding what does not pickle
+    (a library's handle, a lock) travels as its kind of error with its message, so that the
+    daemon still judges it as it would have at home."""
+    if not isinstance(outcome, Exception):
+        return outcome
+    try:
+        pickle.loads(pickle.dumps(outcome))
+    except Exception:
+        kind = next(
+            (k for k in (InputError, ConfigError, TransientError) if isinstance(outcome, k)),
+            RuntimeError,
+        )
+        message = f"{type(outcome).__name__}: {outcome}"
+        if is_out_of_memory(outcome):
+            return MemoryError(message)
+        return kind(message)
+    return outcome
