@@ -454,6 +454,13 @@ def connect(address: str) -> Any:
         ray.init(address=address, **options)
         logger.info("joined the Ray cluster at {}", address)
     else:
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, **options)
+        ray.init(
+            _node_ip_address="127.0.0.1",
+            include_dashboard=False,
+            # Ray starts its workers at nice 15, behind any busy process of the machine;
+            # painting is this machine's job.
+            _system_config={"worker_niceness": 0},
+            **options,
+        )
         logger.info("started a private Ray instance on 127.0.0.1")
     return ray

@@ -53,7 +53,13 @@ def local_cluster(gpu_nodes: int = 2, *, cpus_per_node: int = 1) -> Iterator[Any
             "num_gpus": 0,
             "node_ip_address": LO,
             "include_dashboard": False,
-            "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3},
+            "_system_config": {
+                "health_check_period_ms": 500,
+                "health_check_failure_threshold": 3,
+                # Ray starts workers at nice 15: on a busy machine they would crawl (as they
+                # do in service, hence the daemon's private instance sets it too).
+                "worker_niceness": 0,
+            },
         },
     )
     try:
