@@ -40,6 +40,10 @@ class NotStarted(TransientError):
     and runs on the next start, as if it had never been taken."""
 
 
+class Superseded(TransientError):
+    """A live input's render stopped at a step because a newer version of it arrived."""
+
+
 class ConfigError(Img2ImgdError):
     """The configuration or a profile is invalid; ``problems`` lists every finding."""
 

@@ -152,7 +152,7 @@ def test_check_passes_on_the_shipped_profiles(tmp_path, state_dir):
     result = cli(root, "check")
     assert result.returncode == 0, result.stdout
     assert (
-        "6 profile(s) are valid: img2img, inpaint, inpaint_sketch, interrogate, sketch, tags"
+        "7 profile(s) are valid: img2img, inpaint, inpaint_sketch, interrogate, live, sketch, tags"
         in result.stdout
     )
     assert not (root / "inbox").exists()  # check only reads

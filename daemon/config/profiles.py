@@ -73,6 +73,11 @@ class Profile(BaseModel):
     output_format: Literal["png", "jpg", "webp"] = "png"
     output_quality: int = Field(95, ge=1, le=100)
     overwrite: bool = False
+    # Live: inputs stay and re-render whenever an editor exports them again (Photoshop's
+    # Generator, Krita, GIMP); the result is replaced in place.
+    live: bool = False
+    live_delay: float = Field(0.25, ge=0.0, le=60.0)  # s an input must be quiet to render
+    live_grace: float = Field(5.0, ge=0.0, le=3600.0)  # s a deleted input may come back
     use_png_info: bool = False  # A1111 batch "PNG info": settings from the input's parameters
 
     # Clips: a sub-folder of frames, or a video file

@@ -46,6 +46,11 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker      TEXT NOT NULL DEFAULT ''  -- the render worker it was sent to (executor: ray)
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
+CREATE TABLE IF NOT EXISTS live (
+    image       TEXT PRIMARY KEY,  -- a live input's absolute path
+    digest      TEXT NOT NULL,     -- its content (image, companions, settings) last rendered
+    seed        INTEGER NOT NULL   -- the seed it renders with, kept across edits
+);
 """
 # States in which a job was in hand when the process stopped.
 UNFINISHED = (
@@ -161,6 +166,18 @@ class Journal:
         names = ", ".join(f"{name} = ?" for name in columns)
         sql = f"UPDATE jobs SET state = ?{', ' + names if names else ''} WHERE id = ?"
         self._run(sql, state.value, *columns.values(), row)
+
+    def live_state(self, image: Path) -> tuple[str, int] | None:
+        """A live input's last rendered content digest and its kept seed."""
+        row = self._run("SELECT digest, seed FROM live WHERE image = ?", str(image)).fetchone()
+        return (row["digest"], row["seed"]) if row else None
+
+    def live_rendered(self, image: Path, digest: str, seed: int) -> None:
+        self._run(
+            "INSERT INTO live (image, digest, seed) VALUES (?, ?, ?) ON CONFLICT(image)"
+            " DO UPDATE SET digest = excluded.digest, seed = excluded.seed",
+            str(image), digest, seed,
+        )  # fmt: skip
 
     def unfinished(self) -> list[Entry]:
         placeholders = ", ".join("?" for _ in UNFINISHED)

@@ -102,14 +102,20 @@ def _split(name: str) -> tuple[str, str]:
     return (head, dot + rest) if head else (name, "")
 
 
-def failure_report(reason: str, error: BaseException | None, *, job_name: str) -> str:
+def failure_report(
+    reason: str, error: BaseException | None, *, job_name: str, live: bool = False
+) -> str:
     """The ``.error.txt`` text: the reason in one plain sentence first, then the details.
 
     Expected problems (InputError) need no traceback; an unexpected exception gets one, so
     that a bug report can be made from the file alone.
     """
     lines = [reason.rstrip(), "", f"Input: {job_name}"]
-    lines.append("To retry, fix the problem and move the file back into its profile folder.")
+    lines.append(
+        "It renders again at its next export; this report goes away when one succeeds."
+        if live
+        else "To retry, fix the problem and move the file back into its profile folder."
+    )
     if error is not None and not isinstance(error, Img2ImgdError):
         lines += ["", "Details:", "".join(traceback.format_exception(error)).rstrip()]
     return "\n".join(lines) + "\n"

@@ -34,6 +34,7 @@ class Job:
     sub_dir: PurePosixPath
     companions: Companions = field(default_factory=Companions)
     attempt: int = 0
+    live: bool = False  # its profile is live: it stays in the inbox and renders on each change
     id: int = field(default_factory=lambda: next(_ids))
 
     @property

@@ -171,6 +171,28 @@ def _mask_in_folder(stem: str, mask_names: set[str], names: set[str]) -> tuple[s
     return (same_number[0] if same_number else None), False
 
 
+def image_of_companion(companion: Path) -> Path | None:
+    """The image beside `companion` (``a.mask.png``, ``a.sketch.png``, ``a.yaml``,
+    ``a.txt`` → ``a.png`` or another image type), if there is one."""
+    name = companion.name.lower()
+    for ending in (".mask", ".sketch"):
+        stem = PurePosixPath(name).stem
+        if stem.endswith(ending):
+            name = stem[: -len(ending)]
+            break
+    else:
+        name = PurePosixPath(name).stem
+    try:
+        beside = {entry.name.lower(): entry for entry in _files(companion.parent)}
+    except OSError:
+        return None
+    for extension in sorted(IMAGE_EXTENSIONS):
+        found = beside.get(f"{name}{extension}")
+        if found is not None:
+            return found
+    return None
+
+
 def companions_on_disk(image: Path) -> Companions:
     folder = image.parent
     try:

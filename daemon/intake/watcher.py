@@ -20,6 +20,7 @@ from watchdog.events import (
     DirMovedEvent,
     FileClosedEvent,
     FileCreatedEvent,
+    FileDeletedEvent,
     FileModifiedEvent,
     FileMovedEvent,
     FileSystemEvent,
@@ -62,8 +63,8 @@ class _Handler(FileSystemEventHandler):
     def _dispatch(self, event: FileSystemEvent) -> None:
         if isinstance(event, FileClosedEvent):
             self._report(_str(event.src_path), closed=True)
-        elif isinstance(event, FileCreatedEvent | FileModifiedEvent):
-            self._report(_str(event.src_path), closed=False)
+        elif isinstance(event, FileCreatedEvent | FileModifiedEvent | FileDeletedEvent):
+            self._report(_str(event.src_path), closed=False)  # a delete: the path is gone
         elif isinstance(event, FileMovedEvent):
             self._report(_str(event.dest_path), closed=True)  # a rename finishes a write
         elif isinstance(event, DirCreatedEvent | DirMovedEvent):

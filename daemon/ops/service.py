@@ -106,6 +106,7 @@ class Daemon:
             on_change=lambda: self.notifier.status(self.status_line()),
         )
         self.admission.on_arrival = self.worker.want
+        self.admission.on_change_in_hand = self.worker.supersede
         self._inbox_gone = False
         self._watcher: InboxWatcher | None = None
         self._worker = threading.Thread(

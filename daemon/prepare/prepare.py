@@ -43,6 +43,7 @@ class Prepared:
     request: RenderRequest
     notes: tuple[str, ...] = ()
     frame: FramePlan | None = None
+    digest: str | None = None  # a live input's content (see queue/live.py)
 
 
 class Preparer:
@@ -67,6 +68,8 @@ class Preparer:
         image = storage_safe(load_image, job.image, max_pixels=limits.max_image_pixels)
         merged = merge_settings(job, profile, image, max_bytes=limits.max_input_bytes)
         settings = merged.settings
+        if settings.live:  # the result is replaced in place, never a -1 copy
+            settings = settings.model_copy(update={"overwrite": True})
         flat = flatten_on_white(image)
         if settings.task == "interrogate":
             return Prepared(job, RenderRequest(job.label, settings, flat), merged.notes)
@@ -76,7 +79,11 @@ class Preparer:
         )  # fmt: skip
         size = processing_size(settings, *canvas.image.size)
         note = aspect_note(settings, canvas.image.size, size)
-        frame = self._frame_plan(job, settings.seed, settings.seed_mode, settings.color_correction)
+        frame = (
+            None  # a live sub-folder is an editor's export folder (`<document>-assets/`)
+            if settings.live
+            else self._frame_plan(job, settings.seed, settings.seed_mode, settings.color_correction)
+        )
         if frame is not None:
             seed, colors = frame.seed, frame.colors
         else:  # a single image: A1111's colour correction matches it to its own input

@@ -23,8 +23,10 @@ from pathlib import Path
 
 from loguru import logger
 
+from daemon.atomic import write_text
 from daemon.deliver.journal import Journal
 from daemon.deliver.lifecycle import DONE_FOLDER, archive, fail
+from daemon.deliver.outputs import failure_report
 from daemon.deliver.results import Delivered
 from daemon.errors import Fault, classify
 from daemon.intake.jobs import Job, JobStatus
@@ -152,14 +154,28 @@ class Ledger:
 
     # ----------------------------------------------------------------- how an attempt ended
 
-    def done(self, job: Job, delivered: Delivered, seconds: float) -> JobStatus:
-        self._journal(job, lambda journal, row: journal.written(row))
-        try:
-            archive(job, self.inbox)
-        except OSError as exc:  # the results exist; the input stays, and a rerun adds -1 copies
-            logger.error(
-                "{}: results written but the input could not be archived: {}", job.label, exc
-            )
+    def done(
+        self,
+        job: Job,
+        delivered: Delivered,
+        seconds: float,
+        *,
+        rendered: tuple[str, int] | None = None,
+    ) -> JobStatus:
+        """`rendered`: a live input's content digest and seed, kept instead of archiving."""
+        if job.live:  # nothing to archive: no `written` step (recovery would archive it)
+            if self.journal is not None and rendered is not None:
+                self.journal.live_rendered(job.image, *rendered)
+            with contextlib.suppress(FileNotFoundError):  # an older version's failure report
+                self._live_report(job).unlink()
+        else:
+            self._journal(job, lambda journal, row: journal.written(row))
+            try:
+                archive(job, self.inbox)
+            except OSError as exc:  # the results exist; the input stays, a rerun adds -1 copies
+                logger.error(
+                    "{}: results written but the input could not be archived: {}", job.label, exc
+                )
         self.release(job)
         for note in delivered.notes:
             logger.info("{}: {}", job.label, note)
@@ -184,8 +200,48 @@ class Ledger:
         delay = max(self.stability_delay, 0.2) * 2 if verdict.retry_soon else None
         return self.defer(job, verdict.reason, delay=delay)
 
+    def unchanged(self, job: Job, digest: str) -> bool:
+        """A live input whose content is what was rendered last: nothing to do."""
+        known = self.journal.live_state(job.image) if self.journal is not None else None
+        if known is None or known[0] != digest:
+            return False
+        self._finished(job, JobStatus.DONE, "unchanged since its last render")
+        self.release(job)
+        logger.info("{}: unchanged since its last render; nothing to do", job.label)
+        return True
+
+    def superseded(self, job: Job) -> None:
+        """A live input's render was stopped for a newer version, which renders next."""
+        self._finished(job, JobStatus.INTERRUPTED, "a newer version arrived")
+        self.release(job)
+        logger.info("{}: a newer version arrived; it renders next", job.label)
+
+    def _live_report(self, job: Job) -> Path:
+        """``<stem>.error.txt`` beside the result, at a stable name like the result's."""
+        return self.outbox / job.profile / job.sub_dir / f"{job.image.stem}.error.txt"
+
+    def _live_failed(self, job: Job, reason: str, error: BaseException | None) -> JobStatus:
+        """A live input's version is broken: the editor will overwrite it, so it stays; the
+        report goes beside the last good result, which stays too."""
+        report = self._live_report(job)
+        try:
+            report.parent.mkdir(parents=True, exist_ok=True)
+            write_text(report, failure_report(reason, error, job_name=job.label, live=True))
+        except OSError as exc:
+            logger.error("{}: could not write its report {}: {}", job.label, report, exc)
+        self.release(job)
+        self._finished(job, JobStatus.FAILED, reason)
+        self.count("failed")
+        logger.error(
+            "FAILED {}: {} (report: {}; the last good result stays, and the next export "
+            "renders again)", job.label, reason, report.relative_to(self.outbox),
+        )  # fmt: skip
+        return JobStatus.FAILED
+
     def failed(self, job: Job, reason: str, error: BaseException | None) -> JobStatus:
         """The file's fault: the report and the inputs go to ``_failed``."""
+        if job.live:
+            return self._live_failed(job, reason, error)
         self._journal(job, lambda journal, row: journal.failing(row, reason))
         try:
             report = fail(job, self.inbox, reason, error)

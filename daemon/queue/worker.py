@@ -14,20 +14,23 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime
 from functools import partial
+from pathlib import Path
 from typing import Literal
 
 from loguru import logger
 
 from daemon.config.hours import Window
 from daemon.deliver.results import Deliverer
-from daemon.errors import ConfigError, NotStarted
+from daemon.errors import ConfigError, NotStarted, Superseded
 from daemon.intake.jobs import Job, JobStatus
 from daemon.intake.names import is_video
 from daemon.prepare.prepare import Prepared, Preparer
 from daemon.queue.job_queue import JobQueue
 from daemon.queue.ledger import Ledger
+from daemon.queue.live import content_digest, with_kept_seed
 from daemon.queue.videos import PaintedVideo, VideoRunner
 from daemon.queue.writer import Writer
 from daemon.render.executor import Executor, Outcome, batch_limit
@@ -209,7 +212,14 @@ class Worker:
     def _prepare(self, job: Job) -> Prepared | None:
         self.ledger.running(job)
         try:
-            return self.preparer.prepare(job)
+            if not job.live:
+                return self.preparer.prepare(job)
+            digest = content_digest(job, self.preparer.profiles.get(job.profile).settings)
+            if self.ledger.unchanged(job, digest):
+                self._ended(job, JobStatus.DONE)
+                return None
+            prepared = replace(self.preparer.prepare(job), digest=digest)
+            return with_kept_seed(prepared, self.ledger.journal)
         except Exception as exc:
             self._ended(job, self.ledger.attempt_failed(job, exc))
             return None
@@ -240,6 +250,10 @@ class Worker:
                 self.ledger.not_started(job)
                 self._ended(job, JobStatus.INTERRUPTED)
                 continue
+            if isinstance(outcome, Superseded):  # a live input's newer version renders next
+                self.ledger.superseded(job)
+                self._ended(job, JobStatus.INTERRUPTED)
+                continue
             try:
                 if isinstance(outcome, Exception):
                     raise outcome
@@ -250,7 +264,15 @@ class Worker:
             except Exception as exc:
                 self._ended(job, self.ledger.attempt_failed(job, exc))
                 continue
-            self._ended(job, self.ledger.done(job, delivered, seconds))
+            rendered = (prepared.digest, prepared.request.seed) if prepared.digest else None
+            self._ended(job, self.ledger.done(job, delivered, seconds, rendered=rendered))
+
+    def supersede(self, path: Path) -> None:
+        """Watcher thread: `path` changed while in hand. When it belongs to the live input
+        being painted, the painting stops at its next step: only the newest version matters."""
+        job = self.current
+        if job is not None and job.live and path in job.inputs:
+            self.executor.cancel(job.label)
 
     def want(self, profile: str) -> None:
         """Files for `profile` are arriving (watcher or rescan thread): while they settle,

@@ -184,6 +184,10 @@ class RayExecutor:
             names += [f"{name} (on {worker.label})" for name in unloaded]
         return names
 
+    def cancel(self, label: str) -> None:
+        """A live render on a Ray worker runs to its end (the worker takes one call at a
+        time, so a cancel could only arrive after it); the newer version renders next."""
+
     def workers(self) -> list[WorkerInfo]:
         with self._cond:
             return [

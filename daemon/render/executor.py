@@ -77,6 +77,11 @@ class Executor(Protocol):
         """The render workers, for ``img2imgd status``; empty when rendering in-process."""
         ...
 
+    def cancel(self, label: str) -> None:
+        """Stop the render of request `label` at its next step, if it is being painted (a
+        live input's newer version arrived); its outcome is then :class:`Superseded`."""
+        ...
+
     def close(self) -> None:
         """After the last submission: let go of workers and connections."""
         ...
@@ -89,6 +94,8 @@ class InProcessExecutor:
         self.models = models
         # Held while rendering and while unloading, so a model is never freed mid-render.
         self._lock = threading.Lock()
+        self._painting: str | None = None  # the label being painted alone, and whether
+        self._stop = False  # a newer version asked it to stop (see cancel)
 
     @property
     def slots(self) -> int:
@@ -128,10 +135,22 @@ class InProcessExecutor:
             return [self._render_one(request) for request in group]
 
     def _render_one(self, request: RenderRequest) -> Outcome:
+        self._painting, self._stop = request.label, False
         try:
-            return render(request, self.models)
+            return render(request, self.models, stop=lambda: self._stop)
         except Exception as exc:  # the request's own failure, classified by the caller
             return exc
+        finally:
+            self._painting = None
+
+    @property
+    def painting(self) -> str | None:
+        """The label of the request being painted alone now, if any."""
+        return self._painting
+
+    def cancel(self, label: str) -> None:
+        if self._painting == label:  # (a stale cancel must not stop the next version)
+            self._stop = True
 
     def batch_limit(self, request: RenderRequest) -> int:
         return auto_batch(self.models.device[0], request)

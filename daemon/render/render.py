@@ -26,7 +26,7 @@ from daemon.a1111.color import apply_color_correction
 from daemon.a1111.pnginfo import model_note
 from daemon.config.profiles import PROMPT_SOURCES, Profile
 from daemon.engines.diffusion import Canvas, DiffusionEngine, Painting, PipelineTask, batchable
-from daemon.errors import TransientError, is_out_of_memory
+from daemon.errors import Superseded, TransientError, is_out_of_memory
 from daemon.render.cache import ModelCache
 from daemon.render.parameters import infotext
 from daemon.render.values import RenderRequest, RenderResult
@@ -34,8 +34,11 @@ from daemon.render.values import RenderRequest, RenderResult
 _T = TypeVar("_T")
 
 
-def render(request: RenderRequest, models: ModelCache) -> RenderResult:
-    """Render one request with the models in `models` (loading what is missing)."""
+def render(
+    request: RenderRequest, models: ModelCache, stop: Callable[[], bool] | None = None
+) -> RenderResult:
+    """Render one request with the models in `models` (loading what is missing). `stop` is
+    asked at every step; True stops the painting with :class:`Superseded`."""
     if request.interrogates:
         settings = request.settings
         kind = settings.interrogator
@@ -49,7 +52,7 @@ def render(request: RenderRequest, models: ModelCache) -> RenderResult:
         )
         return RenderResult(interrogation=found)
     return with_low_memory_retry(
-        models, request.label, request.settings, partial(_paint, request, models)
+        models, request.label, request.settings, partial(_paint, request, models, stop)
     )
 
 
@@ -100,13 +103,20 @@ def with_low_memory_retry(
         ) from exc
 
 
-def _paint(request: RenderRequest, models: ModelCache) -> RenderResult:
+def _paint(
+    request: RenderRequest, models: ModelCache, stop: Callable[[], bool] | None = None
+) -> RenderResult:
     settings = fill_prompt_sources(request, models)
     width, height = request.size
+
+    def at_step(_done: int, _total: int) -> None:
+        if stop is not None and stop():
+            raise Superseded(f"{request.label}: stopped for a newer version")
+
     painting = DiffusionEngine(models).paint(
         Canvas(request.image, request.mask), settings, width=width, height=height,
         seed=request.seed, prompt=settings.prompt, negative_prompt=settings.negative_prompt,
-        correct=_correction(request),
+        correct=_correction(request), on_step=at_step if stop is not None else None,
     )  # fmt: skip
     return _result(request, settings, painting, _ModelInfo.of(settings, models))
 
@@ -121,6 +131,7 @@ def share_a_call(first: RenderRequest, other: RenderRequest) -> bool:
         and other.mask is None
         and not first.settings.prompt_sources
         and first.parameters_model_hash == other.parameters_model_hash
+        and not first.settings.live  # alone, so that a newer version can stop it
         and batchable(first.settings, has_mask=False)
     )
 
