@@ -362,10 +362,14 @@ def test_every_shipped_profile_validates():
         "inpaint",
         "inpaint_sketch",
         "interrogate",
+        "live",
         "sketch",
         "tags",
     ]
     assert "_base" not in loaded
+    live = loaded.pop("live").settings
+    assert (live.task, live.live, live.seed) == ("img2img", True, 1234), "a kept seed"
+    assert live.denoising_strength <= 0.4
     assert loaded.pop("interrogate").settings.model == "builtin:tiny-interrogator"
     tags = loaded.pop("tags").settings
     assert (tags.task, tags.interrogator, tags.model) == (

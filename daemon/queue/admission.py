@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import replace
 from pathlib import Path
 
 from loguru import logger
@@ -238,7 +237,9 @@ class Admission:
             return
         companions = companions_on_disk(job.image)
         self.ledger.release(job)
-        retry = replace(job, companions=companions)
+        retry = Job(
+            job.profile, job.image, job.sub_dir, companions, attempt=job.attempt, live=job.live
+        )  # a new id: a new journal row
         if self.ledger.claim(retry):
             self.queue.put(retry)
 
