@@ -244,7 +244,8 @@ def test_ten_edits_in_one_second_end_with_the_last_after_few_renders(
         export(version, folder / "photo.png")
         time.sleep(0.1)
     export(versions[-1], folder / "reference.png")  # the last edit, rendered on its own
-    wait_for(lambda: (workspace.outbox / "live" / "reference.png").exists(), timeout=60)
+    out = workspace.outbox / "live"
+    wait_for(lambda: (out / "reference.png").exists() and (out / "photo.png").exists(), 60)
     wait_for(lambda: daemon.idle(), timeout=60)
     renders = daemon.tally.done - 1
     assert 1 <= renders <= 3, f"{renders} renders for ten edits"

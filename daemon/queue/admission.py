@@ -143,8 +143,8 @@ class Admission:
             self.on_arrival(where.profile)
 
     def idle(self) -> bool:
-        with self._lock:
-            waiting = bool(self._waiting)
+        with self._lock:  # (a file changed in hand is looked at once released: not idle)
+            waiting = bool(self._waiting) or bool(self._changed_in_hand)
         return not waiting and len(self.tracker) == 0 and len(self.queue) == 0
 
     def waiting(self) -> set[Path]:
