@@ -247,6 +247,7 @@ def test_ten_edits_in_one_second_end_with_the_last_after_few_renders(
     out = workspace.outbox / "live"
     wait_for(lambda: (out / "reference.png").exists() and (out / "photo.png").exists(), 60)
     wait_for(lambda: daemon.idle(), timeout=60)
+    wait_for(lambda: daemon.tally.done >= 2, timeout=30)  # counted just after the release
     renders = daemon.tally.done - 1
     assert 1 <= renders <= 3, f"{renders} renders for ten edits"
     out = workspace.outbox / "live"
