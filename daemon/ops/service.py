@@ -64,15 +64,7 @@ class Daemon:
     ) -> None:
         self.settings = settings
         self.watch = watch
-        self.models = models or ModelCache(
-            models_dir=settings.models_dir,
-            state_dir=settings.state_dir,
-            device=settings.device,
-            lora_dirs=settings.lora_dirs,
-            embedding_dirs=settings.embedding_dirs,
-            allow_pickle=settings.allow_pickle,
-            compile_unet=settings.compile_unet,
-        )
+        self.models = models or ModelCache.from_settings(settings)
         self.stop_event = threading.Event()
         self.executor = executor or _executor(settings, self.models, self.stop_event)
         self.rng = rng or random.Random()  # seeds drawn for -1: the service's, not the process's

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from daemon.a1111.samplers import SamplerChoice, build_scheduler
+from daemon.config.settings import Settings
 from daemon.engines.adapter_files import default_embedding_dirs, default_lora_dirs
 from daemon.engines.adapters import AdapterManager, AdapterState
 from daemon.engines.diffusion import PipelineTask
@@ -94,6 +95,19 @@ class ModelCache:
             state_dir=state_dir,
             device=lambda: self.device,
             allow_pickle=allow_pickle,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, device: str | None = None) -> ModelCache:
+        """The cache the daemon's settings describe (`device`: another than theirs)."""
+        return cls(
+            models_dir=settings.models_dir,
+            state_dir=settings.state_dir,
+            device=device or settings.device,
+            lora_dirs=settings.lora_dirs,
+            embedding_dirs=settings.embedding_dirs,
+            allow_pickle=settings.allow_pickle,
+            compile_unet=settings.compile_unet,
         )
 
     @property

@@ -36,7 +36,7 @@ from daemon.config.profiles import Profile
 from daemon.config.settings import Settings
 from daemon.errors import ConfigError, InputError, NotStarted, TransientError
 from daemon.render.executor import Dispatched, Outcome, WorkerInfo, auto_batch
-from daemon.render.remote import CacheSettings, Description, RenderWorker, Reply
+from daemon.render.remote import Description, RenderWorker, Reply
 from daemon.render.values import RenderRequest
 
 MAX_CRASHES = 3  # worker deaths with a request in hand before the request's input fails
@@ -103,15 +103,7 @@ class RayExecutor:
         self.stop = stop or threading.Event()  # the daemon is stopping: send nothing new
         self.gpus_per_worker = settings.ray_gpus_per_worker
         self.inflight_per_worker = settings.ray_inflight_per_worker
-        self.cache = CacheSettings(
-            models_dir=settings.models_dir,
-            state_dir=settings.state_dir,
-            device=settings.device,
-            lora_dirs=settings.lora_dirs,
-            embedding_dirs=settings.embedding_dirs,
-            allow_pickle=settings.allow_pickle,
-            compile_unet=settings.compile_unet,
-        )
+        self.settings = settings  # what each worker builds its model cache from
         self._actor_class = self.ray.remote(
             num_gpus=self.gpus_per_worker,
             num_cpus=1,  # Ray then gives torch one thread per worker on a CPU-only node
@@ -372,7 +364,7 @@ class RayExecutor:
             self._said_no_gpu = wanted == 0
             while len(self._workers) < wanted:
                 self._made += 1
-                handle = self._actor_class.remote(self.cache)
+                handle = self._actor_class.remote(self.settings)
                 self._workers.append(_Worker(f"w{self._made}", handle))
                 logger.info("render worker w{} starting", self._made)
             surplus = [w for w in self._workers if not w.alive and not w.in_flight]

@@ -13,27 +13,14 @@ import os
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from daemon.config.profiles import Profile
+from daemon.config.settings import Settings
 from daemon.errors import ConfigError, InputError, TransientError, is_out_of_memory
 from daemon.libraries import quiet_libraries
 from daemon.render.cache import ModelCache
 from daemon.render.executor import InProcessExecutor, Outcome
 from daemon.render.values import RenderRequest
-
-
-@dataclass(frozen=True)
-class CacheSettings:
-    """What a worker's model cache is made with (the daemon's settings, paths included)."""
-
-    models_dir: Path | None
-    state_dir: Path
-    device: str
-    lora_dirs: list[Path] | None
-    embedding_dirs: list[Path] | None
-    allow_pickle: bool
-    compile_unet: bool
 
 
 @dataclass(frozen=True)
@@ -58,20 +45,11 @@ class RenderWorker:
     """Wrapped by ``ray.remote`` at run time (see cluster.py), so importing this module
     needs no Ray. One request (or batch) at a time: a GPU wants one owner."""
 
-    def __init__(self, cache: CacheSettings) -> None:
+    def __init__(self, settings: Settings) -> None:
         quiet_libraries()  # a process of its own: the CLI's start-up never ran here
-        device = cache.device
-        if device.startswith("cuda:"):  # Ray gives this worker its GPU as cuda:0
-            device = "cuda"
-        self.models = ModelCache(
-            models_dir=cache.models_dir,
-            state_dir=cache.state_dir,
-            device=device,
-            lora_dirs=cache.lora_dirs,
-            embedding_dirs=cache.embedding_dirs,
-            allow_pickle=cache.allow_pickle,
-            compile_unet=cache.compile_unet,
-        )
+        # Ray gives this worker its GPU as cuda:0, whatever cuda:N the daemon names
+        device = "cuda" if settings.device.startswith("cuda:") else settings.device
+        self.models = ModelCache.from_settings(settings, device=device)
         self.executor = InProcessExecutor(self.models)
 
     def describe(self) -> Description:
