@@ -142,6 +142,8 @@ def test_a_video_spreads_its_frames_over_the_workers(cluster: Any, workspace: Wo
     daemon.on_job_end = lambda job, status: painted.update(
         {w.name: w.done for w in daemon.executor.workers()}
     )
+    # Both workers up first: frames go only to workers that have answered.
+    wait_for(lambda: sum(w.alive for w in daemon.executor.workers()) == 2, timeout=120)
     daemon.run_once(tick=0.02)
     assert daemon.tally.done == 1, daemon.tally
     assert [p.name for p in workspace.outputs("v")] == ["clip.mp4", "clip.txt"]
