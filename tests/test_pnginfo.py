@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image, PngImagePlugin
 
 from daemon.a1111.infotext import parse_infotext
@@ -51,8 +52,18 @@ def test_model_note_only_on_mismatch():
     assert "model hash 0123456789" in (model_note("0123456789", "abcdef0123", "m") or "")
 
 
-def test_original_input_plus_sidecar_reproduces_the_output(workspace: Workspace, running):
-    workspace.profile("first", seed=-1, prompt="a red fox", cfg_scale=5)
+@pytest.mark.parametrize(
+    ("prompt", "negative"),
+    [
+        ("a red fox", ""),
+        # Prompt editing, alternation and AND: recorded as written, scheduled again.
+        ("[a red fox:a blue car:0.5] AND [a fox|a car]:0.6", "[ugly:lowres:2]"),
+    ],
+)
+def test_original_input_plus_sidecar_reproduces_the_output(
+    workspace: Workspace, running, prompt: str, negative: str
+):
+    workspace.profile("first", seed=-1, prompt=prompt, negative_prompt=negative, cfg_scale=5)
     workspace.profile("again", use_png_info=True, seed=1, prompt="something else", cfg_scale=9)
     running()
     workspace.drop("chelsea.png", "first/cat.png")
@@ -67,7 +78,8 @@ def test_original_input_plus_sidecar_reproduces_the_output(workspace: Workspace,
     second = np.asarray(Image.open(workspace.outbox / "again/cat.png"))
     assert np.array_equal(first, second)
     again = parse_infotext((workspace.outbox / "again/cat.txt").read_text())
-    assert again.prompt == "a red fox" and again.params["Seed"] == info.params["Seed"]
+    assert (info.prompt, info.negative_prompt) == (prompt, negative)
+    assert again.prompt == prompt and again.params["Seed"] == info.params["Seed"]
     assert {p.name for p in workspace.done("again")} == {"cat.png", "cat.txt"}
 
 

@@ -89,3 +89,27 @@ def test_sdxl_img2img_and_inpaint_through_the_daemon(workspace: Workspace, runni
     result = np.asarray(Image.open(workspace.outbox / "xlinpaint/b.png").convert("RGB"))
     keep = np.asarray(mask) == 0
     assert np.array_equal(result[keep], np.asarray(image)[keep])
+
+
+def test_edits_and_alternation_with_lora_tags_and_embeddings(webui: Path, state_dir: Path):
+    """Tags leave the prompt first, wherever they stand (A1111's order); an embedding named
+    inside an edit or an alternation is its vectors there."""
+    from daemon.config.profiles import Profile
+    from daemon.engines.diffusion import Canvas, DiffusionEngine
+    from daemon.render.cache import ModelCache
+
+    engine = DiffusionEngine(ModelCache(models_dir=webui, state_dir=state_dir, device="cpu"))
+    image = Image.open(DATA / "chelsea.png").convert("RGB")
+
+    def paint(prompt: str, negative: str) -> np.ndarray:
+        settings = Profile(model="builtin:tiny-sd", steps=2, denoising_strength=1.0)
+        painting = engine.paint(Canvas(image, None), settings, width=64, height=64, seed=5,
+                                prompt=prompt, negative_prompt=negative)  # fmt: skip
+        return np.asarray(painting.images[0])
+
+    plain = paint("<lora:korean:0.8> a fox", "(EasyNegative:1.2)")
+    # Two calls: the alternation gives its first option to both, the edit its `to`.
+    edited = paint("[<lora:korean:0.8> a cat:a fox:0]", "[(EasyNegative:1.2)|lowres]")
+    assert np.array_equal(edited, plain)
+    assert not np.array_equal(paint("[a cat:a fox:0]", "[(EasyNegative:1.2)|lowres]"), plain)
+    assert not np.array_equal(paint("[<lora:korean:0.8> a cat:a fox:0]", "[lowres|x]"), plain)

@@ -23,9 +23,9 @@ through the UNet separately instead). Clip skip is done here, not by the pipelin
 ``CLIPTextModel``, and crashes. An unweighted prompt of up to 75 tokens gives exactly
 diffusers' own ``encode_prompt`` embedding (the tests check it, for SD and for SDXL).
 
-Not handled (A1111 resolves them before this point): prompt editing ``[a:b:step]``,
-alternation ``[a|b]``, composable ``AND`` and ``#`` comment lines reach the encoder as text,
-their brackets read as emphasis.
+Prompt editing ``[a:b:step]``, alternation ``[a|b]`` and composable ``AND`` are resolved
+before this point (:mod:`daemon.a1111.prompt_plan`): each text that reaches these functions
+is one step's text of one part.
 
 Why not compel, although it is installed: compel was tried against this stack and it does
 not reproduce A1111. Its weighting is a different formula (``empty + (z - empty) * w`` above

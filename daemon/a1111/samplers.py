@@ -34,6 +34,8 @@ class SamplerSpec:
     ``schedules`` lists the concrete schedule types the class can do (checked against the
     class's ``__init__`` by the tests). ``uniform_spacing`` is the ``timestep_spacing`` that
     reproduces A1111's "Uniform" schedule, or None to keep the base config's spacing.
+    ``second_order`` is A1111's flag: the sampler calls the model twice a step, so prompt
+    editing counts its steps twice (whatever the diffusers stand-in does).
     """
 
     class_name: str
@@ -43,6 +45,7 @@ class SamplerSpec:
     uniform_spacing: str | None = "linspace"
     aliases: tuple[str, ...] = ()
     note: str = ""
+    second_order: bool = False
 
 
 def _frozen(**kwargs: Any) -> Mapping[str, Any]:
@@ -61,6 +64,7 @@ _DPMPP_SDE = (
         automatic="Karras",
         aliases=("k_dpmpp_sde",),
         note="torchsde installed: stochastic DPM++ SDE with a Brownian tree, as A1111",
+        second_order=True,
     )
     if _HAS_TORCHSDE
     else SamplerSpec(
@@ -73,6 +77,7 @@ _DPMPP_SDE = (
         uniform_spacing=None,
         aliases=("k_dpmpp_sde",),
         note="torchsde missing: deterministic DPM++ 2S stand-in, not A1111's stochastic sampler",
+        second_order=True,
     )
 )
 
@@ -84,10 +89,15 @@ SAMPLERS: dict[str, SamplerSpec] = {
     ),
     "Euler": SamplerSpec("EulerDiscreteScheduler", aliases=("k_euler",)),
     "LMS": SamplerSpec("LMSDiscreteScheduler", aliases=("k_lms",), note="needs scipy"),
-    "Heun": SamplerSpec("HeunDiscreteScheduler", aliases=("k_heun",)),
-    "DPM2": SamplerSpec("KDPM2DiscreteScheduler", automatic="Karras", aliases=("k_dpm_2",)),
+    "Heun": SamplerSpec("HeunDiscreteScheduler", aliases=("k_heun",), second_order=True),
+    "DPM2": SamplerSpec(
+        "KDPM2DiscreteScheduler", automatic="Karras", aliases=("k_dpm_2",), second_order=True
+    ),
     "DPM2 a": SamplerSpec(
-        "KDPM2AncestralDiscreteScheduler", automatic="Karras", aliases=("k_dpm_2_a",)
+        "KDPM2AncestralDiscreteScheduler",
+        automatic="Karras",
+        aliases=("k_dpm_2_a",),
+        second_order=True,
     ),
     "DPM++ 2M": SamplerSpec(
         "DPMSolverMultistepScheduler",
@@ -196,6 +206,11 @@ def parse_sampler(sampler_name: str, scheduler: str = "Automatic") -> SamplerCho
             f"it supports: Automatic, {', '.join(spec.schedules)}"
         )
     return SamplerChoice(label, schedule)
+
+
+def second_order(choice: SamplerChoice) -> bool:
+    """Whether A1111 counts two model calls a step for this sampler (prompt editing)."""
+    return SAMPLERS[choice.sampler].second_order
 
 
 def infotext_fields(choice: SamplerChoice) -> dict[str, str]:

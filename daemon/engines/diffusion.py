@@ -9,6 +9,7 @@ mask → invert → blur → only-masked crop or whole-picture resize → masked
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -24,14 +25,16 @@ from daemon.a1111.masks import (
     paste_back,
     prepare_mask,
 )
+from daemon.a1111.prompt_plan import PromptPlan, plan_prompts, timeline_steps
 from daemon.a1111.prompts import extract_extra_networks
-from daemon.a1111.samplers import SamplerChoice
+from daemon.a1111.samplers import SamplerChoice, second_order
 from daemon.a1111.seeds import MAX_SEED
 from daemon.a1111.sizes import ResizeMode
 from daemon.config.profiles import Profile
 from daemon.engines.adapters import AdapterManager, AppliedAdapters
+from daemon.engines.conditioning import ScheduledConditioning
 from daemon.engines.prompt_cache import PromptCache
-from daemon.engines.prompt_encoder import PromptEncoder
+from daemon.engines.prompt_encoder import Embedded, PromptEncoder
 from daemon.errors import InputError
 
 if TYPE_CHECKING:
@@ -70,6 +73,22 @@ class Painting:
     inpainted: bool
     notes: tuple[str, ...] = ()
     params: dict[str, object] = field(default_factory=dict)  # Lora hashes, TI hashes
+
+
+@dataclass(frozen=True)
+class Conditioned:
+    """A warm pipeline set up for one job, and how its prompts condition it."""
+
+    pipe: Any
+    embeddings: dict[str, Any]  # the pipeline call's prompt kwargs
+    applied: AppliedAdapters
+    scheduled: ScheduledConditioning | None  # prompt editing or AND: steers every model call
+
+    def steering(self, batch: int) -> AbstractContextManager[None]:
+        """Around one pipeline call painting `batch` images."""
+        if self.scheduled is None:
+            return nullcontext()
+        return self.scheduled.steering(self.pipe.unet, batch)
 
 
 def inference_steps(steps: int, strength: float, *, fix_steps: bool) -> tuple[int, float]:
@@ -180,9 +199,10 @@ class DiffusionEngine:
         import torch
 
         task: PipelineTask = "inpaint" if mask is not None else "img2img"
-        pipe, embeddings, applied = self._conditioning(
+        conditioned = self._conditioning(
             settings, task, width * height, prompt, negative_prompt, notes
         )
+        pipe = conditioned.pipe
         steps, strength = inference_steps(
             settings.steps, settings.denoising_strength, fix_steps=settings.img2img_fix_steps
         )
@@ -206,7 +226,7 @@ class DiffusionEngine:
             # CPU generators: the same seed gives the same image on any device.
             generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
             call: dict[str, Any] = dict(
-                **embeddings,
+                **conditioned.embeddings,
                 num_inference_steps=steps,
                 strength=strength,
                 guidance_scale=settings.cfg_scale,
@@ -219,10 +239,10 @@ class DiffusionEngine:
             else:
                 call.update(self._inpaint_inputs(pipe, image, mask, settings, generators))
                 call.update(width=width, height=height)
-            with torch.inference_mode():
+            with torch.inference_mode(), conditioned.steering(settings.batch_size):
                 outputs += pipe(**call).images
             seeds += batch_seeds
-        return outputs, seeds, applied.infotext_params()
+        return outputs, seeds, conditioned.applied.infotext_params()
 
     def _conditioning(
         self,
@@ -232,7 +252,7 @@ class DiffusionEngine:
         prompt: str,
         negative_prompt: str,
         notes: list[str],
-    ) -> tuple[Any, dict[str, Any], AppliedAdapters]:
+    ) -> Conditioned:
         """The warm pipeline for `task`, set up for this job: its sampler, VAE tiling, the
         LoRAs and embeddings the prompts name, and the prompts' embeddings."""
         pipe = self.models.pipeline(settings.model, task, vae=settings.vae)
@@ -251,20 +271,40 @@ class DiffusionEngine:
             [*loras, *negative_loras], prompt_text, negative_text
         )
         notes += applied.notes
-        # What makes the text encoders' output: the LoRAs on them, the texts, the clip skip.
-        key = (
-            tuple((lora.adapter, lora.te_weight) for lora in applied.loras),
+        a1111_order = second_order(settings.sampler)
+        plan = plan_prompts(
             applied.prompt,
             applied.negative_prompt,
-            settings.clip_skip,
+            timeline_steps(settings.steps, second_order=a1111_order),
         )
-        embeddings = self.models.prompts(settings.model, vae=settings.vae).get(
-            key,
-            lambda: PromptEncoder(pipe).encode(
-                applied.prompt, applied.negative_prompt, clip_skip=settings.clip_skip
-            ),
+        notes += [f"prompt: {note}" for note in plan.notes]
+        # What makes the text encoders' output: the LoRAs on them, the texts, the clip skip.
+        loras_key = tuple((lora.adapter, lora.te_weight) for lora in applied.loras)
+        cache = self.models.prompts(settings.model, vae=settings.vae)
+        if plan.plain:
+            prompt_text, negative_text = plan.fixed_texts
+            key = (loras_key, prompt_text, negative_text, settings.clip_skip)
+            embeddings = cache.get(
+                key,
+                lambda: PromptEncoder(pipe).encode(
+                    prompt_text, negative_text, clip_skip=settings.clip_skip
+                ),
+            )
+            return Conditioned(pipe, embeddings, applied, None)
+        # Prompt editing, alternation, AND: each distinct text is encoded once (and once a
+        # clip, through the cache), the UNet is steered per model call.
+        scheduled = _scheduled(
+            plan,
+            PromptEncoder(pipe),
+            cache,
+            (loras_key, settings.clip_skip),
+            clip_skip=settings.clip_skip,
+            # A1111 counts a second-order sampler's two model calls a step; diffusers' own
+            # second-order schedulers call the model as often, a first-order stand-in half.
+            counter_scale=(2 if a1111_order else 1) / pipe.scheduler.order,
+            guidance=settings.cfg_scale,
         )
-        return pipe, embeddings, applied
+        return Conditioned(pipe, scheduled.call_kwargs(), applied, scheduled)
 
     def paint_batch(
         self,
@@ -285,9 +325,10 @@ class DiffusionEngine:
         import torch
 
         notes: list[str] = []
-        pipe, embeddings, applied = self._conditioning(
+        conditioned = self._conditioning(
             settings, "img2img", width * height, prompt, negative_prompt, notes
         )
+        pipe = conditioned.pipe
         steps, strength = inference_steps(
             settings.steps, settings.denoising_strength, fix_steps=settings.img2img_fix_steps
         )
@@ -295,16 +336,17 @@ class DiffusionEngine:
         # CPU generators: the same seed gives the same image on any device.
         generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
         batch = {
-            key: value.repeat(count, *[1] * (value.dim() - 1)) for key, value in embeddings.items()
+            key: value.repeat(count, *[1] * (value.dim() - 1))
+            for key, value in conditioned.embeddings.items()
         }
         resized = [resize_image(image, settings.resize_mode, width, height) for image in images]
         call: dict[str, Any] = dict(
             **batch, image=resized, num_inference_steps=steps, strength=strength,
             guidance_scale=settings.cfg_scale, num_images_per_prompt=1, generator=generators,
         )  # fmt: skip
-        with torch.inference_mode():
+        with torch.inference_mode(), conditioned.steering(count):
             painted = pipe(**call).images
-        params = applied.infotext_params()
+        params = conditioned.applied.infotext_params()
         paintings = []
         for image, seed, correct in zip(painted, seeds, corrects, strict=True):
             result = correct(image) if correct else image
@@ -362,6 +404,42 @@ class DiffusionEngine:
             "mask_image": mask,
             "masked_image_latents": _encode(pipe, masked, generators[0]),
         }
+
+
+def _scheduled(
+    plan: PromptPlan,
+    encoder: PromptEncoder,
+    cache: PromptCache,
+    key: tuple[Any, ...],
+    *,
+    clip_skip: int,
+    counter_scale: float,
+    guidance: float,
+) -> ScheduledConditioning:
+    """The plan's texts embedded, each once (`key`: what else makes an embedding)."""
+
+    def embedded(text: str, *, negative: bool) -> Embedded:
+        # An SDXL negative that is empty at every step is zeros (A1111's rule for "").
+        zeros = negative and plan.negative_texts == ("",)
+        # Spaces around a text give no tokens: " b" after an AND is "b" encoded again.
+        text = text.strip()
+        found = cache.get(
+            (*key, "text", text, zeros),
+            lambda: {"embedded": encoder.embed(text, clip_skip=clip_skip, negative=zeros)},
+        )
+        result: Embedded = found["embedded"]
+        return result
+
+    positive = {text: embedded(text, negative=False) for text in plan.texts}
+    negative = {text: embedded(text, negative=True) for text in plan.negative_texts}
+    lengths = {e.z.shape[1] for e in (*positive.values(), *negative.values())}
+    # The empty chunk pads texts of different lengths; not encoded when they are alike.
+    empty = None
+    if len(lengths) > 1:
+        empty = cache.get((*key, "empty"), lambda: {"z": encoder.empty(clip_skip=clip_skip)})["z"]
+    return ScheduledConditioning(
+        plan, positive, negative, empty=empty, counter_scale=counter_scale, guidance=guidance
+    )
 
 
 def _encode(pipe: Any, image: Image.Image, generator: torch.Generator) -> torch.Tensor:

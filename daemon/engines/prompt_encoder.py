@@ -33,6 +33,14 @@ class _Tower:
     pooled: bool  # the pooled (projected) output is wanted: SDXL's second encoder
 
 
+@dataclass(frozen=True)
+class Embedded:
+    """One text's conditioning: the token embeddings and, for SDXL, the pooled embedding."""
+
+    z: torch.Tensor  # (1, 77·chunks, width)
+    pooled: torch.Tensor | None  # (1, dim): SDXL only
+
+
 class PromptEncoder:
     """Prompt + negative prompt → the embedding kwargs of a diffusers SD/SDXL pipeline call.
 
@@ -92,8 +100,49 @@ class PromptEncoder:
         the text encoder's layer count (12 for SD-1); it is ignored where A1111 ignores it
         (SDXL, SD-2).
         """
+        pos = self.embed(prompt, clip_skip=clip_skip)
+        neg = self.embed(negative, clip_skip=clip_skip, negative=True)
+        pos_z, neg_z = pos.z, neg.z
+        if pos_z.shape[1] != neg_z.shape[1]:
+            empty = self.empty(clip_skip=clip_skip)
+            length = max(pos_z.shape[1], neg_z.shape[1])
+            pos_z, neg_z = (pad_to(z, length, empty) for z in (pos_z, neg_z))
+
+        kwargs = {"prompt_embeds": pos_z, "negative_prompt_embeds": neg_z}
+        if self.is_sdxl:
+            if pos.pooled is None or neg.pooled is None:
+                raise ValueError("SDXL pipeline without a second text encoder (pooled embeds)")
+            kwargs["pooled_prompt_embeds"] = pos.pooled
+            kwargs["negative_pooled_prompt_embeds"] = neg.pooled
+        return kwargs
+
+    def embed(self, text: str, *, clip_skip: int = 1, negative: bool = False) -> Embedded:
+        """One text → its ``(1, 77·chunks, width)`` embedding and, for SDXL, the pooled one.
+
+        An empty SDXL `negative` is all zeros, pooled too, as in A1111 (``sd_models_xl``)."""
         import torch
 
+        self._check_clip_skip(clip_skip)
+        with torch.no_grad():
+            z, pooled = self._encode_text(text, clip_skip, self._device())
+            if self.is_sdxl and negative and text == "":
+                z = torch.zeros_like(z)
+                pooled = None if pooled is None else torch.zeros_like(pooled)
+        return Embedded(z, pooled)
+
+    def empty(self, *, clip_skip: int = 1) -> torch.Tensor:
+        """The empty prompt's chunk, what a shorter embedding is padded with."""
+        return self.embed("", clip_skip=clip_skip).z
+
+    def _device(self) -> torch.device:
+        # Where the pipeline runs its text encoder (diffusers' own choice; it walks the
+        # modules for offload hooks, so once per text).
+        device: torch.device = getattr(self.pipe, "_execution_device", None) or (
+            self._towers[0].model.device
+        )
+        return device
+
+    def _check_clip_skip(self, clip_skip: int) -> None:
         if not isinstance(clip_skip, int) or clip_skip < 1:
             raise ValueError(f"clip skip must be an integer >= 1, got {clip_skip!r}")
         for tower in self._towers:
@@ -101,28 +150,6 @@ class PromptEncoder:
                 raise ValueError(
                     f"clip skip {clip_skip} is more than the text encoder's {tower.layers} layers"
                 )
-
-        # Where the pipeline runs its text encoder (diffusers' own choice; it walks the modules
-        # for offload hooks, so once per call).
-        device = getattr(self.pipe, "_execution_device", None) or self._towers[0].model.device
-        with torch.no_grad():
-            pos, pos_pooled = self._encode_text(prompt, clip_skip, device)
-            neg, neg_pooled = self._encode_text(negative, clip_skip, device)
-            if self.is_sdxl and negative == "":
-                # A1111 (sd_models_xl): an empty SDXL negative prompt is all zeros, pooled too.
-                neg = torch.zeros_like(neg)
-                neg_pooled = None if neg_pooled is None else torch.zeros_like(neg_pooled)
-            if pos.shape[1] != neg.shape[1]:
-                empty, _ = self._encode_text("", clip_skip, device)
-                pos, neg = (_pad_to(t, max(pos.shape[1], neg.shape[1]), empty) for t in (pos, neg))
-
-        kwargs = {"prompt_embeds": pos, "negative_prompt_embeds": neg}
-        if self.is_sdxl:
-            if pos_pooled is None or neg_pooled is None:
-                raise ValueError("SDXL pipeline without a second text encoder (pooled embeds)")
-            kwargs["pooled_prompt_embeds"] = pos_pooled
-            kwargs["negative_pooled_prompt_embeds"] = neg_pooled
-        return kwargs
 
     def _encode_text(
         self, text: str, clip_skip: int, device: torch.device
@@ -155,7 +182,7 @@ class PromptEncoder:
             padded = []
             for z, tower in zip(per_tower, self._towers, strict=True):
                 empty, _ = self._encode_chunk(tower, _empty_chunk(tower), clip_skip, device)
-                padded.append(_pad_to(z, longest, empty))
+                padded.append(pad_to(z, longest, empty))
             per_tower = padded
         return torch.cat(per_tower, dim=-1), pooled
 
@@ -233,7 +260,7 @@ def _final_layer_norm(model: Any) -> Any:
     return norm if norm is not None else model.text_model.final_layer_norm
 
 
-def _pad_to(z: torch.Tensor, length: int, filler: torch.Tensor) -> torch.Tensor:
+def pad_to(z: torch.Tensor, length: int, filler: torch.Tensor) -> torch.Tensor:
     """Append copies of `filler` (one chunk) on the token axis until `z` is `length` long."""
     import torch
 
