@@ -12,7 +12,7 @@ EXTRAS ?= dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: venv run once check-config test test-slow lint typecheck check bench bench-detail bench-media bench-ray soak clean help
+.PHONY: venv run once check-config test test-slow lint typecheck check bench bench-detail bench-media bench-prompts bench-ray soak clean help
 
 help:
 	@echo "make run      set up .venv and start the daemon on ./inbox with ./profiles"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench    img2imgd once vs a plain diffusers script, whole processes, and where the time goes"
 	@echo "make bench-detail  the daemon's time per image on a warm pipeline, and drop-to-start latency"
 	@echo "make bench-media  interrogation, clips and videos: the daemon's cost per image or frame"
+	@echo "make bench-prompts  prompt editing, alternation and AND: time and encoder calls"
 	@echo "make bench-ray  executor: ray, 16 frames on one worker then two (a local Ray cluster)"
 	@echo "make soak     drop files for a while, killing and restarting the daemon; check nothing is lost or duplicated"
 
@@ -66,6 +67,9 @@ bench-detail: venv
 
 bench-media: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_media.py
+
+bench-prompts: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/prompt_bench.py
 
 bench-ray:
 	$(MAKE) venv EXTRAS=dev,ray
