@@ -9,6 +9,7 @@ the session's shared folder so that the built-in model is generated once.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -58,6 +59,12 @@ def workspace(
     defaults = {"inbox": None, "outbox": None, "profiles": None, "state_dir": "state"}
     Workspace(root, state_dir).config_file(**{**defaults, **config})
     return root
+
+
+def line_of(path: Path, key: str) -> int:
+    """The line (from 1) where a YAML file sets `key`."""
+    lines = path.read_text().splitlines()
+    return next(n for n, line in enumerate(lines, 1) if line.startswith(f"{key}:"))
 
 
 def drop(root: Path, sample: str, relative: str) -> Path:
@@ -171,11 +178,15 @@ def test_check_lists_every_problem_of_every_broken_profile(tmp_path, state_dir):
     result = cli(root, "check")
     assert result.returncode == 2, result.stdout
     profiles = root / "profiles"
-    assert f"{profiles / 'typo.yaml'}: unknown key 'stpes'" in result.stdout
-    assert (
-        f"{profiles / 'sizes.yaml'}: width: must be a multiple of 8, such as 512" in result.stdout
+    # Each names its file and line, and a misspelt key the nearest valid one.
+    typo, sizes = profiles / "typo.yaml", profiles / "sizes.yaml"
+    assert f"{typo}:{line_of(typo, 'stpes')}: unknown key 'stpes'; did you mean 'steps'?" in (
+        result.stdout
     )
-    assert f"{profiles / 'sizes.yaml'}: denoising_strength:" in result.stdout
+    assert f"{sizes}:{line_of(sizes, 'width')}: width: must be a multiple of 8, such as 512" in (
+        result.stdout
+    )
+    assert f"{sizes}:{line_of(sizes, 'denoising_strength')}: denoising_strength:" in result.stdout
     assert "3 problem(s) found" in result.stdout
 
 
@@ -212,8 +223,10 @@ def test_once_with_an_invalid_config_exits_2_naming_file_and_key(tmp_path, state
     result = cli(root, "once")
     assert result.returncode == 2, result.stdout
     config = root / "img2imgd.yaml"
-    assert f"{config}: unknown key 'inbx'" in result.stdout
-    assert f"{config}: stability_delay:" in result.stdout
+    assert re.search(
+        rf"{re.escape(str(config))}:\d+: unknown key 'inbx'; did you mean 'inbox'", result.stdout
+    )
+    assert re.search(rf"{re.escape(str(config))}:\d+: stability_delay:", result.stdout)
     assert files(root / "inbox") == ["p/a.png"] and not (root / "outbox").exists()
 
 

@@ -314,7 +314,7 @@ def test_a1111_combined_sampler_labels_carry_their_schedule(folder):
 def test_each_bad_value_names_the_file_and_the_key(folder, text, key):
     (problem,) = problems_of(folder, f"model: m\n{text}\n")
     assert f"{key}" in problem
-    assert problem.startswith(str(folder / "p.yaml") + ": ")
+    assert problem.startswith(str(folder / "p.yaml") + ":2: ")  # the file and the line
 
 
 # ----------------------------------------------------------------- check_all
@@ -332,11 +332,11 @@ def test_check_all_reports_every_problem_of_every_profile_at_once(folder):
     assert sorted(loaded) == ["good"]
     text = "\n".join(problems)
     assert len(problems) == 6, text
-    assert f"{folder / 'typo.yaml'}: unknown key 'stpes'" in text
-    assert f"{folder / 'sizes.yaml'}: width: must be a multiple of 8" in text
-    assert f"{folder / 'sizes.yaml'}: steps:" in text
+    assert f"{folder / 'typo.yaml'}:2: unknown key 'stpes'; did you mean 'steps'?" in text
+    assert f"{folder / 'sizes.yaml'}:2: width: must be a multiple of 8" in text
+    assert f"{folder / 'sizes.yaml'}:3: steps:" in text
     assert f"{folder / 'orphan.yaml'}: extends:" in text
-    assert f"{folder / 'notyaml.yaml'}: it is not valid YAML" in text
+    assert f"{folder / 'notyaml.yaml'}:2: it is not valid YAML" in text
     assert f"{folder / 'sampler.yaml'}: sampler_name / scheduler: unknown sampler 'Nope'" in text
 
 
@@ -474,7 +474,7 @@ def test_per_image_yaml_may_not_choose_the_model_or_a_base(loaded, tmp_path, key
         ({"steps": 0}, "a.yaml: steps: "),
         ({"denoising_strength": "lots"}, "a.yaml: denoising_strength: "),
         ({"width": 100}, "a.yaml: width: must be a multiple of 8"),
-        ({"stepz": 3}, "a.yaml: unknown key 'stepz'"),
+        ({"stepz": 3}, "a.yaml: unknown key 'stepz'; did you mean 'steps'?"),
     ],
 )
 def test_invalid_per_image_values_are_the_files_fault(loaded, tmp_path, overrides, expected):

@@ -17,8 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from daemon.a1111.samplers import SamplerChoice, parse_sampler
 from daemon.a1111.sizes import ResizeMode
-from daemon.config.validation import describe
-from daemon.config.yamlsafe import YamlProblem, read_mapping
+from daemon.config.validation import Where, describe
+from daemon.config.yamlsafe import YamlProblem, key_lines, read_mapping
 from daemon.errors import ConfigError, InputError
 
 Task = Literal["img2img", "sketch", "inpaint", "inpaint_sketch", "interrogate"]
@@ -208,6 +208,10 @@ class Profile(BaseModel):
         return self.task in ("sketch", "inpaint_sketch")
 
 
+PROFILE_KEYS = (*Profile.model_fields, "extends")
+"""Every key a profile may set, for "did you mean" hints."""
+
+
 @dataclass(frozen=True)
 class LoadedProfile:
     name: str
@@ -236,10 +240,10 @@ class LoadedProfile:
         try:
             return Profile.model_validate({**self.raw, **overrides})
         except ValidationError as exc:
-            problems = describe(exc, source.name)
-            raise InputError(
-                f"{problems[0]}",
-            ) from exc
+            lines = key_lines(source)
+            where = {key: (source.name, line) for key, line in lines.items()}
+            problems = describe(exc, source.name, known=PROFILE_KEYS, where=where)
+            raise InputError(problems[0]) from exc
 
 
 def profile_names(folder: Path) -> list[str]:
@@ -256,9 +260,18 @@ def load_profile(folder: Path, name: str) -> LoadedProfile:
     try:
         settings = Profile.model_validate(raw)
     except ValidationError as exc:
-        problems = describe(exc, files[0])
+        problems = describe(exc, files[0], known=PROFILE_KEYS, where=_where(files))
         raise ConfigError(problems[0], problems) from exc
     return LoadedProfile(name=name, settings=settings, raw=raw, files=files)
+
+
+def _where(files: tuple[Path, ...]) -> Where:
+    """Which file of an ``extends`` chain (the profile first) sets each key, and on which line."""
+    where: dict[str, tuple[Path | str, int]] = {}
+    for path in files:
+        for key, line in key_lines(path).items():
+            where.setdefault(key, (path, line))
+    return where
 
 
 def _merged_raw(folder: Path, name: str) -> tuple[dict[str, Any], tuple[Path, ...]]:
@@ -279,7 +292,7 @@ def _merged_raw(folder: Path, name: str) -> tuple[dict[str, Any], tuple[Path, ..
         try:
             data = read_mapping(path)
         except YamlProblem as exc:
-            raise ConfigError(f"{path}: {exc}") from exc
+            raise ConfigError(exc.at(path)) from exc
         parent = data.pop("extends", None)
         if parent is not None and not isinstance(parent, str):
             raise ConfigError(f"{path}: extends: must be a profile name (got {parent!r})")
@@ -336,4 +349,5 @@ def check_all(folder: Path) -> tuple[dict[str, LoadedProfile], list[str]]:
             problems.extend(exc.problems)
     if not loaded and not problems:
         problems.append(f"profiles folder {folder} holds no profile (<name>.yaml)")
-    return loaded, problems
+    # A base's problem shows in every profile that extends it, pointing at the base: once.
+    return loaded, list(dict.fromkeys(problems))

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from daemon.config.hours import parse_window
 from daemon.config.validation import describe
-from daemon.config.yamlsafe import YamlProblem, read_mapping
+from daemon.config.yamlsafe import YamlProblem, key_lines, read_mapping
 from daemon.errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "img2imgd.yaml"
@@ -58,6 +58,9 @@ class Settings(BaseModel):
     max_image_pixels: int = Field(64_000_000, gt=0)  # decoded pixels; larger inputs fail
     max_input_bytes: int = Field(512 * 1024 * 1024, gt=0)  # bytes; larger inputs fail
     log_level: Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR"] = "INFO"
+    # Prometheus metrics at http://metrics_address:metrics_port/metrics; off when unset.
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_address: str = "127.0.0.1"  # 0.0.0.0: a Prometheus on another machine may scrape
 
     @field_validator("processing_hours")
     @classmethod
@@ -104,11 +107,12 @@ def load_settings(config_path: Path | None, *, cwd: Path | None = None) -> Setti
     try:
         raw = read_mapping(config_path)
     except YamlProblem as exc:
-        raise ConfigError(f"{config_path}: {exc}") from exc
+        raise ConfigError(exc.at(config_path)) from exc
     try:
         settings = Settings.model_validate(raw)
     except ValidationError as exc:
-        problems = describe(exc, config_path)
+        where = {key: (config_path, line) for key, line in key_lines(config_path).items()}
+        problems = describe(exc, config_path, known=Settings.model_fields, where=where)
         raise ConfigError(problems[0], problems) from exc
     return check_folders(settings.resolved(config_path.resolve().parent), config_path)
 

@@ -32,6 +32,14 @@ class _NoAliasLoader(yaml.SafeLoader):
 class YamlProblem(ValueError):
     """A settings file is unreadable, too large, not YAML or not a mapping."""
 
+    def __init__(self, message: str, line: int = 0) -> None:
+        super().__init__(message)
+        self.line = line  # from 1; 0 when the problem is the whole file
+
+    def at(self, path: Path | str) -> str:
+        """``path:line: problem``, the way the other configuration problems are said."""
+        return f"{path}:{self.line}: {self}" if self.line else f"{path}: {self}"
+
 
 def read_mapping(path: Path, *, max_bytes: int = MAX_SETTINGS_BYTES) -> dict[str, Any]:
     """Read a YAML file that must hold a mapping (an empty file is an empty mapping)."""
@@ -51,7 +59,9 @@ def parse_mapping(data: bytes | str) -> dict[str, Any]:
     try:
         value = yaml.load(data, Loader=_NoAliasLoader)
     except yaml.YAMLError as exc:
-        raise YamlProblem(f"it is not valid YAML: {_one_line(exc)}") from exc
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else 0
+        raise YamlProblem(f"it is not valid YAML: {_one_line(exc)}", line) from exc
     if value is None:
         return {}
     if not isinstance(value, dict):
@@ -60,6 +70,24 @@ def parse_mapping(data: bytes | str) -> dict[str, Any]:
     if bad_keys:
         raise YamlProblem(f"keys must be names, not {bad_keys[0]!r}")
     return value
+
+
+def key_lines(path: Path) -> dict[str, int]:
+    """The line (from 1) of each top-level key of a settings file, for messages that point at
+    it; empty when the file cannot be read (its problem is reported on its own)."""
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(MAX_SETTINGS_BYTES + 1)
+        node = yaml.compose(data, Loader=_NoAliasLoader)
+    except (OSError, yaml.YAMLError):
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {
+        str(key.value): key.start_mark.line + 1
+        for key, _ in node.value
+        if isinstance(key, yaml.ScalarNode)
+    }
 
 
 def _one_line(exc: Exception) -> str:

@@ -86,6 +86,7 @@ class Interrogators:
         self._device = device
         self._loaded: dict[tuple[Interrogator, str], _Loaded] = {}
         self._lock = threading.Lock()
+        self.on_load: Callable[[str, float], None] = lambda name, seconds: None  # metrics
 
     def interrogate(
         self, image: Image.Image, settings: Profile, kind: Interrogator, ref: str
@@ -174,7 +175,9 @@ class Interrogators:
                 "try the flow offline; point the profile at a real model for real prompts.",
                 ref,
             )
-        logger.info("loaded {} interrogator {} in {:.1f}s", kind, ref, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        logger.info("loaded {} interrogator {} in {:.1f} s", kind, ref, seconds)
+        self.on_load(ref, seconds)
         return engine
 
     def unload_idle(self, max_idle: float, *, now: float | None = None) -> list[str]:

@@ -26,10 +26,13 @@ from daemon.deliver.journal import Journal
 from daemon.deliver.lifecycle import DONE_FOLDER
 from daemon.deliver.recovery import StateLock, recover
 from daemon.deliver.results import Deliverer
+from daemon.errors import ConfigError
 from daemon.intake.jobs import Job, JobStatus
 from daemon.intake.stability import StabilityTracker
 from daemon.intake.watcher import InboxWatcher
 from daemon.ops.housekeeping import prune_done
+from daemon.ops.metrics import Metrics
+from daemon.ops.roster import ProfileRoster
 from daemon.ops.status import publish_workers
 from daemon.ops.systemd import Notifier
 from daemon.prepare.clip_state import SequenceStore, drop_abandoned
@@ -48,6 +51,7 @@ JOURNAL_NAME = "journal.sqlite3"
 STOP_EXTENSION = 30.0  # s asked of systemd at a time while the job in hand finishes
 ABANDONED_STATE = 86400.0  # s untouched before an unfinished clip's or video's state goes
 WATCHER_CHECK = 1.0  # s between checks that the watcher and the inbox are alive
+PROFILES_CHECK = 0.5  # s between looks at the profiles folder (profiles added or removed)
 WORKERS_EVERY = 2.0  # s between rewrites of workers.json (executor: ray) for `status`
 TICK = 0.05  # s between passes of the main loop over completed files
 
@@ -97,6 +101,10 @@ class Daemon:
             max_batch=settings.max_batch,
             on_change=lambda: self.notifier.status(self.status_line()),
         )
+        self.metrics = self._metrics() if settings.metrics_port else None
+        self.roster = ProfileRoster(
+            settings.profiles, settings.inbox, on_added=self.admission.profile_added
+        )
         self.admission.on_arrival = self.worker.want
         self.admission.on_change_in_hand = self.worker.supersede
         self._inbox_gone = False
@@ -107,6 +115,20 @@ class Daemon:
         self._scheduler: BackgroundScheduler | None = None
 
     # ----------------------------------------------------------------- hooks and state
+
+    def _metrics(self) -> Metrics:
+        metrics = Metrics(queue_length=lambda: len(self.queue))
+
+        def finished(job: Job, outcome: str, seconds: float | None) -> None:
+            try:
+                task: str = self.profiles.get(job.profile).settings.task
+            except ConfigError:  # the profile broke since: the count still counts
+                task = "unknown"
+            metrics.finished(job.profile, task, outcome, seconds)
+
+        self.ledger.on_outcome = finished
+        self.models.on_load = self.models.interrogators.on_load = metrics.model_loaded
+        return metrics
 
     @property
     def tally(self) -> Tally:
@@ -152,6 +174,7 @@ class Daemon:
     def start(self) -> None:
         names = self.prepare_folders()
         self.lock.acquire()  # ConfigError when another daemon owns these folders
+        self.roster.start(names)
         journal = Journal(self.settings.state_dir / JOURNAL_NAME)
         recover(journal, inbox=self.settings.inbox, outbox=self.settings.outbox)
         self.ledger.journal = journal
@@ -160,6 +183,8 @@ class Daemon:
             self.settings.inbox, ", ".join(names) or "(none)", self.settings.outbox,
         )  # fmt: skip
         self._worker.start()
+        if self.metrics is not None and self.settings.metrics_port:
+            self.metrics.serve(self.settings.metrics_address, self.settings.metrics_port)
         if self.watch:
             self._watcher = InboxWatcher(
                 self.settings.inbox,
@@ -243,6 +268,8 @@ class Daemon:
             self.notifier.extend_timeout(STOP_EXTENSION)
             self._worker.join(timeout=STOP_EXTENSION / 2)
         self.executor.close()
+        if self.metrics is not None:
+            self.metrics.close()
         publish_workers(self.settings.state_dir, [])  # gone with the daemon
         self.clip_ends.end_due(self.admission.busy_folders(), at_stop=True)
         journal, self.ledger.journal = self.ledger.journal, None
@@ -256,13 +283,16 @@ class Daemon:
     def run_forever(self, *, tick: float = TICK) -> None:
         self.start()
         interval = self.notifier.watchdog_interval()
-        next_ping = next_check = 0.0
+        next_ping = next_check = next_profiles = 0.0
         try:
             while not self.stop_event.wait(tick):
                 self.step()
                 if time.monotonic() >= next_check:
                     self.check_watcher()
                     next_check = time.monotonic() + WATCHER_CHECK
+                if time.monotonic() >= next_profiles:
+                    self.roster.check()
+                    next_profiles = time.monotonic() + PROFILES_CHECK
                 if interval is not None and time.monotonic() >= next_ping:
                     self.notifier.watchdog_ping()
                     next_ping = time.monotonic() + interval

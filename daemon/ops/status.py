@@ -18,6 +18,7 @@ from daemon.render.executor import WorkerInfo
 
 IN_HAND = (JobStatus.RUNNING, JobStatus.DISPATCHED, JobStatus.WRITING, JobStatus.WRITTEN)
 WORKERS_NAME = "workers.json"
+PACE_JOBS = 50  # the recent done jobs the time left is estimated from
 
 
 def publish_workers(state_dir: Path, workers: list[WorkerInfo]) -> None:
@@ -67,10 +68,13 @@ def status_report(
             recent, states=(JobStatus.DONE, JobStatus.FAILED, JobStatus.DEFERRED)
         )
         failures = journal.recent(5, states=(JobStatus.FAILED,))
+        paced = journal.recent(PACE_JOBS, states=(JobStatus.DONE,)) if owner else []
         counts = journal.counts(since=now - 24 * 3600)
     finally:
         journal.close()
-    lines.append(f"queue: {len(queued)} waiting" + (f", next {queued[-1].label}" if queued else ""))
+    queue = f"queue: {len(queued)} waiting" + (f", next {queued[-1].label}" if queued else "")
+    left = time_left(len(queued) + len(in_hand), paced)
+    lines.append(queue + (f"; {left}" if left else ""))
     for job in reversed(in_hand):
         started = f" for {now - job.started_at:.0f} s" if job.started_at else ""
         on = f" on {job.worker}" if job.worker and job.state is JobStatus.DISPATCHED else ""
@@ -91,6 +95,36 @@ def status_report(
         lines.append("recent failures (reports in inbox/_failed/):")
         lines += [f"  {_line(entry)}" for entry in failures]
     return "\n".join(lines) + "\n"
+
+
+def pace(done: list[Entry]) -> float | None:
+    """Seconds per job at these done jobs' pace: the spacing of their ends, which counts
+    several workers and the overlap of preparing, painting and writing, but never more than
+    their mean duration, which leaves out the idle time between bursts."""
+    ends = sorted(entry.finished_at for entry in done if entry.finished_at)
+    durations = [entry.seconds for entry in done if entry.seconds]
+    estimates = [sum(durations) / len(durations)] if durations else []
+    if len(ends) >= 2:
+        estimates.append((ends[-1] - ends[0]) / (len(ends) - 1))
+    return min(estimates) if estimates else None
+
+
+def time_left(jobs: int, done: list[Entry]) -> str:
+    """The time `jobs` take at these done jobs' pace, as `status` says it ("about 4 min at
+    the last 50 jobs' pace"); empty with nothing to do or no pace yet."""
+    seconds_each = pace(done)
+    if not jobs or seconds_each is None:
+        return ""
+    return f"about {_duration(jobs * seconds_each)} at the last {len(done)} jobs' pace"
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    minutes = round(seconds / 60)
+    if minutes < 90:
+        return f"{minutes} min"
+    return f"{minutes // 60} h {minutes % 60} min"
 
 
 def _line(entry: Entry) -> str:

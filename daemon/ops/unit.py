@@ -81,8 +81,17 @@ def unit_file(
     ]
     if user:
         lines.append(f"#   loginctl enable-linger {_user_name()}   # run without a login session")
+    lines.append(f"# Follow its log with: journalctl {scope}-u {unit_name} -f")
+    if settings.metrics_port:
+        host = "localhost" if settings.metrics_address == "127.0.0.1" else "<this host>"
+        lines += [
+            f"# Prometheus metrics: http://{settings.metrics_address}:{settings.metrics_port}"
+            "/metrics (metrics_port in img2imgd.yaml). In prometheus.yml:",
+            "#   scrape_configs:",
+            "#     - job_name: img2imgd",
+            f"#       static_configs: [{{targets: ['{host}:{settings.metrics_port}']}}]",
+        ]
     lines += [
-        f"# Follow its log with: journalctl {scope}-u {unit_name} -f",
         "",
         "[Unit]",
         "Description=img2imgd: Stable Diffusion img2img watch-folder daemon",

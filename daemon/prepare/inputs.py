@@ -99,7 +99,7 @@ def merge_settings(
         try:
             overrides.update(read_mapping(yaml_path, max_bytes=PER_IMAGE_YAML_BYTES))
         except YamlProblem as exc:
-            raise InputError(f"{yaml_path.name}: {exc}") from exc
+            raise InputError(exc.at(yaml_path.name)) from exc
         sources.append(yaml_path.name)
     settings = (
         profile.with_overrides(overrides, Path(" + ".join(sources)))

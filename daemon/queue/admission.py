@@ -99,6 +99,14 @@ class Admission:
                 self.tracker.touch(path)
                 self._arrived(path)
 
+    def profile_added(self, name: str) -> None:
+        """A profile appeared: the files that waited for it go now, not at the next rescan."""
+        for path in walk_files(self.settings.inbox / name):
+            if not self.ledger.holds(path):
+                self.tracker.forget(path)  # held until the next rescan: looked at afresh
+        self._said.discard(f"no-profile:{name}")  # said again if it goes away again
+        self.rescan()
+
     def step(self, now: float | None = None) -> None:
         """Complete files → jobs; images waiting for companions looked at again; deferred
         jobs whose retry is due queued again."""

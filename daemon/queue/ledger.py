@@ -65,15 +65,20 @@ class Ledger:
         self.retry_later = retry_later  # False for `once`: a process fault waits for the next run
         self.on_finished = on_finished  # a job left the inbox (its clip may be over)
         self.tally = Tally()
+        # Each counted outcome, for the metrics: (job, "done"|"failed"|"deferred", seconds).
+        self.on_outcome: Callable[[Job, str, float | None], None] = lambda *_: None
         self._lock = threading.Lock()
         self._claimed: set[Path] = set()
         self._rows: dict[int, int] = {}  # job id -> journal row
         self._retries: dict[Path, tuple[float, Job]] = {}  # image -> (due, deferred job)
 
-    def count(self, outcome: str) -> None:
-        """One more done, failed or deferred input (the worker and the writer both count)."""
+    def count(self, outcome: str, job: Job | None = None, seconds: float | None = None) -> None:
+        """One more done, failed or deferred input (the worker and the writer both count;
+        `once` counts a file it leaves for later without a job)."""
         with self._lock:
             setattr(self.tally, outcome, getattr(self.tally, outcome) + 1)
+        if job is not None:
+            self.on_outcome(job, outcome, seconds)
 
     # ----------------------------------------------------------------- claims
 
@@ -188,7 +193,7 @@ class Ledger:
         logger.success("done {} → {} ({:.1f} s){}", job.label, names, seconds, progress)
         self.on_finished(job)
         self._finished(job, JobStatus.DONE, seconds=seconds)
-        self.count("done")
+        self.count("done", job, seconds)
         return JobStatus.DONE
 
     def attempt_failed(self, job: Job, error: Exception) -> JobStatus:
@@ -231,7 +236,7 @@ class Ledger:
             logger.error("{}: could not write its report {}: {}", job.label, report, exc)
         self.release(job)
         self._finished(job, JobStatus.FAILED, reason)
-        self.count("failed")
+        self.count("failed", job)
         logger.error(
             "FAILED {}: {} (report: {}; the last good result stays, and the next export "
             "renders again)", job.label, reason, report.relative_to(self.outbox),
@@ -253,7 +258,7 @@ class Ledger:
         self.release(job)
         self._finished(job, JobStatus.FAILED, reason)
         self.on_finished(job)
-        self.count("failed")
+        self.count("failed", job)
         logger.error(
             "FAILED {}: {} (report: {})", job.label, reason, report.relative_to(self.inbox)
         )
@@ -263,7 +268,7 @@ class Ledger:
         """Leave the input in the inbox and try it again later (``delay`` None: back off)."""
         self._finished(job, JobStatus.DEFERRED, reason)
         if delay is None:
-            self.count("deferred")
+            self.count("deferred", job)
             if not self.retry_later:  # `once`: the next run tries again
                 self.release(job)
                 logger.warning("{}: not done, left in the inbox: {}", job.label, reason)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -90,6 +91,7 @@ class ModelCache:
         self._loaded: dict[str, _Loaded] = {}
         self._low_memory: set[str] = set()  # models that ran out of memory once
         self._device: tuple[str, torch.dtype] | None = None
+        self.on_load: Callable[[str, float], None] = lambda name, seconds: None  # metrics
         self.interrogators = Interrogators(
             models_dir=models_dir,
             state_dir=state_dir,
@@ -189,6 +191,7 @@ class ModelCache:
         loaded = self._loaded.get(key)
         if loaded is None:
             source = self.source(ref)
+            started = time.monotonic()
             try:
                 pipe = self._load(source, vae)
             except ConfigError as exc:  # e.g. an unknown checkpoint layout: say it plainly
@@ -200,6 +203,9 @@ class ModelCache:
                     f"could not load model {source.name} ({source.location}): "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
+            seconds = time.monotonic() - started
+            logger.info("loaded model {} in {:.1f} s", source.name, seconds)
+            self.on_load(source.ref, seconds)  # as profiles name it
             loaded = self._loaded[key] = _Loaded(source, {"img2img": pipe}, pipe.scheduler.config)
             if key in self._low_memory:
                 _low_memory(pipe)
