@@ -34,6 +34,8 @@ class ProfileRoster:
         self._known = set(names)
 
     def check(self) -> None:
+        if not self.profiles.is_dir():
+            return  # gone for now (an unmounted share): not every profile removed
         names = set(profile_names(self.profiles))
         for name in sorted(names - self._known):
             self._consider(name)
