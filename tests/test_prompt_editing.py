@@ -8,6 +8,7 @@ The counter counts model calls from 0: 8 steps at full denoising are calls 0…7
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -209,6 +210,39 @@ def test_and_and_edits_inpaint(engine, model):
     assert same(edited, plain, levels=1)
     assert not same(paint(engine, f"{A} AND {B}", mask=mask, model=model,
                           denoising_strength=0.75), plain, levels=1)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sd2_like(state_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The tiny model made SD-2-like where it matters here: v-prediction, and a tokenizer
+    that pads with "!" after the end token (OpenCLIP's), in a folder of its own."""
+    from daemon.models.builtin import ensure_builtin
+
+    folder = tmp_path_factory.mktemp("sd2") / "tiny-sd2"
+    shutil.copytree(ensure_builtin("tiny-sd", state_dir / "builtin"), folder)
+    changes = {
+        "scheduler/scheduler_config.json": ("prediction_type", "v_prediction"),
+        "tokenizer/tokenizer_config.json": ("pad_token", "!"),
+    }
+    for name, (key, value) in changes.items():
+        path = folder / name
+        config = json.loads(path.read_text())
+        config[key] = value
+        path.write_text(json.dumps(config))
+    return str(folder)
+
+
+def test_sd2_style_v_prediction_follows_the_same_rules(engine, models, sd2_like):
+    a, b = paint(engine, A, model=sd2_like), paint(engine, B, model=sd2_like)
+    pipe = models.pipeline(sd2_like, "img2img")
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.tokenizer.pad_token == "!"
+    assert same(paint(engine, f"[{A}:{B}:0]", model=sd2_like), b)
+    assert same(paint(engine, f"[{A}:{B}:7]", model=sd2_like), a)
+    assert not same(paint(engine, f"[{A}:{B}:2]", model=sd2_like), a)
+    doubled = paint(engine, f"{A}:2", cfg_scale=3, model=sd2_like)
+    assert same(doubled, paint(engine, A, cfg_scale=6, model=sd2_like), levels=1)
+    assert same(paint(engine, f"{A} AND {B}:0", model=sd2_like), a, levels=1)
 
 
 def test_long_parts_are_padded(engine):
