@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from daemon import __version__
 from daemon.a1111.imaging import flatten_on_white, load_image
+from daemon.a1111.prompt_plan import plan_prompts
 from daemon.config.profiles import (
     DEFAULT_INTERROGATE_MODEL,
     DEFAULT_TAGGER_MODEL,
@@ -133,6 +134,23 @@ def _preflight(settings: Settings) -> list[str]:
     return problems
 
 
+def _prompt_warnings(settings: Settings) -> list[str]:
+    """Profile prompts that look like prompt editing but are text to A1111 (and here): said,
+    not refused, since A1111 takes them too."""
+    warnings = []
+    for profile in check_all(settings.profiles)[0].values():
+        keys = profile.settings
+        if keys.task == "interrogate":
+            continue
+        found = {
+            "prompt": plan_prompts(keys.prompt, "", keys.steps).notes,
+            "negative_prompt": plan_prompts("", keys.negative_prompt, keys.steps).notes,
+        }
+        warnings += [f"{profile.where(key)}: {key}: {note}" for key, notes in found.items()
+                     for note in notes]  # fmt: skip
+    return warnings
+
+
 def _check_models(profile: Profile, settings: Settings) -> None:
     """Find every model a profile names, without loading (or generating) any."""
     models_dir, state_dir = settings.models_dir, settings.state_dir
@@ -168,8 +186,10 @@ def _check_models(profile: Profile, settings: Settings) -> None:
 
 
 def _report_preflight(settings: Settings) -> bool:
-    """Log every configuration problem; True when there is none."""
+    """Log every configuration problem (and warning); True when there is no problem."""
     problems = _preflight(settings)
+    for warning in _prompt_warnings(settings):
+        logger.warning(warning)
     for problem in problems:
         logger.error(problem)
     if problems:

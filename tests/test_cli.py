@@ -190,6 +190,19 @@ def test_check_lists_every_problem_of_every_broken_profile(tmp_path, state_dir):
     assert "3 problem(s) found" in result.stdout
 
 
+def test_check_warns_of_prompts_that_are_text_to_a1111(tmp_path, state_dir):
+    keys = {**FAST, "prompt": "a [cat:dog:soon]", "negative_prompt": "ugly | bad"}
+    root = workspace(tmp_path, state_dir, {"p": keys})
+    result = cli(root, "check")
+    assert result.returncode == 0, result.stdout  # A1111 takes them too: said, not refused
+    path = root / "profiles" / "p.yaml"
+    prompt, negative = line_of(path, "prompt"), line_of(path, "negative_prompt")
+    assert f"{path}:{prompt}: prompt: [cat:dog:soon] ends in 'soon', not a number" in (
+        result.stdout
+    )
+    assert f"{path}:{negative}: negative_prompt: it has a '|' outside" in result.stdout
+
+
 @pytest.mark.parametrize("model", ["nope.safetensors", "/no/such/folder/model.safetensors"])
 def test_check_reports_a_missing_model_path(tmp_path, state_dir, model):
     root = workspace(tmp_path, state_dir, {"p": {**FAST, "model": model}})

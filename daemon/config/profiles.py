@@ -219,6 +219,11 @@ class LoadedProfile:
     raw: dict[str, Any]  # merged keys before validation, so per-image YAML can be laid over
     files: tuple[Path, ...]  # the profile and the ones it extends, for change detection
 
+    def where(self, key: str) -> str:
+        """``file:line`` where this profile, or one it extends, sets `key` (for messages)."""
+        path, line = _where(self.files).get(key, (self.files[0], 0))
+        return f"{path}:{line}" if line else str(path)
+
     def with_overrides(self, overrides: dict[str, Any], source: Path) -> Profile:
         """The profile with a per-image YAML laid over it; any problem is the file's fault."""
         forbidden = sorted(NOT_PER_IMAGE & overrides.keys())
