@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import signal
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
 
@@ -18,6 +19,7 @@ from daemon.a1111.prompt_plan import plan_prompts
 from daemon.config.profiles import (
     DEFAULT_INTERROGATE_MODEL,
     DEFAULT_TAGGER_MODEL,
+    LoadedProfile,
     Profile,
     ProfileStore,
     check_all,
@@ -118,9 +120,12 @@ def _setup_logging(level: str, *, through_tqdm: bool = False) -> None:
         logger.add(sys.stderr, level=level, format=LOG_FORMAT)
 
 
-def _preflight(settings: Settings) -> list[str]:
-    """Problems that stop the daemon from starting: every profile, and the models they name."""
-    loaded, problems = check_all(settings.profiles)
+def _preflight(
+    settings: Settings, checked: tuple[dict[str, LoadedProfile], list[str]] | None = None
+) -> list[str]:
+    """Problems that stop the daemon from starting: every profile, and the models they name
+    (`checked`: the profiles already loaded by check_all)."""
+    loaded, problems = checked or check_all(settings.profiles)
     if settings.executor == "ray" and importlib.util.find_spec("ray") is None:
         problems.append(
             "executor: ray needs Ray, which is not installed: pip install 'img2imgd[ray]' "
@@ -134,11 +139,11 @@ def _preflight(settings: Settings) -> list[str]:
     return problems
 
 
-def _prompt_warnings(settings: Settings) -> list[str]:
+def _prompt_warnings(loaded: Iterable[LoadedProfile]) -> list[str]:
     """Profile prompts that look like prompt editing but are text to A1111 (and here): said,
     not refused, since A1111 takes them too."""
     warnings = []
-    for profile in check_all(settings.profiles)[0].values():
+    for profile in loaded:
         keys = profile.settings
         if keys.task == "interrogate":
             continue
@@ -187,9 +192,10 @@ def _check_models(profile: Profile, settings: Settings) -> None:
 
 def _report_preflight(settings: Settings) -> bool:
     """Log every configuration problem (and warning); True when there is no problem."""
-    problems = _preflight(settings)
-    for warning in _prompt_warnings(settings):
+    loaded, profile_problems = check_all(settings.profiles)
+    for warning in _prompt_warnings(loaded.values()):
         logger.warning(warning)
+    problems = _preflight(settings, (loaded, list(profile_problems)))
     for problem in problems:
         logger.error(problem)
     if problems:

@@ -484,6 +484,14 @@ def test_invalid_per_image_values_are_the_files_fault(loaded, tmp_path, override
     assert str(tmp_path) not in str(caught.value)  # only the name: reports go next to it
 
 
+def test_a_per_image_yaml_problem_points_at_its_line(loaded, tmp_path):
+    yaml_file = tmp_path / "a.yaml"
+    yaml_file.write_text("prompt: mine\nsteps: 0\n")
+    with pytest.raises(InputError) as caught:
+        loaded.with_overrides({"prompt": "mine", "steps": 0}, yaml_file, yaml=yaml_file)
+    assert str(caught.value).startswith("a.yaml:2: steps: ")
+
+
 # ----------------------------------------------------------------- hostile YAML
 
 

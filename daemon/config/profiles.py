@@ -224,8 +224,12 @@ class LoadedProfile:
         path, line = _where(self.files).get(key, (self.files[0], 0))
         return f"{path}:{line}" if line else str(path)
 
-    def with_overrides(self, overrides: dict[str, Any], source: Path) -> Profile:
-        """The profile with a per-image YAML laid over it; any problem is the file's fault."""
+    def with_overrides(
+        self, overrides: dict[str, Any], source: Path, *, yaml: Path | None = None
+    ) -> Profile:
+        """The profile with a per-image YAML laid over it; any problem is the file's fault.
+        `source` names where the overrides came from; `yaml` is the per-image YAML among
+        them, whose lines the problems point at."""
         forbidden = sorted(NOT_PER_IMAGE & overrides.keys())
         if forbidden:
             raise InputError(
@@ -245,8 +249,9 @@ class LoadedProfile:
         try:
             return Profile.model_validate({**self.raw, **overrides})
         except ValidationError as exc:
-            lines = key_lines(source)
-            where = {key: (source.name, line) for key, line in lines.items()}
+            where: Where = {}
+            if yaml is not None:
+                where = {key: (yaml.name, line) for key, line in key_lines(yaml).items()}
             problems = describe(exc, source.name, known=PROFILE_KEYS, where=where)
             raise InputError(problems[0]) from exc
 

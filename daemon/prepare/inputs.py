@@ -102,7 +102,7 @@ def merge_settings(
             raise InputError(exc.at(yaml_path.name)) from exc
         sources.append(yaml_path.name)
     settings = (
-        profile.with_overrides(overrides, Path(" + ".join(sources)))
+        profile.with_overrides(overrides, Path(" + ".join(sources)), yaml=yaml_path)
         if overrides
         else profile.settings
     )

@@ -267,7 +267,8 @@ class Admission:
         """A live input renders once its image and companions have been quiet for `delay`
         (an editor exporting several layers), and only when one of them changed since its
         last job here (rescans find every live input again); the worker compares content."""
-        files = (image, *companions.paths(), *((companions.mask,) if companions.mask else ()))
+        shared = (companions.mask,) if companions.mask_shared else ()
+        files = (image, *companions.paths(), *shared)
         try:
             stats = tuple((st.st_size, st.st_mtime_ns) for st in (p.stat() for p in files))
         except OSError:
