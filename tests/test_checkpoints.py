@@ -18,6 +18,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import json
 import re
 import struct
+import subprocess
 import sys
 import types
 from collections.abc import Callable
@@ -641,3 +642,39 @@ def test_shipped_configs_are_small() -> None:
     files = [p for p in CONFIGS_DIR.rglob("*") if p.is_file()]
     assert files and all(p.suffix == ".json" for p in files)
     assert sum(p.stat().st_size for p in files) < 100_000
+
+
+def test_shipped_tokenizers_load_without_library_noise(tmp_path: Path) -> None:
+    """A real checkpoint's tokenizers come from the shipped configs, loaded as diffusers'
+    ``from_single_file`` loads them (``from_pretrained`` on the config folder). Legacy
+    ``"__type": "AddedToken"`` entries made the tokenizers library print "Ignored unknown
+    kwarg option __type" on the process's stderr, outside the log; the tiny built-ins carry
+    their own tokenizer files, so only this path shows it. A subprocess sees the raw stderr."""
+    code = """
+import sys
+from pathlib import Path
+from transformers import CLIPTokenizer
+from daemon.models.single_file import ensure_config_dir
+for arch in ("sd1", "sd2", "sd2-v", "sdxl"):
+    folder = ensure_config_dir(arch, Path(sys.argv[1]))
+    for sub in sorted(p.name for p in folder.glob("tokenizer*")):
+        tokenizer = CLIPTokenizer.from_pretrained(str(folder), subfolder=sub, local_files_only=True)
+        ids = tokenizer("a photo of a cat")["input_ids"]
+        assert ids[0] == 49406 and ids[-1] == 49407, ids
+        print(arch, sub, tokenizer.eos_token, tokenizer.pad_token)
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        capture_output=True, text=True, timeout=240, check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"},
+    )  # fmt: skip
+    loaded = done.stdout.splitlines()
+    assert loaded == [
+        "sd1 tokenizer <|endoftext|> <|endoftext|>",
+        "sd2 tokenizer <|endoftext|> !",
+        "sd2-v tokenizer <|endoftext|> !",
+        "sdxl tokenizer <|endoftext|> <|endoftext|>",
+        "sdxl tokenizer_2 <|endoftext|> !",
+    ]
+    assert "Ignored unknown kwarg" not in done.stderr
+    assert done.stderr.strip() == ""
