@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from loguru import logger
 from tqdm import tqdm
@@ -16,6 +17,7 @@ from tqdm import tqdm
 from daemon import __version__
 from daemon.a1111.imaging import flatten_on_white, load_image
 from daemon.a1111.prompt_plan import plan_prompts
+from daemon.atomic import write_text
 from daemon.config.profiles import (
     DEFAULT_INTERROGATE_MODEL,
     DEFAULT_TAGGER_MODEL,
@@ -25,16 +27,14 @@ from daemon.config.profiles import (
     check_all,
     profile_names,
 )
-from daemon.config.settings import Settings, load_settings
-from daemon.engines.labels import load_label_lists
+from daemon.config.settings import DEFAULT_CONFIG_NAME, Settings, example_config, load_settings
 from daemon.errors import ConfigError, Img2ImgdError
 from daemon.intake.jobs import Job
 from daemon.libraries import quiet_libraries
-from daemon.models.checkpoints import detect_architecture
-from daemon.models.resolve import resolve_clip, resolve_model, resolve_tagger, resolve_vae
 from daemon.ops.service import JOURNAL_NAME, Daemon
 from daemon.ops.status import status_report
 from daemon.ops.unit import enable_hint, install_unit, unit_file, writable_dirs
+from daemon.render.availability import missing_models
 from daemon.render.cache import ModelCache
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_CONFIG, EXIT_DEFERRED = 0, 1, 2, 3
@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     _setup_logging("INFO")
+    if args.command is cmd_init:  # writes the config file: there may be none to read yet
+        return cmd_init(args)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -62,11 +64,21 @@ def _parser() -> argparse.ArgumentParser:
         description="Watch-folder daemon for Stable Diffusion img2img, sketch and inpaint.",
     )
     parser.add_argument("--version", action="version", version=f"img2imgd {__version__}")
-    parser.add_argument(
-        "--config", type=Path, default=None,
-        help="config file (default: ./img2imgd.yaml if present, else built-in defaults)",
+    config_help = "config file (default: ./img2imgd.yaml if present, else built-in defaults)"
+    parser.add_argument("--config", type=Path, default=None, help=config_help)
+    # The same option after the command (`img2imgd once --config x.yaml`): SUPPRESS keeps a
+    # value given before the command when it is not repeated after it.
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=config_help)
+    commands = _Commands(parser.add_subparsers(required=True, metavar="COMMAND"), options)
+    init = commands.add_parser(
+        "init", help="write a commented img2imgd.yaml here (or at --config) to edit"
+    )
+    init.add_argument(
+        "--models-dir", type=Path, default=None,
+        help="the folder of your models, e.g. stable-diffusion-webui/models (A1111's layout)",
     )  # fmt: skip
-    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    init.set_defaults(command=cmd_init)
     run = commands.add_parser("run", help="watch the inbox and process files until stopped")
     run.set_defaults(command=cmd_run)
     once = commands.add_parser(
@@ -111,6 +123,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Commands:
+    """Sub-commands that all take the global options too, after the command."""
+
+    def __init__(self, actions: Any, options: argparse.ArgumentParser) -> None:
+        self.actions = actions
+        self.options = options
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self.actions.add_parser(
+            name, parents=[self.options], **kwargs
+        )
+        return parser
+
+
 def _setup_logging(level: str, *, through_tqdm: bool = False) -> None:
     logger.remove()
     if through_tqdm:
@@ -120,23 +146,16 @@ def _setup_logging(level: str, *, through_tqdm: bool = False) -> None:
         logger.add(sys.stderr, level=level, format=LOG_FORMAT)
 
 
-def _preflight(
-    settings: Settings, checked: tuple[dict[str, LoadedProfile], list[str]] | None = None
-) -> list[str]:
-    """Problems that stop the daemon from starting: every profile, and the models they name
-    (`checked`: the profiles already loaded by check_all)."""
-    loaded, problems = checked or check_all(settings.profiles)
+def _config_problems(settings: Settings) -> list[str]:
+    """Problems of img2imgd.yaml itself, which stop start-up: the daemon cannot run as
+    configured (profiles are another matter: see _report_profiles)."""
     if settings.executor == "ray" and importlib.util.find_spec("ray") is None:
-        problems.append(
-            "executor: ray needs Ray, which is not installed: pip install 'img2imgd[ray]' "
-            "(or set executor: local)"
-        )
-    for profile in loaded.values():
-        try:
-            _check_models(profile.settings, settings)
-        except ConfigError as exc:
-            problems.append(f"{profile.files[0]}: {exc}")
-    return problems
+        where = settings.config_file or "img2imgd.yaml"
+        return [
+            f"{where}: executor: ray needs Ray, which is not installed: "
+            "pip install 'img2imgd[ray]' (or set executor: local)"
+        ]
+    return []
 
 
 def _prompt_warnings(loaded: Iterable[LoadedProfile]) -> list[str]:
@@ -156,61 +175,65 @@ def _prompt_warnings(loaded: Iterable[LoadedProfile]) -> list[str]:
     return warnings
 
 
-def _check_models(profile: Profile, settings: Settings) -> None:
-    """Find every model a profile names, without loading (or generating) any."""
-    models_dir, state_dir = settings.models_dir, settings.state_dir
-    kinds = set(profile.prompt_sources)
-    if profile.task == "interrogate":
-        kinds.add(profile.interrogator)
-    else:
-        source = resolve_model(
-            profile.model,
-            models_dir=models_dir,
-            state_dir=state_dir,
-            build=False,
-            allow_pickle=settings.allow_pickle,
-        )
-        if source.kind == "single_file":
-            detect_architecture(Path(source.location))  # reads the key layout only
-        if profile.vae is not None:
-            resolve_vae(profile.vae, models_dir=models_dir, allow_pickle=settings.allow_pickle)
-    if "clip" in kinds:
-        ref = profile.interrogation_model("clip")
-        resolve_clip(ref, models_dir=models_dir, state_dir=state_dir, build=False)
-        labels_dir = Path(profile.labels_dir).expanduser() if profile.labels_dir else None
-        load_label_lists(labels_dir, skip_categories=profile.skip_categories)
-    if "deepbooru" in kinds:
-        ref = profile.interrogation_model("deepbooru")
-        resolve_tagger(
-            ref,
-            models_dir=models_dir,
-            state_dir=state_dir,
-            allow_pickle=settings.allow_pickle,
-            build=False,
-        )
-
-
-def _report_preflight(settings: Settings) -> bool:
-    """Log every configuration problem (and warning); True when there is no problem."""
-    loaded, profile_problems = check_all(settings.profiles)
+def _report_profiles(settings: Settings) -> list[str]:
+    """Log every invalid profile (file, line, problem) and every prompt warning; return the
+    names of the invalid profiles. They do not stop the daemon: their files wait."""
+    loaded, problems = check_all(settings.profiles)
     for warning in _prompt_warnings(loaded.values()):
         logger.warning(warning)
-    problems = _preflight(settings, (loaded, list(profile_problems)))
+    for problem in problems:
+        logger.error(problem)
+    invalid = sorted(set(profile_names(settings.profiles)) - set(loaded))
+    if invalid:
+        logger.error(
+            "profile(s) {} cannot be used until fixed: their files wait in the inbox; the "
+            "other profiles are served, and a fix is picked up when saved (no restart)",
+            ", ".join(invalid),
+        )
+    return invalid
+
+
+def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
+    loaded, problems = check_all(settings.profiles)
+    for warning in _prompt_warnings(loaded.values()):
+        logger.warning(warning)
+    problems = [*_config_problems(settings), *problems]
+    for profile in loaded.values():
+        found = missing_models(profile.settings, settings)
+        problems += [f"{profile.files[0]}: {problem}" for problem in found]
     for problem in problems:
         logger.error(problem)
     if problems:
         logger.error(
-            "{} problem(s) found; fix them (img2imgd check lists them), then start again",
+            "{} problem(s) found. At run time a profile with a problem only holds its own "
+            "files; the other profiles are served",
             len(problems),
         )
-    return not problems
-
-
-def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
-    if not _report_preflight(settings):
         return EXIT_CONFIG
     names = profile_names(settings.profiles)
     logger.success("config and {} profile(s) are valid: {}", len(names), ", ".join(names))
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    target: Path = args.config or Path.cwd() / DEFAULT_CONFIG_NAME
+    if target.exists():
+        logger.error("{} already exists; edit it (img2imgd check validates it)", target)
+        return EXIT_CONFIG
+    text = example_config(args.models_dir.expanduser().resolve() if args.models_dir else None)
+    try:
+        write_text(target, text)
+    except OSError as exc:
+        logger.error("could not write {}: {}", target, exc)
+        return EXIT_CONFIG
+    logger.success("wrote {}", target)
+    if args.models_dir is None:
+        logger.info(
+            "next: set models_dir in it to the folder holding your checkpoints (an A1111 "
+            "`models` folder works as it is), then run img2imgd check"
+        )
+    else:
+        logger.info("next: img2imgd check")
     return EXIT_OK
 
 
@@ -246,9 +269,13 @@ def cmd_install_service(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_interrogate(settings: Settings, args: argparse.Namespace) -> int:
     try:
         profile = _interrogation_profile(args, ProfileStore(settings.profiles))
-        _check_models(profile, settings)
     except ConfigError as exc:
         logger.error(str(exc))
+        return EXIT_CONFIG
+    missing = missing_models(profile, settings)
+    for problem in missing:
+        logger.error(problem)
+    if missing:
         return EXIT_CONFIG
     kind = profile.interrogator
     models = ModelCache(
@@ -317,9 +344,20 @@ def _install_signal_handlers(on_first: object) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def _refuse_start(settings: Settings) -> bool:
+    """Log the config's own problems; True when they stop start-up."""
+    problems = _config_problems(settings)
+    for problem in problems:
+        logger.error(problem)
+    if problems:
+        logger.error("fix the config file, then start again")
+    return bool(problems)
+
+
 def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
-    if not _report_preflight(settings):
+    if _refuse_start(settings):
         return EXIT_CONFIG
+    _report_profiles(settings)
     daemon = Daemon(settings)
     _install_signal_handlers(daemon.stop_event)
     try:
@@ -332,8 +370,9 @@ def cmd_run(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_once(settings: Settings, _args: argparse.Namespace) -> int:
-    if not _report_preflight(settings):
+    if _refuse_start(settings):
         return EXIT_CONFIG
+    _report_profiles(settings)
     daemon = Daemon(settings, watch=False)
     _install_signal_handlers(daemon.stop_event)
     _setup_logging(settings.log_level, through_tqdm=True)
@@ -358,6 +397,8 @@ def cmd_once(settings: Settings, _args: argparse.Namespace) -> int:
     logger.info(
         "{} done, {} failed, {} left in the inbox", tally.done, tally.failed, tally.deferred
     )
+    for profile, why in sorted(daemon.admission.left_waiting.items()):
+        logger.warning("inbox/{}/: files left waiting: {}", profile, why)
     if tally.failed:
         return EXIT_FAILED_INPUTS
     return EXIT_DEFERRED if tally.deferred else EXIT_OK

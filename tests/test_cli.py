@@ -243,12 +243,15 @@ def test_once_with_an_invalid_config_exits_2_naming_file_and_key(tmp_path, state
     assert files(root / "inbox") == ["p/a.png"] and not (root / "outbox").exists()
 
 
-def test_once_with_a_missing_model_exits_2_before_touching_anything(tmp_path, state_dir):
+def test_once_with_a_missing_model_leaves_its_files_exits_3_and_says_why(tmp_path, state_dir):
     root = workspace(tmp_path, state_dir, {"p": {**FAST, "model": str(tmp_path / "no-such-model")}})
     drop(root, "chelsea.png", "p/a.png")
     result = cli(root, "once")
-    assert result.returncode == 2, result.stdout
-    assert "no-such-model' not found" in result.stdout
+    assert result.returncode == 3, result.stdout
+    assert "0 done, 0 failed, 1 left in the inbox" in result.stdout
+    assert re.search(r"inbox/p/: files left waiting: model '.*no-such-model' not found", (
+        result.stdout
+    ))  # fmt: skip
     assert files(root / "inbox") == ["p/a.png"]
     assert files(root / "outbox") == []
 
@@ -319,6 +322,7 @@ def test_once_with_files_in_a_folder_without_profile_leaves_them_and_exits_3(onc
     root, code, process = once_runs["orphan"]
     assert code == 3, f"exit code {code} (None: still running after 15 s)\n{process.output}"
     assert files(root / "inbox") == ["typo/a.png"]
+    assert "inbox/typo/: files left waiting: there is no profile of that name" in process.output
 
 
 # ----------------------------------------------------------------- run and SIGTERM

@@ -7,9 +7,11 @@ import pytest
 from PIL import Image
 
 from daemon.a1111.infotext import parse_infotext
+from daemon.config.profiles import load_profile
 from daemon.errors import ConfigError
 from daemon.models.builtin import ensure_builtin
 from daemon.models.resolve import resolve_model, resolve_vae
+from daemon.render.availability import missing_models
 from tests.conftest import Workspace, wait_for
 
 
@@ -80,9 +82,8 @@ def test_check_reports_a_checkpoint_of_unknown_layout(workspace: Workspace, tmp_
     odd = tmp_path / "odd.safetensors"
     save_file({"something.else": torch.zeros(1)}, str(odd))
     workspace.profile("img2img", model=str(odd))
-    from daemon.cli import _preflight
-
-    problems = _preflight(workspace.settings())
+    problems = missing_models(load_profile(workspace.profiles, "img2img").settings,
+                              workspace.settings())  # fmt: skip
     assert any("odd.safetensors" in p for p in problems), problems
 
 
@@ -100,8 +101,7 @@ def test_check_reads_a_pickled_checkpoint_only_when_allowed(workspace: Workspace
         ckpt,
     )
     workspace.profile("img2img", model=str(ckpt))
-    from daemon.cli import _preflight
-
-    refused = _preflight(workspace.settings())
+    profile = load_profile(workspace.profiles, "img2img").settings
+    refused = missing_models(profile, workspace.settings())
     assert any("pickled checkpoint" in p and "allow_pickle" in p for p in refused), refused
-    assert _preflight(workspace.settings(allow_pickle=True)) == []
+    assert missing_models(profile, workspace.settings(allow_pickle=True)) == []

@@ -6,10 +6,12 @@ there is no config file), so a checkout runs as it is and a service can point an
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from daemon.config.hours import parse_window
 from daemon.config.validation import describe
@@ -17,6 +19,8 @@ from daemon.config.yamlsafe import YamlProblem, key_lines, read_mapping
 from daemon.errors import ConfigError
 
 DEFAULT_CONFIG_NAME = "img2imgd.yaml"
+EXAMPLE_CONFIG = Path(__file__).parent.parent / "data" / "img2imgd.example.yaml"
+_MODELS_DIR_LINE = re.compile(r"^# models_dir: \S+", re.MULTILINE)
 
 
 class Settings(BaseModel):
@@ -62,6 +66,32 @@ class Settings(BaseModel):
     metrics_port: int | None = Field(None, ge=1, le=65535)
     metrics_address: str = "127.0.0.1"  # 0.0.0.0: a Prometheus on another machine may scrape
 
+    # Where these settings came from, for messages that say which file to edit: the config
+    # file, or the working folder where an img2imgd.yaml would be read (none was there).
+    _config_file: Path | None = PrivateAttr(default=None)
+    _folder: Path = PrivateAttr(default_factory=Path.cwd)
+
+    def from_file(self, config_file: Path | None, folder: Path) -> Settings:
+        """These settings, remembering the file they were read from (None: no file, only
+        the defaults, read in `folder`)."""
+        copy = self.model_copy()
+        copy._config_file, copy._folder = config_file, folder
+        return copy
+
+    @property
+    def config_file(self) -> Path | None:
+        return self._config_file
+
+    def where_to_set(self, key: str, example: str) -> str:
+        """Which file to set `key` in, said so that a newcomer can act on it."""
+        if self._config_file is not None:
+            return f"set `{key}: {example}` in {self._config_file}"
+        return (
+            f"there is no {DEFAULT_CONFIG_NAME} in {self._folder} yet: create one with "
+            f"`img2imgd init` (or copy img2imgd.example.yaml there) and set `{key}: {example}` "
+            "in it"
+        )
+
     @field_validator("processing_hours")
     @classmethod
     def _window(cls, value: str | None) -> str | None:
@@ -100,7 +130,7 @@ def load_settings(config_path: Path | None, *, cwd: Path | None = None) -> Setti
     if config_path is None:
         candidate = cwd / DEFAULT_CONFIG_NAME
         if not candidate.is_file():
-            return Settings().resolved(cwd)
+            return Settings().resolved(cwd).from_file(None, cwd)
         config_path = candidate
     if not config_path.is_file():
         raise ConfigError(f"config file {config_path} does not exist")
@@ -114,7 +144,8 @@ def load_settings(config_path: Path | None, *, cwd: Path | None = None) -> Setti
         where = {key: (config_path, line) for key, line in key_lines(config_path).items()}
         problems = describe(exc, config_path, known=Settings.model_fields, where=where)
         raise ConfigError(problems[0], problems) from exc
-    return check_folders(settings.resolved(config_path.resolve().parent), config_path)
+    resolved = settings.resolved(config_path.resolve().parent)
+    return check_folders(resolved, config_path).from_file(config_path.resolve(), cwd)
 
 
 def check_folders(settings: Settings, source: Path | str) -> Settings:
@@ -130,3 +161,16 @@ def check_folders(settings: Settings, source: Path | str) -> Settings:
             f"{source}: inbox: {inbox} is inside the outbox {outbox}; keep them apart"
         )
     return settings
+
+
+def example_config(models_dir: Path | None = None) -> str:
+    """The commented example config (every key, at its default), with `models_dir` set."""
+    text = EXAMPLE_CONFIG.read_text(encoding="utf-8")
+    text = text.replace(
+        "copy this file to img2imgd.yaml (or pass --config PATH) and edit.",
+        "written by `img2imgd init`; edit it, then run `img2imgd check`.",
+    )
+    if models_dir is None:
+        return text
+    # JSON quoting is valid YAML and survives any character a path may hold.
+    return _MODELS_DIR_LINE.sub(lambda _m: f"models_dir: {json.dumps(str(models_dir))}", text, 1)

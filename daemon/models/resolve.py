@@ -48,6 +48,35 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _PAIR = " + "  # spaced, so that a folder named "blip+clip" stays one path
 
 
+class ModelNotFound(ConfigError):
+    """A reference that names nothing on disk, with where it was looked for: what a
+    newcomer needs to put the file in the right place (or to set ``models_dir``)."""
+
+    def __init__(self, message: str, *, by_name: bool, models_dir: Path | None, home: Path | None):
+        super().__init__(message)
+        self.by_name = by_name  # a name to look up, not a path: models_dir matters
+        self.models_dir = models_dir
+        self.home = home  # where a file of this kind belongs under models_dir
+
+    @classmethod
+    def looked(
+        cls,
+        kind: str,
+        ref: str,
+        expected: str,
+        looked: Sequence[Path],
+        models_dir: Path | None,
+        folders: Sequence[str],
+    ) -> ModelNotFound:
+        by_name = not Path(ref).expanduser().is_absolute()
+        home = None
+        if models_dir is not None and by_name:
+            home = next((models_dir / f for f in folders if f), models_dir)
+        message = f"{kind} '{ref}' not found: looked for {expected} named {_tried(looked)} in "
+        message += _searched(looked, models_dir, folders)
+        return cls(message, by_name=by_name, models_dir=models_dir, home=home)
+
+
 @dataclass(frozen=True)
 class ModelSource:
     ref: str  # as written in the profile
@@ -97,10 +126,10 @@ def resolve_model(
             return ModelSource(ref, "single_file", str(candidate.resolve()), candidate.stem)
     if looks_like_repo_id(ref):
         return ModelSource(ref, "hub", ref, ref.split("/")[-1])
-    raise ConfigError(
-        f"model '{ref}' not found: looked for a diffusers folder or a .safetensors file at "
-        f"{_places(looked)}"
-    )
+    raise ModelNotFound.looked(
+        "model", ref, "a diffusers folder or a checkpoint file", looked, models_dir,
+        DIFFUSION_FOLDERS,
+    )  # fmt: skip
 
 
 def resolve_vae(ref: str, *, models_dir: Path | None, allow_pickle: bool = False) -> Path:
@@ -113,7 +142,7 @@ def resolve_vae(ref: str, *, models_dir: Path | None, allow_pickle: bool = False
         if candidate.is_file():
             _check_pickle("vae", candidate, allow_pickle)
             return candidate
-    raise ConfigError(f"vae '{ref}' not found: looked at {_places(looked)}")
+    raise ModelNotFound.looked("vae", ref, "a VAE file or folder", looked, models_dir, VAE_FOLDERS)
 
 
 def resolve_clip(
@@ -135,11 +164,12 @@ def resolve_clip(
         looked.append(candidate)
         if (candidate / "blip").is_dir() and (candidate / "clip").is_dir():
             return str(candidate / "blip"), str(candidate / "clip")
-    raise ConfigError(
-        f"interrogation model '{ref}' not found at {_places(looked)}: give a folder holding "
-        "blip/ and clip/, or '<blip> + <clip>' (each a folder or a hub repo id), e.g. "
-        "'Salesforce/blip-image-captioning-large + openai/clip-vit-large-patch14'"
-    )
+    raise ModelNotFound.looked(
+        "interrogation model", ref,
+        "a folder holding blip/ and clip/ (or write '<blip> + <clip>', each a folder or a hub "
+        "repo id, e.g. 'Salesforce/blip-image-captioning-large + openai/clip-vit-large-patch14')",
+        looked, models_dir, INTERROGATOR_FOLDERS,
+    )  # fmt: skip
 
 
 def resolve_tagger(
@@ -168,11 +198,12 @@ def resolve_tagger(
             return candidate
     if looks_like_repo_id(ref):
         return _hub_tagger(ref) if build else Path(ref)
-    raise ConfigError(
-        f"tagger '{ref}' not found at {_places(looked)}: give a WD14 folder (model.onnx + "
-        "selected_tags.csv), A1111's DeepDanbooru .pt file, or a hub repo id such as "
-        "SmilingWolf/wd-v1-4-moat-tagger-v2"
-    )
+    raise ModelNotFound.looked(
+        "tagger", ref,
+        "a WD14 folder (model.onnx + selected_tags.csv) or A1111's DeepDanbooru .pt file (or "
+        "give a hub repo id such as SmilingWolf/wd-v1-4-moat-tagger-v2)",
+        looked, models_dir, INTERROGATOR_FOLDERS,
+    )  # fmt: skip
 
 
 def candidates(ref: str, models_dir: Path | None, folders: Sequence[str]) -> list[Path]:
@@ -223,7 +254,14 @@ def _model_folder_or_repo(ref: str, models_dir: Path | None) -> str:
             return str(candidate)
     if looks_like_repo_id(ref):
         return ref
-    raise ConfigError(f"model '{ref}' not found: not a model folder (config.json) nor a hub id")
+    raise ModelNotFound.looked(
+        "model",
+        ref,
+        "a model folder with config.json (or give a hub repo id)",
+        candidates(ref, models_dir, INTERROGATOR_FOLDERS),
+        models_dir,
+        INTERROGATOR_FOLDERS,
+    )
 
 
 def _hub_tagger(repo: str) -> Path:
@@ -242,5 +280,31 @@ def _hub_tagger(repo: str) -> Path:
     return Path(model).parent
 
 
-def _places(looked: list[Path]) -> str:
-    return ", ".join(str(p) for p in looked) or "nowhere (no models_dir configured)"
+def _tried(looked: Sequence[Path]) -> str:
+    """The names tried, once each: ``dream, dream.safetensors, .ckpt, .pt, .pth or .bin``."""
+    names = list(dict.fromkeys(p.name for p in looked))
+    if not names:
+        return "nothing"
+    shown = [names[0]]
+    for name in names[1:]:
+        stem, dot, suffix = name.rpartition(".")
+        plain = Path(names[0]).name
+        shown.append(f".{suffix}" if dot and stem == plain and len(shown) > 1 else name)
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
+
+
+def _searched(looked: Sequence[Path], models_dir: Path | None, folders: Sequence[str]) -> str:
+    """The folders searched, each said for what it is (the working folder, models_dir, one
+    of its A1111 sub-folders)."""
+    roles = {Path.cwd(): "the working folder", Path("/"): "the file system root"}
+    if models_dir is not None:
+        roles[models_dir] = "models_dir"
+        roles.update({models_dir / f: "an A1111 sub-folder of models_dir" for f in folders if f})
+    places = []
+    for parent in dict.fromkeys(p.parent for p in looked):
+        role = roles.get(parent)
+        places.append(f"{parent} ({role})" if role else str(parent))
+    said = ", ".join(places) or "no folder"
+    if models_dir is None and any(roles.get(p.parent) == "the working folder" for p in looked):
+        said += "; no models_dir is set, so no models folder was searched"
+    return said

@@ -17,7 +17,7 @@ from pathlib import Path
 from loguru import logger
 from natsort import natsorted
 
-from daemon.config.profiles import ProfileStore
+from daemon.config.profiles import Profile, ProfileStore
 from daemon.config.settings import Settings
 from daemon.errors import ConfigError
 from daemon.intake.jobs import Job
@@ -34,6 +34,9 @@ from daemon.intake.stability import StabilityTracker
 from daemon.intake.watcher import walk_files
 from daemon.queue.job_queue import JobQueue
 from daemon.queue.ledger import Ledger
+from daemon.render.availability import ModelReadiness
+
+MODEL_RECHECK = 2.0  # s before a file whose profile's model is missing is looked at again
 
 
 class Admission:
@@ -64,6 +67,9 @@ class Admission:
         self._changed_in_hand: set[Path] = set()  # changed while a job had it in hand
         self._live_seen: dict[Path, tuple[tuple[int, int], ...]] = {}  # live input -> stat
         self._deleted: dict[Path, float] = {}  # live input -> when it vanished
+        self.models = ModelReadiness(settings)
+        # `once`: why files were left in the inbox, by profile (said again at the end)
+        self.left_waiting: dict[str, str] = {}
 
     def noticed(self, path: Path, closed: bool) -> None:
         """Watcher thread: only record the path (our own reads and moves are ignored; a file
@@ -198,7 +204,12 @@ class Admission:
                 f"inbox/{where.profile}/ holds files but there is no profiles/{where.profile}.yaml;"
                 " they wait until there is (or move them to a profile folder)",
             )
-            self._hold(path, self.settings.rescan_interval)
+            self._hold(
+                path,
+                self.settings.rescan_interval,
+                where.profile,
+                "there is no profile of that name",
+            )
             return
         try:
             profile = self.profiles.get(where.profile).settings
@@ -207,7 +218,16 @@ class Admission:
                 f"bad-profile:{where.profile}:{exc}",
                 f"profile {where.profile} is invalid, its files wait until it is fixed: {exc}",
             )
-            self._hold(path, min(self.settings.retry_delay, 5.0))
+            self._hold(
+                path,
+                min(self.settings.retry_delay, 5.0),
+                where.profile,
+                f"profile {where.profile} is invalid ({exc})",
+            )
+            return
+        absent = self.absent_models(where.profile, profile)
+        if absent:
+            self._hold(path, MODEL_RECHECK, where.profile, "; ".join(absent))
             return
         companions = companions_on_disk(path)
         now = time.monotonic() if now is None else now
@@ -236,6 +256,26 @@ class Admission:
             self.tracker.forget(companion)
         self.queue.put(job)
         self.on_job_queued(job)
+
+    def absent_models(self, name: str, profile: Profile) -> list[str]:
+        """The models profile `name` names that are not on disk, each said once."""
+        absent = self.models.problems(name, profile)
+        for problem in absent:
+            self.say_once(
+                f"missing:{name}:{problem}",
+                f"profile {name}: {problem}. Its files wait in the inbox and go as soon as "
+                "it is there",
+            )
+        return absent
+
+    def announce_absent_models(self, names: list[str]) -> None:
+        """At start-up: say which profiles wait for a model, before any file arrives."""
+        for name in names:
+            try:
+                profile = self.profiles.get(name).settings
+            except ConfigError:
+                continue  # invalid: the command line has said so, with file and line
+            self.absent_models(name, profile)
 
     def _requeue(self, job: Job) -> None:
         """A deferred job's turn again, with the companions that are there now."""
@@ -283,12 +323,13 @@ class Admission:
             self._live_seen[image] = stats
         return True
 
-    def _hold(self, path: Path, seconds: float) -> None:
+    def _hold(self, path: Path, seconds: float, profile: str, why: str) -> None:
         """A file that cannot become a job yet: look again later; ``once`` does not wait, the
-        file stays in the inbox and counts as left for later."""
+        file stays in the inbox and counts as left for later, with `why`."""
         if self.hold_files:
             self.tracker.touch(path, not_before=time.monotonic() + seconds)
         else:
+            self.left_waiting.setdefault(profile, why)
             self.ledger.count("deferred")
 
     def _refuse_unsupported(self, path: Path, profile: str) -> None:
