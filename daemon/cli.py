@@ -173,7 +173,9 @@ def _check_models(profile: Profile, settings: Settings) -> None:
         if source.kind == "single_file":
             detect_architecture(Path(source.location))  # reads the key layout only
         if profile.vae is not None:
-            resolve_vae(profile.vae, models_dir=models_dir, allow_pickle=settings.allow_pickle)
+            resolve_vae(
+                profile.vae, models_dir=models_dir, allow_pickle=settings.allow_pickle, build=False
+            )
     if "clip" in kinds:
         ref = profile.interrogation_model("clip")
         resolve_clip(ref, models_dir=models_dir, state_dir=state_dir, build=False)
@@ -256,6 +258,7 @@ def cmd_interrogate(settings: Settings, args: argparse.Namespace) -> int:
         state_dir=settings.state_dir,
         device=settings.device,
         allow_pickle=settings.allow_pickle,
+        download_models=settings.download_models,
     )
     failed = 0
     for file in args.files:
