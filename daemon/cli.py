@@ -1,4 +1,4 @@
-"""Command line: ``img2imgd run | once | check | status | interrogate | install-service``."""
+"""Command line: ``img2imgd run | once | check | status | interrogate | pull | install-service``."""
 
 from __future__ import annotations
 
@@ -31,7 +31,9 @@ from daemon.errors import ConfigError, Img2ImgdError
 from daemon.intake.jobs import Job
 from daemon.libraries import quiet_libraries
 from daemon.models.checkpoints import detect_architecture
+from daemon.models.hub_refs import hub_report
 from daemon.models.resolve import resolve_clip, resolve_model, resolve_tagger, resolve_vae
+from daemon.ops.pull import pull_models
 from daemon.ops.service import JOURNAL_NAME, Daemon
 from daemon.ops.status import status_report
 from daemon.ops.unit import enable_hint, install_unit, unit_file, writable_dirs
@@ -100,6 +102,20 @@ def _parser() -> argparse.ArgumentParser:
         "builtin:tiny-tagger); overrides the profile's",
     )  # fmt: skip
     interrogate.set_defaults(command=cmd_interrogate)
+    pull_ = commands.add_parser(
+        "pull",
+        help="download hub models into the local Hugging Face cache (default: every hub id "
+        "the profiles name)",
+        description="Download hub models into the local Hugging Face cache the daemon reads "
+        "(HF_HOME, or ~/.cache/huggingface): only the files a pipeline needs. With no id, "
+        "every hub id the profiles name. Exit 1 if any download failed.",
+    )
+    pull_.add_argument("refs", nargs="*", metavar="ID", help="a hub id, e.g. org/name")
+    pull_.add_argument(
+        "--revision", default=None, help="a branch, tag or commit (profiles then name "
+        "the model as ID@REVISION)",
+    )  # fmt: skip
+    pull_.set_defaults(command=cmd_pull)
     service = commands.add_parser(
         "install-service", help="write a systemd unit for `img2imgd run` and say how to enable it"
     )
@@ -208,8 +224,28 @@ def _report_preflight(settings: Settings) -> bool:
     return not problems
 
 
+def _report_hub_cache(settings: Settings) -> bool:
+    """Say whether each hub id the profiles name is in the local cache; True when all are."""
+    loaded, _ = check_all(settings.profiles)
+    report = hub_report(
+        loaded.values(), models_dir=settings.models_dir, state_dir=settings.state_dir
+    )
+    for line in report.cached:
+        logger.info(line)
+    for problem in report.problems:
+        logger.error(problem)
+    if report.problems:
+        logger.error(
+            "{} hub model(s) cannot be used yet (above); `img2imgd pull` downloads every "
+            "hub model the profiles name",
+            len(report.problems),
+        )
+    return not report.problems
+
+
 def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
-    if not _report_preflight(settings):
+    cached = _report_hub_cache(settings)
+    if not _report_preflight(settings) or not cached:
         return EXIT_CONFIG
     names = profile_names(settings.profiles)
     logger.success("config and {} profile(s) are valid: {}", len(names), ", ".join(names))
@@ -298,6 +334,13 @@ def _interrogation_profile(args: argparse.Namespace, profiles: ProfileStore) -> 
         return Profile.model_validate(values)
     except ValueError as exc:
         raise ConfigError(f"interrogate: {exc}") from exc
+
+
+def cmd_pull(settings: Settings, args: argparse.Namespace) -> int:
+    _setup_logging(settings.log_level, through_tqdm=True)  # log lines above the progress bar
+    failed = pull_models(settings, args.refs, revision=args.revision)
+    _setup_logging(settings.log_level)
+    return EXIT_FAILED_INPUTS if failed else EXIT_OK
 
 
 def _install_signal_handlers(on_first: object) -> None:
