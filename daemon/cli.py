@@ -1,4 +1,4 @@
-"""Command line: ``img2imgd run | once | check | status | interrogate | install-service``."""
+"""Command line: ``img2imgd run | once | check | status | interrogate | pull | install-service``."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ from daemon.config.settings import DEFAULT_CONFIG_NAME, Settings, example_config
 from daemon.errors import ConfigError, Img2ImgdError
 from daemon.intake.jobs import Job
 from daemon.libraries import quiet_libraries
+from daemon.models.hub_refs import hub_report
+from daemon.ops.pull import pull_models
 from daemon.ops.service import JOURNAL_NAME, Daemon
 from daemon.ops.status import status_report
 from daemon.ops.unit import enable_hint, install_unit, unit_file, writable_dirs
@@ -112,6 +114,20 @@ def _parser() -> argparse.ArgumentParser:
         "builtin:tiny-tagger); overrides the profile's",
     )  # fmt: skip
     interrogate.set_defaults(command=cmd_interrogate)
+    pull_ = commands.add_parser(
+        "pull",
+        help="download hub models into the local Hugging Face cache (default: every hub id "
+        "the profiles name)",
+        description="Download hub models into the local Hugging Face cache the daemon reads "
+        "(HF_HOME, or ~/.cache/huggingface): only the files a pipeline needs. With no id, "
+        "every hub id the profiles name. Exit 1 if any download failed.",
+    )
+    pull_.add_argument("refs", nargs="*", metavar="ID", help="a hub id, e.g. org/name")
+    pull_.add_argument(
+        "--revision", default=None, help="a branch, tag or commit (profiles then name "
+        "the model as ID@REVISION)",
+    )  # fmt: skip
+    pull_.set_defaults(command=cmd_pull)
     service = commands.add_parser(
         "install-service", help="write a systemd unit for `img2imgd run` and say how to enable it"
     )
@@ -193,14 +209,25 @@ def _report_profiles(settings: Settings) -> list[str]:
     return invalid
 
 
-def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
+def check_problems(settings: Settings) -> list[str]:
+    """Everything ``check`` reports as a problem: the config's, every profile's, and every
+    model a valid profile names that is not found (nothing is loaded)."""
     loaded, problems = check_all(settings.profiles)
-    for warning in _prompt_warnings(loaded.values()):
-        logger.warning(warning)
     problems = [*_config_problems(settings), *problems]
     for profile in loaded.values():
         found = missing_models(profile.settings, settings)
         problems += [f"{profile.files[0]}: {problem}" for problem in found]
+    return problems
+
+
+def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
+    loaded, _ = check_all(settings.profiles)
+    hub = hub_report(loaded.values(), models_dir=settings.models_dir, state_dir=settings.state_dir)
+    for line in hub.cached:  # the ones not cached are among the problems below
+        logger.info(line)
+    for warning in _prompt_warnings(loaded.values()):
+        logger.warning(warning)
+    problems = check_problems(settings)
     for problem in problems:
         logger.error(problem)
     if problems:
@@ -283,6 +310,7 @@ def cmd_interrogate(settings: Settings, args: argparse.Namespace) -> int:
         state_dir=settings.state_dir,
         device=settings.device,
         allow_pickle=settings.allow_pickle,
+        download_models=settings.download_models,
     )
     failed = 0
     for file in args.files:
@@ -322,6 +350,13 @@ def _interrogation_profile(args: argparse.Namespace, profiles: ProfileStore) -> 
         return Profile.model_validate(values)
     except ValueError as exc:
         raise ConfigError(f"interrogate: {exc}") from exc
+
+
+def cmd_pull(settings: Settings, args: argparse.Namespace) -> int:
+    _setup_logging(settings.log_level, through_tqdm=True)  # log lines above the progress bar
+    failed = pull_models(settings, args.refs, revision=args.revision)
+    _setup_logging(settings.log_level)
+    return EXIT_FAILED_INPUTS if failed else EXIT_OK
 
 
 def _install_signal_handlers(on_first: object) -> None:

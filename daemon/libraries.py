@@ -1,10 +1,12 @@
 """Start-up settings for the libraries the daemon drives, applied once by the command line (and
 by each render worker process of ``executor: ray``).
 
-diffusers and transformers print progress bars and advice meant for notebooks, and torchsde
-warns about float rounding of its Brownian interval (DPM++ SDE); a daemon's log wants none of
-it; nor does it want watchdog's warning when a recursive inotify watch re-registers a folder
-it already knows (our own ``_done/`` folders appear inside the watched tree: the watch stays
+diffusers and transformers print progress bars and advice meant for notebooks; the hub client
+(huggingface_hub) logs each of its retries raw and warns of arguments diffusers still passes
+it; torchsde warns about float rounding of its Brownian interval (DPM++ SDE); a daemon's log
+wants none of it (a failure reaches the daemon as an exception, and it says it once); nor
+does it want watchdog's warning when a recursive inotify watch re-registers a folder it
+already knows (our own ``_done/`` folders appear inside the watched tree: the watch stays
 correct). These are set at start-up, not when a module is imported, so that importing the package
 changes nothing in the importing process; environment values are defaults, so a user's own
 environment still wins.
@@ -20,6 +22,7 @@ _QUIET_ENVIRONMENT = (
     ("DIFFUSERS_VERBOSITY", "error"),
     ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
     ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+    ("HF_HUB_VERBOSITY", "error"),  # its retries and fallbacks; failures reach us as errors
 )
 
 
@@ -29,3 +32,4 @@ def quiet_libraries() -> None:
         os.environ.setdefault(name, value)
     warnings.filterwarnings("ignore", message="Should have ta>=t0", category=UserWarning)
     warnings.filterwarnings("ignore", message="Callback with id", category=RuntimeWarning)
+    warnings.filterwarnings("ignore", message=".*local_dir_use_symlinks", category=UserWarning)

@@ -151,9 +151,9 @@ def test_pickled_checkpoint_is_refused_by_check_and_jobs_wait(workspace: Workspa
     pickle = workspace.root / "model.ckpt"
     pickle.write_bytes(b"\x80\x04K\x01.")  # a pickle; never loaded
     workspace.profile("img2img", model=str(pickle))
-    from daemon.cli import _preflight
+    from daemon.cli import check_problems
 
-    problems = _preflight(workspace.settings())
+    problems = check_problems(workspace.settings())
     assert any("pickled checkpoint" in p for p in problems)
     running(retry_delay=60)
     small_png(workspace.inbox / "img2img/a.png")

@@ -136,13 +136,15 @@ def test_a_truncated_or_non_image_input_fails_and_the_next_succeeds(workspace: W
     assert not (workspace.outbox / "tags/cut.txt").exists()
 
 
-def test_a_missing_interrogation_model_leaves_the_input_waiting(workspace: Workspace, running):
+def test_a_missing_interrogation_model_leaves_the_input_waiting(
+    workspace: Workspace, running, logs
+):
     workspace.profile("tags", **{**TAGS, "model": str(workspace.root / "no-such-tagger")})
     daemon = running(retry_delay=30)
     workspace.drop("chelsea.png", "tags/chelsea.png")
-    wait_for(lambda: daemon.tally.deferred >= 1)
+    wait_for(lambda: any("profile tags: tagger" in line and "not found" in line for line in logs))
     assert (workspace.inbox / "tags/chelsea.png").exists()
-    assert not workspace.failed("tags")
+    assert not workspace.failed("tags") and daemon.tally.done == 0
 
 
 def test_idle_interrogators_are_unloaded(models: ModelCache):
@@ -153,14 +155,14 @@ def test_idle_interrogators_are_unloaded(models: ModelCache):
 
 
 def test_check_finds_interrogation_problems(workspace: Workspace):
-    from daemon.cli import _preflight
+    from daemon.cli import check_problems
 
     workspace.profile("tags", **TAGS)
     workspace.profile("caption", **CLIP, labels_dir=str(workspace.root / "missing"))
     workspace.profile("wrong", **{**CLIP, "model": "builtin:tiny-tagger"})
     workspace.profile("redraw", prompt="{tags}", tagger_model="nowhere-local")
     workspace.profile("sd", model="builtin:tiny-interrogator")
-    problems = "\n".join(_preflight(workspace.settings()))
+    problems = "\n".join(check_problems(workspace.settings()))
     assert "tags.yaml" not in problems
     assert "caption.yaml" in problems and "labels_dir" in problems
     assert "wrong.yaml" in problems and "builtin:tiny-interrogator" in problems

@@ -72,7 +72,9 @@ def test_checkpoint_names_resolve_in_an_a1111_models_folder(tmp_path, state_dir)
     allowed = resolve_model("old", models_dir=tmp_path, state_dir=state_dir, allow_pickle=True)
     assert allowed.kind == "single_file" and allowed.name == "old"
     assert allowed.hash_file == sd / "old.ckpt"  # A1111 hashes the file as it is
-    assert resolve_model("org/model", models_dir=tmp_path, state_dir=state_dir).kind == "hub"
+    # A hub id's shape is enough for check (build=False); the cache: tests/test_hub.py.
+    hub = resolve_model("org/model", models_dir=tmp_path, state_dir=state_dir, build=False)
+    assert hub.kind == "hub" and hub.location == "org/model"
 
 
 def test_check_reports_a_checkpoint_of_unknown_layout(workspace: Workspace, tmp_path):

@@ -69,7 +69,7 @@ def start(workspace: Workspace, state_dir: Path) -> Iterator[Callable[[str], Dae
             keys["prompt"] = "a test <lora:Style:1>"
         workspace.profile("img2img", **keys)
         models = ModelCache(models_dir=None, state_dir=state_dir, device="cpu", lora_dirs=[loras])
-        daemon = Daemon(workspace.settings(retry_delay=30), models=models)
+        daemon = Daemon(workspace.settings(retry_delay=30, lora_dirs=[loras]), models=models)
         thread = threading.Thread(target=daemon.run_forever, kwargs={"tick": 0.02}, daemon=True)
         thread.start()
         started.append((daemon, thread))

@@ -36,6 +36,9 @@ class Settings(BaseModel):
     lora_dirs: list[Path] | None = None  # default: models_dir/Lora and models_dir/LyCORIS
     embedding_dirs: list[Path] | None = None  # default: models_dir/embeddings, ../embeddings
     allow_pickle: bool = False  # read pickled (.ckpt/.pt/.bin) models, VAEs, LoRAs, embeddings
+    # Hub ids not in the local cache: false, the job waits (`img2imgd pull` fetches them);
+    # true, the first job that needs one downloads it, with progress in the log.
+    download_models: bool = False
     device: Literal["auto", "cpu", "cuda", "mps"] | str = "auto"
     compile_unet: bool = False  # CUDA: torch.compile the UNet (minutes at first, then faster)
     # Frames of a video painted in one pipeline call; auto: 8 on a CPU, from free memory on CUDA

@@ -79,10 +79,12 @@ class Interrogators:
         state_dir: Path,
         device: Callable[[], tuple[str, torch.dtype]],
         allow_pickle: bool = False,
+        download_models: bool = False,
     ) -> None:
         self.models_dir = models_dir
         self.state_dir = state_dir
         self.allow_pickle = allow_pickle
+        self.download_models = download_models  # hub ids not in the local cache: fetch them
         self._device = device
         self._loaded: dict[tuple[Interrogator, str], _Loaded] = {}
         self._lock = threading.Lock()
@@ -152,14 +154,19 @@ class Interrogators:
         device, dtype = self._device()
         started = time.monotonic()
         if kind == "clip":
-            blip, clip = resolve_clip(ref, models_dir=self.models_dir, state_dir=self.state_dir)
+            blip, clip = resolve_clip(
+                ref,
+                models_dir=self.models_dir,
+                state_dir=self.state_dir,
+                download=self.download_models,
+            )
             engine: Any = ClipInterrogator.load(
                 blip,
                 clip,
                 device=device,
                 dtype=dtype,
                 cache_dir=self.state_dir / "label-embeddings",
-                local_files_only=Path(blip).is_dir() and Path(clip).is_dir(),
+                local_files_only=True,  # folders: hub ids come from the local cache
             )
         else:
             path = resolve_tagger(
@@ -167,6 +174,7 @@ class Interrogators:
                 models_dir=self.models_dir,
                 state_dir=self.state_dir,
                 allow_pickle=self.allow_pickle,
+                download=self.download_models,
             )
             engine = load_tagger(path, device=device, allow_pickle=self.allow_pickle)
         if is_builtin(ref):

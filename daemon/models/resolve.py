@@ -10,7 +10,9 @@ same rules, in this order:
 * a name in ``models_dir`` or one of the sub-folders A1111 and its extensions use for that
   kind (``Stable-diffusion``, ``VAE``, ``interrogators``, ``torch_deepdanbooru``, ``BLIP``,
   ``CLIP``), with or without the weight file's extension;
-* a hub repo id (``org/name``), downloaded when online and then used from the local cache.
+* a hub repo id (``org/name``, or ``org/name@revision``), used from the local Hugging Face
+  cache only: downloads are explicit (``img2imgd pull``, or ``download_models: true``; see
+  :mod:`daemon.models.hub`). ``build=False`` checks only the id's shape.
 
 Pickled weights (``.ckpt``/``.pt``/``.pth``/``.bin``) can run code when loaded: every kind
 refuses them with the same message unless the configuration sets ``allow_pickle``. Nothing is
@@ -19,7 +21,7 @@ loaded here; a reference that names nothing is a ConfigError saying where it loo
 
 from __future__ import annotations
 
-import re
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,9 @@ from daemon.models.builtin import (
     model_hash_file,
 )
 from daemon.models.checkpoints import PICKLE_SUFFIXES, is_pickle
-from daemon.models.layouts import WD14_MODEL, WD14_TAGS
+from daemon.models.hub import locate
+from daemon.models.hub_cache import HubRef, is_hub_id
+from daemon.models.layouts import WD14_MODEL
 
 SourceKind = Literal["folder", "single_file", "hub"]
 SAFE_SUFFIXES = (".safetensors",)
@@ -44,7 +48,6 @@ DIFFUSION_FOLDERS = ("", "Stable-diffusion")
 VAE_FOLDERS = ("VAE", "")
 INTERROGATOR_FOLDERS = ("", "interrogators", "torch_deepdanbooru", "BLIP", "CLIP")
 """Sub-folders of ``models_dir`` searched for each kind ("" is models_dir itself), in order."""
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 _PAIR = " + "  # spaced, so that a folder named "blip+clip" stays one path
 
 
@@ -91,6 +94,9 @@ class ModelSource:
             return Path(self.location)
         if self.kind == "folder":
             return model_hash_file(Path(self.location))
+        if self.kind == "hub" and Path(self.location).is_dir():  # found in the local cache
+            with contextlib.suppress(FileNotFoundError):
+                return model_hash_file(Path(self.location))
         return None
 
 
@@ -101,10 +107,12 @@ def resolve_model(
     state_dir: Path,
     build: bool = True,
     allow_pickle: bool = False,
+    download: bool = False,
 ) -> ModelSource:
     """A diffusion model: a diffusers folder, a single-file checkpoint or a hub id.
 
-    ``build=False`` only checks a built-in's name instead of generating it (``check`` stays fast).
+    ``build=False`` only checks a built-in's name instead of generating it, and a hub id's
+    shape instead of the cache (``check`` stays fast). ``download``: ``download_models``.
     """
     ref = ref.strip()
     if is_builtin(ref):
@@ -125,15 +133,24 @@ def resolve_model(
             _check_pickle("model", candidate, allow_pickle)
             return ModelSource(ref, "single_file", str(candidate.resolve()), candidate.stem)
     if looks_like_repo_id(ref):
-        return ModelSource(ref, "hub", ref, ref.split("/")[-1])
+        where = locate(ref, "pipeline", what="model", download=download) if build else ref
+        return ModelSource(ref, "hub", str(where), HubRef.parse(ref).name)
     raise ModelNotFound.looked(
         "model", ref, "a diffusers folder or a checkpoint file", looked, models_dir,
         DIFFUSION_FOLDERS,
     )  # fmt: skip
 
 
-def resolve_vae(ref: str, *, models_dir: Path | None, allow_pickle: bool = False) -> Path:
-    """A VAE: a weight file or a diffusers folder (A1111 keeps them in ``models_dir/VAE``)."""
+def resolve_vae(
+    ref: str,
+    *,
+    models_dir: Path | None,
+    allow_pickle: bool = False,
+    build: bool = True,
+    download: bool = False,
+) -> Path:
+    """A VAE: a weight file or a diffusers folder (A1111 keeps them in ``models_dir/VAE``),
+    or a hub id of a diffusers VAE (``build=False``: its shape only, as the id)."""
     looked = []
     for candidate in candidates(ref.strip(), models_dir, VAE_FOLDERS):
         looked.append(candidate)
@@ -142,14 +159,23 @@ def resolve_vae(ref: str, *, models_dir: Path | None, allow_pickle: bool = False
         if candidate.is_file():
             _check_pickle("vae", candidate, allow_pickle)
             return candidate
+    if looks_like_repo_id(ref.strip()):
+        hub_id = ref.strip()
+        return locate(hub_id, "model", what="vae", download=download) if build else Path(hub_id)
     raise ModelNotFound.looked("vae", ref, "a VAE file or folder", looked, models_dir, VAE_FOLDERS)
 
 
 def resolve_clip(
-    ref: str, *, models_dir: Path | None, state_dir: Path, build: bool = True
+    ref: str,
+    *,
+    models_dir: Path | None,
+    state_dir: Path,
+    build: bool = True,
+    download: bool = False,
 ) -> tuple[str, str]:
     """BLIP and CLIP of a CLIP-interrogator reference: a folder holding ``blip/`` and
-    ``clip/``, or ``<blip> + <clip>`` where each side is a model folder or a hub repo id."""
+    ``clip/``, or ``<blip> + <clip>`` where each side is a model folder or a hub repo id
+    (from the local cache; ``build=False``: the id as it is)."""
     ref = ref.strip()
     if is_builtin(ref):
         folder = _builtin(ref, state_dir, {"tiny-interrogator"}, build)
@@ -158,7 +184,10 @@ def resolve_clip(
         blip, _, clip = (part.strip() for part in ref.partition(_PAIR))
         if not blip or not clip:
             raise ConfigError(f"interrogation model '{ref}': write it as '<blip> + <clip>'")
-        return _model_folder_or_repo(blip, models_dir), _model_folder_or_repo(clip, models_dir)
+        return (
+            _model_folder_or_repo(blip, models_dir, build=build, download=download),
+            _model_folder_or_repo(clip, models_dir, build=build, download=download),
+        )
     looked = []
     for candidate in candidates(ref, models_dir, INTERROGATOR_FOLDERS):
         looked.append(candidate)
@@ -179,10 +208,11 @@ def resolve_tagger(
     state_dir: Path,
     allow_pickle: bool = False,
     build: bool = True,
+    download: bool = False,
 ) -> Path:
     """A tagger: a WD14 folder (``model.onnx`` + ``selected_tags.csv``), A1111's DeepDanbooru
-    ``.pt`` (or its folder), or a hub repo id of a WD14 tagger, whose two files are fetched
-    into the hub cache (unless ``build=False``: then a hub id is only checked for its shape)."""
+    ``.pt`` (or its folder), or a hub repo id of a WD14 tagger, from the local cache (unless
+    ``build=False``: then a hub id is only checked for its shape)."""
     ref = ref.strip()
     if is_builtin(ref):
         return _builtin(ref, state_dir, {"tiny-tagger"}, build)
@@ -197,7 +227,7 @@ def resolve_tagger(
         ):
             return candidate
     if looks_like_repo_id(ref):
-        return _hub_tagger(ref) if build else Path(ref)
+        return locate(ref, "tagger", what="tagger", download=download) if build else Path(ref)
     raise ModelNotFound.looked(
         "tagger", ref,
         "a WD14 folder (model.onnx + selected_tags.csv) or A1111's DeepDanbooru .pt file (or "
@@ -226,7 +256,7 @@ def candidates(ref: str, models_dir: Path | None, folders: Sequence[str]) -> lis
 def looks_like_repo_id(ref: str) -> bool:
     """``org/name`` on the hub; never something that is plainly a file name or a path."""
     is_file_name = Path(ref).suffix.lower() in WEIGHT_SUFFIXES
-    return bool(_REPO_ID.match(ref)) and not is_file_name and not ref.startswith((".", "~"))
+    return is_hub_id(ref) and not is_file_name and not ref.startswith((".", "~"))
 
 
 def _check_pickle(kind: str, path: Path, allowed: bool) -> None:
@@ -248,12 +278,13 @@ def _builtin(ref: str, state_dir: Path, allowed: set[str] | frozenset[str], buil
     return ensure_builtin(name, state_dir / "builtin")
 
 
-def _model_folder_or_repo(ref: str, models_dir: Path | None) -> str:
+def _model_folder_or_repo(ref: str, models_dir: Path | None, *, build: bool, download: bool) -> str:
     for candidate in candidates(ref, models_dir, INTERROGATOR_FOLDERS):
         if (candidate / "config.json").is_file():
             return str(candidate)
     if looks_like_repo_id(ref):
-        return ref
+        what = "interrogation model"
+        return str(locate(ref, "model", what=what, download=download)) if build else ref
     raise ModelNotFound.looked(
         "model",
         ref,
@@ -262,22 +293,6 @@ def _model_folder_or_repo(ref: str, models_dir: Path | None) -> str:
         models_dir,
         INTERROGATOR_FOLDERS,
     )
-
-
-def _hub_tagger(repo: str) -> Path:
-    """A WD14 tagger repo's two files, from the hub cache (downloaded when online)."""
-    from huggingface_hub import hf_hub_download
-
-    try:
-        model = hf_hub_download(repo, WD14_MODEL)
-        hf_hub_download(repo, WD14_TAGS)
-    except Exception as exc:  # offline and not cached, no such repo, network down
-        raise ConfigError(
-            f"tagger '{repo}': could not get {WD14_MODEL} and {WD14_TAGS} from the hub "
-            f"or its local cache ({type(exc).__name__}); download them into a folder and "
-            "point the profile at it"
-        ) from exc
-    return Path(model).parent
 
 
 def _tried(looked: Sequence[Path]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from loguru import logger
@@ -23,6 +24,14 @@ from daemon.engines.adapter_files import AdapterNotFound, default_lora_dirs, fin
 from daemon.engines.labels import load_label_lists
 from daemon.errors import ConfigError
 from daemon.models.checkpoints import detect_architecture
+from daemon.models.hub_cache import (
+    HubRole,
+    cached_folder,
+    has_markers,
+    is_hub_id,
+    not_cached,
+    wrong_kind,
+)
 from daemon.models.resolve import (
     ModelNotFound,
     resolve_clip,
@@ -38,13 +47,36 @@ PRESENT_RECHECK = 60.0  # s a found model is trusted; the job itself says if it 
 
 def missing_models(profile: Profile, settings: Settings) -> list[str]:
     """Every model `profile` names that cannot be found, each said with where it was looked
-    for and what to do; [] when all are there."""
+    for and what to do; [] when all are there. A hub id must be in the local cache, unless
+    ``download_models`` lets its first job download it."""
     problems = []
-    for look_up in _lookups(profile, settings):
+    for lookup in _lookups(profile, settings):
         try:
-            look_up()
+            found = lookup.find()
         except ConfigError as exc:
             problems.append(explain(exc, settings))
+            continue
+        if not settings.download_models:
+            problems += _not_in_cache(lookup, found)
+    return problems
+
+
+def _not_in_cache(lookup: _Lookup, found: object) -> list[str]:
+    """What a lookup found that is a hub id (it comes back as itself, not as a path) and is
+    not complete in the local cache (files only: never the network)."""
+    if lookup.role is None:
+        return []
+    results = found if isinstance(found, tuple) else (found,)
+    problems = []
+    for result in results:
+        ref = str(result)
+        if Path(ref).is_absolute() or not is_hub_id(ref):
+            continue
+        folder = cached_folder(ref)
+        if folder is None:
+            problems.append(not_cached(lookup.what, ref))
+        elif not has_markers(folder, lookup.role):
+            problems.append(wrong_kind(lookup.what, ref, lookup.role, folder))
     return problems
 
 
@@ -60,45 +92,75 @@ def explain(exc: ConfigError, settings: Settings) -> str:
     return f"{exc}. Put the file in {exc.home} (models_dir is {exc.models_dir}, from {where})"
 
 
-def _lookups(profile: Profile, settings: Settings) -> list[Callable[[], object]]:
-    """One call per model the profile names; each raises ConfigError when it is missing."""
+@dataclass(frozen=True)
+class _Lookup:
+    what: str  # for messages: model, vae, interrogation model, tagger
+    find: Callable[[], object]  # the resolver call (raises ConfigError when not found)
+    role: HubRole | None = None  # what a hub id must be, when the reference may be one
+
+
+def _lookups(profile: Profile, settings: Settings) -> list[_Lookup]:
+    """One resolver call per model the profile names, as the render side resolves them, but
+    without loading, generating or downloading anything."""
     models_dir, state_dir, pickles = settings.models_dir, settings.state_dir, settings.allow_pickle
-    calls: list[Callable[[], object]] = []
+    calls: list[_Lookup] = []
     kinds = set(profile.prompt_sources)
     if profile.task == "interrogate":
         kinds.add(profile.interrogator)
     else:
 
-        def diffusion_model() -> None:
+        def diffusion_model() -> str:
             source = resolve_model(
                 profile.model, models_dir=models_dir, state_dir=state_dir, build=False,
                 allow_pickle=pickles,
             )  # fmt: skip
             if source.kind == "single_file":
                 detect_architecture(Path(source.location))  # reads the key layout only
+            return source.location
 
-        calls.append(diffusion_model)
+        calls.append(_Lookup("model", diffusion_model, "pipeline"))
         if profile.vae is not None:
             vae = profile.vae
-            calls.append(lambda: resolve_vae(vae, models_dir=models_dir, allow_pickle=pickles))
-        calls += [_lora_lookup(name, settings) for name in _profile_loras(profile)]
+            calls.append(
+                _Lookup(
+                    "vae",
+                    lambda: resolve_vae(
+                        vae, models_dir=models_dir, allow_pickle=pickles, build=False
+                    ),
+                    "model",
+                )
+            )
+        calls += [_Lookup("LoRA", _lora_lookup(name, settings)) for name in _profile_loras(profile)]
     if "clip" in kinds:
         clip = profile.interrogation_model("clip")
         calls.append(
-            lambda: resolve_clip(clip, models_dir=models_dir, state_dir=state_dir, build=False)
+            _Lookup(
+                "interrogation model",
+                lambda: resolve_clip(clip, models_dir=models_dir, state_dir=state_dir, build=False),
+                "model",
+            )
         )
         labels_dir = Path(profile.labels_dir).expanduser() if profile.labels_dir else None
-        calls.append(lambda: load_label_lists(labels_dir, skip_categories=profile.skip_categories))
+        calls.append(
+            _Lookup(
+                "label lists",
+                lambda: load_label_lists(labels_dir, skip_categories=profile.skip_categories),
+            )
+        )
     if "deepbooru" in kinds:
         tagger = profile.interrogation_model("deepbooru")
         calls.append(
-            lambda: resolve_tagger(
-                tagger,
-                models_dir=models_dir,
-                state_dir=state_dir,
-                allow_pickle=pickles,
-                build=False,
-            ),
+            _Lookup(
+                "tagger",
+                lambda: resolve_tagger(
+                    tagger,
+                    models_dir=models_dir,
+                    state_dir=state_dir,
+                    allow_pickle=pickles,
+                    build=False,
+                ),
+                "tagger",
+            )
         )
     return calls
 

@@ -30,6 +30,7 @@ from daemon.engines.prompt_cache import PromptCache
 from daemon.errors import ConfigError, TransientError, is_out_of_memory
 from daemon.models.builtin import BUILTIN_PREFIX
 from daemon.models.hashes import HashCache
+from daemon.models.hub_cache import HubRef
 from daemon.models.resolve import ModelSource, resolve_model, resolve_vae
 from daemon.models.single_file import load_single_file, load_vae
 
@@ -77,8 +78,10 @@ class ModelCache:
         embedding_dirs: list[Path] | None = None,
         allow_pickle: bool = False,
         compile_unet: bool = False,
+        download_models: bool = False,
     ) -> None:
         self.compile_unet = compile_unet
+        self.download_models = download_models  # hub ids not in the local cache: fetch them
         self.lora_dirs = lora_dirs if lora_dirs is not None else default_lora_dirs(models_dir)
         self.embedding_dirs = (
             embedding_dirs if embedding_dirs is not None else default_embedding_dirs(models_dir)
@@ -97,6 +100,7 @@ class ModelCache:
             state_dir=state_dir,
             device=lambda: self.device,
             allow_pickle=allow_pickle,
+            download_models=download_models,
         )
 
     @classmethod
@@ -110,6 +114,7 @@ class ModelCache:
             embedding_dirs=settings.embedding_dirs,
             allow_pickle=settings.allow_pickle,
             compile_unet=settings.compile_unet,
+            download_models=settings.download_models,
         )
 
     @property
@@ -129,6 +134,7 @@ class ModelCache:
                 models_dir=self.models_dir,
                 state_dir=self.state_dir,
                 allow_pickle=self.allow_pickle,
+                download=self.download_models,
             )
         except ConfigError as exc:
             raise TransientError(f"{exc}; the input waits in the inbox") from exc
@@ -143,7 +149,7 @@ class ModelCache:
             return None
         path = self.vae_source(ref)
         digest = self.hashes.sha256(path)[:10] if path.is_file() else None
-        return path.name, digest
+        return vae_name(ref, path), digest
 
     def pipeline(self, ref: str, task: PipelineTask, *, vae: str | None = None) -> Any:
         """The warm pipeline of model ``ref`` (with VAE ``vae``) for ``task``; loads it once.
@@ -184,7 +190,12 @@ class ModelCache:
         return loaded.schedulers[choice]
 
     def vae_source(self, ref: str) -> Path:
-        return resolve_vae(ref, models_dir=self.models_dir, allow_pickle=self.allow_pickle)
+        return resolve_vae(
+            ref,
+            models_dir=self.models_dir,
+            allow_pickle=self.allow_pickle,
+            download=self.download_models,
+        )
 
     def _entry(self, ref: str, vae: str | None) -> _Loaded:
         key = _key(ref, vae)
@@ -226,18 +237,20 @@ class ModelCache:
                 source.ref,
             )
         options: dict[str, Any] = {"dtype": dtype}
-        if source.kind == "folder" and _has_safety_checker(Path(source.location)):
-            options.update(safety_checker=None, requires_safety_checker=False)  # as A1111
+        if source.kind != "single_file" and _has_safety_checker(Path(source.location)):
+            # As A1111; and `pull` leaves the checker out, so it must not be loaded.
+            options.update(safety_checker=None, requires_safety_checker=False)
         if source.kind == "single_file":
             # Offline: the architecture's configs ship with the project (daemon/data).
             pipe = load_single_file(source.location, dtype=dtype, cache_dir=self.state_dir)
         else:
+            # A folder, or a hub model's folder in the local cache: never the network.
             pipe = AutoPipelineForImage2Image.from_pretrained(
-                source.location, local_files_only=source.kind == "folder", **options
+                source.location, local_files_only=True, **options
             )
         if vae is not None:
             path = self.vae_source(vae)
-            logger.info("using VAE {} for model {}", path.name, source.name)
+            logger.info("using VAE {} for model {}", vae_name(vae, path), source.name)
             pipe.vae = load_vae(path, dtype=dtype, like=pipe.vae)
         pipe = pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
@@ -285,6 +298,12 @@ class ModelCache:
     @property
     def loaded(self) -> list[str]:
         return list(self._loaded) + self.interrogators.loaded
+
+
+def vae_name(ref: str, path: Path) -> str:
+    """A VAE's name for the parameters: its file or folder name; a hub VAE's repo name (its
+    folder in the cache is named by a commit)."""
+    return HubRef.parse(ref).name if path.parent.name == "snapshots" else path.name
 
 
 def _key(ref: str, vae: str | None) -> str:
