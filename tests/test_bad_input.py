@@ -96,6 +96,20 @@ def test_yaml_alias_bomb_is_refused(workspace: Workspace, running):
     assert "aliases" in report_for(workspace, "img2img", "lol")
 
 
+def test_yaml_nested_too_deeply_is_the_files_fault_in_one_line(workspace: Workspace, running, logs):
+    """PyYAML composes recursively: this would reach Python's recursion limit."""
+    workspace.profile("img2img")
+    running()
+    (workspace.inbox / "img2img/deep.yaml").write_text("prompt: " + "[" * 5000 + "]" * 5000)
+    workspace.drop("chelsea.png", "img2img/deep.png")
+    failed = workspace.inbox / "_failed/img2img"
+    wait_for(lambda: (failed / "deep.png").exists() and (failed / "deep.yaml").exists())
+    report = report_for(workspace, "img2img", "deep")
+    assert report.splitlines()[0].startswith("deep.yaml:1: it is nested more than 32 levels")
+    assert "Traceback" not in report and not any("unexpected" in line for line in logs)
+    drop_good_after(workspace, "img2img")
+
+
 def test_unsupported_file_type_goes_to_failed(workspace: Workspace, running):
     workspace.profile("img2img")
     running()
