@@ -16,15 +16,25 @@ def report_for(workspace: Workspace, profile: str, stem: str) -> str:
     return (workspace.inbox / "_failed" / profile / f"{stem}.error.txt").read_text()
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    body = kind + data
+    return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+
 def bomb_png(width: int, height: int) -> bytes:
     """A valid PNG header that claims a huge size; the pixel data is never reached."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IEND", b"")
+
+
+def text_bomb_png(kind: bytes, *, after_pixels: bool) -> bytes:
+    """chelsea.png with a zTXt or iTXt chunk of 20 kB that inflates to 64 MB, before the
+    pixel data (read as the file opens) or after it (read as the pixels are decoded)."""
+    png = (DATA / "chelsea.png").read_bytes()
+    flags = b"\0" if kind == b"zTXt" else b"\1\0\0\0"  # iTXt: compressed, no language
+    bomb = png_chunk(kind, b"parameters\0" + flags + zlib.compress(b"a" * (64 << 20), 9))
+    at = png.index(b"IEND") - 4 if after_pixels else 8 + 25  # before IEND, or after IHDR
+    return png[:at] + bomb + png[at:]
 
 
 def drop_good_after(workspace: Workspace, profile: str) -> None:
@@ -51,6 +61,20 @@ def test_non_image_truncated_and_bomb_fail_with_reports(workspace: Workspace, ru
     for name in ("notes.png", "cut.png", "bomb.png", "empty.png"):
         assert (workspace.inbox / "_failed/img2img" / name).exists(), name
     assert not list((workspace.inbox / "img2img").iterdir())
+
+
+def test_png_text_chunk_bomb_is_said_to_be_one(workspace: Workspace, running):
+    workspace.profile("img2img")
+    (workspace.inbox / "img2img/z.png").write_bytes(text_bomb_png(b"zTXt", after_pixels=False))
+    (workspace.inbox / "img2img/i.png").write_bytes(text_bomb_png(b"iTXt", after_pixels=True))
+    running(stability_delay=0.05)
+    failed = workspace.inbox / "_failed/img2img"
+    wait_for(lambda: (failed / "z.png").exists() and (failed / "i.png").exists())
+    for stem in ("z", "i"):
+        first = report_for(workspace, "img2img", stem).splitlines()[0]
+        assert "PNG text metadata that decompresses to more than 1 MB" in first, first
+        assert "decompression bomb" in first and "corrupt" not in first
+    drop_good_after(workspace, "img2img")
 
 
 def test_mask_that_is_not_an_image_fails_the_job(workspace: Workspace, running):

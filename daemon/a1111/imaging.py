@@ -17,7 +17,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 
 from daemon.a1111.sizes import ResizeMode
 from daemon.errors import InputError, UnreadableInput
@@ -45,6 +45,11 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     KeyError,
     TypeError,
 )
+
+# What Pillow's PNG reader says (a ValueError) when a zTXt/iTXt chunk inflates past
+# PngImagePlugin.MAX_TEXT_CHUNK, or all text chunks together past MAX_TEXT_MEMORY (Pillow
+# 10+: "Decompressed data too large for …"; older: "Decompressed Data Too Large").
+_TEXT_BOMB_MESSAGES = ("decompressed data too large", "too much memory used in text chunks")
 
 _ALPHA_MODES: frozenset[str] = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _SIXTEEN_BIT_MODES: frozenset[str] = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
@@ -139,6 +144,7 @@ def _decode(path: Path, *, max_pixels: int) -> Image.Image:
                 "pixels (a possible decompression bomb); shrink it and drop it again."
             ) from exc
         except _DECODE_ERRORS as exc:
+            _refuse_text_bomb(name, exc)
             raise UnreadableInput(
                 f"{name} is not an image this daemon can read "
                 f"({', '.join(_ALLOWED_FORMATS)}); save it as PNG or JPEG and drop it again."
@@ -152,11 +158,24 @@ def _decode(path: Path, *, max_pixels: int) -> Image.Image:
                 oriented = ImageOps.exif_transpose(opened) or opened
                 result = _standard_mode(oriented)
             except _DECODE_ERRORS as exc:
+                _refuse_text_bomb(name, exc)
                 raise UnreadableInput(
                     f"{name} is truncated or corrupt ({exc}); export it again and drop it again."
                 ) from exc
             # Detach from the file handle that is about to close.
             return result.copy() if result is opened else result
+
+
+def _refuse_text_bomb(name: str, exc: BaseException) -> None:
+    """A PNG text chunk that inflates to megabytes is built to exhaust memory: the file's
+    fault, said as such (not "corrupt", and not worth the retries a paused writer gets)."""
+    if isinstance(exc, ValueError) and str(exc).lower().startswith(_TEXT_BOMB_MESSAGES):
+        limit = PngImagePlugin.MAX_TEXT_CHUNK // (1024 * 1024)
+        raise InputError(
+            f"{name} has PNG text metadata that decompresses to more than {limit} MB (a "
+            "possible decompression bomb); save the image again without its metadata and drop "
+            "it again."
+        ) from exc
 
 
 def _check_pixel_count(name: str, size: tuple[int, int], max_pixels: int) -> None:
