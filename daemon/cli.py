@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from loguru import logger
 from tqdm import tqdm
@@ -35,7 +36,11 @@ from daemon.models.resolve import resolve_clip, resolve_model, resolve_tagger, r
 from daemon.ops.service import JOURNAL_NAME, Daemon
 from daemon.ops.status import status_report
 from daemon.ops.unit import enable_hint, install_unit, unit_file, writable_dirs
+from daemon.paths import escaped_lines
 from daemon.render.cache import ModelCache
+
+if TYPE_CHECKING:
+    from loguru import Record
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_CONFIG, EXIT_DEFERRED = 0, 1, 2, 3
 LOG_FORMAT = "<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> {message}"
@@ -112,12 +117,21 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _setup_logging(level: str, *, through_tqdm: bool = False) -> None:
+    """stderr, in LOG_FORMAT. ``diagnose=False``: a traceback shows the code, never the values
+    of local variables (loguru's default), which may hold prompts, paths and credentials. The
+    patcher is a net under the names escaped where they are said: no message can carry a
+    terminal escape sequence or a carriage return (line breaks stay)."""
+
+    def printable(record: Record) -> None:
+        record["message"] = escaped_lines(record["message"])
+
     logger.remove()
+    logger.configure(patcher=printable)
     if through_tqdm:
         logger.add(lambda line: tqdm.write(line, end="", file=sys.stderr), level=level,
-                   format=LOG_FORMAT, colorize=sys.stderr.isatty())  # fmt: skip
+                   format=LOG_FORMAT, colorize=sys.stderr.isatty(), diagnose=False)  # fmt: skip
     else:
-        logger.add(sys.stderr, level=level, format=LOG_FORMAT)
+        logger.add(sys.stderr, level=level, format=LOG_FORMAT, diagnose=False)
 
 
 def _preflight(

@@ -9,6 +9,12 @@ import zlib
 import pytest
 from PIL import Image
 
+from daemon.intake.names import (
+    IMAGE_EXTENSIONS,
+    PARAMETERS_EXTENSION,
+    SETTINGS_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+)
 from tests.conftest import DATA, Workspace, wait_for
 
 
@@ -54,7 +60,11 @@ def test_non_image_truncated_and_bomb_fail_with_reports(workspace: Workspace, ru
     wait_for(lambda: len([p for p in workspace.failed("img2img") if p.suffix == ".txt"]) == 4)
     drop_good_after(workspace, "img2img")
 
-    assert "notes.png" in report_for(workspace, "img2img", "notes").splitlines()[0]
+    notes = report_for(workspace, "img2img", "notes").splitlines()[0]
+    assert "notes.png" in notes
+    # The types the inbox takes, no more (BMP and GIF decode when renamed, but are not taken).
+    assert "it takes .jpeg .jpg .png .tif .tiff .webp images" in notes
+    assert "BMP" not in notes and "GIF" not in notes
     assert "cut.png" in report_for(workspace, "img2img", "cut").splitlines()[0]
     assert "pixel" in report_for(workspace, "img2img", "bomb").splitlines()[0]
     assert "empty" in report_for(workspace, "img2img", "empty").splitlines()[0]
@@ -139,7 +149,13 @@ def test_unsupported_file_type_goes_to_failed(workspace: Workspace, running):
     running()
     (workspace.inbox / "img2img/brief.docx").write_bytes(b"PK\x03\x04")
     wait_for(lambda: (workspace.inbox / "_failed/img2img/brief.docx").exists())  # after its report
-    assert "not a file type" in report_for(workspace, "img2img", "brief")
+    said = report_for(workspace, "img2img", "brief").splitlines()[0]
+    assert said.startswith("brief.docx is not a file type img2imgd handles")
+    # Every kind that is taken, from the names the intake goes by.
+    kinds = [*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS, *SETTINGS_EXTENSIONS, PARAMETERS_EXTENSION]
+    assert all(f"{kind} " in said or f"{kind})" in said for kind in kinds), said
+    for companion in ("<name>.mask.png", "masks/<name>.png", "<name>.sketch.png", "<name>.txt"):
+        assert companion in said
 
 
 def test_symlink_in_inbox_is_refused_not_followed(workspace: Workspace, running, tmp_path):
@@ -152,6 +168,20 @@ def test_symlink_in_inbox_is_refused_not_followed(workspace: Workspace, running,
     wait_for(lambda: (workspace.inbox / "_failed/img2img/link.png").is_symlink())
     assert "symbolic link" in report_for(workspace, "img2img", "link")
     assert secret.exists() and not workspace.outputs("img2img")
+
+
+def test_symlink_to_a_folder_in_inbox_is_refused_as_a_link(workspace: Workspace, running, tmp_path):
+    workspace.profile("img2img")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.new("RGB", (64, 64)).save(elsewhere / "secret.png")
+    running()
+    (workspace.inbox / "img2img/shoot").symlink_to(elsewhere, target_is_directory=True)
+    wait_for(lambda: (workspace.inbox / "_failed/img2img/shoot").is_symlink())  # after its report
+    said = report_for(workspace, "img2img", "shoot").splitlines()[0]
+    assert said.startswith("shoot is a symbolic link to a folder; links are never followed")
+    assert (elsewhere / "secret.png").exists() and not workspace.outputs("img2img")
+    drop_good_after(workspace, "img2img")
 
 
 def test_missing_model_leaves_input_in_inbox_and_retries(workspace: Workspace, running, logs):

@@ -21,6 +21,7 @@ from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 
 from daemon.a1111.sizes import ResizeMode
 from daemon.errors import InputError, UnreadableInput
+from daemon.intake.names import image_kinds
 
 DEFAULT_MAX_PIXELS: int = 64_000_000
 """Cap on width*height. Pillow only warns at ~89 MP and refuses at ~179 MP; a 64 MP RGBA image
@@ -28,8 +29,8 @@ already needs 256 MB decoded, so anything bigger in a hot folder is treated as h
 
 # Formats we let Pillow decode. Anything else (EPS runs Ghostscript, exotic plugins have had
 # parser bugs) is refused even if Pillow could open it. GIF and BMP are not in the inbox's
-# extension list but arrive renamed often enough. "JPEG" also admits MPO (many phone JPEGs):
-# Pillow's JPEG opener returns an MpoImageFile for them.
+# extension list but arrive renamed often enough (messages name only what the inbox takes).
+# "JPEG" also admits MPO (many phone JPEGs): Pillow's JPEG opener returns an MpoImageFile.
 _ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "TIFF", "GIF", "BMP")
 
 # What Pillow and its codecs raise for corrupt or truncated data. Deliberately not a bare
@@ -146,8 +147,8 @@ def _decode(path: Path, *, max_pixels: int) -> Image.Image:
         except _DECODE_ERRORS as exc:
             _refuse_text_bomb(name, exc)
             raise UnreadableInput(
-                f"{name} is not an image this daemon can read "
-                f"({', '.join(_ALLOWED_FORMATS)}); save it as PNG or JPEG and drop it again."
+                f"{name} is not an image img2imgd can read (it takes {image_kinds()} images, "
+                "known by their content); save it as PNG or JPEG and drop it again."
             ) from exc
         with opened:
             _check_pixel_count(name, opened.size, max_pixels)

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from daemon.paths import shown
+
 MAX_SETTINGS_BYTES = 256 * 1024  # a profile is a few hundred bytes; this is generous
 MAX_NESTING = 32  # levels of lists and mappings; a settings file needs three or four
 
@@ -54,7 +56,7 @@ class YamlProblem(ValueError):
 
     def at(self, path: Path | str) -> str:
         """``path:line: problem``, the way the other configuration problems are said."""
-        return f"{path}:{self.line}: {self}" if self.line else f"{path}: {self}"
+        return f"{shown(path)}:{self.line}: {self}" if self.line else f"{shown(path)}: {self}"
 
 
 def read_mapping(path: Path, *, max_bytes: int = MAX_SETTINGS_BYTES) -> dict[str, Any]:
