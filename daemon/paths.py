@@ -1,10 +1,11 @@
-"""Paths built from names users chose (profiles, folders, files) never leave their root, and
-are shown safely: a name is whatever bytes someone gave a file, newlines and terminal escape
-sequences included."""
+"""Paths built from names users chose (profiles, folders, files) never leave their root, are
+shown safely, and are named portably in the outbox: a name is whatever bytes someone gave a
+file, newlines and terminal escape sequences included."""
 
 from __future__ import annotations
 
 import os
+import unicodedata
 from pathlib import Path, PurePosixPath
 
 
@@ -22,6 +23,38 @@ def inside(root: Path, *parts: str | PurePosixPath) -> Path:
     if target != root.resolve() and root.resolve() not in target.parents:
         raise UnsafePath(f"refusing the path {text!r}: it resolves outside {root}")
     return target
+
+
+# What Windows (and so a share or a sync to it) cannot hold in a name; control characters too.
+_WINDOWS_FORBIDDEN = frozenset('<>:"/\\|?*')
+_WINDOWS_DEVICES = frozenset(
+    {"CON", "PRN", "AUX", "NUL", *(f"{port}{n}" for port in ("COM", "LPT") for n in range(1, 10))}
+)
+
+
+def portable_name(name: str) -> str:
+    """`name` (a file's stem or a folder's name) as the outbox writes it, so that a result can
+    be copied or synced to any platform: control characters, characters Windows forbids
+    (``<>:"/\\|?*``) and bytes that are not UTF-8 become ``_``; trailing dots and spaces go
+    (Windows drops them); a Windows device name (``CON``, ``NUL``, ``COM1``…, whatever its
+    extension) gets a ``_`` in front. Ordinary names come out exactly as they went in."""
+    if name.isprintable() and not _WINDOWS_FORBIDDEN.intersection(name):
+        mapped = name  # the common case: nothing to build
+    else:
+        mapped = "".join("_" if _unportable(char) else char for char in name)
+    mapped = mapped.rstrip(" .")
+    if mapped.split(".")[0].rstrip(" ").upper() in _WINDOWS_DEVICES:
+        mapped = f"_{mapped}"
+    return mapped or "_"
+
+
+def _unportable(char: str) -> bool:
+    return char in _WINDOWS_FORBIDDEN or unicodedata.category(char) in ("Cc", "Cs")
+
+
+def output_folder(outbox: Path, profile: str, sub_dir: PurePosixPath) -> Path:
+    """``outbox/<profile>/<sub-path>`` for a job, each name made portable, inside the outbox."""
+    return inside(outbox, *(portable_name(part) for part in (profile, *sub_dir.parts)))
 
 
 def shown(path: str | os.PathLike[str]) -> str:

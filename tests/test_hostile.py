@@ -10,8 +10,9 @@ import sys
 
 from daemon.ops.service import JOURNAL_NAME
 from daemon.ops.status import status_report
-from daemon.paths import escaped, shown
+from daemon.paths import escaped, portable_name, shown
 from tests.conftest import Workspace, wait_for
+from tests.support.media import make_test_clip
 from tests.test_cli import ENV, FAST, JOBS, cli
 from tests.test_cli import workspace as cli_workspace
 
@@ -38,6 +39,17 @@ def test_names_are_shown_escaped_and_relative_where_shorter(monkeypatch, tmp_pat
     assert shown("/elsewhere/inbox") == "/elsewhere/inbox"  # outside: the full path is shorter
 
 
+def test_output_names_are_portable_and_ordinary_ones_unchanged():
+    for ordinary in ("chelsea", "frame_0012", "day 1", "猫 photo", "v1.2", ".hidden", "COM10"):
+        assert portable_name(ordinary) == ordinary
+    assert portable_name(FORGING) == "cat_03_12_09 SUCCESS done all_]0;pwned__X"
+    assert portable_name('a<b>c:d"e|f?g*h\\i') == "a_b_c_d_e_f_g_h_i"
+    assert portable_name("CON") == "_CON" and portable_name("nul.tar") == "_nul.tar"
+    assert portable_name("lpt1 ") == "_lpt1" and portable_name("com9") == "_com9"
+    assert portable_name("trailing. . ") == "trailing"
+    assert portable_name("..") == "_" and portable_name("bad\udcffbyte") == "bad_byte"
+
+
 def test_hostile_names_in_the_log_status_reports_and_outputs(workspace: Workspace, running, logs):
     workspace.profile("img2img")
     workspace.profile("pairs", batch_size=2)
@@ -50,6 +62,17 @@ def test_hostile_names_in_the_log_status_reports_and_outputs(workspace: Workspac
     failed = workspace.inbox / "_failed" / "img2img"
     wait_for(lambda: (failed / f"{SCREEN_CLEARING}.png").exists())  # after its report
 
+    outputs = {str(p.relative_to(workspace.outbox)) for p in workspace.outbox.rglob("*.*")}
+    assert outputs == {
+        "img2img/cat_03_12_09 SUCCESS done all_]0;pwned__X.png",
+        "img2img/cat_03_12_09 SUCCESS done all_]0;pwned__X.txt",
+        "img2img/day_1/_CON.png",
+        "img2img/day_1/_CON.txt",
+        "pairs/what__now__1.png",
+        "pairs/what__now__1.txt",
+        "pairs/what__now__2.png",
+        "pairs/what__now__2.txt",
+    }
     # The inputs keep their names: they stay on the machine they came from.
     assert (workspace.inbox / "_done" / "img2img" / f"{FORGING}.png").exists()
 
@@ -60,7 +83,7 @@ def test_hostile_names_in_the_log_status_reports_and_outputs(workspace: Workspac
 
     ours = [line for line in logs if "pwned" in line or "name.png" in line or "CON" in line]
     assert ours and all(line.isprintable() for line in ours), ours
-    assert any(f"done img2img/{FORGING_SHOWN}.png → img2img/{FORGING_SHOWN}" in x for x in ours)
+    assert any(f"done img2img/{FORGING_SHOWN}.png → img2img/cat_03_12_09" in x for x in ours)
     assert not any("\n03:12:09" in line for line in logs)  # no forged line
 
     said = status_report(workspace.state, JOURNAL_NAME)
@@ -174,3 +197,18 @@ def test_the_log_never_carries_a_terminal_escape(tmp_path, state_dir):
     assert "bad\\x1b[2J\\x1b[Hname/ holds files but there is no profiles/bad" in result.stdout
     assert "\x1b" not in result.stdout, result.stdout
     assert result.returncode == 3, result.stdout
+
+
+def test_a_video_with_a_hostile_name_keeps_portable_names_and_frame_numbers(
+    workspace: Workspace, running
+):
+    workspace.profile("img2img", keep_frames=True)
+    clip = workspace.root / "clip.mp4"
+    make_test_clip(clip, frames=3, audio=False)
+    running()
+    workspace.drop(clip, "img2img/aux .mp4")  # Windows drops the space: the device AUX
+    wait_for(lambda: workspace.done("img2img"), timeout=120)
+    out = workspace.outbox / "img2img"
+    assert sorted(p.name for p in out.iterdir()) == ["_aux", "_aux.mp4", "_aux.txt"]
+    kept = sorted(p.name for p in (out / "_aux").glob("*.png"))
+    assert kept == [f"_aux_{i:06d}.png" for i in range(1, 4)]

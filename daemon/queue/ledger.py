@@ -30,7 +30,7 @@ from daemon.deliver.outputs import failure_report
 from daemon.deliver.results import Delivered
 from daemon.errors import Fault, classify
 from daemon.intake.jobs import Job, JobStatus
-from daemon.paths import escaped, shown
+from daemon.paths import escaped, output_folder, portable_name, shown
 
 MAX_BACKOFF = 600.0  # s, cap on the retry delay for jobs that hit a process fault
 
@@ -224,7 +224,8 @@ class Ledger:
 
     def _live_report(self, job: Job) -> Path:
         """``<stem>.error.txt`` beside the result, at a stable name like the result's."""
-        return self.outbox / job.profile / job.sub_dir / f"{job.image.stem}.error.txt"
+        folder = output_folder(self.outbox, job.profile, job.sub_dir)
+        return folder / f"{portable_name(job.image.stem)}.error.txt"
 
     def _live_failed(self, job: Job, reason: str, error: BaseException | None) -> JobStatus:
         """A live input's version is broken: the editor will overwrite it, so it stays; the
