@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 from tqdm import tqdm
@@ -36,8 +36,12 @@ from daemon.ops.pull import pull_models
 from daemon.ops.service import JOURNAL_NAME, Daemon
 from daemon.ops.status import status_report
 from daemon.ops.unit import enable_hint, install_unit, unit_file, writable_dirs
+from daemon.paths import escaped_lines, shown
 from daemon.render.availability import missing_models
 from daemon.render.cache import ModelCache
+
+if TYPE_CHECKING:
+    from loguru import Record
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_CONFIG, EXIT_DEFERRED = 0, 1, 2, 3
 LOG_FORMAT = "<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> {message}"
@@ -154,12 +158,21 @@ class _Commands:
 
 
 def _setup_logging(level: str, *, through_tqdm: bool = False) -> None:
+    """stderr, in LOG_FORMAT. ``diagnose=False``: a traceback shows the code, never the values
+    of local variables (loguru's default), which may hold prompts, paths and credentials. The
+    patcher is a net under the names escaped where they are said: no message can carry a
+    terminal escape sequence or a carriage return (line breaks stay)."""
+
+    def printable(record: Record) -> None:
+        record["message"] = escaped_lines(record["message"])
+
     logger.remove()
+    logger.configure(patcher=printable)
     if through_tqdm:
         logger.add(lambda line: tqdm.write(line, end="", file=sys.stderr), level=level,
-                   format=LOG_FORMAT, colorize=sys.stderr.isatty())  # fmt: skip
+                   format=LOG_FORMAT, colorize=sys.stderr.isatty(), diagnose=False)  # fmt: skip
     else:
-        logger.add(sys.stderr, level=level, format=LOG_FORMAT)
+        logger.add(sys.stderr, level=level, format=LOG_FORMAT, diagnose=False)
 
 
 def _config_problems(settings: Settings) -> list[str]:
@@ -216,7 +229,7 @@ def check_problems(settings: Settings) -> list[str]:
     problems = [*_config_problems(settings), *problems]
     for profile in loaded.values():
         found = missing_models(profile.settings, settings)
-        problems += [f"{profile.files[0]}: {problem}" for problem in found]
+        problems += [f"{shown(profile.files[0])}: {problem}" for problem in found]
     return problems
 
 

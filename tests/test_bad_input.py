@@ -9,6 +9,12 @@ import zlib
 import pytest
 from PIL import Image
 
+from daemon.intake.names import (
+    IMAGE_EXTENSIONS,
+    PARAMETERS_EXTENSION,
+    SETTINGS_EXTENSIONS,
+    VIDEO_EXTENSIONS,
+)
 from tests.conftest import DATA, Workspace, wait_for
 
 
@@ -16,15 +22,25 @@ def report_for(workspace: Workspace, profile: str, stem: str) -> str:
     return (workspace.inbox / "_failed" / profile / f"{stem}.error.txt").read_text()
 
 
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    body = kind + data
+    return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+
 def bomb_png(width: int, height: int) -> bytes:
     """A valid PNG header that claims a huge size; the pixel data is never reached."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
     header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IEND", b"")
+
+
+def text_bomb_png(kind: bytes, *, after_pixels: bool) -> bytes:
+    """chelsea.png with a zTXt or iTXt chunk of 20 kB that inflates to 64 MB, before the
+    pixel data (read as the file opens) or after it (read as the pixels are decoded)."""
+    png = (DATA / "chelsea.png").read_bytes()
+    flags = b"\0" if kind == b"zTXt" else b"\1\0\0\0"  # iTXt: compressed, no language
+    bomb = png_chunk(kind, b"parameters\0" + flags + zlib.compress(b"a" * (64 << 20), 9))
+    at = png.index(b"IEND") - 4 if after_pixels else 8 + 25  # before IEND, or after IHDR
+    return png[:at] + bomb + png[at:]
 
 
 def drop_good_after(workspace: Workspace, profile: str) -> None:
@@ -44,13 +60,31 @@ def test_non_image_truncated_and_bomb_fail_with_reports(workspace: Workspace, ru
     wait_for(lambda: len([p for p in workspace.failed("img2img") if p.suffix == ".txt"]) == 4)
     drop_good_after(workspace, "img2img")
 
-    assert "notes.png" in report_for(workspace, "img2img", "notes").splitlines()[0]
+    notes = report_for(workspace, "img2img", "notes").splitlines()[0]
+    assert "notes.png" in notes
+    # The types the inbox takes, no more (BMP and GIF decode when renamed, but are not taken).
+    assert "it takes .jpeg .jpg .png .tif .tiff .webp images" in notes
+    assert "BMP" not in notes and "GIF" not in notes
     assert "cut.png" in report_for(workspace, "img2img", "cut").splitlines()[0]
     assert "pixel" in report_for(workspace, "img2img", "bomb").splitlines()[0]
     assert "empty" in report_for(workspace, "img2img", "empty").splitlines()[0]
     for name in ("notes.png", "cut.png", "bomb.png", "empty.png"):
         assert (workspace.inbox / "_failed/img2img" / name).exists(), name
     assert not list((workspace.inbox / "img2img").iterdir())
+
+
+def test_png_text_chunk_bomb_is_said_to_be_one(workspace: Workspace, running):
+    workspace.profile("img2img")
+    (workspace.inbox / "img2img/z.png").write_bytes(text_bomb_png(b"zTXt", after_pixels=False))
+    (workspace.inbox / "img2img/i.png").write_bytes(text_bomb_png(b"iTXt", after_pixels=True))
+    running(stability_delay=0.05)
+    failed = workspace.inbox / "_failed/img2img"
+    wait_for(lambda: (failed / "z.png").exists() and (failed / "i.png").exists())
+    for stem in ("z", "i"):
+        first = report_for(workspace, "img2img", stem).splitlines()[0]
+        assert "PNG text metadata that decompresses to more than 1 MB" in first, first
+        assert "decompression bomb" in first and "corrupt" not in first
+    drop_good_after(workspace, "img2img")
 
 
 def test_mask_that_is_not_an_image_fails_the_job(workspace: Workspace, running):
@@ -96,12 +130,32 @@ def test_yaml_alias_bomb_is_refused(workspace: Workspace, running):
     assert "aliases" in report_for(workspace, "img2img", "lol")
 
 
+def test_yaml_nested_too_deeply_is_the_files_fault_in_one_line(workspace: Workspace, running, logs):
+    """PyYAML composes recursively: this would reach Python's recursion limit."""
+    workspace.profile("img2img")
+    running()
+    (workspace.inbox / "img2img/deep.yaml").write_text("prompt: " + "[" * 5000 + "]" * 5000)
+    workspace.drop("chelsea.png", "img2img/deep.png")
+    failed = workspace.inbox / "_failed/img2img"
+    wait_for(lambda: (failed / "deep.png").exists() and (failed / "deep.yaml").exists())
+    report = report_for(workspace, "img2img", "deep")
+    assert report.splitlines()[0].startswith("deep.yaml:1: it is nested more than 32 levels")
+    assert "Traceback" not in report and not any("unexpected" in line for line in logs)
+    drop_good_after(workspace, "img2img")
+
+
 def test_unsupported_file_type_goes_to_failed(workspace: Workspace, running):
     workspace.profile("img2img")
     running()
     (workspace.inbox / "img2img/brief.docx").write_bytes(b"PK\x03\x04")
     wait_for(lambda: (workspace.inbox / "_failed/img2img/brief.docx").exists())  # after its report
-    assert "not a file type" in report_for(workspace, "img2img", "brief")
+    said = report_for(workspace, "img2img", "brief").splitlines()[0]
+    assert said.startswith("brief.docx is not a file type img2imgd handles")
+    # Every kind that is taken, from the names the intake goes by.
+    kinds = [*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS, *SETTINGS_EXTENSIONS, PARAMETERS_EXTENSION]
+    assert all(f"{kind} " in said or f"{kind})" in said for kind in kinds), said
+    for companion in ("<name>.mask.png", "masks/<name>.png", "<name>.sketch.png", "<name>.txt"):
+        assert companion in said
 
 
 def test_symlink_in_inbox_is_refused_not_followed(workspace: Workspace, running, tmp_path):
@@ -114,6 +168,20 @@ def test_symlink_in_inbox_is_refused_not_followed(workspace: Workspace, running,
     wait_for(lambda: (workspace.inbox / "_failed/img2img/link.png").is_symlink())
     assert "symbolic link" in report_for(workspace, "img2img", "link")
     assert secret.exists() and not workspace.outputs("img2img")
+
+
+def test_symlink_to_a_folder_in_inbox_is_refused_as_a_link(workspace: Workspace, running, tmp_path):
+    workspace.profile("img2img")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    Image.new("RGB", (64, 64)).save(elsewhere / "secret.png")
+    running()
+    (workspace.inbox / "img2img/shoot").symlink_to(elsewhere, target_is_directory=True)
+    wait_for(lambda: (workspace.inbox / "_failed/img2img/shoot").is_symlink())  # after its report
+    said = report_for(workspace, "img2img", "shoot").splitlines()[0]
+    assert said.startswith("shoot is a symbolic link to a folder; links are never followed")
+    assert (elsewhere / "secret.png").exists() and not workspace.outputs("img2img")
+    drop_good_after(workspace, "img2img")
 
 
 def test_missing_model_leaves_input_in_inbox_and_retries(workspace: Workspace, running, logs):

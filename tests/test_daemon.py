@@ -169,15 +169,31 @@ def test_batch_outputs_are_numbered_with_their_own_seeds(workspace: Workspace, r
     assert seeds == ["100", "101", "102", "103"]
 
 
+def a1111_reads(path) -> str:
+    """The parameters of a JPEG or WebP read exactly as A1111's PNG Info reads them
+    (modules/images.py, read_info_from_image): piexif.load, then UserComment.load."""
+    import piexif
+    import piexif.helper
+
+    with Image.open(path) as image:
+        exif = piexif.load(image.info["exif"])
+    return piexif.helper.UserComment.load(exif["Exif"][piexif.ExifIFD.UserComment])
+
+
 @pytest.mark.parametrize("fmt", ["jpg", "webp"])
-def test_jpeg_and_webp_carry_parameters_in_exif(workspace: Workspace, running, fmt):
-    workspace.profile("img2img", output_format=fmt)
+def test_jpeg_and_webp_carry_parameters_that_a1111_reads(workspace: Workspace, running, fmt):
+    workspace.profile("img2img", output_format=fmt, prompt="un café, 猫")
     running()
     workspace.drop("chelsea.png", "img2img/cat.png")
     wait_for(lambda: workspace.done("img2img"))
-    with Image.open(workspace.outbox / f"img2img/cat.{fmt}") as result:
-        text = png_info(result)
-    assert text is not None and "Seed: 1234" in text
+    result = workspace.outbox / f"img2img/cat.{fmt}"
+    infotext = (workspace.outbox / "img2img/cat.txt").read_text().removesuffix("\n")
+    assert "Seed: 1234" in infotext
+    assert a1111_reads(result) == infotext
+    with Image.open(result) as image:
+        assert png_info(image) == infotext  # our own reader (use_png_info)
+        parsed = ParserManager().parse(image)  # sd-parsers, as other tools read it
+    assert parsed is not None and parsed.full_prompt == "un café, 猫"
 
 
 def test_changed_profile_applies_to_next_job_without_restart(workspace: Workspace, running):

@@ -96,6 +96,41 @@ def test_parameters_inside_the_input_png_are_used(workspace: Workspace, running)
     assert info.params["Seed"] == "99" and info.params["Sampler"] == "Euler a"
 
 
+def older_img2imgd_exif(text: str) -> bytes:
+    """EXIF as img2imgd wrote it before it used piexif: Pillow's Exif, which types the
+    UserComment as BYTE (a list of numbers to piexif, so A1111 could not read it)."""
+    exif = Image.Exif()
+    exif.get_ifd(0x8769)[0x9286] = b"UNICODE\0" + text.encode("utf-16-be")
+    return exif.tobytes()
+
+
+def test_parameters_in_a_jpeg_are_used_as_a1111_and_older_img2imgd_wrote_them(
+    workspace: Workspace, running, tmp_path
+):
+    import piexif
+    import piexif.helper
+
+    workspace.profile("again", use_png_info=True, prompt="profile prompt")
+    a1111 = tmp_path / "a1111.jpg"
+    Image.open(DATA / "chelsea.png").convert("RGB").save(a1111, quality=95)
+    comment = piexif.helper.UserComment.dump(
+        "as A1111 wrote it\nSteps: 3, Sampler: Euler a, CFG scale: 4, Seed: 41", encoding="unicode"
+    )  # A1111's save_image_with_geninfo: save, then insert the EXIF block
+    piexif.insert(piexif.dump({"Exif": {piexif.ExifIFD.UserComment: comment}}), str(a1111))
+    older = tmp_path / "older.jpg"
+    Image.open(DATA / "chelsea.png").convert("RGB").save(
+        older, quality=95, exif=older_img2imgd_exif("older\nSteps: 3, Sampler: Euler, Seed: 42")
+    )
+    running()
+    workspace.drop(a1111, "again/a1111.jpg")
+    workspace.drop(older, "again/older.jpg")
+    wait_for(lambda: len(workspace.done("again")) == 2)
+    first = parse_infotext((workspace.outbox / "again/a1111.txt").read_text())
+    assert (first.prompt, first.params["Seed"]) == ("as A1111 wrote it", "41")
+    second = parse_infotext((workspace.outbox / "again/older.txt").read_text())
+    assert (second.prompt, second.params["Seed"]) == ("older", "42")
+
+
 def test_per_image_yaml_wins_over_png_info_and_txt_is_ignored_without_it(
     workspace: Workspace, running
 ):

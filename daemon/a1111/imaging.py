@@ -17,10 +17,11 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 
 from daemon.a1111.sizes import ResizeMode
 from daemon.errors import InputError, UnreadableInput
+from daemon.intake.names import image_kinds
 
 DEFAULT_MAX_PIXELS: int = 64_000_000
 """Cap on width*height. Pillow only warns at ~89 MP and refuses at ~179 MP; a 64 MP RGBA image
@@ -28,8 +29,8 @@ already needs 256 MB decoded, so anything bigger in a hot folder is treated as h
 
 # Formats we let Pillow decode. Anything else (EPS runs Ghostscript, exotic plugins have had
 # parser bugs) is refused even if Pillow could open it. GIF and BMP are not in the inbox's
-# extension list but arrive renamed often enough. "JPEG" also admits MPO (many phone JPEGs):
-# Pillow's JPEG opener returns an MpoImageFile for them.
+# extension list but arrive renamed often enough (messages name only what the inbox takes).
+# "JPEG" also admits MPO (many phone JPEGs): Pillow's JPEG opener returns an MpoImageFile.
 _ALLOWED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "TIFF", "GIF", "BMP")
 
 # What Pillow and its codecs raise for corrupt or truncated data. Deliberately not a bare
@@ -45,6 +46,11 @@ _DECODE_ERRORS: tuple[type[BaseException], ...] = (
     KeyError,
     TypeError,
 )
+
+# What Pillow's PNG reader says (a ValueError) when a zTXt/iTXt chunk inflates past
+# PngImagePlugin.MAX_TEXT_CHUNK, or all text chunks together past MAX_TEXT_MEMORY (Pillow
+# 10+: "Decompressed data too large for …"; older: "Decompressed Data Too Large").
+_TEXT_BOMB_MESSAGES = ("decompressed data too large", "too much memory used in text chunks")
 
 _ALPHA_MODES: frozenset[str] = frozenset({"RGBA", "LA", "PA", "RGBa", "La"})
 _SIXTEEN_BIT_MODES: frozenset[str] = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
@@ -139,9 +145,10 @@ def _decode(path: Path, *, max_pixels: int) -> Image.Image:
                 "pixels (a possible decompression bomb); shrink it and drop it again."
             ) from exc
         except _DECODE_ERRORS as exc:
+            _refuse_text_bomb(name, exc)
             raise UnreadableInput(
-                f"{name} is not an image this daemon can read "
-                f"({', '.join(_ALLOWED_FORMATS)}); save it as PNG or JPEG and drop it again."
+                f"{name} is not an image img2imgd can read (it takes {image_kinds()} images, "
+                "known by their content); save it as PNG or JPEG and drop it again."
             ) from exc
         with opened:
             _check_pixel_count(name, opened.size, max_pixels)
@@ -152,11 +159,24 @@ def _decode(path: Path, *, max_pixels: int) -> Image.Image:
                 oriented = ImageOps.exif_transpose(opened) or opened
                 result = _standard_mode(oriented)
             except _DECODE_ERRORS as exc:
+                _refuse_text_bomb(name, exc)
                 raise UnreadableInput(
                     f"{name} is truncated or corrupt ({exc}); export it again and drop it again."
                 ) from exc
             # Detach from the file handle that is about to close.
             return result.copy() if result is opened else result
+
+
+def _refuse_text_bomb(name: str, exc: BaseException) -> None:
+    """A PNG text chunk that inflates to megabytes is built to exhaust memory: the file's
+    fault, said as such (not "corrupt", and not worth the retries a paused writer gets)."""
+    if isinstance(exc, ValueError) and str(exc).lower().startswith(_TEXT_BOMB_MESSAGES):
+        limit = PngImagePlugin.MAX_TEXT_CHUNK // (1024 * 1024)
+        raise InputError(
+            f"{name} has PNG text metadata that decompresses to more than {limit} MB (a "
+            "possible decompression bomb); save the image again without its metadata and drop "
+            "it again."
+        ) from exc
 
 
 def _check_pixel_count(name: str, size: tuple[int, int], max_pixels: int) -> None:

@@ -16,6 +16,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import piexif
+import piexif.helper
 from PIL import Image, PngImagePlugin
 
 KEY_ORDER: tuple[str, ...] = (
@@ -194,11 +196,15 @@ def pnginfo_chunk(text: str) -> PngImagePlugin.PngInfo:
 
 
 def exif_with_user_comment(text: str) -> bytes:
-    """EXIF bytes carrying ``text`` as a Unicode UserComment, as A1111 writes via piexif
-    (prefix b"UNICODE\\0", then UTF-16 big-endian), for JPEG/WebP ``save(exif=...)``."""
-    exif = Image.Exif()
-    exif.get_ifd(EXIF_IFD)[USER_COMMENT] = _UNICODE + text.encode("utf-16-be")
-    return exif.tobytes()
+    """EXIF bytes carrying ``text`` as a Unicode UserComment, for JPEG/WebP ``save(exif=...)``.
+
+    Written with piexif, exactly as A1111's ``save_image_with_geninfo`` writes it (prefix
+    b"UNICODE\\0", then UTF-16 big-endian, tag type UNDEFINED), so that A1111's PNG Info and
+    the tools that read like it (``piexif.load``, then ``UserComment.load``) find the text.
+    Pillow's own Exif stores bytes as type BYTE, which piexif reads as a list of numbers.
+    """
+    comment = piexif.helper.UserComment.dump(text, encoding="unicode")
+    return bytes(piexif.dump({"Exif": {piexif.ExifIFD.UserComment: comment}}))
 
 
 def _decode_utf16(body: bytes) -> str:

@@ -20,6 +20,7 @@ from daemon.a1111.sizes import ResizeMode
 from daemon.config.validation import Where, describe
 from daemon.config.yamlsafe import YamlProblem, key_lines, read_mapping
 from daemon.errors import ConfigError, InputError
+from daemon.paths import shown
 
 Task = Literal["img2img", "sketch", "inpaint", "inpaint_sketch", "interrogate"]
 Interrogator = Literal["clip", "deepbooru"]
@@ -222,7 +223,7 @@ class LoadedProfile:
     def where(self, key: str) -> str:
         """``file:line`` where this profile, or one it extends, sets `key` (for messages)."""
         path, line = _where(self.files).get(key, (self.files[0], 0))
-        return f"{path}:{line}" if line else str(path)
+        return f"{shown(path)}:{line}" if line else shown(path)
 
     def with_overrides(
         self, overrides: dict[str, Any], source: Path, *, yaml: Path | None = None
@@ -289,23 +290,23 @@ def _merged_raw(folder: Path, name: str) -> tuple[dict[str, Any], tuple[Path, ..
     current: str | None = name
     while current is not None:
         if "/" in current or "\\" in current or current.startswith("."):
-            where = f"{chain[-1][0]}: extends" if chain else f"{folder / name}.yaml"
+            where = f"{shown(chain[-1][0])}: extends" if chain else shown(folder / f"{name}.yaml")
             raise ConfigError(f"{where}: '{current}' must be a profile name (no / \\ or leading .)")
         path = folder / f"{current}.yaml"
         if any(seen == path for seen, _ in chain):
-            raise ConfigError(f"{path}: extends: '{current}' makes a loop")
+            raise ConfigError(f"{shown(path)}: extends: '{current}' makes a loop")
         if len(chain) >= MAX_EXTENDS_DEPTH:
-            raise ConfigError(f"{path}: extends: more than {MAX_EXTENDS_DEPTH} levels")
+            raise ConfigError(f"{shown(path)}: extends: more than {MAX_EXTENDS_DEPTH} levels")
         if not path.is_file():
-            where = f"{chain[-1][0]}: extends: " if chain else ""
-            raise ConfigError(f"{where}profile {path} does not exist")
+            where = f"{shown(chain[-1][0])}: extends: " if chain else ""
+            raise ConfigError(f"{where}profile {shown(path)} does not exist")
         try:
             data = read_mapping(path)
         except YamlProblem as exc:
             raise ConfigError(exc.at(path)) from exc
         parent = data.pop("extends", None)
         if parent is not None and not isinstance(parent, str):
-            raise ConfigError(f"{path}: extends: must be a profile name (got {parent!r})")
+            raise ConfigError(f"{shown(path)}: extends: must be a profile name (got {parent!r})")
         chain.append((path, data))
         current = parent
     merged: dict[str, Any] = {}
@@ -351,13 +352,13 @@ def check_all(folder: Path) -> tuple[dict[str, LoadedProfile], list[str]]:
     loaded: dict[str, LoadedProfile] = {}
     problems: list[str] = []
     if not folder.is_dir():
-        return loaded, [f"profiles folder {folder} does not exist"]
+        return loaded, [f"profiles folder {shown(folder)} does not exist"]
     for name in profile_names(folder):
         try:
             loaded[name] = load_profile(folder, name)
         except ConfigError as exc:
             problems.extend(exc.problems)
     if not loaded and not problems:
-        problems.append(f"profiles folder {folder} holds no profile (<name>.yaml)")
+        problems.append(f"profiles folder {shown(folder)} holds no profile (<name>.yaml)")
     # A base's problem shows in every profile that extends it, pointing at the base: once.
     return loaded, list(dict.fromkeys(problems))

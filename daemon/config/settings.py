@@ -17,6 +17,7 @@ from daemon.config.hours import parse_window
 from daemon.config.validation import describe
 from daemon.config.yamlsafe import YamlProblem, key_lines, read_mapping
 from daemon.errors import ConfigError
+from daemon.paths import shown
 
 DEFAULT_CONFIG_NAME = "img2imgd.yaml"
 EXAMPLE_CONFIG = Path(__file__).parent.parent / "data" / "img2imgd.example.yaml"
@@ -88,7 +89,7 @@ class Settings(BaseModel):
     def where_to_set(self, key: str, example: str) -> str:
         """Which file to set `key` in, said so that a newcomer can act on it."""
         if self._config_file is not None:
-            return f"set `{key}: {example}` in {self._config_file}"
+            return f"set `{key}: {example}` in {shown(self._config_file)}"
         return (
             f"there is no {DEFAULT_CONFIG_NAME} in {self._folder} yet: create one with "
             f"`img2imgd init` (or copy img2imgd.example.yaml there) and set `{key}: {example}` "
@@ -136,7 +137,7 @@ def load_settings(config_path: Path | None, *, cwd: Path | None = None) -> Setti
             return Settings().resolved(cwd).from_file(None, cwd)
         config_path = candidate
     if not config_path.is_file():
-        raise ConfigError(f"config file {config_path} does not exist")
+        raise ConfigError(f"config file {shown(config_path)} does not exist")
     try:
         raw = read_mapping(config_path)
     except YamlProblem as exc:
@@ -156,12 +157,13 @@ def check_folders(settings: Settings, source: Path | str) -> Settings:
     inbox, outbox = settings.inbox, settings.outbox
     if outbox == inbox or inbox in outbox.parents:
         raise ConfigError(
-            f"{source}: outbox: {outbox} is inside the inbox {inbox}; the daemon would process "
-            "its own results. Put the outbox beside the inbox."
+            f"{shown(source)}: outbox: {shown(outbox)} is inside the inbox {shown(inbox)}; the "
+            "daemon would process its own results. Put the outbox beside the inbox."
         )
     if outbox in inbox.parents:
         raise ConfigError(
-            f"{source}: inbox: {inbox} is inside the outbox {outbox}; keep them apart"
+            f"{shown(source)}: inbox: {shown(inbox)} is inside the outbox {shown(outbox)}; keep "
+            "them apart"
         )
     return settings
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from daemon.paths import shown
+
 Where = Mapping[str, tuple[Path | str, int]]
 """Each top-level key → the file that sets it and its line there."""
 
@@ -33,7 +35,7 @@ def describe(
         parts = [str(part) for part in item["loc"] if not str(part).startswith("function-")]
         key = ".".join(parts)
         file, line = (where or {}).get(parts[0], (source, 0)) if parts else (source, 0)
-        at = f"{file}:{line}" if line else str(file)
+        at = f"{shown(file)}:{line}" if line else shown(file)
         message = item["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]

@@ -3,7 +3,8 @@
 ``yaml.safe_load`` already refuses Python objects, but PyYAML keeps aliases as shared
 references: a "billion laughs" file stays small until something walks or writes it out.
 Aliases are never needed in a settings file, so they are refused outright, and the file size
-is capped before parsing.
+is capped before parsing. Nesting is capped too: PyYAML composes nodes recursively, so a few
+kilobytes of ``[[[[…`` would reach Python's recursion limit.
 """
 
 from __future__ import annotations
@@ -13,20 +14,37 @@ from typing import Any
 
 import yaml
 
+from daemon.paths import shown
+
 MAX_SETTINGS_BYTES = 256 * 1024  # a profile is a few hundred bytes; this is generous
+MAX_NESTING = 32  # levels of lists and mappings; a settings file needs three or four
+
+
+class _NestedTooDeep(yaml.YAMLError):
+    def __init__(self, line: int) -> None:
+        super().__init__(f"nested more than {MAX_NESTING} levels deep")
+        self.line = line
 
 
 class _NoAliasLoader(yaml.SafeLoader):
+    _depth = 0
+
     def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
         if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
             raise yaml.composer.ComposerError(
                 None,
                 None,
                 "YAML aliases (*name) are not allowed in settings files",
                 event.start_mark,
             )
-        return super().compose_node(parent, index)
+        if self._depth >= MAX_NESTING:
+            raise _NestedTooDeep(event.start_mark.line + 1)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 class YamlProblem(ValueError):
@@ -38,7 +56,7 @@ class YamlProblem(ValueError):
 
     def at(self, path: Path | str) -> str:
         """``path:line: problem``, the way the other configuration problems are said."""
-        return f"{path}:{self.line}: {self}" if self.line else f"{path}: {self}"
+        return f"{shown(path)}:{self.line}: {self}" if self.line else f"{shown(path)}: {self}"
 
 
 def read_mapping(path: Path, *, max_bytes: int = MAX_SETTINGS_BYTES) -> dict[str, Any]:
@@ -58,6 +76,11 @@ def read_mapping(path: Path, *, max_bytes: int = MAX_SETTINGS_BYTES) -> dict[str
 def parse_mapping(data: bytes | str) -> dict[str, Any]:
     try:
         value = yaml.load(data, Loader=_NoAliasLoader)
+    except _NestedTooDeep as exc:
+        raise YamlProblem(
+            f"it is nested more than {MAX_NESTING} levels deep, which no settings file needs",
+            exc.line,
+        ) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else 0

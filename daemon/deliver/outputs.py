@@ -19,6 +19,7 @@ from PIL import Image
 from daemon.a1111.infotext import exif_with_user_comment, pnginfo_chunk
 from daemon.atomic import atomic_writer
 from daemon.errors import Img2ImgdError
+from daemon.paths import escaped, escaped_lines
 
 PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 
@@ -108,14 +109,17 @@ def failure_report(
     """The ``.error.txt`` text: the reason in one plain sentence first, then the details.
 
     Expected problems (InputError) need no traceback; an unexpected exception gets one, so
-    that a bug report can be made from the file alone.
+    that a bug report can be made from the file alone (the traceback only: never the values of
+    local variables, which may hold prompts, paths or credentials). Names in it are escaped:
+    a report is read with ``cat`` too, and a name may hold a terminal escape sequence.
     """
-    lines = [reason.rstrip(), "", f"Input: {job_name}"]
+    lines = [escaped(reason.rstrip()), "", f"Input: {escaped(job_name)}"]
     lines.append(
         "It renders again at its next export; this report goes away when one succeeds."
         if live
         else "To retry, fix the problem and move the file back into its profile folder."
     )
     if error is not None and not isinstance(error, Img2ImgdError):
-        lines += ["", "Details:", "".join(traceback.format_exception(error)).rstrip()]
+        details = "".join(traceback.format_exception(error)).rstrip()
+        lines += ["", "Details:", escaped_lines(details)]
     return "\n".join(lines) + "\n"

@@ -24,6 +24,7 @@ from daemon.deliver.lifecycle import DONE_FOLDER, FAILED_FOLDER, fail_inputs, mo
 from daemon.deliver.outputs import failure_report
 from daemon.errors import ConfigError
 from daemon.intake.jobs import JobStatus
+from daemon.paths import escaped
 
 LOCK_NAME = "img2imgd.lock"
 
@@ -126,9 +127,11 @@ def recover(journal: Journal, *, inbox: Path, outbox: Path) -> Recovery:
     for folder in (DONE_FOLDER, FAILED_FOLDER):  # reports written just before a crash
         result.removed += remove_temporaries(inbox / folder)
     for label in result.completed:
-        logger.info("recovered {}: it had finished; its inputs are where they belong", label)
+        logger.info(
+            "recovered {}: it had finished; its inputs are where they belong", escaped(label)
+        )
     for label in result.rerun:
-        logger.info("recovered {}: interrupted mid-job; it runs again", label)
+        logger.info("recovered {}: interrupted mid-job; it runs again", escaped(label))
     return result
 
 

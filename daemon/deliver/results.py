@@ -18,7 +18,7 @@ from daemon.atomic import copy_file, write_text
 from daemon.deliver.outputs import all_or_nothing, claim_names, output_stems, write_image
 from daemon.errors import TransientError
 from daemon.intake.pairing import pending_images
-from daemon.paths import inside
+from daemon.paths import output_folder, portable_name
 from daemon.prepare.clip_state import SequenceStore, progress_line
 from daemon.prepare.prepare import Prepared
 from daemon.render.values import RenderResult
@@ -53,11 +53,11 @@ class Deliverer:
 
     def _images(self, prepared: Prepared, result: RenderResult, on_planned: Planned) -> list[Path]:
         job, settings = prepared.job, prepared.request.settings
-        folder = inside(self.outbox, job.profile, job.sub_dir)
+        folder = output_folder(self.outbox, job.profile, job.sub_dir)
         extension = f".{settings.output_format}"
         stems = claim_names(
             folder,
-            output_stems(job.image.stem, len(result.images)),
+            output_stems(portable_name(job.image.stem), len(result.images)),
             (extension, ".txt"),
             overwrite=settings.overwrite,
         )
@@ -82,9 +82,10 @@ class Deliverer:
         (the details) and, with copy_image, the input itself beside them."""
         job, settings, found = prepared.job, prepared.request.settings, result.interrogation
         assert found is not None
-        folder = inside(self.outbox, job.profile, job.sub_dir)
+        folder = output_folder(self.outbox, job.profile, job.sub_dir)
         suffixes = [".txt", ".json"] + ([job.image.suffix] if settings.copy_image else [])
-        (stem,) = claim_names(folder, [job.image.stem], suffixes, overwrite=settings.overwrite)
+        stem = portable_name(job.image.stem)
+        (stem,) = claim_names(folder, [stem], suffixes, overwrite=settings.overwrite)
         targets = [folder / f"{stem}{suffix}" for suffix in suffixes]
         on_planned(targets)
         details = json.dumps(found.as_json(job.image.name), indent=2, ensure_ascii=False)

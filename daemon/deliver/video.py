@@ -16,7 +16,7 @@ from daemon.deliver.outputs import all_or_nothing, claim_names, write_image
 from daemon.deliver.results import Planned
 from daemon.errors import TransientError
 from daemon.media.video_write import write_video
-from daemon.paths import inside
+from daemon.paths import output_folder, portable_name
 from daemon.prepare.video import MARK, VideoPlan
 from daemon.render.values import RenderResult
 
@@ -34,9 +34,10 @@ def join_video(
 ) -> list[Path]:
     """The video and its ``.txt`` from the painted `frames`; the work state goes after."""
     job, settings = plan.job, plan.settings
-    folder = inside(outbox, job.profile, job.sub_dir)
+    folder = output_folder(outbox, job.profile, job.sub_dir)
     suffix = job.image.suffix.lower()
-    (stem,) = claim_names(folder, [plan.work.name if settings.keep_frames else job.image.stem],
+    name = plan.work.name if settings.keep_frames else portable_name(job.image.stem)
+    (stem,) = claim_names(folder, [name],
                           (suffix, ".txt"), overwrite=settings.overwrite)  # fmt: skip
     video, sidecar = folder / f"{stem}{suffix}", folder / f"{stem}.txt"
     on_planned([video, sidecar])

@@ -14,6 +14,7 @@ from loguru import logger
 
 from daemon.errors import ConfigError, InputError
 from daemon.models.checkpoints import PICKLE_SUFFIXES, is_pickle, load_pickle
+from daemon.paths import shown
 
 if TYPE_CHECKING:
     import torch
@@ -191,7 +192,7 @@ def torch_load(path: Path) -> Any:
     except ConfigError as exc:  # an old file with module objects in it
         logger.warning(
             "{} needs the full unpickler ({}); loading it because pickles are allowed",
-            path,
+            shown(path),
             exc,
         )
         return torch.load(path, map_location="cpu", weights_only=False)

@@ -70,6 +70,7 @@ from daemon.engines.adapter_files import (
 from daemon.errors import is_out_of_memory
 from daemon.models.checkpoints import is_pickle
 from daemon.models.hashes import HashCache
+from daemon.paths import shown
 
 if TYPE_CHECKING:
     import torch
@@ -320,7 +321,7 @@ class AdapterManager:
             self._delete_lora(old, present)
         if adapter in present:  # loaded by someone else under our name: start clean
             self.pipe.delete_adapters([adapter])
-        logger.info("loading LoRA {} ({})", path.stem, path)
+        logger.info("loading LoRA {} ({})", path.stem, shown(path))
         try:
             source: Any = str(path)
             if is_pickle(path):
@@ -451,7 +452,7 @@ class AdapterManager:
             per_encoder = self._match_encoders(vectors, pairs)
             count = per_encoder[0].shape[0]
             tokens = embedding_tokens(path, count)
-            logger.info("loading embedding {} ({}, {} vectors)", name, path, count)
+            logger.info("loading embedding {} ({}, {} vectors)", name, shown(path), count)
             loaded: list[tuple[Any, Any]] = []
             try:
                 for (tokenizer, encoder), vecs in zip(pairs, per_encoder, strict=True):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 
 from daemon.intake.pairing import Companions
+from daemon.paths import escaped
 
 _ids = itertools.count(1)
 
@@ -43,7 +44,9 @@ class Job:
 
     @property
     def label(self) -> str:
-        return str(PurePosixPath(self.profile, self.sub_dir, self.image.name))
+        """``profile/sub-path/name`` for people (log, journal, ``status``, reports), escaped:
+        a name may hold a newline or a terminal escape sequence."""
+        return escaped(str(PurePosixPath(self.profile, self.sub_dir, self.image.name)))
 
     def retry(self) -> Job:
         return replace(self, attempt=self.attempt + 1)

@@ -18,6 +18,8 @@ VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".webm", ".gif")
 SETTINGS_EXTENSIONS = frozenset({".yaml", ".yml"})
 PARAMETERS_EXTENSION = ".txt"
 MASK_FOLDER = "masks"
+MASK_MARK = ".mask"  # <stem>.mask.<image extension>
+SKETCH_ENDING = ".sketch.png"
 
 # Names that are never inputs: partial downloads and uploads, editor and sync temporaries,
 # OS metadata (RELIABILITY.md). Dotfiles and `._*` resource forks are covered by the dot rule.
@@ -56,8 +58,26 @@ def is_input_name(name: str) -> bool:
     stem, suffix = os.path.splitext(name.lower())
     if suffix in VIDEO_EXTENSIONS:
         return True
-    is_companion = stem.endswith(".mask") or (stem.endswith(".sketch") and suffix == ".png")
+    is_companion = stem.endswith(MASK_MARK) or f"{stem}{suffix}".endswith(SKETCH_ENDING)
     return suffix in IMAGE_EXTENSIONS and not is_companion
+
+
+def image_kinds() -> str:
+    """The image extensions the inbox takes, for messages: ``.jpeg .jpg .png …``."""
+    return " ".join(sorted(IMAGE_EXTENSIONS))
+
+
+def accepted_kinds() -> str:
+    """Every kind of file a profile folder takes, for the report on one it does not: said
+    from the names the intake goes by, so that the two cannot disagree."""
+    videos = " ".join(sorted(VIDEO_EXTENSIONS))
+    settings = " or ".join(f"<name>{extension}" for extension in sorted(SETTINGS_EXTENSIONS))
+    return (
+        f"images ({image_kinds()}) and videos ({videos}); beside an image, its mask "
+        f"(<name>{MASK_MARK}.png or {MASK_FOLDER}/<name>.png, any image extension), its sketch "
+        f"(<name>{SKETCH_ENDING}), its settings ({settings}) and its parameters or caption "
+        f"(<name>{PARAMETERS_EXTENSION})"
+    )
 
 
 def job_stem(name: str) -> str:

@@ -21,8 +21,10 @@ from pathlib import Path, PurePosixPath
 from daemon.intake.names import (
     IMAGE_EXTENSIONS,
     MASK_FOLDER,
+    MASK_MARK,
     PARAMETERS_EXTENSION,
     SETTINGS_EXTENSIONS,
+    SKETCH_ENDING,
     VIDEO_EXTENSIONS,
     frame_number,
     is_ignored_dir,
@@ -78,9 +80,9 @@ def classify(where: Route) -> Kind:
         return Kind.IMAGE  # a job of its own, like an image
     if suffix not in IMAGE_EXTENSIONS:
         return Kind.UNSUPPORTED
-    if where.sub_dir.name == MASK_FOLDER or PurePosixPath(name).stem.endswith(".mask"):
+    if where.sub_dir.name == MASK_FOLDER or PurePosixPath(name).stem.endswith(MASK_MARK):
         return Kind.MASK
-    if name.endswith(".sketch.png"):
+    if name.endswith(SKETCH_ENDING):
         return Kind.SKETCH
     return Kind.IMAGE
 

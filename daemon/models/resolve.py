@@ -40,6 +40,7 @@ from daemon.models.checkpoints import PICKLE_SUFFIXES, is_pickle
 from daemon.models.hub import locate
 from daemon.models.hub_cache import HubRef, is_hub_id
 from daemon.models.layouts import WD14_MODEL
+from daemon.paths import shown
 
 SourceKind = Literal["folder", "single_file", "hub"]
 SAFE_SUFFIXES = (".safetensors",)
@@ -318,7 +319,8 @@ def _searched(looked: Sequence[Path], models_dir: Path | None, folders: Sequence
     places = []
     for parent in dict.fromkeys(p.parent for p in looked):
         role = roles.get(parent)
-        places.append(f"{parent} ({role})" if role else str(parent))
+        where = str(parent) if parent == Path.cwd() else shown(parent)
+        places.append(f"{where} ({role})" if role else where)
     said = ", ".join(places) or "no folder"
     if models_dir is None and any(roles.get(p.parent) == "the working folder" for p in looked):
         said += "; no models_dir is set, so no models folder was searched"

@@ -17,6 +17,7 @@ from loguru import logger
 
 from daemon.config.profiles import load_profile, profile_names
 from daemon.errors import ConfigError
+from daemon.paths import escaped, shown
 
 Stamp = tuple[tuple[str, int, int], ...]
 
@@ -44,7 +45,7 @@ class ProfileRoster:
             logger.warning(
                 "profile {} was removed ({}); inbox/{}/ stays, and files there wait until "
                 "the profile is back",
-                name, self.profiles / f"{name}.yaml", name,
+                escaped(name), shown(self.profiles / f"{name}.yaml"), escaped(name),
             )  # fmt: skip
         for name in sorted(set(self._invalid) - names):
             del self._invalid[name]
@@ -62,7 +63,7 @@ class ProfileRoster:
             logger.error(
                 "new profile {} is invalid, so it has no inbox folder yet; fix it "
                 "(img2imgd check lists the problems) and it is picked up when saved",
-                name,
+                escaped(name),
             )
             return
         self._invalid.pop(name, None)
@@ -71,7 +72,7 @@ class ProfileRoster:
         folder.mkdir(parents=True, exist_ok=True)
         logger.success(
             "new profile {} ({}, task {}): drop files into {}",
-            name, profile.files[0], profile.settings.task, folder,
+            escaped(name), shown(profile.files[0]), profile.settings.task, shown(folder),
         )  # fmt: skip
         self.on_added(name)
 

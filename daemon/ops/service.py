@@ -35,6 +35,7 @@ from daemon.ops.metrics import Metrics
 from daemon.ops.roster import ProfileRoster
 from daemon.ops.status import publish_workers
 from daemon.ops.systemd import Notifier
+from daemon.paths import escaped, shown
 from daemon.prepare.clip_state import SequenceStore, drop_abandoned
 from daemon.prepare.prepare import Preparer
 from daemon.queue.admission import Admission
@@ -180,8 +181,8 @@ class Daemon:
         recover(journal, inbox=self.settings.inbox, outbox=self.settings.outbox)
         self.ledger.journal = journal
         logger.info(
-            "watching {} for profiles {} → results in {}",
-            self.settings.inbox, ", ".join(names) or "(none)", self.settings.outbox,
+            "watching {} for profiles {} → results in {}", shown(self.settings.inbox),
+            ", ".join(map(escaped, names)) or "(none)", shown(self.settings.outbox),
         )  # fmt: skip
         self._worker.start()
         if self.metrics is not None and self.settings.metrics_port:
@@ -327,13 +328,13 @@ class Daemon:
                 self._inbox_gone = True
                 logger.warning(
                     "the inbox {} is gone (unmounted share?); waiting for it to come back",
-                    self.settings.inbox,
+                    shown(self.settings.inbox),
                 )
             watcher.stop()
             return
         if self._inbox_gone:
             self._inbox_gone = False
-            logger.info("the inbox {} is back; watching it again", self.settings.inbox)
+            logger.info("the inbox {} is back; watching it again", shown(self.settings.inbox))
         elif watcher.is_alive():
             return
         else:

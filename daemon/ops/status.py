@@ -14,6 +14,7 @@ from daemon.atomic import write_text
 from daemon.deliver.journal import Entry, open_read_only
 from daemon.deliver.recovery import lock_owner
 from daemon.intake.jobs import JobStatus
+from daemon.paths import escaped, shown
 from daemon.render.executor import WorkerInfo
 
 IN_HAND = (JobStatus.RUNNING, JobStatus.DISPATCHED, JobStatus.WRITING, JobStatus.WRITTEN)
@@ -46,7 +47,7 @@ def worker_lines(state_dir: Path) -> list[str]:
             f"  {state}  {row['done']} done, {row['in_flight']} in hand  models: {models}"
         )
         if row["last_error"]:
-            line += f"  last error: {row['last_error']}"
+            line += f"  last error: {escaped(row['last_error'])}"
         lines.append(line)
     return lines
 
@@ -59,7 +60,7 @@ def status_report(
     lines = [f"img2imgd is running (pid {owner})" if owner else "img2imgd is not running"]
     journal = open_read_only(state_dir / journal_name)
     if journal is None:
-        lines.append("no jobs yet (no journal in " + str(state_dir) + ")")
+        lines.append(f"no jobs yet (no journal in {shown(state_dir)})")
         return "\n".join(lines) + "\n"
     try:
         queued = journal.recent(100_000, states=(JobStatus.QUEUED,)) if owner else []
@@ -72,13 +73,14 @@ def status_report(
         counts = journal.counts(since=now - 24 * 3600)
     finally:
         journal.close()
-    queue = f"queue: {len(queued)} waiting" + (f", next {queued[-1].label}" if queued else "")
+    following = f", next {escaped(queued[-1].label)}" if queued else ""
+    queue = f"queue: {len(queued)} waiting{following}"
     left = time_left(len(queued) + len(in_hand), paced)
     lines.append(queue + (f"; {left}" if left else ""))
     for job in reversed(in_hand):
         started = f" for {now - job.started_at:.0f} s" if job.started_at else ""
         on = f" on {job.worker}" if job.worker and job.state is JobStatus.DISPATCHED else ""
-        lines.append(f"now:   {job.label} ({job.state.value}{on}{started})")
+        lines.append(f"now:   {escaped(job.label)} ({job.state.value}{on}{started})")
     if owner:
         lines += worker_lines(state_dir)
     lines.append(
@@ -134,4 +136,6 @@ def _line(entry: Entry) -> str:
         if entry.state is JobStatus.DONE and entry.seconds
         else entry.reason
     )
-    return f"{when}  {entry.state.value:<8}  {entry.label}  {detail}".rstrip()
+    # Labels and reasons are escaped when recorded; again here for a journal written before
+    # (escaping twice changes nothing).
+    return f"{when}  {entry.state.value:<8}  {escaped(entry.label)}  {escaped(detail)}".rstrip()

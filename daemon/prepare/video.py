@@ -29,7 +29,7 @@ from daemon.config.settings import Settings
 from daemon.errors import InputError, TransientError
 from daemon.intake.jobs import Job
 from daemon.media.video import VideoInfo, probe, read_frames
-from daemon.paths import inside
+from daemon.paths import output_folder, portable_name
 from daemon.prepare.canvas import aspect_note, processing_size
 from daemon.prepare.clip_state import SequenceStore
 from daemon.prepare.inputs import check_regular_file, merge_settings, storage_safe
@@ -50,7 +50,7 @@ class VideoPlan:
     notes: tuple[str, ...] = ()
 
     def frame_path(self, index: int) -> Path:
-        return self.work / f"{self.job.image.stem}_{index:06d}.png"
+        return self.work / f"{portable_name(self.job.image.stem)}_{index:06d}.png"
 
 
 def plan_video(
@@ -77,10 +77,10 @@ def plan_video(
     mask, notes = _shared_mask(job, profile, (info.width, info.height), settings)
     identity = _video_id(job)
     state = settings.state_dir / "videos" / identity
-    folder = inside(settings.outbox, job.profile, job.sub_dir)
+    folder = output_folder(settings.outbox, job.profile, job.sub_dir)
     try:
         base_seed = clips.start(state, job.image, profile.seed, rng)
-        work = _work_folder(folder, job.image.stem, state, profile, identity)
+        work = _work_folder(folder, portable_name(job.image.stem), state, profile, identity)
     except OSError as exc:
         raise TransientError(f"could not prepare the work folder: {exc}") from exc
     return VideoPlan(job, profile, info, mask, state, work, base_seed, (*merged.notes, *notes))

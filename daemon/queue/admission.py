@@ -21,7 +21,7 @@ from daemon.config.profiles import Profile, ProfileStore
 from daemon.config.settings import Settings
 from daemon.errors import ConfigError
 from daemon.intake.jobs import Job
-from daemon.intake.names import IMAGE_EXTENSIONS
+from daemon.intake.names import accepted_kinds
 from daemon.intake.pairing import (
     Companions,
     Kind,
@@ -32,6 +32,7 @@ from daemon.intake.pairing import (
 )
 from daemon.intake.stability import StabilityTracker
 from daemon.intake.watcher import walk_files
+from daemon.paths import escaped, shown
 from daemon.queue.job_queue import JobQueue
 from daemon.queue.ledger import Ledger
 from daemon.render.availability import ModelReadiness
@@ -147,8 +148,9 @@ class Admission:
                 gone = not path.exists() and self._live_seen.pop(path, None) is not None
             if gone and where is not None:
                 logger.info(
-                    "{}/{} was deleted and did not come back within {:g} s; its last result "
-                    "stays in the outbox", where.profile, where.sub_dir / where.name, grace,
+                    "{} was deleted and did not come back within {:g} s; its last result "
+                    "stays in the outbox", escaped(f"{where.profile}/{where.sub_dir / where.name}"),
+                    grace,
                 )  # fmt: skip
 
     def _arrived(self, path: Path) -> None:
@@ -199,10 +201,12 @@ class Admission:
                 self._waiting.pop(path, None)
             return
         if not self.profiles.exists(where.profile):
+            folder = shown(self.settings.inbox / where.profile)
+            profile_file = shown(self.settings.profiles / f"{where.profile}.yaml")
             self.say_once(
                 f"no-profile:{where.profile}",
-                f"inbox/{where.profile}/ holds files but there is no profiles/{where.profile}.yaml;"
-                " they wait until there is (or move them to a profile folder)",
+                f"{folder}/ holds files but there is no {profile_file}; they wait until there "
+                "is (or move them to a profile folder)",
             )
             self._hold(
                 path,
@@ -216,7 +220,8 @@ class Admission:
         except ConfigError as exc:
             self.say_once(
                 f"bad-profile:{where.profile}:{exc}",
-                f"profile {where.profile} is invalid, its files wait until it is fixed: {exc}",
+                f"profile {escaped(where.profile)} is invalid, its files wait until it is fixed: "
+                f"{exc}",
             )
             self._hold(
                 path,
@@ -335,9 +340,21 @@ class Admission:
     def _refuse_unsupported(self, path: Path, profile: str) -> None:
         where = route(self.settings.inbox, path)
         assert where is not None
-        kinds = " ".join(sorted(IMAGE_EXTENSIONS))
-        self.ledger.refused(
-            Job(profile=profile, image=path, sub_dir=where.sub_dir),
-            f"{path.name} is not a file type img2imgd handles (images: {kinds}; "
-            "companions: .yaml settings, .txt parameters)",
+        self.ledger.refused(Job(profile=profile, image=path, sub_dir=where.sub_dir),
+                            _unsupported_reason(path))  # fmt: skip
+
+
+def _unsupported_reason(path: Path) -> str:
+    """A link is refused as a link, whatever it points at (the watcher never enters a linked
+    folder, so one arrives here as a file); anything else by what is taken instead."""
+    name = shown(path.name)
+    if path.is_symlink():
+        what = "folder" if path.is_dir() else "file"  # a stat of the target, nothing read
+        return (
+            f"{name} is a symbolic link to a {what}; links are never followed, copy the "
+            f"{what} itself into the inbox"
         )
+    return (
+        f"{name} is not a file type img2imgd handles. A profile folder takes "
+        f"{accepted_kinds()}. Convert it, or keep it out of the inbox."
+    )

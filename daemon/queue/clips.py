@@ -16,6 +16,7 @@ from loguru import logger
 from daemon.deliver.lifecycle import archive_inputs
 from daemon.intake.jobs import Job
 from daemon.intake.pairing import pending_images
+from daemon.paths import escaped
 from daemon.prepare.clip_state import SequenceStore
 
 
@@ -66,6 +67,6 @@ class ClipEnds:
             done = self.clips.load(state)
             self.clips.forget(state)
             logger.info(
-                "clip {}/{} finished: {} frame(s) in {:.0f} s",
-                job.profile, job.sub_dir, done.done, done.seconds,
+                "clip {} finished: {} frame(s) in {:.0f} s",
+                escaped(f"{job.profile}/{job.sub_dir}"), done.done, done.seconds,
             )  # fmt: skip

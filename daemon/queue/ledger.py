@@ -30,6 +30,7 @@ from daemon.deliver.outputs import failure_report
 from daemon.deliver.results import Delivered
 from daemon.errors import Fault, classify
 from daemon.intake.jobs import Job, JobStatus
+from daemon.paths import escaped, output_folder, portable_name, shown
 
 MAX_BACKOFF = 600.0  # s, cap on the retry delay for jobs that hit a process fault
 
@@ -185,7 +186,7 @@ class Ledger:
         for note in delivered.notes:
             logger.info("{}: {}", job.label, note)
         names = ", ".join(
-            str(path.relative_to(self.outbox))
+            escaped(str(path.relative_to(self.outbox)))
             for path in delivered.outputs
             if path.suffix != ".txt"
         )
@@ -223,7 +224,8 @@ class Ledger:
 
     def _live_report(self, job: Job) -> Path:
         """``<stem>.error.txt`` beside the result, at a stable name like the result's."""
-        return self.outbox / job.profile / job.sub_dir / f"{job.image.stem}.error.txt"
+        folder = output_folder(self.outbox, job.profile, job.sub_dir)
+        return folder / f"{portable_name(job.image.stem)}.error.txt"
 
     def _live_failed(self, job: Job, reason: str, error: BaseException | None) -> JobStatus:
         """A live input's version is broken: the editor will overwrite it, so it stays; the
@@ -233,18 +235,19 @@ class Ledger:
             report.parent.mkdir(parents=True, exist_ok=True)
             write_text(report, failure_report(reason, error, job_name=job.label, live=True))
         except OSError as exc:
-            logger.error("{}: could not write its report {}: {}", job.label, report, exc)
+            logger.error("{}: could not write its report {}: {}", job.label, shown(report), exc)
         self.release(job)
         self._finished(job, JobStatus.FAILED, reason)
         self.count("failed", job)
         logger.error(
             "FAILED {}: {} (report: {}; the last good result stays, and the next export "
-            "renders again)", job.label, reason, report.relative_to(self.outbox),
+            "renders again)", job.label, reason, shown(report),
         )  # fmt: skip
         return JobStatus.FAILED
 
     def failed(self, job: Job, reason: str, error: BaseException | None) -> JobStatus:
         """The file's fault: the report and the inputs go to ``_failed``."""
+        reason = escaped(reason)  # it names the file, whose name may hold control characters
         if job.live:
             return self._live_failed(job, reason, error)
         self._journal(job, lambda journal, row: journal.failing(row, reason))
@@ -259,13 +262,12 @@ class Ledger:
         self._finished(job, JobStatus.FAILED, reason)
         self.on_finished(job)
         self.count("failed", job)
-        logger.error(
-            "FAILED {}: {} (report: {})", job.label, reason, report.relative_to(self.inbox)
-        )
+        logger.error("FAILED {}: {} (report: {})", job.label, reason, shown(report))
         return JobStatus.FAILED
 
     def defer(self, job: Job, reason: str, *, delay: float | None = None) -> JobStatus:
         """Leave the input in the inbox and try it again later (``delay`` None: back off)."""
+        reason = escaped(reason)
         self._finished(job, JobStatus.DEFERRED, reason)
         if delay is None:
             self.count("deferred", job)

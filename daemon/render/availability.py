@@ -39,6 +39,7 @@ from daemon.models.resolve import (
     resolve_tagger,
     resolve_vae,
 )
+from daemon.paths import shown
 
 MODELS_DIR_EXAMPLE = "/path/to/stable-diffusion-webui/models"
 MISSING_RECHECK = 2.0  # s between looks for a missing model (a few stat calls)
@@ -88,8 +89,11 @@ def explain(exc: ConfigError, settings: Settings) -> str:
     if exc.home is None:
         where = settings.where_to_set("models_dir", MODELS_DIR_EXAMPLE)
         return f"{exc}. To find models by name, {where}"
-    where = str(settings.config_file or "the defaults")
-    return f"{exc}. Put the file in {exc.home} (models_dir is {exc.models_dir}, from {where})"
+    where = shown(settings.config_file) if settings.config_file else "the defaults"
+    return (
+        f"{exc}. Put the file in {shown(exc.home)} (models_dir is {shown(exc.models_dir or '')}, "
+        f"from {where})"
+    )
 
 
 @dataclass(frozen=True)

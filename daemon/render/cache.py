@@ -33,6 +33,7 @@ from daemon.models.hashes import HashCache
 from daemon.models.hub_cache import HubRef
 from daemon.models.resolve import ModelSource, resolve_model, resolve_vae
 from daemon.models.single_file import load_single_file, load_vae
+from daemon.paths import shown
 
 if TYPE_CHECKING:
     import torch
@@ -229,7 +230,7 @@ class ModelCache:
 
         diffusers_logging.disable_progress_bar()
         device, dtype = self.device
-        logger.info("loading model {} ({}) on {}", source.name, source.location, device)
+        logger.info("loading model {} ({}) on {}", source.name, shown(source.location), device)
         if source.ref.startswith(BUILTIN_PREFIX):
             logger.warning(
                 "model {} has random weights: its output is noise. It exists to try the "

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from loguru import logger
 
 from daemon.config.profiles import Profile
 from daemon.config.settings import Settings
@@ -47,6 +50,10 @@ class RenderWorker:
 
     def __init__(self, settings: Settings) -> None:
         quiet_libraries()  # a process of its own: the CLI's start-up never ran here
+        # Nor did its logging: loguru's default sink would print the values of local
+        # variables in a traceback (prompts, paths, credentials); this one prints the code.
+        logger.remove()
+        logger.add(sys.stderr, level=settings.log_level, diagnose=False)
         # Ray gives this worker its GPU as cuda:0, whatever cuda:N the daemon names
         device = "cuda" if settings.device.startswith("cuda:") else settings.device
         self.models = ModelCache.from_settings(settings, device=device)
