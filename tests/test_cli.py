@@ -72,11 +72,13 @@ def drop(root: Path, sample: str, relative: str) -> Path:
     return drop_file(sample, root / "inbox" / relative)
 
 
-def cli(root: Path, *args: str, timeout: float = QUICK) -> subprocess.CompletedProcess[str]:
+def cli(
+    root: Path, *args: str, timeout: float = QUICK, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "daemon", *args],
         cwd=root,
-        env=ENV,
+        env=ENV if env is None else env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

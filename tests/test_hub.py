@@ -13,7 +13,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from daemon.models.hub_cache import HubRef, is_hub_id, pull_command, select_file
 from daemon.models.resolve import looks_like_repo_id
 from tests.support.hub import StandInHub
 from tests.support.workspace import Workspace
+from tests.test_cli import cli
 
 REPO = Path(__file__).resolve().parent.parent
 LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d (TRACE|DEBUG|INFO|SUCCESS|WARNING|ERROR|CRITICAL) ")
@@ -173,15 +173,7 @@ def _env(home: Path, endpoint: str, *, offline: bool = False) -> dict[str, str]:
 def _cli(
     root: Path, env: dict[str, str], *args: str, timeout: float = QUICK
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "daemon", *args],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        timeout=timeout,
-    )
+    return cli(root, *args, timeout=timeout, env=env)
 
 
 def _seconds_between(first: str, last: str) -> int:
