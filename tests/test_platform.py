@@ -17,8 +17,8 @@ import pytest
 
 from daemon.atomic import write_bytes
 from daemon.deliver.recovery import StateLock, lock_owner
-from daemon.errors import ConfigError
-from tests.conftest import wait_for
+from daemon.errors import ConfigError, Fault, classify
+from tests.conftest import Workspace, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "daemon"
@@ -30,6 +30,70 @@ ENV = {
     "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
 }
 JOBS = 240  # s; a run that loads torch and the model (generous for a loaded machine)
+
+# ----------------------------------------------------------------- a file held by another program
+
+
+def sharing_violation(winerror: int) -> OSError:
+    """What Windows raises when another program holds the file (no errno of its own here)."""
+    error = OSError(f"[WinError {winerror}] The process cannot access the file")
+    error.winerror = winerror  # type: ignore[attr-defined]
+    return error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PermissionError(errno.EACCES, "Permission denied", "a.png"),
+        PermissionError(errno.EPERM, "Operation not permitted", "a.png"),
+        OSError(errno.EBUSY, "Device or resource busy", "a.png"),
+        sharing_violation(32),  # ERROR_SHARING_VIOLATION
+        sharing_violation(33),  # ERROR_LOCK_VIOLATION
+    ],
+    ids=["EACCES", "EPERM", "EBUSY", "winerror 32", "winerror 33"],
+)
+def test_a_held_file_is_the_process_fault_on_every_try_and_says_what_to_do(error):
+    for attempt in range(10):  # an unforeseen error would blame the file from the third
+        verdict = classify(error, attempt=attempt, age=3600.0, name="a.png")
+        assert verdict.fault is Fault.PROCESS, (attempt, verdict)
+        assert verdict.foreseen and not verdict.retry_soon
+        assert verdict.reason.startswith("storage error: ")
+        assert "close that program, or fix the permissions" in verdict.reason
+
+
+def test_other_storage_errors_keep_their_reason():
+    verdict = classify(OSError(errno.ENOSPC, "No space left on device"), attempt=5)
+    assert verdict == classify(OSError(errno.ENOSPC, "No space left on device"))
+    assert verdict.fault is Fault.PROCESS
+    assert verdict.reason == "storage error: [Errno 28] No space left on device"
+
+
+def test_an_input_held_by_another_program_waits_then_is_done(
+    workspace: Workspace, running, monkeypatch, logs
+):
+    """Fault injection: opening the input fails with EACCES twice (an antivirus scan)."""
+    real_open = Path.open
+    refused: list[Path] = []
+
+    def held_open(self: Path, mode: str = "r", *args, **kwargs):
+        if self.name == "held.png" and "r" in mode and len(refused) < 2:
+            refused.append(self)
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_open(self, mode, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", held_open)
+    workspace.profile("img2img")
+    daemon = running(retry_delay=0.2)
+    workspace.drop("chelsea.png", "img2img/held.png")
+    wait_for(lambda: daemon.tally.done == 1)  # counted after the input is archived
+    assert len(refused) == 2
+    assert not workspace.failed("img2img")
+    assert sorted(p.name for p in workspace.outputs("img2img")) == ["held.png", "held.txt"]
+    retries = [line for line in logs if "held.png" in line and "retrying in" in line]
+    assert len(retries) == 2, logs
+    assert all("Permission denied" in line and "close that program" in line for line in retries)
+    assert daemon.tally.failed == 0 and [p.name for p in workspace.done("img2img")] == ["held.png"]
+
 
 # ----------------------------------------------------------------- durable writes
 
