@@ -7,6 +7,7 @@ needs a writable handle, and files held open by other programs.
 
 from __future__ import annotations
 
+import ast
 import errno
 import os
 import subprocess
@@ -192,3 +193,104 @@ lock.acquire()
 print("locked", flush=True)
 time.sleep(600)
 """
+
+
+# ----------------------------------------------------------------- no Unix-only module
+
+UNIX_ONLY_MODULES = {"fcntl", "pwd", "grp", "termios", "tty", "pty", "resource", "syslog"}
+UNIX_ONLY_NAMES = {
+    "os": {"O_DIRECTORY", "O_NOFOLLOW", "getuid", "geteuid", "getgid", "fork", "setsid", "killpg"},
+    "socket": {"AF_UNIX", "SOCK_CLOEXEC"},
+}
+
+
+def unix_only_uses(tree: ast.AST) -> list[str]:
+    """Imports of Unix-only modules, and Unix-only names used as attributes (not looked up)."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            found += [f"import {n}" for n in names if (n or "").split(".")[0] in UNIX_ONLY_MODULES]
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            module, name = node.value.id, node.attr
+            if name in UNIX_ONLY_NAMES.get(module, ()) or (
+                module == "signal"
+                and name.startswith(("SIG", "CTRL_"))
+                and not name.startswith("SIG_")
+            ):
+                found.append(f"{module}.{name}")
+    return found
+
+
+def test_the_daemon_imports_no_unix_only_module_and_looks_up_platform_names():
+    """Every module, also those `check` and `once` never import (the subprocess test below)."""
+    findings = [
+        f"{path.relative_to(REPO)}:{use}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        for use in unix_only_uses(ast.parse(path.read_text()))
+    ]
+    assert not findings, "use getattr(module, name, None) instead: " + ", ".join(findings)
+
+
+# Run before the daemon's code, as on Windows: the daemon's own modules cannot import a
+# Unix-only module, the signals Windows lacks do not exist, and no folder opens as a file.
+# Libraries stay free to import what they like: they choose their Windows code by
+# sys.platform, which no imitation can change (transformers fails here without `resource`).
+# An import hook, not a meta-path finder, so that a module already loaded by a library is
+# refused to the daemon too. The last lines run the CLI as `img2imgd` does.
+WINDOWS_LIKE = """
+import builtins, os, signal, sys
+
+UNIX_ONLY = UNIX_ONLY_MODULES
+WINDOWS_SIGNALS = {"SIGABRT", "SIGFPE", "SIGILL", "SIGINT", "SIGSEGV", "SIGTERM", "SIGBREAK"}
+library_import = builtins.__import__
+
+
+def windows_import(name, globals=None, locals=None, fromlist=(), level=0):
+    importer = (globals or {}).get("__name__") or ""
+    if level == 0 and name.split(".")[0] in UNIX_ONLY and importer.split(".")[0] == "daemon":
+        raise ModuleNotFoundError(f"No module named {name!r} (imitating Windows)", name=name)
+    return library_import(name, globals, locals, fromlist, level)
+
+
+builtins.__import__ = windows_import
+for name in [s.name for s in signal.Signals if s.name not in WINDOWS_SIGNALS]:
+    delattr(signal, name)
+if hasattr(os, "O_DIRECTORY"):
+    del os.O_DIRECTORY
+try:
+    exec("import fcntl", {"__name__": "daemon.probe"})
+except ModuleNotFoundError:
+    print("imitating Windows: no fcntl, no SIGKILL", flush=True)
+
+from daemon.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def windows_like(config: Path, command: str) -> subprocess.CompletedProcess[str]:
+    prelude = WINDOWS_LIKE.replace("UNIX_ONLY_MODULES", repr(sorted(UNIX_ONLY_MODULES)))
+    return subprocess.run(
+        [sys.executable, "-c", prelude, "--config", str(config), command],
+        cwd=config.parent, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, timeout=JOBS,
+    )  # fmt: skip
+
+
+def test_check_and_once_run_where_fcntl_cannot_be_imported(workspace: Workspace):
+    workspace.profile("img2img")
+    config = workspace.config_file()
+    workspace.drop("chelsea.png", "img2img/a.png")
+
+    check = windows_like(config, "check")
+    assert "imitating Windows: no fcntl" in check.stdout, check.stdout
+    assert check.returncode == 0, check.stdout
+    assert "1 profile(s) are valid: img2img" in check.stdout
+
+    once = windows_like(config, "once")
+    assert once.returncode == 0, once.stdout
+    assert "1 done, 0 failed, 0 left in the inbox" in once.stdout
+    assert sorted(p.name for p in workspace.outputs("img2img")) == ["a.png", "a.txt"]
+    assert [p.name for p in workspace.done("img2img")] == ["a.png"]
+    assert "Traceback" not in once.stdout, once.stdout
