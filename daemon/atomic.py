@@ -118,7 +118,8 @@ def _remove_stale(final: Path, seconds: float) -> None:
 
 
 def _fsync_file(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY)
+    # Read-write: Windows flushes a file only through a handle that may write to it.
+    descriptor = os.open(path, os.O_RDWR)
     try:
         os.fsync(descriptor)
     finally:
@@ -126,8 +127,14 @@ def _fsync_file(path: Path) -> None:
 
 
 def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable where the platform can: only where ``os.O_DIRECTORY``
+    exists does a folder open as a file descriptor. Windows has none (a folder cannot be
+    opened, so not flushed): there the rename is as durable as the filesystem makes it."""
+    as_folder = getattr(os, "O_DIRECTORY", None)
+    if as_folder is None:
+        return
     try:
-        descriptor = os.open(folder, os.O_RDONLY)
+        descriptor = os.open(folder, os.O_RDONLY | as_folder)
     except OSError:
         return
     try:

@@ -45,6 +45,10 @@ if TYPE_CHECKING:
 
 EXIT_OK, EXIT_FAILED_INPUTS, EXIT_CONFIG, EXIT_DEFERRED = 0, 1, 2, 3
 LOG_FORMAT = "<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> {message}"
+# A graceful stop: SIGTERM (systemd, launchd, kill), SIGINT (Ctrl-C; NSSM on Windows sends it
+# too) and SIGBREAK (Windows' Ctrl-Break to a console process group). Looked up by name, since
+# each platform has only some of them.
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGBREAK")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,7 +377,7 @@ def cmd_pull(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _install_signal_handlers(on_first: object) -> None:
-    """First SIGTERM/SIGINT: finish the job in hand, then exit. Second: exit now."""
+    """First stop signal: finish the job in hand, then exit. Second: exit now."""
     state = {"count": 0}
 
     def handler(signum: int, _frame: FrameType | None) -> None:
@@ -388,8 +392,10 @@ def _install_signal_handlers(on_first: object) -> None:
             logger.warning("stopping now; the unfinished job stays in the inbox")
             raise SystemExit(130)
 
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
+    for name in STOP_SIGNALS:
+        number = getattr(signal, name, None)
+        if number is not None:
+            signal.signal(number, handler)
 
 
 def _refuse_start(settings: Settings) -> bool:

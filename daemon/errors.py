@@ -3,7 +3,8 @@
 * :class:`InputError` — the file's own fault (not an image, truncated, bad per-image YAML).
   The job goes to ``_failed`` with a report; retrying would fail the same way.
 * :class:`TransientError` — the process's fault (model missing, GPU out of memory, disk
-  full, share gone). The input stays in the inbox and the job is retried later.
+  full, share gone, the file held by another program). The input stays in the inbox and the
+  job is retried later.
 * :class:`ConfigError` — the daemon's configuration or a profile is wrong. Reported at
   start-up and by ``img2imgd check``; jobs for that profile wait until it is fixed.
 
@@ -75,6 +76,30 @@ RECENT_WRITE = 10.0  # s; an undecodable file this fresh may still be being writ
 STORAGE_ERRNOS = frozenset(
     {errno.EIO, errno.ENOENT, errno.ESTALE, errno.ENOTCONN, errno.EHOSTDOWN, errno.ENOSPC}
 )
+# A file held by another program (a viewer, Photoshop, an antivirus scan, a sync client) or a
+# permission: not the file's fault either. Windows reports a sharing or lock violation as
+# EACCES (its winerror says which); macOS's privacy controls refuse with EPERM.
+HELD_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EBUSY})
+HELD_WINERRORS = frozenset({32, 33})  # ERROR_SHARING_VIOLATION, ERROR_LOCK_VIOLATION
+HELD_ADVICE = (
+    "another program holds the file, or img2imgd's user may not use it: close that program, "
+    "or fix the permissions"
+)
+
+
+def is_held(exc: OSError) -> bool:
+    """A file held by another program, or a permission refused: worth waiting for."""
+    return exc.errno in HELD_ERRNOS or getattr(exc, "winerror", None) in HELD_WINERRORS
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """An error of the storage or of a held file: never the file's own fault."""
+    return isinstance(exc, OSError) and (exc.errno in STORAGE_ERRNOS or is_held(exc))
+
+
+def storage_reason(exc: OSError, text: str) -> str:
+    """`text`, describing storage error `exc`, with what to do when the file is held."""
+    return f"{text} ({HELD_ADVICE})" if is_held(exc) else text
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -112,8 +137,10 @@ def classify(
         return Verdict(Fault.PROCESS, reason)
     if is_out_of_memory(exc):
         return Verdict(Fault.PROCESS, f"out of memory ({type(exc).__name__}: {reason})")
-    if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
-        return Verdict(Fault.PROCESS, f"storage error: {reason}")
+    if isinstance(exc, OSError) and is_storage_error(exc):
+        # Retried with a growing delay (each retry logged with this reason): a permission
+        # that never comes keeps the input waiting in the inbox and says why; never fails it.
+        return Verdict(Fault.PROCESS, f"storage error: {storage_reason(exc, reason)}")
     unexpected = f"unexpected {type(exc).__name__}: {reason}"
     if attempt + 1 < UNEXPECTED_ERROR_TRIES:
         return Verdict(Fault.PROCESS, unexpected, foreseen=False)

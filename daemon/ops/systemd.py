@@ -21,13 +21,16 @@ _MAX_STATUS_BYTES = 1024
 _SEND_TIMEOUT = 2.0  # s
 
 _NEWLINES = re.compile(r"\s*[\r\n]+\s*")
+# Looked up, not assumed: Python on Windows has no AF_UNIX (then nothing is sent).
+_AF_UNIX: int | None = getattr(socket, "AF_UNIX", None)
 
 
 class Notifier:
     """Sends sd_notify datagrams to $NOTIFY_SOCKET; a no-op without it (dev runs, tests)."""
 
     def __init__(self, environ: Mapping[str, str] = os.environ) -> None:
-        self._address = _socket_address(environ.get("NOTIFY_SOCKET", ""))
+        notify_socket = environ.get("NOTIFY_SOCKET", "") if _AF_UNIX is not None else ""
+        self._address = _socket_address(notify_socket)
         self.enabled: bool = self._address is not None
         self._watchdog_usec = _positive_int(environ.get("WATCHDOG_USEC"))
         # systemd sets WATCHDOG_PID so a forked child that inherited the environment does not
@@ -39,16 +42,16 @@ class Notifier:
 
     def send(self, *fields: str) -> bool:
         """Send ``fields`` as one datagram; False when disabled or the send failed. Never raises."""
-        if self._address is None or not fields:
+        if self._address is None or _AF_UNIX is None or not fields:
             return False
         # A newline inside a field would smuggle in another KEY=VALUE; each field is one line.
         payload = "\n".join(_one_line(field) for field in fields).encode("utf-8", "replace")
         with self._lock:
             try:
                 if self._socket is None:
-                    self._socket = socket.socket(
-                        socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC
-                    )
+                    # Close-on-exec without SOCK_CLOEXEC (Linux only): Python makes every
+                    # socket non-inheritable itself (PEP 446).
+                    self._socket = socket.socket(_AF_UNIX, socket.SOCK_DGRAM)
                     # A datagram send blocks while the receiver's queue is full; a stuck
                     # receiver must not stall the main loop (and so the watchdog) for long.
                     self._socket.settimeout(_SEND_TIMEOUT)

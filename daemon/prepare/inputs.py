@@ -1,8 +1,8 @@
 """Reading an input and its companions safely, and merging the settings that apply to it.
 
 Everything wrong with the file raises InputError (the job fails with a report); a read that
-fails because of the storage (a dropped share, a dying disk) raises TransientError, since it
-is not the file's fault.
+fails because of the storage (a dropped share, a dying disk, the file held by another program)
+raises TransientError, since it is not the file's fault.
 """
 
 from __future__ import annotations
@@ -20,7 +20,13 @@ from daemon.a1111.infotext import png_info
 from daemon.a1111.pnginfo import settings_from_infotext
 from daemon.config.profiles import LoadedProfile, Profile
 from daemon.config.yamlsafe import YamlProblem, read_mapping
-from daemon.errors import STORAGE_ERRNOS, InputError, TransientError, UnreadableInput
+from daemon.errors import (
+    InputError,
+    TransientError,
+    UnreadableInput,
+    is_storage_error,
+    storage_reason,
+)
 from daemon.intake.jobs import Job
 
 _T = TypeVar("_T")
@@ -58,13 +64,17 @@ def storage_safe(read: Callable[..., _T], path: Path, *args: Any, **kwargs: Any)
         return read(path, *args, **kwargs)
     except InputError as exc:
         cause = exc.__cause__
-        if isinstance(cause, OSError) and cause.errno in STORAGE_ERRNOS:
-            raise TransientError(f"could not read {path.name}: {cause.strerror}") from exc
+        if isinstance(cause, OSError) and is_storage_error(cause):
+            raise TransientError(_unread(path, cause)) from exc
         raise
     except OSError as exc:
-        if exc.errno in STORAGE_ERRNOS:
-            raise TransientError(f"could not read {path.name}: {exc.strerror or exc}") from exc
+        if is_storage_error(exc):
+            raise TransientError(_unread(path, exc)) from exc
         raise
+
+
+def _unread(path: Path, exc: OSError) -> str:
+    return f"could not read {path.name}: {storage_reason(exc, exc.strerror or str(exc))}"
 
 
 @dataclass(frozen=True)
