@@ -154,6 +154,26 @@ def test_a_video_spreads_its_frames_over_the_workers(cluster: Any, workspace: Wo
     assert sorted(painted.values()) != [0, 9] and sum(painted.values()) == 9, painted
 
 
+def test_a_clip_at_the_default_batch_is_shared_out_so_both_workers_paint(
+    cluster: Any, workspace: Workspace
+):
+    """8 frames at max_batch auto (8 on a CPU) on two idle workers: the colour reference
+    alone, then the other 7 as 4 on one worker and 3 on the other, not 7 on one."""
+    from tests.test_sequences import make_frames
+
+    # Frames slow enough that one worker still paints its share when the other's is sent.
+    workspace.profile("c", steps=20, max_pixels=96 * 96, denoising_strength=0.8)
+    make_frames(workspace.inbox / "c" / "clip", 8, size=(96, 72))
+    daemon = Daemon(workspace.settings(**ray_settings(cluster, max_batch="auto")), watch=False)
+    wait_for(lambda: sum(w.alive for w in daemon.executor.workers()) == 2, timeout=120)
+    daemon.run_once(tick=0.02)
+    assert daemon.tally.done == 8, daemon.tally
+    painted = {entry.label: entry.worker for entry in journal_entries(workspace)}
+    after_reference = [painted[f"c/clip/frame_{i:04d}.png"] for i in range(2, 9)]
+    shares = sorted(after_reference.count(worker) for worker in set(after_reference))
+    assert shares == [3, 4], painted
+
+
 # ----------------------------------------------------------------- faults
 
 

@@ -118,7 +118,8 @@ class VideoRunner:
             request = frame_request(plan, index, frame, settings, colors, self.rng,
                                     prompt_image=prompt_image)  # fmt: skip
             pending.append((index, frame, request))
-            if len(pending) >= self._batch(settings, request, colors):
+            ready = len(pending) + plan.info.frames - index  # in hand, and still to come
+            if len(pending) >= self._batch(settings, request, colors, ready=ready):
                 send()
                 # The next frame's request needs this one's result (its colour reference, or
                 # the prompts): wait for it; otherwise keep every worker busy.
@@ -137,12 +138,15 @@ class VideoRunner:
         outputs = join_video(painted.plan, frames, self.settings.outbox, on_planned)
         return Delivered(outputs, painted.notes)
 
-    def _batch(self, settings: Profile, request: RenderRequest, colors: Colors | None) -> int:
+    def _batch(
+        self, settings: Profile, request: RenderRequest, colors: Colors | None, *, ready: int
+    ) -> int:
         """Frames painted at once: one while the colour reference (the first frame's result)
-        or the prompts ({interrogate}/{tags}, from the first frame) are still to come."""
+        or the prompts ({interrogate}/{tags}, from the first frame) are still to come; else
+        `max_batch`, shared out over the render workers (`ready`: frames left to paint)."""
         if self._serial(settings, colors):
             return 1
-        return batch_limit(self.executor, request, self.settings.max_batch)
+        return batch_limit(self.executor, request, self.settings.max_batch, ready=ready)
 
     @staticmethod
     def _serial(settings: Profile, colors: Colors | None) -> bool:

@@ -229,7 +229,8 @@ class Worker:
         are corrected towards it, so it is painted first and alone."""
         if _reference(head):
             return 1
-        return batch_limit(self.executor, head.request, self.max_batch)
+        ready = 1 + self.queue.count_similar(head.job)
+        return batch_limit(self.executor, head.request, self.max_batch, ready=ready)
 
     def _deliver(
         self, group: list[Prepared], pending: Future[list[Outcome]], clock: _Clock

@@ -1,10 +1,11 @@
 """Rendering on every GPU of a Ray cluster (``executor: ray``).
 
-One Ray actor per GPU the cluster offers (:class:`~daemon.render.remote.RenderWorker`), each
-with warm pipelines; the daemon keeps the files, the journal and every decision about them.
-A dispatcher thread sends submissions to workers with a free slot (at most
-``ray_inflight_per_worker`` each, a worker that has the model loaded first), collects the
-replies, and resolves each submission's future exactly once.
+One Ray actor per GPU the cluster offers (:class:`~daemon.render.remote.RenderWorker`), or
+``ray_workers`` of them on CPUs (``ray_gpus_per_worker: 0``), each with warm pipelines; the
+daemon keeps the files, the journal and every decision about them. A dispatcher thread sends
+submissions to workers with a free slot (at most ``ray_inflight_per_worker`` each, the least
+busy first, then one that has the model loaded), collects the replies, and resolves each
+submission's future exactly once.
 
 Ray promises at-least-once after a failure, so what happens then is decided here and in the
 journal, never by Ray's own retries (``max_task_retries=0``):
@@ -142,14 +143,29 @@ class RayExecutor:
         call = _Call(list(requests), Future(), on_dispatch, list(range(len(requests))))
         with self._cond:
             # One call waits for a free slot at most: the caller prepares the next meanwhile.
+            self._held = call
             while self._waiting and not self._stopping():
                 self._cond.wait(WAIT)
+            self._held = None
             if self._stopping():
                 call.future.set_result([_not_started()] * len(call.requests))
                 return call.future
             self._waiting.append(call)
             self._cond.notify_all()
         return call.future
+
+    def waiting(self) -> list[str]:
+        """The labels of the requests that no worker has taken yet."""
+        with self._cond:
+            calls = [*self._waiting, *([self._held] if self._held else [])]
+        return [request.label for call in calls for request in call.requests]
+
+    def idle_workers(self) -> int:
+        """Workers with nothing in hand, less the calls waiting to go to one. A worker still
+        starting counts: it takes calls in seconds."""
+        with self._cond:
+            idle = sum(1 for w in self._workers if not w.in_flight)
+            return max(0, idle - len(self._waiting) - (1 if self._held else 0))
 
     def batch_limit(self, request: RenderRequest) -> int:
         with self._cond:
@@ -282,7 +298,9 @@ class RayExecutor:
                 call.on_dispatch(worker.label, call.positions)
 
     def _pick(self, call: _Call) -> _Worker | None:
-        """A live worker with a free slot: one with the model loaded, then the least busy."""
+        """A live worker with a free slot: the least busy, and among those one with the model
+        loaded (an idle worker paints now; a busy one with the model would make the call
+        wait for a whole batch, and every worker is warmed with the model anyway)."""
         free = [
             w
             for w in self._workers
@@ -290,7 +308,7 @@ class RayExecutor:
         ]
         if not free:
             return None
-        return min(free, key=lambda w: (not w.has(call.model), w.in_flight, w.name))
+        return min(free, key=lambda w: (w.in_flight, not w.has(call.model), w.name))
 
     def _replied(self, ref: Any, call: _Call, worker: _Worker) -> None:
         ray = self.ray
