@@ -27,7 +27,7 @@ from daemon.deliver.results import Delivered, Planned
 from daemon.deliver.video import join_video, write_frame
 from daemon.errors import InputError, TransientError
 from daemon.intake.jobs import Job
-from daemon.prepare.clip_state import SequenceStore, progress_line
+from daemon.prepare.clip_state import Pace, SequenceStore, progress_line
 from daemon.prepare.video import (
     VideoPlan,
     decoded_frames,
@@ -97,6 +97,7 @@ class VideoRunner:
                         notes.extend([*frame_notes(plan, frame), *outcome.notes])
                     write_frame(plan.frame_path(index), outcome)
                     progress.frame_done(index)
+                progress.call_done()
 
         def paint_pending() -> None:
             send()
@@ -164,19 +165,30 @@ class PaintedVideo:
 
 
 class _Progress:
-    """A progress line at most every PROGRESS_SECONDS, and for the last frame."""
+    """A progress line at most every PROGRESS_SECONDS, and for the last frame; the time left
+    at the pace of the frames painted after the first call (:class:`Pace`)."""
 
     def __init__(self, label: str, total: int) -> None:
         self.label = label
         self.total = total
         self.painted = 0
-        self._started = time.monotonic()
+        self._index = 0  # the last frame written
+        self._in_call = 0  # frames of the call being written
+        self._pace = Pace()
         self._last = 0.0
 
     def frame_done(self, index: int) -> None:
         self.painted += 1
+        self._in_call += 1
+        self._index = index
+
+    def call_done(self) -> None:
+        """Every frame of a call is written. The frames of a batch end together, so the pace
+        is taken, and said, only between calls."""
         now = time.monotonic()
-        if now - self._last >= PROGRESS_SECONDS or index == self.total:
+        self._pace.frames_done(now, self._in_call)
+        self._in_call = 0
+        if now - self._last >= PROGRESS_SECONDS or self._index == self.total:
             self._last = now
-            seconds = (now - self._started) / self.painted * index  # as if all were painted now
-            logger.info("{}: {}", self.label, progress_line(index, self.total, seconds))
+            line = progress_line(self._index, self.total, self._pace.per_frame())
+            logger.info("{}: {}", self.label, line)
