@@ -174,6 +174,32 @@ def test_a_clip_at_the_default_batch_is_shared_out_so_both_workers_paint(
     assert shares == [3, 4], painted
 
 
+def test_status_says_waiting_for_a_worker_while_no_worker_can_take_the_job(
+    cluster: Any, workspace: Workspace, logs: list[str]
+):
+    workspace.profile("p")
+    # Four GPUs a worker, on a cluster of two: no worker can start, the job waits.
+    settings = workspace.settings(**ray_settings(cluster, ray_gpus_per_worker=4))
+    daemon = Daemon(settings, watch=True)
+    thread = threading.Thread(target=daemon.run_forever, kwargs={"tick": 0.02}, daemon=True)
+    thread.start()
+    try:
+        workspace.drop("chelsea.png", "p/a.png")
+        report = wait_for(
+            lambda: _waiting(status_report(workspace.state, JOURNAL_NAME)), timeout=60
+        )
+    finally:
+        daemon.stop_event.set()
+        thread.join(timeout=60)
+    assert "now:   p/a.png (waiting for a worker for " in report, report
+    assert any("offers no GPU for a render worker" in line for line in logs)
+    assert (workspace.inbox / "p" / "a.png").exists(), "it stays for the next run"
+
+
+def _waiting(report: str) -> str | None:
+    return report if "(waiting for a worker" in report else None
+
+
 # ----------------------------------------------------------------- faults
 
 

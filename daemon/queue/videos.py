@@ -57,10 +57,17 @@ class VideoRunner:
         self.executor = executor
         self.rng = rng
 
-    def paint(self, job: Job, *, should_stop: Callable[[], bool]) -> PaintedVideo:
+    def paint(
+        self,
+        job: Job,
+        *,
+        should_stop: Callable[[], bool],
+        on_frames: Callable[[int], None] = lambda frames: None,
+    ) -> PaintedVideo:
         """Every frame not painted yet, into the work folder; the join comes after
-        (:meth:`join`, on the writer's thread)."""
+        (:meth:`join`, on the writer's thread). `on_frames`: told the count of frames."""
         plan = plan_video(job, self.settings, self.profiles, self.clips, self.rng)
+        on_frames(plan.info.frames)
         progress = _Progress(job.label, plan.info.frames)
         settings = plan.settings
         notes = list(plan.notes)

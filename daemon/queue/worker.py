@@ -145,7 +145,9 @@ class Worker:
         started = time.monotonic()
         self.ledger.running(job)
         try:
-            painted = self.videos.paint(job, should_stop=self.should_pause)
+            painted = self.videos.paint(
+                job, should_stop=self.should_pause, on_frames=partial(self.ledger.frames, job)
+            )
         except Exception as exc:
             self._ended(job, self.ledger.attempt_failed(job, exc))
             return
