@@ -196,6 +196,25 @@ def test_status_says_waiting_for_a_worker_while_no_worker_can_take_the_job(
     assert (workspace.inbox / "p" / "a.png").exists(), "it stays for the next run"
 
 
+def test_cpu_workers_paint_and_one_that_cannot_start_is_said(
+    cluster: Any, workspace: Workspace, logs: list[str], monkeypatch: pytest.MonkeyPatch
+):
+    from daemon.render import cluster as executor_module
+
+    monkeypatch.setattr(executor_module, "SLOW_START", 3.0)
+    workspace.profile("p")
+    names = drop_images(workspace, "p", 2)
+    # CPU workers take one CPU each: the cluster has 3 (the head's, one per node), not 4.
+    keys = ray_settings(cluster, ray_gpus_per_worker=0, ray_workers=4)
+    daemon = Daemon(workspace.settings(**keys), watch=False)
+    said = re.compile(r"render worker w\d has not started in \d+ s: .* no free CPU for it")
+    wait_for(lambda: any(said.search(line) for line in logs), timeout=60)
+    daemon.run_once(tick=0.02)
+    assert_exactly_once(workspace, "p", names)
+    painters = {entry.worker for entry in journal_entries(workspace)}
+    assert all(worker.endswith("@127.0.0.1 CPU") for worker in painters), painters
+
+
 def _waiting(report: str) -> str | None:
     return report if "(waiting for a worker" in report else None
 

@@ -49,6 +49,7 @@ MAX_TRIES = 3  # sends after other Ray errors before the jobs are deferred
 REFRESH = 2.0  # s between looks at the cluster's GPUs (nodes joining or leaving)
 WAIT = 0.1  # s the dispatcher waits for a reply before it looks at new submissions
 CONTROL_TIMEOUT = 30.0  # s to wait for a worker's answer to warm-up or unload
+SLOW_START = 120.0  # s after which a worker that never answered is said to be stuck
 
 
 @dataclass
@@ -88,6 +89,8 @@ class _Worker:
     done: int = 0
     last_error: str = ""
     probing: bool = False
+    made_at: float = field(default_factory=time.monotonic)
+    said_slow: bool = False  # warned that it does not start
 
     @property
     def label(self) -> str:
@@ -417,9 +420,26 @@ class RayExecutor:
                 ray.kill(worker.handle, no_restart=True)
                 self._workers.remove(worker)
             asking = [w for w in self._workers if not w.alive and not w.probing]
+        self._say_slow_starts()
         for worker in asking:
             worker.probing = True
             self._probes[worker.handle.describe.remote()] = worker
+
+    def _say_slow_starts(self) -> None:
+        """Once per worker: it has never answered after SLOW_START s, most likely because
+        the cluster has no free CPU or GPU for it (Ray leaves it pending without a word)."""
+        now = time.monotonic()
+        for worker in self._workers:
+            if worker.description or worker.said_slow or now - worker.made_at < SLOW_START:
+                continue
+            worker.said_slow = True
+            logger.warning(
+                "render worker {} has not started in {:.0f} s: the Ray cluster may have no free "
+                "{} for it (each worker takes 1 CPU{}). Lower ray_workers, or add a node; the "
+                "other workers paint meanwhile",
+                worker.name, now - worker.made_at, "CPU" if self.gpus_per_worker == 0 else "GPU",
+                "" if self.gpus_per_worker == 0 else f" and {self.gpus_per_worker:g} GPU",
+            )  # fmt: skip
 
     def _answered(self, ref: Any, worker: _Worker) -> None:
         worker.probing = False
