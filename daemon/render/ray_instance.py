@@ -108,9 +108,10 @@ def ray_temp_dir(state_dir: Path) -> Path:
             f"the state folder {state_dir} and the temporary folder {link.parent} are both "
             f"too long for Ray's sockets ({SOCKET_PATH_MAX} bytes): use a shorter state_dir"
         )
+    if link.exists() and not link.is_symlink():
+        raise ConfigError(f"{link} is in the way of Ray's link to {home}: remove it")
     if not (link.is_symlink() and link.resolve() == home.resolve()):
-        if link.is_symlink() or link.exists():
-            link.unlink()
+        link.unlink(missing_ok=True)  # a link to somewhere else
         link.symlink_to(home, target_is_directory=True)
     logger.info(
         "the state folder's path is too long for Ray's sockets; Ray reaches {} through the "
