@@ -17,8 +17,11 @@ from tests.test_cli import ENV, FAST, JOBS, QUICK, cli, drop, workspace
     ("key", "value", "said"),
     [
         ("executor", "spark", "executor:"),
-        ("ray_gpus_per_worker", 0, "ray_gpus_per_worker:"),
+        ("ray_gpus_per_worker", -1, "ray_gpus_per_worker:"),
         ("ray_inflight_per_worker", 0, "ray_inflight_per_worker:"),
+        ("ray_workers", 0, "ray_workers:"),
+        # CPU workers: there are no GPUs to count, so the config says how many
+        ("ray_gpus_per_worker", 0, "say how many with ray_workers: N"),
     ],
 )
 def test_check_refuses_a_bad_executor_key(tmp_path, state_dir, key, value, said):

@@ -19,7 +19,7 @@ from daemon.deliver.journal import Entry
 from daemon.deliver.recovery import lock_owner
 from daemon.intake.jobs import JobStatus
 from daemon.ops.service import JOURNAL_NAME, Daemon
-from daemon.ops.status import pace, status_report, time_left
+from daemon.ops.status import pace, queue_line, status_report, time_left
 from daemon.render.cache import ModelCache
 from tests.conftest import FAST_PROFILE, Workspace, wait_for
 
@@ -169,22 +169,40 @@ def test_the_unit_shows_how_to_scrape(workspace: Workspace):
 # --- the time the queue has left -----------------------------------------------------------
 
 
-def entry(finished_at: float, seconds: float) -> Entry:
-    return Entry(id=0, profile="p", label="p/x.png", inputs=(), image_size=None,
-                 image_mtime=None, state=JobStatus.DONE, attempt=0, outputs=(), reason="",
+def entry(
+    finished_at: float | None,
+    seconds: float | None,
+    *,
+    frames: int | None = None,
+    label: str = "p/x.png",
+    state: JobStatus = JobStatus.DONE,
+) -> Entry:
+    return Entry(id=0, profile="p", label=label, inputs=(), image_size=None,
+                 image_mtime=None, state=state, attempt=0, outputs=(), reason="",
                  queued_at=0.0, started_at=None, finished_at=finished_at,
-                 seconds=seconds)  # fmt: skip
+                 seconds=seconds, frames=frames)  # fmt: skip
 
 
 def test_pace_counts_parallel_workers_and_leaves_out_idle_time():
     two_workers = [entry(1000 + 2 * n, 4.0) for n in range(50)]  # one ends every 2 s
     assert pace(two_workers) == pytest.approx(2.0)
-    assert time_left(120, two_workers) == "about 4 min at the last 50 jobs' pace"
+    assert time_left(120, two_workers) == "about 4 min at the last 50 images' pace"
     bursts = [entry(1000 + 3600 * (n // 10) + n, 1.5) for n in range(20)]  # an hour apart
     assert pace(bursts) == pytest.approx(1.5)
-    assert time_left(3, bursts) == "about 4 s at the last 20 jobs' pace"
+    assert time_left(3, bursts) == "about 4 s at the last 20 images' pace"
     assert time_left(0, two_workers) == "" and time_left(5, []) == ""
     assert "1 h 40 min" in time_left(3000, two_workers)
+
+
+def test_a_video_counts_its_frames_in_the_queue_and_in_the_pace():
+    # Done: two images, then a 24-frame video that took 48 s: 2 s a frame, not 48 s a job.
+    done = [entry(1000, 2.0), entry(1002, 2.0), entry(1050, 48.0, frames=24)]
+    assert pace(done) == pytest.approx(2.0)
+    queued = [entry(None, None, frames=24, label="p/clip.mp4", state=JobStatus.QUEUED),
+              entry(None, None, label="p/a.png", state=JobStatus.QUEUED)]  # fmt: skip
+    line = queue_line(queued, [], done)
+    assert line.startswith("queue: 2 waiting (25 images, counting a video's frames), next p/a.png")
+    assert line.endswith("; about 50 s at the last 26 images' pace"), line
 
 
 def test_status_says_when_the_queue_will_be_done(workspace: Workspace, running):
@@ -202,11 +220,25 @@ def test_status_says_when_the_queue_will_be_done(workspace: Workspace, running):
     wait_for(lambda: len(later.queue) == 4, timeout=30)
     report = status_report(workspace.state, JOURNAL_NAME)
     assert "queue: 4 waiting" in report
-    assert "at the last 3 jobs' pace" in report and "; about " in report
+    assert "at the last 3 images' pace" in report and "; about " in report
     config = workspace.config_file()
     shown = subprocess.run([sys.executable, "-m", "daemon", "--config", str(config), "status"],
                            capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert "at the last 3 jobs' pace" in shown.stdout, shown.stdout + shown.stderr
+    assert "at the last 3 images' pace" in shown.stdout, shown.stdout + shown.stderr
+
+
+def test_status_counts_a_queued_videos_frames(workspace: Workspace, running):
+    from tests.support.media import make_test_clip
+
+    workspace.profile("img2img")
+    waiting = running(processing_hours=_hours_other_than_now())  # what arrives stays queued
+    clip = workspace.root / "clip.mp4"
+    make_test_clip(clip, frames=12)
+    workspace.drop(clip, "img2img/clip.mp4")
+    workspace.drop("chelsea.png", "img2img/a.png")
+    wait_for(lambda: len(waiting.queue) == 2, timeout=30)
+    report = status_report(workspace.state, JOURNAL_NAME)
+    assert "queue: 2 waiting (13 images, counting a video's frames)" in report, report
 
 
 def _hours_other_than_now() -> str:

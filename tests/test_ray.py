@@ -154,6 +154,71 @@ def test_a_video_spreads_its_frames_over_the_workers(cluster: Any, workspace: Wo
     assert sorted(painted.values()) != [0, 9] and sum(painted.values()) == 9, painted
 
 
+def test_a_clip_at_the_default_batch_is_shared_out_so_both_workers_paint(
+    cluster: Any, workspace: Workspace
+):
+    """8 frames at max_batch auto (8 on a CPU) on two idle workers: the colour reference
+    alone, then the other 7 as 4 on one worker and 3 on the other, not 7 on one."""
+    from tests.test_sequences import make_frames
+
+    # Frames slow enough that one worker still paints its share when the other's is sent.
+    workspace.profile("c", steps=20, max_pixels=96 * 96, denoising_strength=0.8)
+    make_frames(workspace.inbox / "c" / "clip", 8, size=(96, 72))
+    daemon = Daemon(workspace.settings(**ray_settings(cluster, max_batch="auto")), watch=False)
+    wait_for(lambda: sum(w.alive for w in daemon.executor.workers()) == 2, timeout=120)
+    daemon.run_once(tick=0.02)
+    assert daemon.tally.done == 8, daemon.tally
+    painted = {entry.label: entry.worker for entry in journal_entries(workspace)}
+    after_reference = [painted[f"c/clip/frame_{i:04d}.png"] for i in range(2, 9)]
+    shares = sorted(after_reference.count(worker) for worker in set(after_reference))
+    assert shares == [3, 4], painted
+
+
+def test_status_says_waiting_for_a_worker_while_no_worker_can_take_the_job(
+    cluster: Any, workspace: Workspace, logs: list[str]
+):
+    workspace.profile("p")
+    # Four GPUs a worker, on a cluster of two: no worker can start, the job waits.
+    settings = workspace.settings(**ray_settings(cluster, ray_gpus_per_worker=4))
+    daemon = Daemon(settings, watch=True)
+    thread = threading.Thread(target=daemon.run_forever, kwargs={"tick": 0.02}, daemon=True)
+    thread.start()
+    try:
+        workspace.drop("chelsea.png", "p/a.png")
+        report = wait_for(
+            lambda: _waiting(status_report(workspace.state, JOURNAL_NAME)), timeout=60
+        )
+    finally:
+        daemon.stop_event.set()
+        thread.join(timeout=60)
+    assert "now:   p/a.png (waiting for a worker for " in report, report
+    assert any("offers no GPU for a render worker" in line for line in logs)
+    assert (workspace.inbox / "p" / "a.png").exists(), "it stays for the next run"
+
+
+def test_cpu_workers_paint_and_one_that_cannot_start_is_said(
+    cluster: Any, workspace: Workspace, logs: list[str], monkeypatch: pytest.MonkeyPatch
+):
+    from daemon.render import cluster as executor_module
+
+    monkeypatch.setattr(executor_module, "SLOW_START", 3.0)
+    workspace.profile("p")
+    names = drop_images(workspace, "p", 2)
+    # CPU workers take one CPU each: the cluster has 3 (the head's, one per node), not 4.
+    keys = ray_settings(cluster, ray_gpus_per_worker=0, ray_workers=4)
+    daemon = Daemon(workspace.settings(**keys), watch=False)
+    said = re.compile(r"render worker w\d has not started in \d+ s: .* no free CPU for it")
+    wait_for(lambda: any(said.search(line) for line in logs), timeout=60)
+    daemon.run_once(tick=0.02)
+    assert_exactly_once(workspace, "p", names)
+    painters = {entry.worker for entry in journal_entries(workspace)}
+    assert all(worker.endswith("@127.0.0.1 CPU") for worker in painters), painters
+
+
+def _waiting(report: str) -> str | None:
+    return report if "(waiting for a worker" in report else None
+
+
 # ----------------------------------------------------------------- faults
 
 

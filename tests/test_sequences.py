@@ -12,7 +12,7 @@ from PIL import Image
 from daemon.a1111.infotext import parse_infotext
 from daemon.a1111.seeds import frame_seed
 from daemon.intake.names import frame_number
-from daemon.prepare.clip_state import progress_line
+from daemon.prepare.clip_state import Pace, progress_line
 from tests.conftest import DATA, Workspace, wait_for
 from tests.test_crash import (
     assert_no_temporaries,
@@ -71,11 +71,30 @@ def test_frame_seeds() -> None:
 
 
 def test_progress_line() -> None:
-    assert progress_line(0, 4, 0.0) == "[--------------------] 0/4 frames"
-    line = progress_line(3, 12, 6.0)
+    assert progress_line(0, 4, None) == "[--------------------] 0/4 frames"
+    assert progress_line(1, 4, None) == "[#####---------------] 1/4 frames"  # no pace yet
+    line = progress_line(3, 12, 2.0)
     assert line == "[#####---------------] 3/12 frames, 2.0 s/frame, about 18 s left"
-    assert progress_line(12, 12, 24.0).endswith("12/12 frames, 2.0 s/frame")
+    assert progress_line(12, 12, 2.0).endswith("12/12 frames, 2.0 s/frame")
     assert "about 2 min left" in progress_line(1, 61, 2.0)
+
+
+def test_the_pace_leaves_out_the_first_frame_and_counts_workers_painting_at_once() -> None:
+    pace = Pace()
+    pace.frames_done(30.0, 1, 30.0)  # the first frame, with the model's load
+    assert pace.per_frame() is None
+    pace.frames_done(32.0, 1, 2.0)
+    assert pace.per_frame() == pytest.approx(2.0)
+    pace.frames_done(32.0, 1, 2.0)  # a second worker ended one at the same time
+    assert pace.per_frame() == pytest.approx(1.0)
+    idle = Pace()  # frames that arrive slowly: the painting time, not the wait, counts
+    for n in range(4):
+        idle.frames_done(10.0 * n, 1, 1.5)
+    assert idle.per_frame() == pytest.approx(1.5)
+    batch = Pace()  # a video's calls: 8 frames end together, 4 s after the reference
+    batch.frames_done(20.0)
+    batch.frames_done(24.0, 8)
+    assert batch.per_frame() == pytest.approx(0.5)
 
 
 # --- through the daemon -------------------------------------------------------------------
@@ -103,6 +122,31 @@ def test_a_clip_runs_in_order_with_one_seed_and_keeps_its_names(
     assert any("6/6 frames" in line for line in done), done
     # The clip ends once its folder has stayed empty for the pairing window.
     wait_for(lambda: any("clip img2img/clip1 finished: 6 frame(s)" in line for line in logs))
+
+
+def test_a_clips_time_left_comes_from_the_frames_painted_after_the_first(
+    workspace: Workspace, running, logs
+):
+    """The first frame of a run is the slow one (it carries the model's load; here it is
+    made slow for sure by its own YAML asking for ten times the steps): the pace and time
+    left said after it come from the frames painted since, not from it."""
+    workspace.profile("img2img", steps=4)
+    frames = make_frames(workspace.inbox / "img2img/clip1")
+    (frames[0].parent / "frame_0001.yaml").write_text("steps: 40\n")
+    daemon = running()
+    wait_for(lambda: daemon.tally.done == FRAMES, timeout=120)
+
+    done = [line for line in logs if "done img2img/clip1/" in line]
+    assert len(done) == FRAMES, done
+    took = [float(re.search(r"\(([\d.]+) s\)", line)[1]) for line in done]  # type: ignore[index]
+    paces = [re.search(r"([\d.]+) s/frame", line) for line in done]
+    assert "1/6 frames" in done[0] and paces[0] is None, done[0]  # no pace from one frame
+    assert took[0] > 2 * max(took[1:]), took  # the slow first frame the test wants
+    for line, pace in zip(done[1:], paces[1:], strict=True):
+        assert pace is not None, line
+        # At most the slowest of the frames after the first (the shown value is rounded).
+        assert float(pace[1]) <= max(took[1:]) + 0.05, (line, took)
+    assert "about" in done[1] and "left" in done[1], done[1]
 
 
 @pytest.mark.parametrize("mode", ["increment", "random"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from fractions import Fraction
 
@@ -121,6 +122,22 @@ def test_an_inpaint_video_without_a_mask_fails_with_a_report(workspace: Workspac
     wait_for(lambda: (workspace.inbox / "_failed/inpaint/v.mp4").exists())
     report = (workspace.inbox / "_failed/inpaint/v.error.txt").read_text()
     assert report.startswith("no mask for v.mp4")
+
+
+def test_a_videos_progress_paces_from_the_frames_after_the_first(
+    workspace: Workspace, running, logs
+):
+    """The first frame carries the model's load and the video's decoding: its line has no
+    pace yet; the last line's pace comes from the frames after it."""
+    workspace.profile("img2img")
+    clip = workspace.root / "v.mp4"
+    make_test_clip(clip, frames=12)
+    running()
+    workspace.drop(clip, "img2img/v.mp4")
+    wait_for(lambda: workspace.done("img2img"), timeout=120)
+    lines = [line for line in logs if "img2img/v.mp4: [" in line]
+    assert lines[0].endswith("] 1/12 frames"), lines  # no s/frame from the first alone
+    assert re.search(r"\] 12/12 frames, \d+\.\d s/frame$", lines[-1]), lines
 
 
 def test_kept_frames_of_an_earlier_video_are_never_reused(workspace: Workspace, running):

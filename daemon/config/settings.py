@@ -11,7 +11,15 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from daemon.config.hours import parse_window
 from daemon.config.validation import describe
@@ -47,7 +55,11 @@ class Settings(BaseModel):
     # Where rendering runs: `local` in this process; `ray` on every GPU of a Ray cluster
     executor: Literal["local", "ray"] = "local"
     ray_address: str = ""  # "": a private Ray on this machine; "auto" or "host:port": join one
-    ray_gpus_per_worker: float = Field(1.0, gt=0.0, le=64.0)  # 0.5: two workers share a GPU
+    # GPUs per worker: 0.5 puts two workers on a GPU; 0 makes CPU workers (then ray_workers)
+    ray_gpus_per_worker: float = Field(1.0, ge=0.0, le=64.0)
+    # How many workers: at most this many on GPUs (default: one per GPU); with CPU workers,
+    # exactly this many (there are no GPUs to count)
+    ray_workers: int | None = Field(None, ge=1, le=1024)
     ray_inflight_per_worker: int = Field(2, ge=1, le=64)  # requests (or batches) sent ahead
 
     stability_delay: float = Field(2.0, ge=0.0, le=3600.0)  # s of unchanged size+mtime
@@ -102,6 +114,15 @@ class Settings(BaseModel):
         if value is not None:
             parse_window(value)
         return value
+
+    @model_validator(mode="after")
+    def _cpu_workers_are_counted(self) -> Settings:
+        if self.ray_gpus_per_worker == 0 and self.ray_workers is None:
+            raise ValueError(
+                "ray_gpus_per_worker: 0 makes CPU workers, and there are no GPUs to count: "
+                "say how many with ray_workers: N (e.g. 2)"
+            )
+        return self
 
     def resolved(self, base: Path) -> Settings:
         """The same settings with every folder made absolute against ``base``."""

@@ -43,7 +43,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at  REAL,
     finished_at REAL,
     seconds     REAL,
-    worker      TEXT NOT NULL DEFAULT ''  -- the render worker it was sent to (executor: ray)
+    worker      TEXT NOT NULL DEFAULT '',  -- the render worker it was sent to (executor: ray)
+    frames      INTEGER            -- a video's frames (its share of the work); NULL: one image
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state);
 CREATE TABLE IF NOT EXISTS live (
@@ -81,6 +82,12 @@ class Entry:
     finished_at: float | None
     seconds: float | None
     worker: str = ""
+    frames: int | None = None  # a video's; None for an image
+
+    @property
+    def images(self) -> int:
+        """Its share of the work: a video counts its frames, anything else counts one."""
+        return self.frames or 1
 
     def image_unchanged(self) -> bool:
         """True when the image recorded is still in the inbox, as it was."""
@@ -113,6 +120,8 @@ class Journal:
             columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
             if "worker" not in columns:  # a journal from before executor: ray
                 self._db.execute("ALTER TABLE jobs ADD COLUMN worker TEXT NOT NULL DEFAULT ''")
+            if "frames" not in columns:  # a journal from before videos were counted by frame
+                self._db.execute("ALTER TABLE jobs ADD COLUMN frames INTEGER")
 
     def close(self) -> None:
         with self._lock:
@@ -124,7 +133,7 @@ class Journal:
 
     # ----------------------------------------------------------------- the daemon writes
 
-    def queued(self, job: Job) -> int:
+    def queued(self, job: Job, *, frames: int | None = None) -> int:
         size: int | None = None
         mtime: int | None = None
         try:
@@ -134,15 +143,19 @@ class Journal:
             pass  # gone already; recovery will simply not find it
         cursor = self._run(
             "INSERT INTO jobs (profile, label, inputs, image_size, image_mtime, state, attempt,"
-            " queued_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            " queued_at, frames) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             job.profile, job.label, json.dumps([str(p) for p in job.inputs]), size, mtime,
-            JobStatus.QUEUED.value, job.attempt, time.time(),
+            JobStatus.QUEUED.value, job.attempt, time.time(), frames,
         )  # fmt: skip
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
     def running(self, row: int) -> None:
         self._set(row, JobStatus.RUNNING, started_at=time.time())
+
+    def frames(self, row: int, frames: int) -> None:
+        """A video's exact frame count, once it is known (its share of the work)."""
+        self._run("UPDATE jobs SET frames = ? WHERE id = ?", frames, row)
 
     def dispatched(self, row: int, worker: str) -> None:
         self._set(row, JobStatus.DISPATCHED, worker=worker)
@@ -242,6 +255,7 @@ def _entry(row: sqlite3.Row) -> Entry:
         finished_at=row["finished_at"],
         seconds=row["seconds"],
         worker=row["worker"] if "worker" in row.keys() else "",  # noqa: SIM118
+        frames=row["frames"] if "frames" in row.keys() else None,  # noqa: SIM118
     )
 
 

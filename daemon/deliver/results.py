@@ -110,9 +110,9 @@ class Deliverer:
         try:
             if frame.correct_colors and frame.colors is None:
                 self.clips.keep_reference(frame.state, result.images[0])
-            state = self.clips.frame_done(frame.state, seconds)
+            state, per_frame = self.clips.frame_done(frame.state, seconds)
         except OSError as exc:
             logger.warning("{}: could not update the clip's state: {}", job.label, exc)
             return None
         remaining = sum(1 for _ in pending_images(job.image.parent, exclude=job.image))
-        return progress_line(state.done, state.done + remaining, state.seconds)
+        return progress_line(state.done, state.done + remaining, per_frame)

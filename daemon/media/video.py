@@ -134,6 +134,25 @@ def probe(path: Path) -> VideoInfo:
         )
 
 
+def estimated_frames(path: Path) -> int | None:
+    """How many frames the video's headers say it has, without decoding it (a queued video's
+    share of the work, for ``status``); None when they do not say or the file is unreadable.
+    :func:`probe` counts them exactly when the video is painted."""
+    import av
+
+    try:
+        with av.open(str(path), "r") as container:
+            stream = _video_stream(container, path)
+            if stream.frames:
+                return int(stream.frames)
+            rate = stream.average_rate or stream.guessed_rate
+            if container.duration and rate:  # in microseconds
+                return max(1, round(container.duration / 1_000_000 * rate))
+    except (av.FFmpegError, OSError, UnreadableInput):
+        return None
+    return None
+
+
 def read_frames(path: Path) -> Iterator[Image.Image]:
     """Every frame of the clip once, in display order, as upright RGB images.
 

@@ -229,8 +229,10 @@ class Daemon:
             )  # fmt: skip
 
     def publish_workers(self) -> None:
-        """For `img2imgd status`: the render workers, as the executor sees them now."""
-        publish_workers(self.settings.state_dir, self.executor.workers())
+        """For `img2imgd status`: the render workers, as the executor sees them now, and
+        the requests that wait for one."""
+        executor = self.executor
+        publish_workers(self.settings.state_dir, executor.workers(), executor.waiting())
 
     def unload_idle_models(self) -> None:
         for name in self.executor.unload_idle(self.settings.unload_after):

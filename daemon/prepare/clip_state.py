@@ -35,18 +35,54 @@ from daemon.intake.pairing import pending_images
 BAR_WIDTH = 20
 
 
-def progress_line(done: int, total: int, seconds: float) -> str:
-    """``[######--------------] 6/20 frames, 1.9 s/frame, about 27 s left``."""
+def progress_line(done: int, total: int, per_frame: float | None) -> str:
+    """``[######--------------] 6/20 frames, 1.9 s/frame, about 27 s left``; `per_frame`:
+    the pace (:class:`Pace`), None before there is one."""
     total = max(total, done)
     filled = round(BAR_WIDTH * done / total) if total else BAR_WIDTH
     bar = "#" * filled + "-" * (BAR_WIDTH - filled)
     line = f"[{bar}] {done}/{total} frames"
-    if done:
-        per_frame = seconds / done
+    if done and per_frame is not None:
         line += f", {per_frame:.1f} s/frame"
         if total > done:
             line += f", about {_duration(per_frame * (total - done))} left"
     return line
+
+
+class Pace:
+    """Seconds per frame, from the frames painted after the first one of this run: the first
+    carries the model's load (and the start of the clip), which would make every estimate
+    after it far too long. The pace is the spacing of the frames' ends, which counts several
+    workers painting at once, but never more than their mean painting time, which leaves
+    out the wait for frames that arrive more slowly than they are painted."""
+
+    def __init__(self) -> None:
+        self._first: float | None = None  # when the first frame of this run was done
+        self._last = 0.0
+        self._after_first = 0  # frames done since
+        self._seconds = 0.0  # painting time of those of them timed
+        self._timed = 0
+
+    def frames_done(self, now: float, count: int = 1, seconds: float | None = None) -> None:
+        """`count` frames were done at `now` (monotonic), after `seconds` of painting (all
+        of them together) if known. The first call of a run only starts the clock."""
+        if self._first is None:
+            self._first = now
+            return
+        self._last = now
+        self._after_first += count
+        if seconds is not None:
+            self._seconds += seconds
+            self._timed += count
+
+    def per_frame(self) -> float | None:
+        """None until a frame after the first one is done."""
+        if self._first is None or not self._after_first:
+            return None
+        estimates = [(self._last - self._first) / self._after_first]
+        if self._timed:
+            estimates.append(self._seconds / self._timed)
+        return min(estimates)
 
 
 def _duration(seconds: float) -> str:
@@ -74,6 +110,7 @@ class SequenceStore:
         self.root = root
         self._lock = threading.Lock()
         self._colors: dict[Path, tuple[int, Colors]] = {}
+        self._paces: dict[Path, Pace] = {}  # this run's pace of each clip
 
     def folder(self, profile: str, sub_dir: PurePosixPath) -> Path:
         key = f"{profile}/{sub_dir.as_posix()}".encode()
@@ -131,14 +168,20 @@ class SequenceStore:
         with atomic_writer(folder / "reference.png") as handle:
             image.convert("RGB").save(handle, format="PNG")
 
-    def frame_done(self, folder: Path, seconds: float) -> SequenceState:
+    def frame_done(self, folder: Path, seconds: float) -> tuple[SequenceState, float | None]:
+        """Count a frame painted in `seconds`; the clip's state and its pace (s/frame)."""
         state = self.load(folder)
         state.done += 1
         state.seconds += seconds
         self.save(folder, state, durable=False)  # a progress count: not worth an fsync
-        return state
+        with self._lock:
+            pace = self._paces.setdefault(folder, Pace())
+            pace.frames_done(time.monotonic(), 1, seconds)
+            return state, pace.per_frame()
 
     def forget(self, folder: Path) -> None:
+        with self._lock:
+            self._paces.pop(folder, None)
         shutil.rmtree(folder, ignore_errors=True)
 
 

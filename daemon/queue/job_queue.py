@@ -49,6 +49,15 @@ class JobQueue:
             del self._keys[chosen.id]
             return chosen
 
+    def count_similar(self, job: Job) -> int:
+        """How many queued jobs :meth:`take_similar` could take along with `job`."""
+        folder = job.image.parent
+        with self._cond:
+            return sum(
+                1 for queued in self._jobs
+                if queued.image.parent == folder and queued.profile == job.profile
+            )  # fmt: skip
+
     def take_similar(self, job: Job, count: int) -> list[Job]:
         """Up to `count` more queued jobs from `job`'s folder and profile, in natural order:
         the frames of a clip, or images dropped together, to be painted in one call."""

@@ -30,6 +30,8 @@ from daemon.deliver.outputs import failure_report
 from daemon.deliver.results import Delivered
 from daemon.errors import Fault, classify
 from daemon.intake.jobs import Job, JobStatus
+from daemon.intake.names import is_video
+from daemon.media.video import estimated_frames
 from daemon.paths import escaped, output_folder, portable_name, shown
 
 MAX_BACKOFF = 600.0  # s, cap on the retry delay for jobs that hit a process fault
@@ -90,7 +92,8 @@ class Ledger:
                 return False
             self._claimed.update(job.inputs)
         if self.journal is not None:
-            self._rows[job.id] = self.journal.queued(job)
+            frames = estimated_frames(job.image) if is_video(job.image) else None
+            self._rows[job.id] = self.journal.queued(job, frames=frames)
         return True
 
     def holds(self, path: Path) -> bool:
@@ -130,6 +133,10 @@ class Ledger:
             (self.inbox / DONE_FOLDER / job.profile / job.sub_dir).mkdir(
                 parents=True, exist_ok=True
             )
+
+    def frames(self, job: Job, frames: int) -> None:
+        """The video `job` has `frames` frames, counted (``status`` counts the work by them)."""
+        self._journal(job, lambda journal, row: journal.frames(row, frames))
 
     def dispatched(self, jobs: list[Job], worker: str, positions: Sequence[int]) -> None:
         """``jobs[positions]`` were sent to a render worker (``executor: ray``); after a

@@ -27,7 +27,7 @@ from daemon.deliver.results import Delivered, Planned
 from daemon.deliver.video import join_video, write_frame
 from daemon.errors import InputError, TransientError
 from daemon.intake.jobs import Job
-from daemon.prepare.clip_state import SequenceStore, progress_line
+from daemon.prepare.clip_state import Pace, SequenceStore, progress_line
 from daemon.prepare.video import (
     VideoPlan,
     decoded_frames,
@@ -57,10 +57,17 @@ class VideoRunner:
         self.executor = executor
         self.rng = rng
 
-    def paint(self, job: Job, *, should_stop: Callable[[], bool]) -> PaintedVideo:
+    def paint(
+        self,
+        job: Job,
+        *,
+        should_stop: Callable[[], bool],
+        on_frames: Callable[[int], None] = lambda frames: None,
+    ) -> PaintedVideo:
         """Every frame not painted yet, into the work folder; the join comes after
-        (:meth:`join`, on the writer's thread)."""
+        (:meth:`join`, on the writer's thread). `on_frames`: told the count of frames."""
         plan = plan_video(job, self.settings, self.profiles, self.clips, self.rng)
+        on_frames(plan.info.frames)
         progress = _Progress(job.label, plan.info.frames)
         settings = plan.settings
         notes = list(plan.notes)
@@ -97,6 +104,7 @@ class VideoRunner:
                         notes.extend([*frame_notes(plan, frame), *outcome.notes])
                     write_frame(plan.frame_path(index), outcome)
                     progress.frame_done(index)
+                progress.call_done()
 
         def paint_pending() -> None:
             send()
@@ -118,7 +126,8 @@ class VideoRunner:
             request = frame_request(plan, index, frame, settings, colors, self.rng,
                                     prompt_image=prompt_image)  # fmt: skip
             pending.append((index, frame, request))
-            if len(pending) >= self._batch(settings, request, colors):
+            ready = len(pending) + plan.info.frames - index  # in hand, and still to come
+            if len(pending) >= self._batch(settings, request, colors, ready=ready):
                 send()
                 # The next frame's request needs this one's result (its colour reference, or
                 # the prompts): wait for it; otherwise keep every worker busy.
@@ -137,12 +146,15 @@ class VideoRunner:
         outputs = join_video(painted.plan, frames, self.settings.outbox, on_planned)
         return Delivered(outputs, painted.notes)
 
-    def _batch(self, settings: Profile, request: RenderRequest, colors: Colors | None) -> int:
+    def _batch(
+        self, settings: Profile, request: RenderRequest, colors: Colors | None, *, ready: int
+    ) -> int:
         """Frames painted at once: one while the colour reference (the first frame's result)
-        or the prompts ({interrogate}/{tags}, from the first frame) are still to come."""
+        or the prompts ({interrogate}/{tags}, from the first frame) are still to come; else
+        `max_batch`, shared out over the render workers (`ready`: frames left to paint)."""
         if self._serial(settings, colors):
             return 1
-        return batch_limit(self.executor, request, self.settings.max_batch)
+        return batch_limit(self.executor, request, self.settings.max_batch, ready=ready)
 
     @staticmethod
     def _serial(settings: Profile, colors: Colors | None) -> bool:
@@ -160,19 +172,30 @@ class PaintedVideo:
 
 
 class _Progress:
-    """A progress line at most every PROGRESS_SECONDS, and for the last frame."""
+    """A progress line at most every PROGRESS_SECONDS, and for the last frame; the time left
+    at the pace of the frames painted after the first call (:class:`Pace`)."""
 
     def __init__(self, label: str, total: int) -> None:
         self.label = label
         self.total = total
         self.painted = 0
-        self._started = time.monotonic()
+        self._index = 0  # the last frame written
+        self._in_call = 0  # frames of the call being written
+        self._pace = Pace()
         self._last = 0.0
 
     def frame_done(self, index: int) -> None:
         self.painted += 1
+        self._in_call += 1
+        self._index = index
+
+    def call_done(self) -> None:
+        """Every frame of a call is written. The frames of a batch end together, so the pace
+        is taken, and said, only between calls."""
         now = time.monotonic()
-        if now - self._last >= PROGRESS_SECONDS or index == self.total:
+        self._pace.frames_done(now, self._in_call)
+        self._in_call = 0
+        if now - self._last >= PROGRESS_SECONDS or self._index == self.total:
             self._last = now
-            seconds = (now - self._started) / self.painted * index  # as if all were painted now
-            logger.info("{}: {}", self.label, progress_line(index, self.total, seconds))
+            line = progress_line(self._index, self.total, self._pace.per_frame())
+            logger.info("{}: {}", self.label, line)

@@ -145,7 +145,9 @@ class Worker:
         started = time.monotonic()
         self.ledger.running(job)
         try:
-            painted = self.videos.paint(job, should_stop=self.should_pause)
+            painted = self.videos.paint(
+                job, should_stop=self.should_pause, on_frames=partial(self.ledger.frames, job)
+            )
         except Exception as exc:
             self._ended(job, self.ledger.attempt_failed(job, exc))
             return
@@ -229,7 +231,8 @@ class Worker:
         are corrected towards it, so it is painted first and alone."""
         if _reference(head):
             return 1
-        return batch_limit(self.executor, head.request, self.max_batch)
+        ready = 1 + self.queue.count_similar(head.job)
+        return batch_limit(self.executor, head.request, self.max_batch, ready=ready)
 
     def _deliver(
         self, group: list[Prepared], pending: Future[list[Outcome]], clock: _Clock

@@ -1,10 +1,11 @@
 """Rendering on every GPU of a Ray cluster (``executor: ray``).
 
-One Ray actor per GPU the cluster offers (:class:`~daemon.render.remote.RenderWorker`), each
-with warm pipelines; the daemon keeps the files, the journal and every decision about them.
-A dispatcher thread sends submissions to workers with a free slot (at most
-``ray_inflight_per_worker`` each, a worker that has the model loaded first), collects the
-replies, and resolves each submission's future exactly once.
+One Ray actor per GPU the cluster offers (:class:`~daemon.render.remote.RenderWorker`), or
+``ray_workers`` of them on CPUs (``ray_gpus_per_worker: 0``), each with warm pipelines; the
+daemon keeps the files, the journal and every decision about them. A dispatcher thread sends
+submissions to workers with a free slot (at most ``ray_inflight_per_worker`` each, the least
+busy first, then one that has the model loaded), collects the replies, and resolves each
+submission's future exactly once.
 
 Ray promises at-least-once after a failure, so what happens then is decided here and in the
 journal, never by Ray's own retries (``max_task_retries=0``):
@@ -20,8 +21,6 @@ journal, never by Ray's own retries (``max_task_retries=0``):
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 from collections import deque
@@ -36,6 +35,12 @@ from daemon.config.profiles import Profile
 from daemon.config.settings import Settings
 from daemon.errors import ConfigError, InputError, NotStarted, TransientError
 from daemon.render.executor import Dispatched, Outcome, WorkerInfo, auto_batch
+from daemon.render.ray_instance import (
+    connect,
+    connected,
+    forward_worker_logs,
+    stop_forwarding_worker_logs,
+)
 from daemon.render.remote import Description, RenderWorker, Reply
 from daemon.render.values import RenderRequest
 
@@ -44,7 +49,7 @@ MAX_TRIES = 3  # sends after other Ray errors before the jobs are deferred
 REFRESH = 2.0  # s between looks at the cluster's GPUs (nodes joining or leaving)
 WAIT = 0.1  # s the dispatcher waits for a reply before it looks at new submissions
 CONTROL_TIMEOUT = 30.0  # s to wait for a worker's answer to warm-up or unload
-INSTALL_HINT = "pip install 'img2imgd[ray]'"
+SLOW_START = 120.0  # s after which a worker that never answered is said to be stuck
 
 
 @dataclass
@@ -84,11 +89,15 @@ class _Worker:
     done: int = 0
     last_error: str = ""
     probing: bool = False
+    made_at: float = field(default_factory=time.monotonic)
+    said_slow: bool = False  # warned that it does not start
 
     @property
     def label(self) -> str:
         where = self.description
-        return f"{self.name}@{where.node} GPU {where.gpus or '-'}" if where else self.name
+        if where is None:
+            return self.name
+        return f"{self.name}@{where.node} " + (f"GPU {where.gpus}" if where.gpus else "CPU")
 
     def has(self, model: str) -> bool:
         return any(name == model or name.startswith(model + " + ") for name in self.models)
@@ -98,10 +107,10 @@ class RayExecutor:
     """The :class:`~daemon.render.executor.Executor` of ``executor: ray``."""
 
     def __init__(self, settings: Settings, *, stop: threading.Event | None = None) -> None:
-        self._owns_ray = not _connected()
-        self.ray = connect(settings.ray_address)
+        self._owns_ray = not connected()
+        self.ray = connect(settings.ray_address, settings.state_dir)
         self.stop = stop or threading.Event()  # the daemon is stopping: send nothing new
-        self.gpus_per_worker = settings.ray_gpus_per_worker
+        self.gpus_per_worker = settings.ray_gpus_per_worker  # 0: CPU workers
         self.inflight_per_worker = settings.ray_inflight_per_worker
         self.settings = settings  # what each worker builds its model cache from
         self._actor_class = self.ray.remote(
@@ -118,6 +127,8 @@ class RayExecutor:
         self._made = 0
         self._closing = False
         self._said_no_gpu = False
+        self._held: _Call | None = None  # in submit(), waiting for room in the queue
+        forward_worker_logs(self._label_of_pid)
         self._refresh()
         self._thread = threading.Thread(target=self._run, name="img2imgd-ray", daemon=True)
         self._thread.start()
@@ -135,14 +146,29 @@ class RayExecutor:
         call = _Call(list(requests), Future(), on_dispatch, list(range(len(requests))))
         with self._cond:
             # One call waits for a free slot at most: the caller prepares the next meanwhile.
+            self._held = call
             while self._waiting and not self._stopping():
                 self._cond.wait(WAIT)
+            self._held = None
             if self._stopping():
                 call.future.set_result([_not_started()] * len(call.requests))
                 return call.future
             self._waiting.append(call)
             self._cond.notify_all()
         return call.future
+
+    def waiting(self) -> list[str]:
+        """The labels of the requests that no worker has taken yet."""
+        with self._cond:
+            calls = [*self._waiting, *([self._held] if self._held else [])]
+        return [request.label for call in calls for request in call.requests]
+
+    def idle_workers(self) -> int:
+        """Workers with nothing in hand, less the calls waiting to go to one. A worker still
+        starting counts: it takes calls in seconds."""
+        with self._cond:
+            idle = sum(1 for w in self._workers if not w.in_flight)
+            return max(0, idle - len(self._waiting) - (1 if self._held else 0))
 
     def batch_limit(self, request: RenderRequest) -> int:
         with self._cond:
@@ -207,8 +233,17 @@ class RayExecutor:
         for worker in self._workers:
             self.ray.kill(worker.handle, no_restart=True)
         self._workers.clear()
+        stop_forwarding_worker_logs()
         if self._owns_ray:
             self.ray.shutdown()
+
+    def _label_of_pid(self, pid: str) -> str | None:
+        """The worker whose process `pid` is (for its log lines), if one is."""
+        with self._cond:
+            workers = list(self._workers)
+        return next(
+            (w.label for w in workers if w.description and str(w.description.pid) == pid), None
+        )
 
     def _stopping(self) -> bool:
         return self._closing or self.stop.is_set()
@@ -266,7 +301,9 @@ class RayExecutor:
                 call.on_dispatch(worker.label, call.positions)
 
     def _pick(self, call: _Call) -> _Worker | None:
-        """A live worker with a free slot: one with the model loaded, then the least busy."""
+        """A live worker with a free slot: the least busy, and among those one with the model
+        loaded (an idle worker paints now; a busy one with the model would make the call
+        wait for a whole batch, and every worker is warmed with the model anyway)."""
         free = [
             w
             for w in self._workers
@@ -274,7 +311,7 @@ class RayExecutor:
         ]
         if not free:
             return None
-        return min(free, key=lambda w: (not w.has(call.model), w.in_flight, w.name))
+        return min(free, key=lambda w: (w.in_flight, not w.has(call.model), w.name))
 
     def _replied(self, ref: Any, call: _Call, worker: _Worker) -> None:
         ray = self.ray
@@ -350,16 +387,26 @@ class RayExecutor:
 
     # ----------------------------------------------------------------- the worker set
 
-    def _refresh(self) -> None:
-        """As many workers as the cluster has GPUs for; ask the ones not answering yet."""
-        ray = self.ray
-        gpus = float(ray.cluster_resources().get("GPU", 0.0))
+    def _wanted(self) -> int:
+        """How many workers: ray_workers CPU workers, or one per ray_gpus_per_worker GPUs of
+        the cluster (at most ray_workers)."""
+        most = self.settings.ray_workers
+        if self.gpus_per_worker == 0:
+            return most or 1
+        gpus = float(self.ray.cluster_resources().get("GPU", 0.0))
         wanted = int(gpus / self.gpus_per_worker + 1e-9)
+        return min(wanted, most) if most else wanted
+
+    def _refresh(self) -> None:
+        """As many workers as wanted (GPUs come and go); ask the ones not answering yet."""
+        ray = self.ray
+        wanted = self._wanted()
         with self._cond:
             if wanted == 0 and not self._said_no_gpu:
                 logger.warning(
                     "the Ray cluster offers no GPU for a render worker (ray_gpus_per_worker: "
-                    "{:g}); jobs wait until a node with a GPU joins", self.gpus_per_worker,
+                    "{:g}); jobs wait until a node with a GPU joins. To paint on CPUs instead, "
+                    "set ray_gpus_per_worker: 0 and ray_workers: N", self.gpus_per_worker,
                 )  # fmt: skip
             self._said_no_gpu = wanted == 0
             while len(self._workers) < wanted:
@@ -369,13 +416,30 @@ class RayExecutor:
                 logger.info("render worker w{} starting", self._made)
             surplus = [w for w in self._workers if not w.alive and not w.in_flight]
             for worker in surplus[: max(0, len(self._workers) - wanted)]:
-                logger.info("render worker {} ended: its GPU left the cluster", worker.label)
+                logger.info("render worker {} ended: its node left the cluster", worker.label)
                 ray.kill(worker.handle, no_restart=True)
                 self._workers.remove(worker)
             asking = [w for w in self._workers if not w.alive and not w.probing]
+        self._say_slow_starts()
         for worker in asking:
             worker.probing = True
             self._probes[worker.handle.describe.remote()] = worker
+
+    def _say_slow_starts(self) -> None:
+        """Once per worker: it has never answered after SLOW_START s, most likely because
+        the cluster has no free CPU or GPU for it (Ray leaves it pending without a word)."""
+        now = time.monotonic()
+        for worker in self._workers:
+            if worker.description or worker.said_slow or now - worker.made_at < SLOW_START:
+                continue
+            worker.said_slow = True
+            logger.warning(
+                "render worker {} has not started in {:.0f} s: the Ray cluster may have no free "
+                "{} for it (each worker takes 1 CPU{}). Lower ray_workers, or add a node; the "
+                "other workers paint meanwhile",
+                worker.name, now - worker.made_at, "CPU" if self.gpus_per_worker == 0 else "GPU",
+                "" if self.gpus_per_worker == 0 else f" and {self.gpus_per_worker:g} GPU",
+            )  # fmt: skip
 
     def _answered(self, ref: Any, worker: _Worker) -> None:
         worker.probing = False
@@ -418,45 +482,3 @@ def _not_started() -> NotStarted:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-LOOPBACK_ENVIRONMENT = (
-    # Ray's node-IP lookup answers 127.0.0.1 instead of rewriting it to the interface address
-    ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0"),
-    ("RAY_USAGE_STATS_ENABLED", "0"),  # a daemon does not report usage
-)
-
-
-def _connected() -> bool:
-    return "ray" in sys.modules and sys.modules["ray"].is_initialized()
-
-
-def connect(address: str) -> Any:
-    """Ray, connected: to the cluster at `address` (``auto``, ``host:port``), or to a private
-    instance on this machine bound to 127.0.0.1 (a Ray head runs whatever code it is sent,
-    so the private one is never reachable from the network)."""
-    if not address:  # set before Ray is imported: it reads them then
-        for name, value in LOOPBACK_ENVIRONMENT:
-            os.environ.setdefault(name, value)
-    try:
-        import ray
-    except ImportError as exc:
-        message = f"executor: ray needs Ray, which is not installed: {INSTALL_HINT}"
-        raise ConfigError(message) from exc
-    if ray.is_initialized():
-        return ray
-    options: dict[str, Any] = {"logging_level": "WARNING", "configure_logging": True}
-    if address:
-        ray.init(address=address, **options)
-        logger.info("joined the Ray cluster at {}", address)
-    else:
-        ray.init(
-            _node_ip_address="127.0.0.1",
-            include_dashboard=False,
-            # Ray starts its workers at nice 15, behind any busy process of the machine;
-            # painting is this machine's job.
-            _system_config={"worker_niceness": 0},
-            **options,
-        )
-        logger.info("started a private Ray instance on 127.0.0.1")
-    return ray

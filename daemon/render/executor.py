@@ -10,6 +10,7 @@ last results while several workers paint.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -75,6 +76,16 @@ class Executor(Protocol):
 
     def workers(self) -> list[WorkerInfo]:
         """The render workers, for ``img2imgd status``; empty when rendering in-process."""
+        ...
+
+    def waiting(self) -> list[str]:
+        """Labels of the requests submitted that no worker has taken yet (``status`` says
+        "waiting for a worker"); empty in-process, where the caller paints them itself."""
+        ...
+
+    def idle_workers(self) -> int:
+        """Workers with nothing in hand and no call on its way to them: how many ways a
+        batch is split (1 in-process)."""
         ...
 
     def cancel(self, label: str) -> None:
@@ -166,6 +177,12 @@ class InProcessExecutor:
     def workers(self) -> list[WorkerInfo]:
         return []
 
+    def waiting(self) -> list[str]:
+        return []
+
+    def idle_workers(self) -> int:
+        return 1
+
     def close(self) -> None:
         """Nothing to let go of: the model cache is the caller's (tests share a warm one)."""
 
@@ -194,13 +211,19 @@ def auto_batch(device: str, request: RenderRequest, free: int | None = None) -> 
     return max(1, min(16, int(free * 0.6 // per_image)))
 
 
-def batch_limit(executor: Executor, request: RenderRequest, default: Literal["auto"] | int) -> int:
-    """How many requests like `request` to send at once: the profile's ``max_batch``, else the
-    daemon's (`default`); ``auto`` asks the executor. 1 for a request that cannot share."""
+def batch_limit(
+    executor: Executor, request: RenderRequest, default: Literal["auto"] | int, *, ready: int
+) -> int:
+    """How many requests like `request` to send at once, with `ready` such requests in hand
+    or queued: the profile's ``max_batch``, else the daemon's (`default`; ``auto`` asks the
+    executor), and no more than each idle render worker's share of `ready`, so that every
+    worker paints (7 frames on 2 idle workers: 4, then 3 for the one still idle; not 7 on
+    one). 1 for a request that cannot share."""
     if not share_a_call(request, request):
         return 1
     wanted = request.settings.max_batch or default
-    return executor.batch_limit(request) if wanted == "auto" else wanted
+    most = executor.batch_limit(request) if wanted == "auto" else wanted
+    return max(1, min(most, math.ceil(ready / max(1, executor.idle_workers()))))
 
 
 def _groups(requests: Sequence[RenderRequest]) -> list[list[RenderRequest]]:

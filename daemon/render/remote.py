@@ -1,4 +1,4 @@
-"""A render worker: what runs inside one Ray actor, on one GPU of the cluster.
+"""A render worker: what runs inside one Ray actor, on one GPU of the cluster (or a CPU).
 
 It holds warm pipelines in its own model cache and renders the requests it is sent with the
 same in-process executor the daemon uses alone, so a request gives the same result here as
@@ -11,11 +11,8 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-from loguru import logger
 
 from daemon.config.profiles import Profile
 from daemon.config.settings import Settings
@@ -23,6 +20,7 @@ from daemon.errors import ConfigError, InputError, TransientError, is_out_of_mem
 from daemon.libraries import quiet_libraries
 from daemon.render.cache import ModelCache
 from daemon.render.executor import InProcessExecutor, Outcome
+from daemon.render.ray_instance import worker_logging
 from daemon.render.values import RenderRequest
 
 
@@ -50,12 +48,8 @@ class RenderWorker:
 
     def __init__(self, settings: Settings) -> None:
         quiet_libraries()  # a process of its own: the CLI's start-up never ran here
-        # Nor did its logging: loguru's default sink would print the values of local
-        # variables in a traceback (prompts, paths, credentials); this one prints the code.
-        logger.remove()
-        logger.add(sys.stderr, level=settings.log_level, diagnose=False)
-        # Ray gives this worker its GPU as cuda:0, whatever cuda:N the daemon names
-        device = "cuda" if settings.device.startswith("cuda:") else settings.device
+        worker_logging(settings.log_level)  # lines the daemon logs in its own format
+        device = _device(settings)
         self.models = ModelCache.from_settings(settings, device=device)
         self.executor = InProcessExecutor(self.models)
 
@@ -91,6 +85,14 @@ class RenderWorker:
 
         free, _total = torch.cuda.mem_get_info(torch.device(device))
         return int(free)
+
+
+def _device(settings: Settings) -> str:
+    """A CPU worker paints on the CPU; Ray gives a GPU worker its GPU as cuda:0, whatever
+    cuda:N the daemon names."""
+    if settings.ray_gpus_per_worker == 0:
+        return "cpu"
+    return "cuda" if settings.device.startswith("cuda:") else settings.device
 
 
 def _portable(outcome: Outcome) -> Outcome:
