@@ -21,18 +21,10 @@ from safetensors.torch import load_file
 
 from daemon.a1111.infotext import format_parameters, lora_hash, short_hash
 from daemon.a1111.prompts import LoraRef
-from daemon.engines.adapter_files import (
-    AdapterNotFound,
-    PickleRefused,
-    default_embedding_dirs,
-    default_lora_dirs,
-    embedding_names,
-    embeddings_in,
-    find_embedding,
-    find_lora,
-)
+from daemon.engines.adapter_files import embeddings_in
 from daemon.engines.adapters import AdapterManager
 from daemon.models.builtin import ensure_builtin
+from daemon.models.resolve import ModelNotFound, PickleRefused, files_by_stem, find, kind_folders
 from tests.support.lora import TE_TARGETS, LoraMaker, peft_lora, write
 
 
@@ -120,8 +112,8 @@ def pipe(load_pipe: Callable[[], Any]) -> Any:
 def manager(pipe: Any, models_dir: Path) -> AdapterManager:
     return AdapterManager(
         pipe,
-        lora_dirs=default_lora_dirs(models_dir),
-        embedding_dirs=default_embedding_dirs(models_dir),
+        lora_dirs=kind_folders("lora", models_dir),
+        embedding_dirs=kind_folders("embedding", models_dir),
     )
 
 
@@ -180,23 +172,23 @@ def plain(reference: Any) -> np.ndarray:
 
 
 def test_find_lora_recursive_case_insensitive_and_safetensors_first(models_dir: Path) -> None:
-    dirs = default_lora_dirs(models_dir)
+    dirs = kind_folders("lora", models_dir)
     style = models_dir / "Lora" / "styles" / "StyleA.safetensors"
-    assert find_lora("StyleA", dirs, allow_pickle=False) == style
-    assert find_lora("stylea", dirs, allow_pickle=False) == style  # case-insensitive fallback
+    assert find("lora", "StyleA", dirs=dirs) == style
+    assert find("lora", "stylea", dirs=dirs) == style  # case-insensitive fallback
     deep = models_dir / "LyCORIS" / "deep" / "er" / "OtherB.safetensors"
-    assert find_lora("OtherB", dirs, allow_pickle=False) == deep  # LyCORIS, nested
-    both = find_lora("Both", dirs, allow_pickle=False)
+    assert find("lora", "OtherB", dirs=dirs) == deep  # LyCORIS, nested
+    both = find("lora", "Both", dirs=dirs)
     assert both.suffix == ".safetensors"
 
 
 def test_exact_case_wins_over_case_insensitive(tmp_path: Path) -> None:
     write(tmp_path / "a" / "Dup.safetensors", {"x": torch.zeros(1)})
     write(tmp_path / "b" / "dup.safetensors", {"x": torch.zeros(1)})
-    assert find_lora("dup", [tmp_path], allow_pickle=False) == tmp_path / "b/dup.safetensors"
-    assert find_lora("Dup", [tmp_path], allow_pickle=False) == tmp_path / "a/Dup.safetensors"
+    assert find("lora", "dup", dirs=[tmp_path]) == tmp_path / "b/dup.safetensors"
+    assert find("lora", "Dup", dirs=[tmp_path]) == tmp_path / "a/Dup.safetensors"
     # Neither matches exactly: the first in (sorted) folder order.
-    assert find_lora("DUP", [tmp_path], allow_pickle=False) == tmp_path / "a/Dup.safetensors"
+    assert find("lora", "DUP", dirs=[tmp_path]) == tmp_path / "a/Dup.safetensors"
 
 
 def test_symlinked_folders_are_searched_and_loops_end(tmp_path: Path) -> None:
@@ -205,37 +197,37 @@ def test_symlinked_folders_are_searched_and_loops_end(tmp_path: Path) -> None:
     lora.mkdir(parents=True)
     (lora / "shared").symlink_to(elsewhere.parent, target_is_directory=True)
     (lora / "loop").symlink_to(lora, target_is_directory=True)
-    found = find_lora("Linked", default_lora_dirs(tmp_path / "models"), allow_pickle=False)
+    found = find("lora", "Linked", dirs=kind_folders("lora", tmp_path / "models"))
     assert found.resolve() == elsewhere.resolve()
 
 
 def test_missing_lora_error_says_where_it_looked(models_dir: Path) -> None:
-    dirs = [*default_lora_dirs(models_dir), models_dir / "Nowhere"]
-    with pytest.raises(AdapterNotFound) as caught:
-        find_lora("NoSuchLora", dirs, allow_pickle=False)
+    dirs = [*kind_folders("lora", models_dir), models_dir / "Nowhere"]
+    with pytest.raises(ModelNotFound) as caught:
+        find("lora", "NoSuchLora", dirs=dirs)
     message = str(caught.value)
     assert "NoSuchLora" in message and str(models_dir / "Lora") in message
-    assert f"{models_dir / 'Nowhere'} (missing)" in message
-    with pytest.raises(AdapterNotFound, match="no folder configured"):
-        find_lora("x", [], allow_pickle=False)
+    assert f"{models_dir / 'Nowhere'} does not exist" in message
+    with pytest.raises(ModelNotFound, match="no folder configured"):
+        find("lora", "x", dirs=[])
 
 
 def test_pickle_refused_unless_allowed(models_dir: Path) -> None:
-    dirs = default_lora_dirs(models_dir)
+    dirs = kind_folders("lora", models_dir)
     with pytest.raises(PickleRefused) as caught:
-        find_lora("Pickled", dirs, allow_pickle=False)
+        find("lora", "Pickled", dirs=dirs)
     message = str(caught.value)
     assert "pickle" in message and "run arbitrary code" in message
     assert ".safetensors" in message and "allow_pickle" in message
-    assert find_lora("Pickled", dirs, allow_pickle=True).name == "Pickled.pt"
-    emb = default_embedding_dirs(models_dir)
+    assert find("lora", "Pickled", dirs=dirs, allow_pickle=True).name == "Pickled.pt"
+    emb = kind_folders("embedding", models_dir)
     with pytest.raises(PickleRefused):
-        find_embedding("OldStyle", emb, allow_pickle=False)
-    assert find_embedding("oldstyle", emb, allow_pickle=True).name == "OldStyle.pt"
+        find("embedding", "OldStyle", dirs=emb)
+    assert find("embedding", "oldstyle", dirs=emb, allow_pickle=True).name == "OldStyle.pt"
 
 
 def test_embedding_names_and_where_they_occur(models_dir: Path, tmp_path: Path) -> None:
-    names = embedding_names(default_embedding_dirs(models_dir))
+    names = files_by_stem("embedding", kind_folders("embedding", models_dir))
     assert set(names) == {"EasyNegative", "OldStyle", "catToy", "WideOne"}
     assert names["EasyNegative"].parent.name == "negative"  # found recursively
     text = "(easynegative:1.2), EasyNegatives, <lora:EasyNegative:1> xEasyNegative, EasyNegative"
@@ -248,7 +240,7 @@ def test_embedding_names_and_where_they_occur(models_dir: Path, tmp_path: Path) 
     # A hidden or empty file is never an embedding.
     write(tmp_path / ".hidden.safetensors", {"x": torch.zeros(1)})
     (tmp_path / "empty.safetensors").touch()
-    assert embedding_names([tmp_path]) == {}
+    assert files_by_stem("embedding", [tmp_path]) == {}
 
 
 # --- LoRA on a pipeline ------------------------------------------------------------------
@@ -285,7 +277,7 @@ def test_switching_leaves_no_residue_and_loads_once(
     assert applied.lora_hashes == {} and applied.infotext_params() == {}
     again, _ = run(
         pipe,
-        AdapterManager(pipe, state=manager.state, lora_dirs=default_lora_dirs(models_dir)),
+        AdapterManager(pipe, state=manager.state, lora_dirs=kind_folders("lora", models_dir)),
         [LoraRef("StyleA", 1.0, 1.0)],
     )
     np.testing.assert_array_equal(again, first)
@@ -341,7 +333,7 @@ def test_partial_loras_several_at_once_and_a_name_twice(
 def test_pickled_lora_refused_unless_allowed(
     pipe: Any, models_dir: Path, plain: np.ndarray
 ) -> None:
-    dirs = default_lora_dirs(models_dir)
+    dirs = kind_folders("lora", models_dir)
     refused, applied = run(pipe, AdapterManager(pipe, lora_dirs=dirs), [LoraRef("Pickled")])
     np.testing.assert_array_equal(refused, plain)
     assert applied.lora_hashes == {} and len(applied.notes) == 1
@@ -375,7 +367,7 @@ def test_missing_or_foreign_lora_is_a_note_and_the_job_goes_on(
 def test_least_recently_used_loras_are_unloaded(
     pipe: Any, models_dir: Path, load_count: list[Any], plain: np.ndarray
 ) -> None:
-    manager = AdapterManager(pipe, lora_dirs=default_lora_dirs(models_dir), max_loras=1)
+    manager = AdapterManager(pipe, lora_dirs=kind_folders("lora", models_dir), max_loras=1)
     first, _ = run(pipe, manager, [LoraRef("StyleA")])
     run(pipe, manager, [LoraRef("OtherB")])
     assert [p.stem for p in manager.loaded_loras.values()] == ["OtherB"]
@@ -397,7 +389,7 @@ def test_changed_file_is_loaded_afresh(pipe: Any, tmp_path: Path, models_dir: Pa
     changed, applied = run(pipe, manager, [LoraRef("Evolving")])
     assert len(manager.loaded_loras) == 1  # the old version was dropped
     assert applied.lora_hashes == {"Evolving": lora_hash(lora)}
-    other = AdapterManager(pipe, state=manager.state, lora_dirs=default_lora_dirs(models_dir))
+    other = AdapterManager(pipe, state=manager.state, lora_dirs=kind_folders("lora", models_dir))
     expected, _ = run(pipe, other, [LoraRef("OtherB")])
     np.testing.assert_array_equal(changed, expected)
 
@@ -409,7 +401,7 @@ def test_inpaint_pipeline_from_pipe_shares_the_loaded_loras(
 
     run(pipe, manager, [LoraRef("StyleA")])
     inpaint = AutoPipelineForInpainting.from_pipe(pipe)
-    other = AdapterManager(inpaint, state=manager.state, lora_dirs=default_lora_dirs(models_dir))
+    other = AdapterManager(inpaint, state=manager.state, lora_dirs=kind_folders("lora", models_dir))
     assert other.loaded_loras == manager.loaded_loras
     applied = other.apply([LoraRef("StyleA", 0.5, 0.5)], "a cat", "")
     assert applied.notes == () and len(load_count) == 1
@@ -453,7 +445,7 @@ def test_embedding_in_the_negative_prompt(
 
 
 def test_embedding_formats_pickles_and_misfits(pipe: Any, models_dir: Path, reference: Any) -> None:
-    emb_dirs = default_embedding_dirs(models_dir)
+    emb_dirs = kind_folders("embedding", models_dir)
     emb = models_dir.parent / "embeddings"
     strict = AdapterManager(pipe, embedding_dirs=emb_dirs)
     applied = strict.apply([], "OldStyle catToy WideOne", "")

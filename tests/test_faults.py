@@ -154,8 +154,8 @@ def test_pickled_checkpoint_is_refused_by_check_and_jobs_wait(workspace: Workspa
     from daemon.cli import check_problems
 
     problems = check_problems(workspace.settings())
-    assert any("pickled checkpoint" in p for p in problems)
+    assert any("pickled file" in p for p in problems)
     running(retry_delay=60)
     small_png(workspace.inbox / "img2img/a.png")
-    wait_for(lambda: any("pickled checkpoint" in line for line in logs))
+    wait_for(lambda: any("pickled file" in line for line in logs))
     assert (workspace.inbox / "img2img/a.png").exists() and not workspace.failed("img2img")

@@ -67,7 +67,7 @@ def test_checkpoint_names_resolve_in_an_a1111_models_folder(tmp_path, state_dir)
     assert (
         resolve_model("dream.safetensors", models_dir=tmp_path, state_dir=state_dir).name == "dream"
     )
-    with pytest.raises(ConfigError, match=r"pickled checkpoint.*allow_pickle: true"):
+    with pytest.raises(ConfigError, match=r"pickled file.*allow_pickle: true"):
         resolve_model("old", models_dir=tmp_path, state_dir=state_dir)
     allowed = resolve_model("old", models_dir=tmp_path, state_dir=state_dir, allow_pickle=True)
     assert allowed.kind == "single_file" and allowed.name == "old"
@@ -105,5 +105,5 @@ def test_check_reads_a_pickled_checkpoint_only_when_allowed(workspace: Workspace
     workspace.profile("img2img", model=str(ckpt))
     profile = load_profile(workspace.profiles, "img2img").settings
     refused = missing_models(profile, workspace.settings())
-    assert any("pickled checkpoint" in p and "allow_pickle" in p for p in refused), refused
+    assert any("pickled file" in p and "allow_pickle" in p for p in refused), refused
     assert missing_models(profile, workspace.settings(allow_pickle=True)) == []

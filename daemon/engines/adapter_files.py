@@ -1,152 +1,23 @@
-"""Finding and reading LoRA and embedding files in A1111's folders (see
-:mod:`daemon.engines.adapters` for how they are found and applied)."""
+"""Reading LoRA and embedding files, and naming them (see :mod:`daemon.engines.adapters` for
+how they are applied). Finding them is the resolver's (:mod:`daemon.models.resolve`), as
+for every kind of model."""
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from daemon.errors import ConfigError, InputError
-from daemon.models.checkpoints import PICKLE_SUFFIXES, is_pickle, load_pickle
+from daemon.errors import ConfigError
+from daemon.models.checkpoints import is_pickle, load_pickle
 from daemon.paths import shown
 
 if TYPE_CHECKING:
     import torch
-
-LORA_FOLDERS = ("Lora", "LyCORIS")
-"""Sub-folders of ``models_dir`` holding LoRAs, as in A1111."""
-EMBEDDINGS_FOLDER = "embeddings"
-SAFE_SUFFIXES = (".safetensors",)
-ALLOW_PICKLE_SETTING = "allow_pickle"
-"""The configuration key named in the refusal message."""
-
-
-class AdapterError(InputError):
-    """A LoRA or embedding named by a prompt cannot be used."""
-
-
-class AdapterNotFound(AdapterError):
-    """No file with that name in the searched folders."""
-
-
-class PickleRefused(AdapterError):
-    """The only file with that name is a pickle, and pickles are not allowed."""
-
-
-# --- finding files -----------------------------------------------------------------------
-
-
-def default_lora_dirs(models_dir: Path | None) -> list[Path]:
-    """``models_dir/Lora`` and ``models_dir/LyCORIS`` (A1111's layout)."""
-    return [Path(models_dir) / name for name in LORA_FOLDERS] if models_dir else []
-
-
-def default_embedding_dirs(models_dir: Path | None) -> list[Path]:
-    """``models_dir/embeddings``, and the webui's ``embeddings`` beside an A1111 ``models``."""
-    if not models_dir:
-        return []
-    models_dir = Path(models_dir)
-    dirs = [models_dir / EMBEDDINGS_FOLDER]
-    if models_dir.name.lower() == "models":
-        dirs.append(models_dir.parent / EMBEDDINGS_FOLDER)
-    return dirs
-
-
-def walk_adapter_files(dirs: Iterable[Path]) -> Iterator[Path]:
-    """Every adapter-like file under `dirs`, recursively, in a stable order.
-
-    Symlinked folders are followed (users link their A1111 folders), each real folder once.
-    Hidden files (partial downloads, macOS ``._`` files) and empty files are skipped.
-    """
-    suffixes = (*SAFE_SUFFIXES, *PICKLE_SUFFIXES)
-    seen: set[str] = set()
-    for root in dirs:
-        if not Path(root).is_dir():
-            continue
-        for folder, subdirs, files in os.walk(root, followlinks=True):
-            real = os.path.realpath(folder)
-            if real in seen:
-                subdirs[:] = []
-                continue
-            seen.add(real)
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-            for name in sorted(files):
-                if name.startswith(".") or not name.lower().endswith(suffixes):
-                    continue
-                path = Path(folder) / name
-                try:
-                    if path.stat().st_size > 0:
-                        yield path
-                except OSError:
-                    continue  # a broken link, or removed meanwhile
-
-
-def _choose(name: str, files: Sequence[Path]) -> list[Path]:
-    """Files named `name`: exact-case stems if any, else case-insensitive; safetensors first."""
-    found = [p for p in files if p.stem == name]
-    if not found:
-        folded = name.casefold()
-        found = [p for p in files if p.stem.casefold() == folded]
-    return sorted(found, key=is_pickle)  # stable: keeps the walk order otherwise
-
-
-def find_file(
-    kind: str, name: str, dirs: Sequence[Path], files: Sequence[Path], allow: bool
-) -> Path:
-    candidates = _choose(name, files)
-    if not candidates:
-        places = (
-            ", ".join(f"{d}" if Path(d).is_dir() else f"{d} (missing)" for d in dirs)
-            or "nowhere (no folder configured)"
-        )
-        kinds = ", ".join((*SAFE_SUFFIXES, *PICKLE_SUFFIXES) if allow else SAFE_SUFFIXES)
-        raise AdapterNotFound(
-            f"{kind} '{name}' not found: looked for {kinds} files named '{name}' "
-            f"(any case) in {places}, recursively"
-        )
-    best = candidates[0]
-    if is_pickle(best) and not allow:
-        raise PickleRefused(
-            f"{kind} '{name}' is {best}, a pickle ({best.suffix}): loading a pickle can run "
-            f"arbitrary code. Convert it to .safetensors, or set `{ALLOW_PICKLE_SETTING}: true` "
-            "in the daemon's configuration if you trust the file"
-        )
-    return best
-
-
-def find_lora(name: str, lora_dirs: Sequence[Path], *, allow_pickle: bool) -> Path:
-    """The LoRA file named `name` (its stem) under `lora_dirs`.
-
-    Raises AdapterNotFound (saying where it looked) or PickleRefused.
-    """
-    return find_file("LoRA", name, lora_dirs, list(walk_adapter_files(lora_dirs)), allow_pickle)
-
-
-def find_embedding(name: str, embedding_dirs: Sequence[Path], *, allow_pickle: bool) -> Path:
-    """The textual-inversion embedding file named `name` under `embedding_dirs`.
-
-    Raises AdapterNotFound (saying where it looked) or PickleRefused.
-    """
-    return find_file(
-        "embedding", name, embedding_dirs, list(walk_adapter_files(embedding_dirs)), allow_pickle
-    )
-
-
-def embedding_names(dirs: Sequence[Path]) -> dict[str, Path]:
-    """Every embedding available, by file stem (pickles included; .safetensors preferred)."""
-    names: dict[str, Path] = {}
-    for path in walk_adapter_files(dirs):
-        known = names.get(path.stem)
-        if known is None or (is_pickle(known) and not is_pickle(path)):
-            names[path.stem] = path
-    return names
-
 
 _EXTRA_NETWORK_TAG = re.compile(r"<[^<>:]+:[^<>]*>")
 
@@ -178,9 +49,6 @@ def embeddings_in(text: str, names: Iterable[str]) -> list[tuple[int, int, str]]
         if chosen is not None:
             found.append((match.start(), match.end(), chosen))
     return found
-
-
-# --- reading files -----------------------------------------------------------------------
 
 
 def torch_load(path: Path) -> Any:

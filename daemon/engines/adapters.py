@@ -34,7 +34,9 @@ case-sensitively) silently drops every vector but the first for names such as
 ``EasyNegative``; a loaded stem would also keep firing in later prompts that merely contain
 it. Private names avoid both.
 
-Finding and reading the files is :mod:`daemon.engines.adapter_files`; what stays here is one
+Finding the files is the resolver's, as for every kind of model (:mod:`daemon.models.resolve`:
+a missing or refused LoRA is its ModelNotFound or PickleRefused, turned into a note here);
+reading them is :mod:`daemon.engines.adapter_files`. What stays here is one
 job, longer than most modules: keeping a pipeline's loaded adapters in step with each job's
 wishes (load, activate with weights, evict, embed), all under one lock.
 
@@ -54,22 +56,26 @@ from typing import TYPE_CHECKING, Any, Protocol
 from loguru import logger
 
 from daemon.engines.adapter_files import (
-    ALLOW_PICKLE_SETTING,
-    AdapterError,
     adapter_name,
-    embedding_names,
     embedding_tokens,
     embeddings_in,
     file_stamp,
-    find_file,
     infotext_name,
     read_embedding,
     torch_load,
-    walk_adapter_files,
 )
 from daemon.errors import is_out_of_memory
 from daemon.models.checkpoints import is_pickle
 from daemon.models.hashes import HashCache
+from daemon.models.resolve import (
+    KINDS,
+    ModelNotFound,
+    PickleRefused,
+    check_pickle,
+    files_by_stem,
+    find,
+    walk_weight_files,
+)
 from daemon.paths import shown
 
 if TYPE_CHECKING:
@@ -265,11 +271,13 @@ class AdapterManager:
             if not name:
                 notes.append("a LoRA tag without a name was skipped")
                 continue
-            if files is None:
-                files = list(walk_adapter_files(self.lora_dirs))
+            if files is None:  # walked once per job, whatever the number of LoRAs
+                files = list(walk_weight_files(self.lora_dirs, KINDS["lora"].suffixes))
             try:
-                path = find_file("LoRA", name, self.lora_dirs, files, self.allow_pickle)
-            except AdapterError as exc:
+                path = find(
+                    "lora", name, dirs=self.lora_dirs, files=files, allow_pickle=self.allow_pickle
+                )
+            except (ModelNotFound, PickleRefused) as exc:
                 notes.append(f"{exc}; skipped")
                 continue
             te, unet = float(ref.te_weight), float(ref.unet_weight)
@@ -406,7 +414,7 @@ class AdapterManager:
     ) -> tuple[str, str, list[AppliedEmbedding]]:
         if not self.embedding_dirs:
             return prompt, negative, []
-        available = embedding_names(self.embedding_dirs)
+        available = files_by_stem("embedding", self.embedding_dirs)
         in_prompt = embeddings_in(prompt, available)
         in_negative = embeddings_in(negative, available)
         used: dict[str, AppliedEmbedding | None] = {}
@@ -427,13 +435,10 @@ class AdapterManager:
         return rewrite(prompt, in_prompt), rewrite(negative, in_negative), applied
 
     def _load_embedding(self, name: str, path: Path, notes: list[str]) -> AppliedEmbedding | None:
-        if is_pickle(path) and not self.allow_pickle:
-            notes.append(
-                f"embedding '{name}' is {path}, a pickle ({path.suffix}): loading a pickle can "
-                f"run arbitrary code. Convert it to .safetensors, or set "
-                f"`{ALLOW_PICKLE_SETTING}: true` in the daemon's configuration if you trust "
-                "the file; skipped"
-            )
+        try:  # the prompt named it, so it is only now that the pickle rule applies
+            check_pickle("embedding", name, path, allowed=self.allow_pickle)
+        except PickleRefused as exc:
+            notes.append(f"{exc}; skipped")
             return None
         pairs = self._text_encoders()
         stamp = file_stamp(path)

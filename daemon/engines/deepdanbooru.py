@@ -45,6 +45,7 @@ from daemon.a1111.sizes import ResizeMode
 from daemon.engines.tagger import CATEGORY_RATING, Tagger, TagInfo
 from daemon.errors import ConfigError
 from daemon.models.checkpoints import load_pickle
+from daemon.models.resolve import check_pickle
 
 if TYPE_CHECKING:
     import torch
@@ -268,12 +269,7 @@ def load_deepdanbooru(path: Path, *, device: str = "cpu", allow_pickle: bool = F
 
     A pickle can run code when loaded, so it is only read when the configuration allows
     pickles, and then through the tensors-only unpickler."""
-    if not allow_pickle:
-        raise ConfigError(
-            f"tagger {path} is a pickle ({path.suffix}), which can run code when loaded; set "
-            "`allow_pickle: true` in the daemon's configuration if you trust the file"
-        )
-
+    check_pickle("tagger", str(path), path, allowed=allow_pickle)  # the resolver's one rule
     state = load_pickle(path)  # ConfigError itself for an unreadable or code-running file
     if not isinstance(state, Mapping):
         raise ConfigError(

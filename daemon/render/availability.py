@@ -20,7 +20,6 @@ from loguru import logger
 from daemon.a1111.prompts import extract_extra_networks
 from daemon.config.profiles import Profile
 from daemon.config.settings import Settings
-from daemon.engines.adapter_files import AdapterNotFound, default_lora_dirs, find_lora
 from daemon.engines.labels import load_label_lists
 from daemon.errors import ConfigError
 from daemon.models.checkpoints import detect_architecture
@@ -34,6 +33,7 @@ from daemon.models.hub_cache import (
 )
 from daemon.models.resolve import (
     ModelNotFound,
+    find,
     resolve_clip,
     resolve_model,
     resolve_tagger,
@@ -88,10 +88,12 @@ def explain(exc: ConfigError, settings: Settings) -> str:
         return str(exc)
     if exc.home is None:
         where = settings.where_to_set("models_dir", MODELS_DIR_EXAMPLE)
-        return f"{exc}. To find models by name, {where}"
+        return f"{exc}. To find {exc.what}s by name, {where}"
+    if exc.models_dir is None or not exc.home.is_relative_to(exc.models_dir):
+        return f"{exc}. Put the file in {shown(exc.home)}"  # a folder of its own: lora_dirs
     where = shown(settings.config_file) if settings.config_file else "the defaults"
     return (
-        f"{exc}. Put the file in {shown(exc.home)} (models_dir is {shown(exc.models_dir or '')}, "
+        f"{exc}. Put the file in {shown(exc.home)} (models_dir is {shown(exc.models_dir)}, "
         f"from {where})"
     )
 
@@ -183,17 +185,14 @@ def _profile_loras(profile: Profile) -> list[str]:
 
 
 def _lora_lookup(name: str, settings: Settings) -> Callable[[], object]:
-    dirs = settings.lora_dirs or default_lora_dirs(settings.models_dir)
-
-    def lookup() -> None:
+    def lookup() -> Path:
         try:
-            find_lora(name, dirs, allow_pickle=settings.allow_pickle)
-        except AdapterNotFound as exc:
-            hint = "" if dirs else (
-                ". To find LoRAs by name, "
-                + settings.where_to_set("models_dir", MODELS_DIR_EXAMPLE)
+            return find(
+                "lora", name, models_dir=settings.models_dir, dirs=settings.lora_dirs or None,
+                allow_pickle=settings.allow_pickle,
             )  # fmt: skip
-            raise ConfigError(f"{exc} (named in the profile's prompt){hint}") from exc
+        except ModelNotFound as exc:
+            raise exc.noted("named in the profile's prompt") from exc
 
     return lookup
 

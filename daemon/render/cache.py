@@ -22,7 +22,6 @@ from loguru import logger
 
 from daemon.a1111.samplers import SamplerChoice, build_scheduler
 from daemon.config.settings import Settings
-from daemon.engines.adapter_files import default_embedding_dirs, default_lora_dirs
 from daemon.engines.adapters import AdapterManager, AdapterState
 from daemon.engines.diffusion import PipelineTask
 from daemon.engines.interrogators import Interrogators
@@ -31,7 +30,7 @@ from daemon.errors import ConfigError, TransientError, is_out_of_memory
 from daemon.models.builtin import BUILTIN_PREFIX
 from daemon.models.hashes import HashCache
 from daemon.models.hub_cache import HubRef
-from daemon.models.resolve import ModelSource, resolve_model, resolve_vae
+from daemon.models.resolve import ModelSource, kind_folders, resolve_model, resolve_vae
 from daemon.models.single_file import load_single_file, load_vae
 from daemon.paths import shown
 
@@ -83,9 +82,9 @@ class ModelCache:
     ) -> None:
         self.compile_unet = compile_unet
         self.download_models = download_models  # hub ids not in the local cache: fetch them
-        self.lora_dirs = lora_dirs if lora_dirs is not None else default_lora_dirs(models_dir)
+        self.lora_dirs = lora_dirs if lora_dirs is not None else kind_folders("lora", models_dir)
         self.embedding_dirs = (
-            embedding_dirs if embedding_dirs is not None else default_embedding_dirs(models_dir)
+            embedding_dirs if embedding_dirs is not None else kind_folders("embedding", models_dir)
         )
         self.allow_pickle = allow_pickle
         self.models_dir = models_dir

@@ -1,0 +1,201 @@
+"""Model references → the files, folders or hub ids they name: one resolver for every kind.
+
+Checkpoints and diffusers folders (``model``), VAEs (``vae``), LoRAs and textual-inversion
+embeddings (named in prompts), the CLIP interrogator (``interrogate_model``) and taggers
+(``tagger_model``) are all found by :func:`~daemon.models.resolve.search.find`, driven by one
+row per kind in :data:`~daemon.models.resolve.kinds.KINDS`. Every kind follows the same rules:
+
+* ``builtin:<name>`` — a built-in tiny model (:mod:`daemon.models.builtin`), generated once
+  into the state folder (checkpoints, interrogators, taggers);
+* a path: absolute, or relative to the working directory;
+* a name in ``models_dir`` or one of the sub-folders A1111 and its extensions use for that
+  kind (``Stable-diffusion``, ``VAE``, ``Lora``/``LyCORIS`` and ``embeddings``, searched
+  recursively by file stem, ``interrogators``, ``torch_deepdanbooru``, ``BLIP``, ``CLIP``),
+  with or without the weight file's extension;
+* a hub repo id (``org/name``, or ``org/name@revision``) where the kind allows one, used from
+  the local Hugging Face cache only: downloads are explicit (``img2imgd pull``, or
+  ``download_models: true``; see :mod:`daemon.models.hub`). ``build=False`` checks only the
+  id's shape.
+
+Pickled weights (``.ckpt``/``.pt``/``.pth``/``.bin``) can run code when loaded: every kind
+refuses them with the same message (:class:`PickleRefused`) unless the configuration sets
+``allow_pickle``. A reference that names nothing is a :class:`ModelNotFound` (a ConfigError)
+saying the names tried, the folders searched and what each is, and where the file belongs.
+Nothing is loaded here.
+
+A new kind of model (ControlNet, IP-Adapter) is one row in ``KINDS``; the functions below
+only add what is special to four kinds: built-ins, the ``<blip> + <clip>`` pair, and the
+``ModelSource`` a pipeline is loaded from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from daemon.errors import ConfigError
+from daemon.models.builtin import (
+    BUILTIN_MODELS,
+    BUILTIN_PREFIX,
+    INTERROGATION_BUILTINS,
+    ensure_builtin,
+    is_builtin,
+    model_hash_file,
+)
+from daemon.models.hub_cache import HubRef
+from daemon.models.resolve.failures import (
+    ALLOW_PICKLE_SETTING,
+    ModelNotFound,
+    PickleRefused,
+    check_pickle,
+)
+from daemon.models.resolve.kinds import KINDS, WEIGHT_SUFFIXES, Kind, kind_folders
+from daemon.models.resolve.search import (
+    candidates,
+    files_by_stem,
+    find,
+    looks_like_repo_id,
+    walk_weight_files,
+)
+
+__all__ = [
+    "ALLOW_PICKLE_SETTING", "KINDS", "WEIGHT_SUFFIXES", "Kind", "ModelNotFound", "ModelSource",
+    "PickleRefused", "candidates", "check_pickle", "files_by_stem", "find", "kind_folders",
+    "looks_like_repo_id", "resolve_clip", "resolve_model", "resolve_tagger", "resolve_vae",
+    "walk_weight_files",
+]  # fmt: skip
+
+SourceKind = Literal["folder", "single_file", "hub"]
+_PAIR = " + "  # spaced, so that a folder named "blip+clip" stays one path
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    ref: str  # as written in the profile
+    kind: SourceKind
+    location: str  # a path, or a hub repo id
+    name: str  # A1111's "Model": the checkpoint's stem
+
+    @property
+    def hash_file(self) -> Path | None:
+        """The file whose sha256 is A1111's "Model hash"."""
+        if self.kind == "single_file":
+            return Path(self.location)
+        if self.kind == "folder":
+            return model_hash_file(Path(self.location))
+        if self.kind == "hub" and Path(self.location).is_dir():  # found in the local cache
+            with contextlib.suppress(FileNotFoundError):
+                return model_hash_file(Path(self.location))
+        return None
+
+
+def resolve_model(
+    ref: str,
+    *,
+    models_dir: Path | None,
+    state_dir: Path,
+    build: bool = True,
+    allow_pickle: bool = False,
+    download: bool = False,
+) -> ModelSource:
+    """A diffusion model: a diffusers folder, a single-file checkpoint or a hub id.
+
+    ``build=False`` only checks a built-in's name instead of generating it, and a hub id's
+    shape instead of the cache (``check`` stays fast). ``download``: ``download_models``.
+    """
+    ref = ref.strip()
+    if is_builtin(ref):
+        name = ref[len(BUILTIN_PREFIX) :]
+        if name in INTERROGATION_BUILTINS:
+            raise ConfigError(
+                f"model '{ref}' is an interrogation model: use it with `task: interrogate`, "
+                "or as interrogate_model / tagger_model"
+            )
+        folder = _builtin(ref, state_dir, BUILTIN_MODELS.keys() - INTERROGATION_BUILTINS, build)
+        return ModelSource(ref, "folder", str(folder), f"builtin-{name}")
+    found = find(
+        "model", ref, models_dir=models_dir, allow_pickle=allow_pickle, build=build,
+        download=download,
+    )  # fmt: skip
+    if found not in candidates(ref, models_dir, "model"):  # not on disk: a hub id
+        return ModelSource(ref, "hub", str(found), HubRef.parse(ref).name)
+    if found.is_dir():
+        return ModelSource(ref, "folder", str(found.resolve()), found.name)
+    return ModelSource(ref, "single_file", str(found.resolve()), found.stem)
+
+
+def resolve_vae(
+    ref: str,
+    *,
+    models_dir: Path | None,
+    allow_pickle: bool = False,
+    build: bool = True,
+    download: bool = False,
+) -> Path:
+    """A VAE: a weight file or a diffusers folder (A1111 keeps them in ``models_dir/VAE``),
+    or a hub id of a diffusers VAE (``build=False``: its shape only, as the id)."""
+    return find(
+        "vae", ref, models_dir=models_dir, allow_pickle=allow_pickle, build=build,
+        download=download,
+    )  # fmt: skip
+
+
+def resolve_clip(
+    ref: str,
+    *,
+    models_dir: Path | None,
+    state_dir: Path,
+    build: bool = True,
+    download: bool = False,
+) -> tuple[str, str]:
+    """BLIP and CLIP of a CLIP-interrogator reference: a folder holding ``blip/`` and
+    ``clip/``, or ``<blip> + <clip>`` where each side is a model folder or a hub repo id
+    (from the local cache; ``build=False``: the id as it is)."""
+    ref = ref.strip()
+    if is_builtin(ref):
+        folder = _builtin(ref, state_dir, {"tiny-interrogator"}, build)
+        return str(folder / "blip"), str(folder / "clip")
+    if _PAIR in ref:
+        blip, _, clip = (part.strip() for part in ref.partition(_PAIR))
+        if not blip or not clip:
+            raise ConfigError(f"interrogation model '{ref}': write it as '<blip> + <clip>'")
+        blip_found, clip_found = (
+            find("interrogator_part", side, models_dir=models_dir, build=build, download=download)
+            for side in (blip, clip)
+        )
+        return str(blip_found), str(clip_found)
+    folder = find("interrogator", ref, models_dir=models_dir)
+    return str(folder / "blip"), str(folder / "clip")
+
+
+def resolve_tagger(
+    ref: str,
+    *,
+    models_dir: Path | None,
+    state_dir: Path,
+    allow_pickle: bool = False,
+    build: bool = True,
+    download: bool = False,
+) -> Path:
+    """A tagger: a WD14 folder (``model.onnx`` + ``selected_tags.csv``), A1111's DeepDanbooru
+    ``.pt`` (or its folder), or a hub repo id of a WD14 tagger, from the local cache (unless
+    ``build=False``: then a hub id is only checked for its shape)."""
+    ref = ref.strip()
+    if is_builtin(ref):
+        return _builtin(ref, state_dir, {"tiny-tagger"}, build)
+    return find(
+        "tagger", ref, models_dir=models_dir, allow_pickle=allow_pickle, build=build,
+        download=download,
+    )  # fmt: skip
+
+
+def _builtin(ref: str, state_dir: Path, allowed: set[str] | frozenset[str], build: bool) -> Path:
+    name = ref[len(BUILTIN_PREFIX) :]
+    if name not in allowed:
+        choices = ", ".join(f"builtin:{n}" for n in sorted(allowed))
+        raise ConfigError(f"model '{ref}': the built-in model for this is {choices}")
+    if not build:
+        return state_dir / "builtin" / name
+    return ensure_builtin(name, state_dir / "builtin")
