@@ -208,22 +208,14 @@ def _prompt_warnings(loaded: Iterable[LoadedProfile]) -> list[str]:
     return warnings
 
 
-def _report_profiles(settings: Settings) -> list[str]:
-    """Log every invalid profile (file, line, problem) and every prompt warning; return the
-    names of the invalid profiles. They do not stop the daemon: their files wait."""
+def _report_profiles(settings: Settings) -> None:
+    """Log every problem of every invalid profile (file, line, problem) and every prompt
+    warning. They do not stop the daemon: the service says which profiles' files wait."""
     loaded, problems = check_all(settings.profiles)
     for warning in _prompt_warnings(loaded.values()):
         logger.warning(warning)
     for problem in problems:
         logger.error(problem)
-    invalid = sorted(set(profile_names(settings.profiles)) - set(loaded))
-    if invalid:
-        logger.error(
-            "profile(s) {} cannot be used until fixed: their files wait in the inbox; the "
-            "other profiles are served, and a fix is picked up when saved (no restart)",
-            ", ".join(invalid),
-        )
-    return invalid
 
 
 def check_problems(settings: Settings) -> list[str]:

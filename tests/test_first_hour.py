@@ -56,6 +56,9 @@ def test_run_serves_the_good_profile_while_a_broken_one_and_a_missing_model_wait
         assert process.popen.poll() is None, process.output  # it never stopped
     finally:
         process.kill()
+    invalid = [line for line in process.lines if "profile broken is invalid" in line]
+    assert len(invalid) == 1, "\n".join(invalid)  # at start-up; its waiting file adds nothing
+    assert "its files wait in the inbox until it is fixed" in invalid[0]
     said = [line for line in process.lines if f"model '{MISSING}' not found" in line]
     assert len(said) == 1, "\n".join(said)  # once, for two waiting files
     # What was looked for and where, and what to do.

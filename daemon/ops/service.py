@@ -176,7 +176,7 @@ class Daemon:
         names = self.prepare_folders()
         self.lock.acquire()  # ConfigError when another daemon owns these folders
         self.roster.start(names)
-        self.admission.announce_absent_models(names)
+        self.admission.announce_waiting_profiles(names)
         journal = Journal(self.settings.state_dir / JOURNAL_NAME)
         recover(journal, inbox=self.settings.inbox, outbox=self.settings.outbox)
         self.ledger.journal = journal

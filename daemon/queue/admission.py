@@ -218,11 +218,7 @@ class Admission:
         try:
             profile = self.profiles.get(where.profile).settings
         except ConfigError as exc:
-            self.say_once(
-                f"bad-profile:{where.profile}:{exc}",
-                f"profile {escaped(where.profile)} is invalid, its files wait until it is fixed: "
-                f"{exc}",
-            )
+            self._say_invalid(where.profile, exc)
             self._hold(
                 path,
                 min(self.settings.retry_delay, 5.0),
@@ -273,14 +269,23 @@ class Admission:
             )
         return absent
 
-    def announce_absent_models(self, names: list[str]) -> None:
-        """At start-up: say which profiles wait for a model, before any file arrives."""
+    def announce_waiting_profiles(self, names: list[str]) -> None:
+        """At start-up: say which profiles cannot run yet (invalid, or waiting for a model),
+        before any file arrives; said once, so their files do not say it again."""
         for name in names:
             try:
                 profile = self.profiles.get(name).settings
-            except ConfigError:
-                continue  # invalid: the command line has said so, with file and line
+            except ConfigError as exc:
+                self._say_invalid(name, exc)
+                continue
             self.absent_models(name, profile)
+
+    def _say_invalid(self, name: str, exc: ConfigError) -> None:
+        self.say_once(
+            f"bad-profile:{name}:{exc}",
+            f"profile {escaped(name)} is invalid: its files wait in the inbox until it is "
+            f"fixed (a fix is picked up when saved, no restart): {exc}",
+        )
 
     def _requeue(self, job: Job) -> None:
         """A deferred job's turn again, with the companions that are there now."""
