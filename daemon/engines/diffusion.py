@@ -30,7 +30,8 @@ from daemon.a1111.samplers import SamplerChoice, second_order
 from daemon.a1111.seeds import MAX_SEED
 from daemon.a1111.sizes import ResizeMode
 from daemon.config.profiles import Profile
-from daemon.engines.adapters import AdapterManager, AppliedAdapters
+from daemon.engines.adapter_values import AppliedAdapters
+from daemon.engines.adapters import AdapterManager
 from daemon.engines.call_steps import CallContext, CallStep, Progress, run_call
 from daemon.engines.conditioning import PromptConditioning, ScheduledConditioning
 from daemon.engines.prompt_cache import PromptCache
