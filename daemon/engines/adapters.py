@@ -36,9 +36,10 @@ it. Private names avoid both.
 
 Finding the files is the resolver's, as for every kind of model (:mod:`daemon.models.resolve`:
 a missing or refused LoRA is its ModelNotFound or PickleRefused, turned into a note here);
-reading them is :mod:`daemon.engines.adapter_files`. What stays here is one
-job, longer than most modules: keeping a pipeline's loaded adapters in step with each job's
-wishes (load, activate with weights, evict, embed), all under one lock.
+reading them is :mod:`daemon.engines.adapter_files`; what a job got is
+:mod:`daemon.engines.adapter_values`. What stays here is one job: keeping a pipeline's
+loaded adapters in step with each job's wishes (load, activate with weights, evict, embed),
+all under one lock.
 
 torch, diffusers and safetensors are imported lazily.
 """
@@ -51,7 +52,7 @@ import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
@@ -63,6 +64,12 @@ from daemon.engines.adapter_files import (
     infotext_name,
     read_embedding,
     torch_load,
+)
+from daemon.engines.adapter_values import (
+    AppliedAdapters,
+    AppliedEmbedding,
+    AppliedLora,
+    LoraRefLike,
 )
 from daemon.errors import is_out_of_memory
 from daemon.models.checkpoints import is_pickle
@@ -82,62 +89,6 @@ if TYPE_CHECKING:
     import torch
 
 DEFAULT_MAX_LORAS = 8
-
-
-class LoraRefLike(Protocol):
-    """What a parsed ``<lora:name:te:unet>`` tag provides: ``daemon.a1111.prompts.LoraRef``, or
-    anything else with these three attributes."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def te_weight(self) -> float: ...
-
-    @property
-    def unet_weight(self) -> float: ...
-
-
-@dataclass(frozen=True)
-class AppliedLora:
-    name: str  # as the prompt wrote it
-    path: Path
-    adapter: str  # the adapter name inside the pipeline
-    te_weight: float
-    unet_weight: float
-
-
-@dataclass(frozen=True)
-class AppliedEmbedding:
-    name: str  # the file stem
-    path: Path
-    tokens: tuple[str, ...]  # what the name is replaced by in the prompts
-
-
-@dataclass(frozen=True)
-class AppliedAdapters:
-    """What :meth:`AdapterManager.apply` did for one job.
-
-    ``prompt`` and ``negative_prompt`` are the texts to encode (embedding names replaced by
-    their tokens); the infotext keeps the original texts and adds :meth:`infotext_params`.
-    """
-
-    prompt: str
-    negative_prompt: str
-    loras: tuple[AppliedLora, ...] = ()
-    embeddings: tuple[AppliedEmbedding, ...] = ()
-    lora_hashes: dict[str, str] = field(default_factory=dict)
-    ti_hashes: dict[str, str] = field(default_factory=dict)
-    notes: tuple[str, ...] = ()
-
-    def infotext_params(self) -> dict[str, object]:
-        """``{"Lora hashes": {...}, "TI hashes": {...}}``, leaving out empty ones."""
-        params: dict[str, object] = {}
-        if self.lora_hashes:
-            params["Lora hashes"] = dict(self.lora_hashes)
-        if self.ti_hashes:
-            params["TI hashes"] = dict(self.ti_hashes)
-        return params
 
 
 # --- the per-pipeline state --------------------------------------------------------------

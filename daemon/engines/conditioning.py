@@ -19,14 +19,40 @@ that calls the model once a step for a sampler A1111 counts twice advances it by
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from daemon.a1111.prompt_plan import PromptPlan
+from daemon.engines.call_steps import CallContext, removed_after
 from daemon.engines.prompt_encoder import Embedded, pad_to
 
 if TYPE_CHECKING:
     import torch
+
+
+class PromptConditioning:
+    """The first per-call step (:mod:`daemon.engines.call_steps`): the prompts' embeddings
+    in the call and, for prompt editing, alternation and AND, the UNet steered at every
+    model call."""
+
+    def __init__(
+        self, embeddings: Mapping[str, torch.Tensor], scheduled: ScheduledConditioning | None
+    ) -> None:
+        self.embeddings = embeddings  # the call's prompt kwargs, one row each
+        self.scheduled = scheduled
+
+    def prepare(self, call: dict[str, Any], context: CallContext) -> dict[str, Any]:
+        # One row per prompt: a batch of several images of one prompt each repeats it.
+        copies = context.images // context.per_prompt
+        embeddings = dict(self.embeddings)
+        if copies > 1:
+            embeddings = {key: _rows([value], copies) for key, value in embeddings.items()}
+        return {**call, **embeddings}
+
+    def hooked(self, pipe: Any, context: CallContext) -> AbstractContextManager[None]:
+        if self.scheduled is None:
+            return nullcontext()
+        return self.scheduled.steering(pipe.unet, context.images)
 
 
 class ScheduledConditioning:
@@ -122,11 +148,8 @@ class ScheduledConditioning:
         handles = [unet.register_forward_pre_hook(condition, with_kwargs=True)]
         if composable:
             handles.append(unet.register_forward_hook(combine, with_kwargs=True))
-        try:
+        with removed_after(*handles):
             yield
-        finally:
-            for handle in handles:
-                handle.remove()
 
     def _at(self, counter: int) -> tuple[Embedded, list[Embedded]]:
         """The negative's and each part's embedding at A1111's step `counter`."""

@@ -8,8 +8,7 @@ mask → invert → blur → only-masked crop or whole-picture resize → masked
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -31,8 +30,10 @@ from daemon.a1111.samplers import SamplerChoice, second_order
 from daemon.a1111.seeds import MAX_SEED
 from daemon.a1111.sizes import ResizeMode
 from daemon.config.profiles import Profile
-from daemon.engines.adapters import AdapterManager, AppliedAdapters
-from daemon.engines.conditioning import ScheduledConditioning
+from daemon.engines.adapter_values import AppliedAdapters
+from daemon.engines.adapters import AdapterManager
+from daemon.engines.call_steps import CallContext, CallStep, Progress, run_call
+from daemon.engines.conditioning import PromptConditioning, ScheduledConditioning
 from daemon.engines.prompt_cache import PromptCache
 from daemon.engines.prompt_encoder import Embedded, PromptEncoder
 from daemon.errors import InputError
@@ -80,15 +81,8 @@ class Conditioned:
     """A warm pipeline set up for one job, and how its prompts condition it."""
 
     pipe: Any
-    embeddings: dict[str, Any]  # the pipeline call's prompt kwargs
     applied: AppliedAdapters
-    scheduled: ScheduledConditioning | None  # prompt editing or AND: steers every model call
-
-    def steering(self, batch: int) -> AbstractContextManager[None]:
-        """Around one pipeline call painting `batch` images."""
-        if self.scheduled is None:
-            return nullcontext()
-        return self.scheduled.steering(self.pipe.unet, batch)
+    prompts: PromptConditioning  # the first per-call step of every pipeline call
 
 
 def inference_steps(steps: int, strength: float, *, fix_steps: bool) -> tuple[int, float]:
@@ -106,8 +100,11 @@ def inference_steps(steps: int, strength: float, *, fix_steps: bool) -> tuple[in
 
 
 class DiffusionEngine:
-    def __init__(self, models: Pipelines) -> None:
+    def __init__(self, models: Pipelines, *, steps: Sequence[CallStep] = ()) -> None:
+        """`steps`: per-call steps that follow the prompts' conditioning in every pipeline
+        call this engine makes (:mod:`daemon.engines.call_steps`), in order."""
         self.models = models
+        self.steps = tuple(steps)
 
     def paint(
         self,
@@ -162,10 +159,13 @@ class DiffusionEngine:
         if mask is not None and settings.inpainting_fill == "fill":
             image = fill_masked(image, mask)
 
-        images, seeds, params = self._sample(
-            image, mask, settings, width=width, height=height, seed=seed,
-            prompt=prompt, negative_prompt=negative_prompt, on_step=on_step, notes=notes,
-        )  # fmt: skip
+        task: PipelineTask = "inpaint" if mask is not None else "img2img"
+        conditioned = self._conditioning(
+            settings, task, width * height, prompt, negative_prompt, notes
+        )
+        images, seeds = self._sample(
+            conditioned, image, mask, settings, size=(width, height), seed=seed, on_step=on_step
+        )
         if correct is not None and region is not None:
             # A crop around the mask has other colours than the whole reference: matching
             # them would shift the repainted part's hue, so "only masked" is left as painted.
@@ -179,43 +179,27 @@ class DiffusionEngine:
             images = [overlay_original(result, original, overlay_mask) for result in images]
         return Painting(
             images, seeds, width, height, inpainted=mask is not None, notes=tuple(notes),
-            params=params,
+            params=conditioned.applied.infotext_params(),
         )  # fmt: skip
 
     def _sample(
         self,
+        conditioned: Conditioned,
         image: Image.Image,
         mask: Image.Image | None,
         settings: Profile,
         *,
-        width: int,
-        height: int,
+        size: tuple[int, int],
         seed: int,
-        prompt: str,
-        negative_prompt: str,
         on_step: Callable[[int, int], None] | None,
-        notes: list[str],
-    ) -> tuple[list[Image.Image], list[int], dict[str, object]]:
-        import torch
-
-        task: PipelineTask = "inpaint" if mask is not None else "img2img"
-        conditioned = self._conditioning(
-            settings, task, width * height, prompt, negative_prompt, notes
-        )
-        pipe = conditioned.pipe
-        steps, strength = inference_steps(
-            settings.steps, settings.denoising_strength, fix_steps=settings.img2img_fix_steps
-        )
-        total = settings.n_iter * int(steps * strength)
-        done = 0
-
-        def step_end(_pipe: Any, _step: int, _t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            nonlocal done
-            done += 1
-            if on_step is not None:
-                on_step(done, total)
-            return kwargs
-
+    ) -> tuple[list[Image.Image], list[int]]:
+        """`n_iter` pipeline calls of `batch_size` images each, seeds counting up."""
+        pipe, (width, height) = conditioned.pipe, size
+        context = CallContext(images=settings.batch_size, per_prompt=settings.batch_size)
+        steps: tuple[CallStep, ...] = ()
+        if on_step is not None:
+            total = settings.n_iter * _steps_run(settings)
+            steps = (Progress(on_step, total),)  # one for the job: it counts across calls
         outputs: list[Image.Image] = []
         seeds: list[int] = []
         for iteration in range(settings.n_iter):
@@ -223,26 +207,39 @@ class DiffusionEngine:
                 (seed + iteration * settings.batch_size + k) % (MAX_SEED + 1)
                 for k in range(settings.batch_size)
             ]
-            # CPU generators: the same seed gives the same image on any device.
-            generators = [torch.Generator("cpu").manual_seed(s) for s in batch_seeds]
-            call: dict[str, Any] = dict(
-                **conditioned.embeddings,
-                num_inference_steps=steps,
-                strength=strength,
-                guidance_scale=settings.cfg_scale,
-                num_images_per_prompt=settings.batch_size,
-                generator=generators,
-                callback_on_step_end=step_end,
-            )
+            generators = _generators(batch_seeds)
+            inputs: dict[str, Any]
             if mask is None:
-                call["image"] = self._init_image(pipe, image, settings, width, height, generators)
+                init = self._init_image(pipe, image, settings, width, height, generators)
+                inputs = {"image": init}
             else:
-                call.update(self._inpaint_inputs(pipe, image, mask, settings, generators))
-                call.update(width=width, height=height)
-            with torch.inference_mode(), conditioned.steering(settings.batch_size):
-                outputs += pipe(**call).images
+                inputs = self._inpaint_inputs(pipe, image, mask, settings, generators)
+                inputs.update(width=width, height=height)
+            outputs += self._call(conditioned, settings, context, steps, generators, inputs)
             seeds += batch_seeds
-        return outputs, seeds, conditioned.applied.infotext_params()
+        return outputs, seeds
+
+    def _call(
+        self,
+        conditioned: Conditioned,
+        settings: Profile,
+        context: CallContext,
+        own_steps: tuple[CallStep, ...],
+        generators: list[torch.Generator],
+        inputs: dict[str, Any],
+    ) -> list[Image.Image]:
+        """One pipeline call, through the per-call steps: the prompts' first, then the
+        engine's, then this job's own (`own_steps`)."""
+        total, strength = inference_steps(
+            settings.steps, settings.denoising_strength, fix_steps=settings.img2img_fix_steps
+        )
+        call: dict[str, Any] = dict(
+            **inputs, num_inference_steps=total, strength=strength,
+            guidance_scale=settings.cfg_scale, num_images_per_prompt=context.per_prompt,
+            generator=generators,
+        )  # fmt: skip
+        ordered = (conditioned.prompts, *self.steps, *own_steps)
+        return run_call(conditioned.pipe, call, ordered, context)
 
     def _conditioning(
         self,
@@ -290,7 +287,7 @@ class DiffusionEngine:
                     prompt_text, negative_text, clip_skip=settings.clip_skip
                 ),
             )
-            return Conditioned(pipe, embeddings, applied, None)
+            return Conditioned(pipe, applied, PromptConditioning(embeddings, None))
         # Prompt editing, alternation, AND: each distinct text is encoded once (and once a
         # clip, through the cache), the UNet is steered per model call.
         scheduled = _scheduled(
@@ -304,7 +301,7 @@ class DiffusionEngine:
             counter_scale=(2 if a1111_order else 1) / pipe.scheduler.order,
             guidance=settings.cfg_scale,
         )
-        return Conditioned(pipe, scheduled.call_kwargs(), applied, scheduled)
+        return Conditioned(pipe, applied, PromptConditioning(scheduled.call_kwargs(), scheduled))
 
     def paint_batch(
         self,
@@ -322,30 +319,14 @@ class DiffusionEngine:
         each with its own generator: what :meth:`paint` gives each alone, to within float
         rounding (the batch sums in another order). Plain img2img only (see
         :func:`batchable`)."""
-        import torch
-
         notes: list[str] = []
         conditioned = self._conditioning(
             settings, "img2img", width * height, prompt, negative_prompt, notes
         )
-        pipe = conditioned.pipe
-        steps, strength = inference_steps(
-            settings.steps, settings.denoising_strength, fix_steps=settings.img2img_fix_steps
-        )
-        count = len(images)
-        # CPU generators: the same seed gives the same image on any device.
-        generators = [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
-        batch = {
-            key: value.repeat(count, *[1] * (value.dim() - 1))
-            for key, value in conditioned.embeddings.items()
-        }
         resized = [resize_image(image, settings.resize_mode, width, height) for image in images]
-        call: dict[str, Any] = dict(
-            **batch, image=resized, num_inference_steps=steps, strength=strength,
-            guidance_scale=settings.cfg_scale, num_images_per_prompt=1, generator=generators,
-        )  # fmt: skip
-        with torch.inference_mode(), conditioned.steering(count):
-            painted = pipe(**call).images
+        context = CallContext(images=len(images), per_prompt=1)  # one prompt row per image
+        inputs: dict[str, Any] = {"image": resized}
+        painted = self._call(conditioned, settings, context, (), _generators(seeds), inputs)
         params = conditioned.applied.infotext_params()
         paintings = []
         for image, seed, correct in zip(painted, seeds, corrects, strict=True):
@@ -404,6 +385,21 @@ class DiffusionEngine:
             "mask_image": mask,
             "masked_image_latents": _encode(pipe, masked, generators[0]),
         }
+
+
+def _steps_run(settings: Profile) -> int:
+    """Sampling steps one pipeline call runs (diffusers: int(N × strength))."""
+    steps, strength = inference_steps(
+        settings.steps, settings.denoising_strength, fix_steps=settings.img2img_fix_steps
+    )
+    return int(steps * strength)
+
+
+def _generators(seeds: list[int]) -> list[torch.Generator]:
+    """CPU generators: the same seed gives the same image on any device."""
+    import torch
+
+    return [torch.Generator("cpu").manual_seed(seed) for seed in seeds]
 
 
 def _scheduled(

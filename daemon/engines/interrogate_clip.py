@@ -24,42 +24,57 @@ movements, flavors, the user's own, and the ``negative`` list) and scores them. 
 The text embeddings of a label list are computed once per (model, list), kept in memory, and
 stored on disk (:mod:`daemon.engines.label_cache`); a second image only costs the image side.
 
-This module stays whole although it is long: the caption, the ranking and the four modes
-share the loaded models, the embedding tables and the chain's prompt encoding, and each mode
-is a few lines on top of them. torch and transformers are imported inside the functions that
-use them, so that importing this module (for its option and result types) is instant.
+The terms (options, results, label texts, how each mode picks from scores) live in
+:mod:`daemon.engines.clip_terms`, the loading in :mod:`daemon.engines.clip_loading`; this
+module runs the loaded models: the caption, the embeddings and the four modes, which share the
+models, the embedding tables and the chain's prompt encoding. torch and transformers are
+imported inside the functions that use them, so that importing this module (for its option
+and result types) is instant.
 """
 
 from __future__ import annotations
 
 import math
-import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
+from daemon.engines.clip_loading import load_pair
+from daemon.engines.clip_terms import (
+    FLAVORS,
+    NEGATIVE,
+    ClipOptions,
+    ClipResult,
+    Table,
+    Term,
+    classic_terms,
+    format_line,
+    join_prompt,
+    merge_lists,
+    normalised,
+    one_line,
+    pooled_features,
+    top_terms,
+    unique_terms,
+)
+from daemon.engines.clip_terms import (
+    MODES as MODES,
+)
+from daemon.engines.clip_terms import (
+    label_texts as label_texts,
+)
 from daemon.engines.label_cache import LabelCache, cache_key, model_identity
-from daemon.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
     from PIL import Image
 
     from daemon.engines.labels import LabelList
-
-MODES = ("classic", "fast", "best", "negative")
-NEGATIVE = "negative"
-"""The list only the negative mode reads."""
-ARTISTS = "artists"
-"""The list whose terms read ``by <name>``."""
-FLAVORS = "flavors"
-"""The list the negative mode draws its least similar terms from."""
 
 TEXT_BATCH = 256
 """Texts per text-encoder call: large enough to keep a CPU busy, small enough for any GPU."""
@@ -70,185 +85,6 @@ PROGRESS_SECONDS = 5.0
 """How often a long label-embedding run reports progress."""
 MEMORY_LISTS = 16
 """Label lists whose embeddings stay in memory (least recently used ones are dropped)."""
-
-_SCALE = 100.0
-"""A1111's fixed logit scale in ``softmax(100 * image · terms)``."""
-_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-
-
-@dataclass(frozen=True)
-class ClipOptions:
-    """What to produce; defaults are A1111's (classic, beams 1, caption 24 to 48 tokens).
-
-    `top_n`, when set, replaces every list's own ``top_n`` in the classic mode.
-    `max_flavors` bounds the terms of the fast, best and negative modes.
-    `return_ranks` writes each term as ``(term:0.123)`` with its score.
-    """
-
-    mode: str = "classic"
-    caption_min_length: int = 24
-    caption_max_length: int = 48
-    num_beams: int = 1
-    top_n: int | None = None
-    max_flavors: int = 32
-    return_ranks: bool = False
-
-    def __post_init__(self) -> None:
-        problems = []
-        if self.mode not in MODES:
-            problems.append(f"mode {self.mode!r} is not one of {', '.join(MODES)}")
-        if self.caption_min_length < 0:
-            problems.append("caption_min_length must be 0 or more")
-        if self.caption_max_length < max(1, self.caption_min_length):
-            problems.append("caption_max_length must be at least 1 and caption_min_length")
-        if self.num_beams < 1:
-            problems.append("num_beams must be 1 or more")
-        if self.top_n is not None and self.top_n < 1:
-            problems.append("top_n must be 1 or more")
-        if self.max_flavors < 1:
-            problems.append("max_flavors must be 1 or more")
-        if problems:
-            raise ConfigError("CLIP interrogation: " + "; ".join(problems), problems)
-
-
-@dataclass(frozen=True)
-class Term:
-    """A term as it appears in the line: softmax score in classic mode, cosine otherwise."""
-
-    category: str
-    text: str
-    score: float
-
-
-@dataclass(frozen=True)
-class ClipResult:
-    line: str
-    """One line: ``caption, term, term`` (or ``(term:0.123)`` with ranks)."""
-    caption: str
-    """The BLIP caption ("" in the negative mode, which has none)."""
-    terms: tuple[Term, ...]
-
-
-@dataclass(frozen=True)
-class _Table:
-    """A label list ready to rank: its texts as written in prompts, and their embeddings."""
-
-    name: str
-    texts: tuple[str, ...]
-    top_n: int
-    embeddings: torch.Tensor  # (len(texts), dim), normalised, on the model's device/dtype
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure helpers
-
-
-def one_line(text: str) -> str:
-    """Collapse newlines and runs of spaces: a result must stay on one line."""
-    return " ".join(text.split())
-
-
-def label_texts(labels: LabelList) -> tuple[str, ...]:
-    """The texts CLIP embeds and the line shows: one line each, artists as ``by <name>``.
-
-    Embedding the prefixed form is what clip-interrogator does: "by X" is how a prompt
-    mentions an artist, so that is the text to compare with the image.
-    """
-    texts: dict[str, None] = {}
-    for term in labels.terms:
-        text = one_line(term)
-        if text and labels.name == ARTISTS and not text.lower().startswith("by "):
-            text = f"by {text}"
-        if text:
-            texts[text] = None
-    return tuple(texts)
-
-
-def format_line(caption: str, terms: Iterable[Term], *, ranks: bool) -> str:
-    """``caption, term, …``; with `ranks` each term is ``(term:0.123)``, as A1111 writes it."""
-    parts = [caption] if caption else []
-    parts += [f"({t.text}:{t.score:.3f})" if ranks else t.text for t in terms]
-    return ", ".join(parts)
-
-
-def join_prompt(prompt: str, text: str) -> str:
-    return f"{prompt}, {text}" if prompt else text
-
-
-def _pooled(output: Any) -> torch.Tensor:
-    """The projected features: transformers 5 returns an output object, 4.x a tensor."""
-    import torch
-
-    if isinstance(output, torch.Tensor):
-        return output
-    pooled: torch.Tensor = output.pooler_output
-    return pooled
-
-
-def _normalised(features: torch.Tensor) -> torch.Tensor:
-    return features / features.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-
-
-def _top_terms(
-    entries: Sequence[tuple[str, str]], scores: torch.Tensor, count: int, *, least: bool = False
-) -> list[Term]:
-    """The `count` best (or least similar) entries with their scores, ties in list order."""
-    import torch
-
-    order = torch.sort(scores, descending=not least, stable=True).indices[:count]
-    return [Term(entries[i][0], entries[i][1], float(scores[i])) for i in order.tolist()]
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
-
-
-def _load_problem(what: str, ref: str | Path, exc: BaseException, local_only: bool) -> str:
-    """A plain sentence saying which model failed and the likely reason."""
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    path = Path(ref).expanduser()
-    if path.exists():
-        return f"the {what} in {ref} could not be loaded: {first}"
-    if not _HUB_ID.match(str(ref)):
-        return f"the {what} folder {ref} does not exist"
-    if local_only:
-        return (
-            f"the {what} {ref} is neither a folder nor a model in the local Hugging Face "
-            "cache (downloads are off)"
-        )
-    return f"the {what} {ref} could not be loaded or downloaded: {first}"
-
-
-def _load_pair(
-    what: str,
-    ref: str | Path,
-    model_type: str,
-    model_cls: Any,
-    processor_cls: Any,
-    *,
-    device: str,
-    dtype: torch.dtype,
-    local_files_only: bool,
-) -> tuple[Any, Any]:
-    """Model and processor from one folder or hub id, on `device`; ConfigError if it fails."""
-    from transformers import PretrainedConfig
-
-    source = str(Path(ref).expanduser()) if Path(ref).expanduser().exists() else str(ref)
-    try:
-        config, _ = PretrainedConfig.get_config_dict(source, local_files_only=local_files_only)
-        found = config.get("model_type")
-        if found is not None and found != model_type:
-            # from_pretrained would only warn and build a model with random weights.
-            raise ConfigError(f"the {what} in {ref} is a {found!r} model, not {model_type!r}")
-        model = model_cls.from_pretrained(source, dtype=dtype, local_files_only=local_files_only)
-        processor = processor_cls.from_pretrained(source, local_files_only=local_files_only)
-        model.to(device).eval()
-    except ConfigError:
-        raise
-    except Exception as exc:  # from_pretrained raises many kinds: OSError, ValueError, …
-        raise ConfigError(_load_problem(what, ref, exc, local_files_only)) from exc
-    return model, processor
-
 
 # ---------------------------------------------------------------------------------------------
 # The engine
@@ -316,7 +152,7 @@ class ClipInterrogator:
             "dtype": dtype,
             "local_files_only": local_files_only,
         }
-        blip_pair = _load_pair(
+        blip_pair = load_pair(
             "BLIP caption model",
             blip,
             "blip",
@@ -324,7 +160,7 @@ class ClipInterrogator:
             BlipProcessor,
             **common,
         )
-        clip_pair = _load_pair("CLIP model", clip, "clip", CLIPModel, CLIPProcessor, **common)
+        clip_pair = load_pair("CLIP model", clip, "clip", CLIPModel, CLIPProcessor, **common)
         return cls(*blip_pair, *clip_pair, device=device, dtype=dtype, cache_dir=cache_dir)
 
     @property
@@ -392,17 +228,17 @@ class ClipInterrogator:
             if options.mode == "negative":
                 return self._negative(features, tables, scores, options)
             caption = self.caption(image, options)
-            classic = _classic_terms(tables, scores, options.top_n)
+            classic = classic_terms(tables, scores, options.top_n)
             if options.mode == "classic":
                 return ClipResult(
                     format_line(caption, classic, ranks=options.return_ranks),
                     caption,
                     tuple(classic),
                 )
-            entries, merged = _merge(
+            entries, merged = merge_lists(
                 [(t, s) for t, s in zip(tables, scores, strict=True) if t.name != NEGATIVE]
             )
-            fast = _top_terms(entries, merged, options.max_flavors)
+            fast = top_terms(entries, merged, options.max_flavors)
             if options.mode == "fast":
                 line = format_line(caption, fast, ranks=options.return_ranks)
                 return ClipResult(line, caption, tuple(fast))
@@ -420,7 +256,7 @@ class ClipInterrogator:
         merged: torch.Tensor,
         options: ClipOptions,
     ) -> ClipResult:
-        pool = _top_terms(entries, merged, CHAIN_CANDIDATES)
+        pool = top_terms(entries, merged, CHAIN_CANDIDATES)
         chained = self._chain(features, caption, pool, options.max_flavors, reverse=False)
         # Scores in this mode are cosines, also for the terms the classic prompt chose.
         cosine = {text: score for (_, text), score in zip(entries, merged.tolist(), strict=True)}
@@ -437,7 +273,7 @@ class ClipInterrogator:
     def _negative(
         self,
         features: torch.Tensor,
-        tables: list[_Table],
+        tables: list[Table],
         scores: list[torch.Tensor],
         options: ClipOptions,
     ) -> ClipResult:
@@ -449,9 +285,9 @@ class ClipInterrogator:
         pool: list[Term] = []
         for group in (flavors, [p for p in pairs if p[0].name == NEGATIVE]):
             if group:
-                entries, merged = _merge(group)
-                pool += _top_terms(entries, merged, CHAIN_CANDIDATES, least=True)
-        pool = _unique(pool)  # a term in both lists once
+                entries, merged = merge_lists(group)
+                pool += top_terms(entries, merged, CHAIN_CANDIDATES, least=True)
+        pool = unique_terms(pool)  # a term in both lists once
         chained = self._chain(features, "", pool, options.max_flavors, reverse=True)
         return ClipResult(format_line("", chained, ranks=options.return_ranks), "", tuple(chained))
 
@@ -496,7 +332,7 @@ class ClipInterrogator:
             output = clip.get_image_features(
                 pixel_values=inputs["pixel_values"].to(self.device, self.dtype)
             )
-        return _normalised(_pooled(output))[0]
+        return normalised(pooled_features(output))[0]
 
     def _encode(self, texts: Sequence[str]) -> torch.Tensor:
         """Normalised CLIP text embeddings, (len(texts), dim); long texts are truncated."""
@@ -515,7 +351,7 @@ class ClipInterrogator:
                 input_ids=tokens["input_ids"].to(self.device),
                 attention_mask=tokens["attention_mask"].to(self.device),
             )
-        return _normalised(_pooled(output))
+        return normalised(pooled_features(output))
 
     def _encode_batched(self, texts: Sequence[str], *, what: str = "") -> torch.Tensor:
         """:meth:`_encode` in TEXT_BATCH chunks; with `what`, progress every few seconds."""
@@ -561,7 +397,7 @@ class ClipInterrogator:
 
     # --- label embeddings: memory, then disk, then the text encoder ---------------------------
 
-    def _table(self, labels: LabelList) -> _Table | None:
+    def _table(self, labels: LabelList) -> Table | None:
         texts = label_texts(labels)
         if not texts:
             return None
@@ -586,54 +422,4 @@ class ClipInterrogator:
             while len(self._memory) > MEMORY_LISTS:
                 self._memory.popitem(last=False)
         self._memory.move_to_end(key)
-        return _Table(labels.name, texts, labels.top_n, embeddings)
-
-
-# ---------------------------------------------------------------------------------------------
-# Mode helpers on scores (pure tensor code)
-
-
-def _classic_terms(
-    tables: Sequence[_Table], scores: Sequence[torch.Tensor], top_n: int | None
-) -> list[Term]:
-    """A1111: each list's best terms by softmax(100 · cosine) over that list, in list order."""
-    terms: list[Term] = []
-    for table, cosine in zip(tables, scores, strict=True):
-        if table.name == NEGATIVE:
-            continue
-        count = top_n if top_n is not None else table.top_n
-        probs = (_SCALE * cosine).softmax(dim=-1)
-        entries = [(table.name, text) for text in table.texts]
-        terms += _top_terms(entries, probs, max(0, count))
-    return terms
-
-
-def _unique(terms: Iterable[Term]) -> list[Term]:
-    """The terms with each text once (its first occurrence), in order."""
-    unique: dict[str, Term] = {}
-    for term in terms:
-        unique.setdefault(term.text, term)
-    return list(unique.values())
-
-
-def _merge(
-    pairs: Sequence[tuple[_Table, torch.Tensor]],
-) -> tuple[list[tuple[str, str]], torch.Tensor]:
-    """All terms of several lists as one, a term in two lists counted once (the first)."""
-    import torch
-
-    seen: set[str] = set()
-    entries: list[tuple[str, str]] = []
-    keep: list[int] = []
-    offset = 0
-    for table, _ in pairs:
-        for i, text in enumerate(table.texts):
-            if text not in seen:
-                seen.add(text)
-                entries.append((table.name, text))
-                keep.append(offset + i)
-        offset += len(table.texts)
-    if not pairs:
-        return [], torch.zeros(0)
-    merged = torch.cat([scores for _, scores in pairs])[torch.tensor(keep, dtype=torch.long)]
-    return entries, merged
+        return Table(labels.name, texts, labels.top_n, embeddings)

@@ -78,29 +78,26 @@ def with_low_memory_retry(
     models: ModelCache, label: str, settings: Profile, attempt: Callable[[], _T]
 ) -> _T:
     """`attempt()`; out of memory → once more at once with the model in low-memory mode."""
-    try:
-        return attempt()
-    except Exception as exc:
-        if not is_out_of_memory(exc):
-            raise
-    _empty_cuda_cache()
-    logger.warning(
-        "{}: out of memory; retrying once with attention slicing and VAE tiling (slower, "
-        "much less memory), kept on for this model",
-        label,
-    )
-    models.use_low_memory(settings.model, vae=settings.vae)
-    models.interrogators.unload_all()
-    try:
-        return attempt()
-    except Exception as exc:
-        if not is_out_of_memory(exc):
-            raise
-        _empty_cuda_cache()
-        raise TransientError(
-            "out of memory even with low-memory settings; lower max_pixels or batch_size, "
-            "or free memory on the GPU or machine"
-        ) from exc
+    for last_try in (False, True):
+        try:
+            return attempt()
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            _empty_cuda_cache()
+            if last_try:
+                raise TransientError(
+                    "out of memory even with low-memory settings; lower max_pixels or "
+                    "batch_size, or free memory on the GPU or machine"
+                ) from exc
+        logger.warning(
+            "{}: out of memory; retrying once with attention slicing and VAE tiling (slower, "
+            "much less memory), kept on for this model",
+            label,
+        )
+        models.use_low_memory(settings.model, vae=settings.vae)
+        models.interrogators.unload_all()
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
 def _paint(
