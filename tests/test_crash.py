@@ -13,9 +13,9 @@ from typing import Any
 
 from PIL import Image
 
-from daemon.deliver.journal import Journal, open_read_only
 from daemon.intake.jobs import Job, JobStatus
 from daemon.intake.pairing import Companions
+from daemon.journal.journal import Journal, open_read_only
 from daemon.models.builtin import ensure_builtin
 from daemon.ops.service import JOURNAL_NAME
 from tests.conftest import Workspace, wait_for
@@ -185,7 +185,7 @@ def test_a_second_daemon_on_the_same_folders_is_refused(workspace: Workspace):
 
 
 def _locked(workspace: Workspace) -> bool:
-    from daemon.deliver.recovery import lock_owner
+    from daemon.journal.lock import lock_owner
 
     return lock_owner(workspace.root / "state") is not None
 

@@ -15,9 +15,9 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.deliver.journal import Entry
-from daemon.deliver.recovery import lock_owner
 from daemon.intake.jobs import JobStatus
+from daemon.journal.journal import Entry
+from daemon.journal.lock import lock_owner
 from daemon.ops.service import JOURNAL_NAME, Daemon
 from daemon.ops.status import pace, queue_line, status_report, time_left
 from daemon.render.cache import ModelCache

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon.deliver.journal import open_read_only
 from daemon.intake.jobs import JobStatus
+from daemon.journal.journal import open_read_only
 from daemon.ops.service import JOURNAL_NAME, Daemon
 from daemon.ops.status import status_report
 from tests.support.ray_cluster import (

@@ -22,14 +22,15 @@ from loguru import logger
 from daemon.config.hours import parse_window
 from daemon.config.profiles import ProfileStore, profile_names
 from daemon.config.settings import Settings
-from daemon.deliver.journal import Journal
 from daemon.deliver.lifecycle import DONE_FOLDER
-from daemon.deliver.recovery import StateLock, recover
 from daemon.deliver.results import Deliverer
 from daemon.errors import ConfigError
 from daemon.intake.jobs import Job, JobStatus
 from daemon.intake.stability import StabilityTracker
 from daemon.intake.watcher import InboxWatcher
+from daemon.journal.journal import Journal
+from daemon.journal.lock import StateLock
+from daemon.journal.recovery import recover
 from daemon.ops.housekeeping import prune_done
 from daemon.ops.metrics import Metrics
 from daemon.ops.roster import ProfileRoster

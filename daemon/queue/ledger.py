@@ -24,13 +24,13 @@ from pathlib import Path
 from loguru import logger
 
 from daemon.atomic import write_text
-from daemon.deliver.journal import Journal
 from daemon.deliver.lifecycle import DONE_FOLDER, archive, fail
 from daemon.deliver.outputs import failure_report
 from daemon.deliver.results import Delivered
 from daemon.errors import Fault, classify
 from daemon.intake.jobs import Job, JobStatus
 from daemon.intake.names import is_video
+from daemon.journal.journal import Journal
 from daemon.media.video import estimated_frames
 from daemon.paths import escaped, output_folder, portable_name, shown
 

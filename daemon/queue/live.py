@@ -13,8 +13,8 @@ import hashlib
 from dataclasses import replace
 
 from daemon.config.profiles import Profile
-from daemon.deliver.journal import Journal
 from daemon.intake.jobs import Job
+from daemon.journal.journal import Journal
 from daemon.prepare.prepare import Prepared
 
 CHUNK = 1 << 20
