@@ -31,9 +31,9 @@ def content_digest(job: Job, settings: Profile) -> str:
     return digest.hexdigest()
 
 
-def with_kept_seed(prepared: Prepared, journal: Journal | None) -> Prepared:
+def with_kept_seed(prepared: Prepared, journal: Journal) -> Prepared:
     """A profile seed of -1 is drawn once per live input and kept across its edits."""
-    if prepared.request.settings.seed != -1 or journal is None:
+    if prepared.request.settings.seed != -1:
         return prepared
     known = journal.live_state(prepared.job.image)
     if known is None:
