@@ -43,7 +43,7 @@ from PIL import Image
 
 from daemon.config.settings import Settings
 from daemon.intake.jobs import Job, JobStatus
-from daemon.ops.service import TICK, Daemon
+from daemon.ops.service import TICK, Daemon, Observers
 from daemon.render.cache import ModelCache
 from tests.support.workspace import DATA, Workspace
 from tests.support.workspace import drop as drop_file
@@ -248,9 +248,8 @@ class Probe:
 
         daemon.worker.run = timed_run  # type: ignore[method-assign]
         daemon.executor.render = timed_paint  # type: ignore[method-assign]
-        daemon.on_job_end = self._on_job_end
 
-    def _on_job_end(self, job: Job, status: JobStatus) -> None:
+    def job_ended(self, job: Job, status: JobStatus) -> None:
         # Called by the worker after archive(): the input is already in _done.
         with self.changed:
             self.ended[job.image.name] = (time.monotonic(), status)
@@ -309,8 +308,8 @@ def make_workspace(root: Path, state_dir: Path, case: Case) -> Workspace:
 def running_daemon(settings: Settings, models: ModelCache) -> Iterator[tuple[Daemon, Probe]]:
     """The real daemon (observer, scheduler, main loop, worker) in a thread, as `img2imgd run`
     runs it (default tick), stopped on exit."""
-    daemon = Daemon(settings, models=models)
     probe = Probe()
+    daemon = Daemon(settings, models=models, observers=Observers(job_end=probe.job_ended))
     probe.attach(daemon)
     thread = threading.Thread(target=daemon.run_forever, name="bench-daemon", daemon=True)
     thread.start()

@@ -41,7 +41,7 @@ loopback_environment()  # before anything imports Ray
 from loguru import logger  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from daemon.deliver.journal import open_read_only  # noqa: E402
+from daemon.journal.journal import open_read_only  # noqa: E402
 from daemon.ops.service import JOURNAL_NAME, Daemon  # noqa: E402
 from tests.support.workspace import DATA, Workspace, wait_for  # noqa: E402
 

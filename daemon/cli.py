@@ -33,7 +33,7 @@ from daemon.intake.jobs import Job
 from daemon.libraries import quiet_libraries
 from daemon.models.hub_refs import hub_report
 from daemon.ops.pull import pull_models
-from daemon.ops.service import JOURNAL_NAME, Daemon
+from daemon.ops.service import JOURNAL_NAME, Daemon, Observers
 from daemon.ops.status import status_report
 from daemon.ops.unit import enable_hint, install_unit, unit_file, writable_dirs
 from daemon.paths import escaped_lines, shown
@@ -419,8 +419,6 @@ def cmd_once(settings: Settings, _args: argparse.Namespace) -> int:
     if _refuse_start(settings):
         return EXIT_CONFIG
     _report_profiles(settings)
-    daemon = Daemon(settings, watch=False)
-    _install_signal_handlers(daemon.stop_event)
     _setup_logging(settings.log_level, through_tqdm=True)
     bar = tqdm(total=0, unit="image", desc="img2imgd once", file=sys.stderr, disable=None,
                dynamic_ncols=True)  # fmt: skip
@@ -429,8 +427,9 @@ def cmd_once(settings: Settings, _args: argparse.Namespace) -> int:
         bar.total += 1
         bar.refresh()
 
-    daemon.on_job_queued = on_job_queued
-    daemon.on_job_end = lambda _job, _status: bar.update(1)
+    observers = Observers(job_queued=on_job_queued, job_end=lambda _job, _status: bar.update(1))
+    daemon = Daemon(settings, watch=False, observers=observers)
+    _install_signal_handlers(daemon.stop_event)
     try:
         tally = daemon.run_once()
     except ConfigError as exc:

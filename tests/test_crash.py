@@ -13,9 +13,9 @@ from typing import Any
 
 from PIL import Image
 
-from daemon.deliver.journal import Journal, open_read_only
 from daemon.intake.jobs import Job, JobStatus
 from daemon.intake.pairing import Companions
+from daemon.journal.journal import Journal, open_read_only
 from daemon.models.builtin import ensure_builtin
 from daemon.ops.service import JOURNAL_NAME
 from tests.conftest import Workspace, wait_for
@@ -124,7 +124,7 @@ def test_sigterm_finishes_the_job_in_hand_then_exits_0(workspace: Workspace):
 def crashed_job(workspace: Workspace, state: JobStatus, outputs: list[Path]) -> None:
     """The journal as a crash leaves it: a job stopped in ``state`` with these outputs."""
     image = workspace.inbox / "img2img/a.png"
-    journal = Journal(workspace.root / "state" / JOURNAL_NAME)
+    journal = Journal(workspace.root / "state" / JOURNAL_NAME).open()
     job = Job(profile="img2img", image=image, sub_dir=Path(), companions=Companions())
     row = journal.queued(job)
     journal.running(row)
@@ -185,7 +185,7 @@ def test_a_second_daemon_on_the_same_folders_is_refused(workspace: Workspace):
 
 
 def _locked(workspace: Workspace) -> bool:
-    from daemon.deliver.recovery import lock_owner
+    from daemon.journal.lock import lock_owner
 
     return lock_owner(workspace.root / "state") is not None
 
@@ -214,7 +214,7 @@ def journal_with(
     workspace: Workspace, state: JobStatus, inputs: list[Path], reason: str = ""
 ) -> None:
     """The journal as a crash leaves it, with the job stopped in ``state``."""
-    journal = Journal(workspace.root / "state" / JOURNAL_NAME)
+    journal = Journal(workspace.root / "state" / JOURNAL_NAME).open()
     companions = Companions(mask=inputs[1]) if len(inputs) > 1 else Companions()
     job = Job(profile="inpaint", image=inputs[0], sub_dir=Path(), companions=companions)
     row = journal.queued(job)

@@ -3,7 +3,8 @@ heavy libraries only inside functions, and an intake that needs no image or tens
 
 The order is the README's ("Architecture"): the render side (a1111 → config → models →
 engines → render) is the bottom of the house because it must run anywhere without the file
-side; the file side builds on it in the order a file travels: prepare → deliver → queue → ops.
+side; the file side builds on it in the order a file travels: prepare → deliver → journal →
+queue → ops.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ LAYERS: list[set[str]] = [
     {"render"},
     {"prepare"},
     {"deliver"},
+    {"journal"},  # the journal, the state folder's lock, and recovery after a crash
     {"queue"},
     {"ops"},
     {"cli"},

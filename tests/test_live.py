@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from daemon.deliver.journal import open_read_only
+from daemon.journal.journal import open_read_only
 from daemon.ops.service import JOURNAL_NAME
 from tests.conftest import DATA, Workspace, wait_for
 

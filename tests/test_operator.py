@@ -15,12 +15,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.deliver.journal import Entry
-from daemon.deliver.recovery import lock_owner
 from daemon.intake.jobs import JobStatus
+from daemon.journal.journal import Entry
+from daemon.journal.lock import lock_owner
 from daemon.ops.service import JOURNAL_NAME, Daemon
 from daemon.ops.status import pace, queue_line, status_report, time_left
-from daemon.render.cache import ModelCache
 from tests.conftest import FAST_PROFILE, Workspace, wait_for
 
 # --- profiles added, fixed and removed while running -------------------------------------
@@ -98,14 +97,14 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
-def test_metrics_count_what_the_daemon_did(workspace: Workspace, state_dir: Path):
+def test_metrics_count_what_the_daemon_did(workspace: Workspace):
     workspace.profile("img2img")
     workspace.profile("tags", task="interrogate", model="builtin:tiny-tagger",
                       interrogator="deepbooru")  # fmt: skip
     port = free_port()
-    # Models of its own, so that its model load is counted here.
-    models = ModelCache(models_dir=None, state_dir=state_dir, device="cpu")
-    daemon = Daemon(workspace.settings(metrics_port=port), models=models)
+    # No `models=`: the cache the daemon makes itself is built to report its loads to the
+    # metrics (a cache handed in reports them to whoever built it).
+    daemon = Daemon(workspace.settings(metrics_port=port))
     thread = threading.Thread(target=daemon.run_forever, kwargs={"tick": 0.02}, daemon=True)
     thread.start()
     try:

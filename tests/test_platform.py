@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from daemon.atomic import write_bytes
-from daemon.deliver.recovery import StateLock, lock_owner
 from daemon.errors import ConfigError, Fault, classify
+from daemon.journal.lock import StateLock, lock_owner
 from tests.conftest import Workspace, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
@@ -187,7 +187,7 @@ def test_a_killed_owner_leaves_no_stale_lock(tmp_path):
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from daemon.deliver.recovery import StateLock
+from daemon.journal.lock import StateLock
 lock = StateLock(Path(sys.argv[1]))  # kept: a lock that is garbage collected is released
 lock.acquire()
 print("locked", flush=True)

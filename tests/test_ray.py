@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from daemon.deliver.journal import open_read_only
 from daemon.intake.jobs import JobStatus
-from daemon.ops.service import JOURNAL_NAME, Daemon
+from daemon.journal.journal import open_read_only
+from daemon.ops.service import JOURNAL_NAME, Daemon, Observers
 from daemon.ops.status import status_report
 from tests.support.ray_cluster import (
     add_gpu_node,
@@ -141,11 +141,13 @@ def test_a_video_spreads_its_frames_over_the_workers(cluster: Any, workspace: Wo
     clip = workspace.root / "clip.mp4"
     make_test_clip(clip, frames=9, size=(64, 48))
     workspace.drop(clip, "v/clip.mp4")
-    daemon = Daemon(workspace.settings(**ray_settings(cluster)), watch=False)
     painted: dict[str, int] = {}
-    daemon.on_job_end = lambda job, status: painted.update(
-        {w.name: w.done for w in daemon.executor.workers()}
-    )
+
+    def job_end(_job: object, _status: object) -> None:
+        painted.update({w.name: w.done for w in daemon.executor.workers()})
+
+    observers = Observers(job_end=job_end)
+    daemon = Daemon(workspace.settings(**ray_settings(cluster)), watch=False, observers=observers)
     # Both workers up first: frames go only to workers that have answered.
     wait_for(lambda: sum(w.alive for w in daemon.executor.workers()) == 2, timeout=120)
     daemon.run_once(tick=0.02)

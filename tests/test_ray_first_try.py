@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.deliver.journal import open_read_only
+from daemon.journal.journal import open_read_only
 from daemon.models.builtin import ensure_builtin
 from daemon.ops.service import JOURNAL_NAME
 from daemon.ops.status import WORKERS_NAME, status_report

@@ -1,11 +1,31 @@
 """The service: every part wired together, and the main loop that drives the intake.
 
-Threads: watchdog's observer thread only records paths in the stability tracker; the main
-loop (this module) turns complete files into jobs and ends finished clips; one worker thread
-(:mod:`daemon.queue.worker`) owns the model and runs jobs in arrival order, with a reader
-thread preparing the next input and a writer thread delivering the previous results;
-apscheduler runs the periodic rescan and housekeeping. The worker never waits on the
-watcher and the watcher never waits on the worker.
+Every part is built in :class:`Daemon`'s constructor, in the order they depend on each
+other, and is handed its collaborators and observers then; nothing is wired afterwards. The
+journal is built closed and opened by ``start()`` once the state folder's lock is held.
+
+The threads, and what each owns (the only state another thread touches is behind a lock:
+the ledger, the queue, the journal, the stability tracker):
+
+* **watchdog's observer** (``InboxWatcher``): only records paths in the stability tracker,
+  and tells the worker that files for a profile arrive or that a file in hand changed.
+* **the main loop** (this module, driving :mod:`daemon.queue.admission`): turns complete
+  files into jobs (claims in the ledger, rows in the journal, the queue), re-queues retries,
+  ends finished clips, watches the watcher and the profiles folder, pings systemd.
+* **the worker** (``img2imgd-worker``, :mod:`daemon.queue.worker`): owns the model cache
+  and the in-process executor; takes jobs in arrival order, renders, records attempts.
+* **the reader** (``img2imgd-reader``): prepares the next input while the model paints.
+* **the writer** (``img2imgd-writer``, :mod:`daemon.queue.writer`): delivers results
+  (outputs, archive, journal states) in order while the next job paints.
+* **apscheduler's thread**: the periodic rescan, unloading idle models, pruning ``_done``,
+  dropping abandoned clip states, and ``workers.json`` for ``status``.
+* **the metrics server** (prometheus_client's, with ``metrics_port``): answers scrapes
+  from the counters the ledger and the model cache update.
+* **Ray's dispatcher** (``img2imgd-ray``, :mod:`daemon.render.cluster`, with ``executor:
+  ray``): sends requests to workers, collects replies, decides what a worker's failure
+  means; Ray's own threads run beside it, and its workers are processes of their own.
+
+The worker never waits on the watcher and the watcher never waits on the worker.
 """
 
 from __future__ import annotations
@@ -14,6 +34,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -22,14 +43,15 @@ from loguru import logger
 from daemon.config.hours import parse_window
 from daemon.config.profiles import ProfileStore, profile_names
 from daemon.config.settings import Settings
-from daemon.deliver.journal import Journal
 from daemon.deliver.lifecycle import DONE_FOLDER
-from daemon.deliver.recovery import StateLock, recover
 from daemon.deliver.results import Deliverer
 from daemon.errors import ConfigError
 from daemon.intake.jobs import Job, JobStatus
 from daemon.intake.stability import StabilityTracker
 from daemon.intake.watcher import InboxWatcher
+from daemon.journal.journal import Journal
+from daemon.journal.lock import StateLock
+from daemon.journal.recovery import recover
 from daemon.ops.housekeeping import prune_done
 from daemon.ops.metrics import Metrics
 from daemon.ops.roster import ProfileRoster
@@ -38,7 +60,7 @@ from daemon.ops.systemd import Notifier
 from daemon.paths import escaped, shown
 from daemon.prepare.clip_state import SequenceStore, drop_abandoned
 from daemon.prepare.prepare import Preparer
-from daemon.queue.admission import Admission
+from daemon.queue.admission import Admission, SaidOnce
 from daemon.queue.clips import ClipEnds
 from daemon.queue.job_queue import JobQueue
 from daemon.queue.ledger import Ledger, Tally
@@ -57,7 +79,25 @@ WORKERS_EVERY = 2.0  # s between rewrites of workers.json (executor: ray) for `s
 TICK = 0.05  # s between passes of the main loop over completed files
 
 
+def _ignore(*_args: object) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Observers:
+    """What the outside may watch of a daemon (``once``'s progress bar, a benchmark, a test).
+    Each is called on the thread that did the thing, so it must be quick."""
+
+    job_queued: Callable[[Job], None] = _ignore  # main loop: a job entered the queue
+    job_end: Callable[[Job, JobStatus], None] = _ignore  # worker or writer: a job ended
+
+
 class Daemon:
+    """Every part, built in the order they depend on each other, each handed what it needs
+    when it is made: nothing is wired afterwards. ``models`` and ``executor`` may be given
+    (tests share a warm model cache); the daemon makes its own from ``settings`` otherwise,
+    and only a cache it makes itself reports its model loads to the metrics."""
+
     def __init__(
         self,
         settings: Settings,
@@ -66,48 +106,41 @@ class Daemon:
         models: ModelCache | None = None,
         executor: Executor | None = None,
         rng: random.Random | None = None,
+        observers: Observers = Observers(),  # frozen: one shared default is safe
     ) -> None:
         self.settings = settings
         self.watch = watch
-        self.models = models or ModelCache.from_settings(settings)
         self.stop_event = threading.Event()
-        self.executor = executor or _executor(settings, self.models, self.stop_event)
+        self.started = threading.Event()  # set once start-up (recovery, first rescan) is done
         self.rng = rng or random.Random()  # seeds drawn for -1: the service's, not the process's
         self.profiles = ProfileStore(settings.profiles)
-        self.tracker = StabilityTracker(settings.stability_delay)
         self.queue = JobQueue()
+        self.metrics = _metrics(self.queue) if settings.metrics_port else None
+        loaded = self.metrics.model_loaded if self.metrics else _ignore
+        self.models = models or ModelCache.from_settings(settings, on_load=loaded)
+        self.executor = executor or _executor(settings, self.models, self.stop_event)
+        self.tracker = StabilityTracker(settings.stability_delay)
         self.lock = StateLock(settings.state_dir)
+        self.journal = Journal(settings.state_dir / JOURNAL_NAME)  # opened by start()
         self.notifier = Notifier()
-        self.started = threading.Event()  # set once start-up (recovery, first rescan) is done
         self.clips = SequenceStore(settings.state_dir / "sequences")
         self.clip_ends = ClipEnds(settings.inbox, self.clips, window=settings.pairing_window)
         self.ledger = Ledger(
-            settings.inbox, settings.outbox, None,
+            settings.inbox, settings.outbox, self.journal,
             retry_delay=settings.retry_delay, stability_delay=settings.stability_delay,
             retry_later=watch, on_finished=self.clip_ends.after_job,
+            on_outcome=self._counted if self.metrics else _ignore,
         )  # fmt: skip
+        said = SaidOnce()
+        self.worker = self._make_worker(said, observers.job_end)
         self.admission = Admission(
-            settings, self.profiles, self.tracker, self.ledger, self.queue, hold_files=watch
-        )
-        hours = parse_window(settings.processing_hours) if settings.processing_hours else None
-        self.worker = Worker(
-            queue=self.queue,
-            ledger=self.ledger,
-            preparer=Preparer(settings, self.profiles, self.clips, self.rng),
-            executor=self.executor,
-            deliverer=Deliverer(settings.outbox, self.clips),
-            videos=VideoRunner(settings, self.profiles, self.clips, self.executor, self.rng),
-            hours=Hours(hours if watch else None, self.admission.say_once),
-            stop=self.stop_event,
-            max_batch=settings.max_batch,
-            on_change=lambda: self.notifier.status(self.status_line()),
-        )
-        self.metrics = self._metrics() if settings.metrics_port else None
+            settings, self.profiles, self.tracker, self.ledger, self.queue,
+            hold_files=watch, said=said, on_job_queued=observers.job_queued,
+            on_arrival=self.worker.want, on_change_in_hand=self.worker.supersede,
+        )  # fmt: skip
         self.roster = ProfileRoster(
             settings.profiles, settings.inbox, on_added=self.admission.profile_added
         )
-        self.admission.on_arrival = self.worker.want
-        self.admission.on_change_in_hand = self.worker.supersede
         self._inbox_gone = False
         self._watcher: InboxWatcher | None = None
         self._worker = threading.Thread(
@@ -115,41 +148,37 @@ class Daemon:
         )
         self._scheduler: BackgroundScheduler | None = None
 
-    # ----------------------------------------------------------------- hooks and state
+    def _make_worker(self, said: SaidOnce, on_job_end: Callable[[Job, JobStatus], None]) -> Worker:
+        settings = self.settings
+        hours = parse_window(settings.processing_hours) if settings.processing_hours else None
+        return Worker(
+            queue=self.queue,
+            ledger=self.ledger,
+            preparer=Preparer(settings, self.profiles, self.clips, self.rng),
+            executor=self.executor,
+            deliverer=Deliverer(settings.outbox, self.clips),
+            videos=VideoRunner(settings, self.profiles, self.clips, self.executor, self.rng),
+            hours=Hours(hours if self.watch else None, said.say),
+            stop=self.stop_event,
+            max_batch=settings.max_batch,
+            on_change=lambda: self.notifier.status(self.status_line()),
+            on_job_end=on_job_end,
+        )
 
-    def _metrics(self) -> Metrics:
-        metrics = Metrics(queue_length=lambda: len(self.queue))
+    # ----------------------------------------------------------------- state
 
-        def finished(job: Job, outcome: str, seconds: float | None) -> None:
-            try:
-                task: str = self.profiles.get(job.profile).settings.task
-            except ConfigError:  # the profile broke since: the count still counts
-                task = "unknown"
-            metrics.finished(job.profile, task, outcome, seconds)
-
-        self.ledger.on_outcome = finished
-        self.models.on_load = self.models.interrogators.on_load = metrics.model_loaded
-        return metrics
+    def _counted(self, job: Job, outcome: str, seconds: float | None) -> None:
+        """A counted outcome, for the metrics, by profile and task."""
+        assert self.metrics is not None  # only wired when there are metrics
+        try:
+            task: str = self.profiles.get(job.profile).settings.task
+        except ConfigError:  # the profile broke since: the count still counts
+            task = "unknown"
+        self.metrics.finished(job.profile, task, outcome, seconds)
 
     @property
     def tally(self) -> Tally:
         return self.ledger.tally
-
-    @property
-    def on_job_queued(self) -> Callable[[Job], None]:
-        return self.admission.on_job_queued
-
-    @on_job_queued.setter
-    def on_job_queued(self, hook: Callable[[Job], None]) -> None:
-        self.admission.on_job_queued = hook
-
-    @property
-    def on_job_end(self) -> Callable[[Job, JobStatus], None]:
-        return self.worker.on_job_end
-
-    @on_job_end.setter
-    def on_job_end(self, hook: Callable[[Job, JobStatus], None]) -> None:
-        self.worker.on_job_end = hook
 
     def status_line(self) -> str:
         """One line for `systemctl status`: the queue and the job in hand."""
@@ -177,9 +206,8 @@ class Daemon:
         self.lock.acquire()  # ConfigError when another daemon owns these folders
         self.roster.start(names)
         self.admission.announce_waiting_profiles(names)
-        journal = Journal(self.settings.state_dir / JOURNAL_NAME)
-        recover(journal, inbox=self.settings.inbox, outbox=self.settings.outbox)
-        self.ledger.journal = journal
+        self.journal.open()  # ours alone now that the lock is held
+        recover(self.journal, inbox=self.settings.inbox, outbox=self.settings.outbox)
         logger.info(
             "watching {} for profiles {} → results in {}", shown(self.settings.inbox),
             ", ".join(map(escaped, names)) or "(none)", shown(self.settings.outbox),
@@ -276,10 +304,7 @@ class Daemon:
             self.metrics.close()
         publish_workers(self.settings.state_dir, [])  # gone with the daemon
         self.clip_ends.end_due(self.admission.busy_folders(), at_stop=True)
-        journal, self.ledger.journal = self.ledger.journal, None
-        if journal is not None:
-            journal.prune()
-            journal.close()
+        self.journal.close(prune=True)
         self.lock.release()
 
     # ----------------------------------------------------------------- the main loop
@@ -344,6 +369,10 @@ class Daemon:
         watcher.stop()
         watcher.start()
         self.admission.rescan()
+
+
+def _metrics(queue: JobQueue) -> Metrics:
+    return Metrics(queue_length=lambda: len(queue))
 
 
 def _executor(settings: Settings, models: ModelCache, stop: threading.Event) -> Executor:

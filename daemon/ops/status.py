@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from daemon.atomic import write_text
-from daemon.deliver.journal import Entry, open_read_only
-from daemon.deliver.recovery import lock_owner
 from daemon.intake.jobs import JobStatus
+from daemon.journal.journal import Entry, open_read_only
+from daemon.journal.lock import lock_owner
 from daemon.paths import escaped, shown
 from daemon.render.executor import WorkerInfo
 

@@ -40,6 +40,22 @@ from daemon.render.availability import ModelReadiness
 MODEL_RECHECK = 2.0  # s before a file whose profile's model is missing is looked at again
 
 
+class SaidOnce:
+    """Warnings logged once, by key, until forgotten: a file that waits is looked at again
+    and again, and its reason would otherwise fill the log."""
+
+    def __init__(self) -> None:
+        self._said: set[str] = set()
+
+    def say(self, key: str, message: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            logger.warning(message)
+
+    def forget(self, key: str) -> None:
+        self._said.discard(key)
+
+
 class Admission:
     """Used by the main loop (and the rescan); the watcher thread only calls :meth:`noticed`."""
 
@@ -52,6 +68,10 @@ class Admission:
         queue: JobQueue,
         *,
         hold_files: bool,
+        said: SaidOnce,
+        on_job_queued: Callable[[Job], None] = lambda job: None,
+        on_arrival: Callable[[str], None] = lambda profile: None,
+        on_change_in_hand: Callable[[Path], None] = lambda path: None,
     ) -> None:
         self.settings = settings
         self.profiles = profiles
@@ -59,12 +79,12 @@ class Admission:
         self.ledger = ledger
         self.queue = queue
         self.hold_files = hold_files  # False for `once`: what cannot run now is left for later
-        self.on_job_queued = lambda job: None
-        self.on_arrival: Callable[[str], None] = lambda profile: None  # a file for a profile
-        self.on_change_in_hand: Callable[[Path], None] = lambda path: None  # a newer version
+        self.said = said  # warnings logged once (shared with the worker's processing hours)
+        self.on_job_queued = on_job_queued
+        self.on_arrival = on_arrival  # a file for a profile
+        self.on_change_in_hand = on_change_in_hand  # a newer version of a file in hand
         self._lock = threading.Lock()
         self._waiting: dict[Path, float] = {}  # image -> deadline for a required companion
-        self._said: set[str] = set()  # warnings already logged once
         self._changed_in_hand: set[Path] = set()  # changed while a job had it in hand
         self._live_seen: dict[Path, tuple[tuple[int, int], ...]] = {}  # live input -> stat
         self._deleted: dict[Path, float] = {}  # live input -> when it vanished
@@ -111,7 +131,7 @@ class Admission:
         for path in walk_files(self.settings.inbox / name):
             if not self.ledger.holds(path):
                 self.tracker.forget(path)  # held until the next rescan: looked at afresh
-        self._said.discard(f"no-profile:{name}")  # said again if it goes away again
+        self.said.forget(f"no-profile:{name}")  # said again if it goes away again
         self.rescan()
 
     def step(self, now: float | None = None) -> None:
@@ -174,11 +194,6 @@ class Admission:
             waiting = {path.parent for path in self._waiting}
         return waiting | {path.parent for path in self.ledger.in_hand()}
 
-    def say_once(self, key: str, message: str) -> None:
-        if key not in self._said:
-            self._said.add(key)
-            logger.warning(message)
-
     def consider(
         self, path: Path, *, deadline: float | None = None, now: float | None = None
     ) -> None:
@@ -203,7 +218,7 @@ class Admission:
         if not self.profiles.exists(where.profile):
             folder = shown(self.settings.inbox / where.profile)
             profile_file = shown(self.settings.profiles / f"{where.profile}.yaml")
-            self.say_once(
+            self.said.say(
                 f"no-profile:{where.profile}",
                 f"{folder}/ holds files but there is no {profile_file}; they wait until there "
                 "is (or move them to a profile folder)",
@@ -262,7 +277,7 @@ class Admission:
         """The models profile `name` names that are not on disk, each said once."""
         absent = self.models.problems(name, profile)
         for problem in absent:
-            self.say_once(
+            self.said.say(
                 f"missing:{name}:{problem}",
                 f"profile {name}: {problem}. Its files wait in the inbox and go as soon as "
                 "it is there",
@@ -281,7 +296,7 @@ class Admission:
             self.absent_models(name, profile)
 
     def _say_invalid(self, name: str, exc: ConfigError) -> None:
-        self.say_once(
+        self.said.say(
             f"bad-profile:{name}:{exc}",
             f"profile {escaped(name)} is invalid: its files wait in the inbox until it is "
             f"fixed (a fix is picked up when saved, no restart): {exc}",

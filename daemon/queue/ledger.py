@@ -24,13 +24,13 @@ from pathlib import Path
 from loguru import logger
 
 from daemon.atomic import write_text
-from daemon.deliver.journal import Journal
 from daemon.deliver.lifecycle import DONE_FOLDER, archive, fail
 from daemon.deliver.outputs import failure_report
 from daemon.deliver.results import Delivered
 from daemon.errors import Fault, classify
 from daemon.intake.jobs import Job, JobStatus
 from daemon.intake.names import is_video
+from daemon.journal.journal import Journal
 from daemon.media.video import estimated_frames
 from daemon.paths import escaped, output_folder, portable_name, shown
 
@@ -53,12 +53,13 @@ class Ledger:
         self,
         inbox: Path,
         outbox: Path,
-        journal: Journal | None,
+        journal: Journal,
         *,
         retry_delay: float,
         stability_delay: float,
         retry_later: bool,
         on_finished: Callable[[Job], None] = lambda job: None,
+        on_outcome: Callable[[Job, str, float | None], None] = lambda *_: None,
     ) -> None:
         self.inbox = inbox
         self.outbox = outbox
@@ -67,9 +68,9 @@ class Ledger:
         self.stability_delay = stability_delay
         self.retry_later = retry_later  # False for `once`: a process fault waits for the next run
         self.on_finished = on_finished  # a job left the inbox (its clip may be over)
-        self.tally = Tally()
         # Each counted outcome, for the metrics: (job, "done"|"failed"|"deferred", seconds).
-        self.on_outcome: Callable[[Job, str, float | None], None] = lambda *_: None
+        self.on_outcome = on_outcome
+        self.tally = Tally()
         self._lock = threading.Lock()
         self._claimed: set[Path] = set()
         self._rows: dict[int, int] = {}  # job id -> journal row
@@ -91,9 +92,8 @@ class Ledger:
             if any(path in self._claimed for path in job.inputs):
                 return False
             self._claimed.update(job.inputs)
-        if self.journal is not None:
-            frames = estimated_frames(job.image) if is_video(job.image) else None
-            self._rows[job.id] = self.journal.queued(job, frames=frames)
+        frames = estimated_frames(job.image) if is_video(job.image) else None
+        self._rows[job.id] = self.journal.queued(job, frames=frames)
         return True
 
     def holds(self, path: Path) -> bool:
@@ -147,7 +147,7 @@ class Ledger:
 
     def live(self, job: Job) -> bool:
         """Not finished yet: a result for a finished job is a duplicate (at-least-once)."""
-        return self.journal is None or job.id in self._rows
+        return job.id in self._rows
 
     def planned(self, job: Job, outputs: list[Path]) -> None:
         """Just before the first output is written: recovery rolls back a half group."""
@@ -155,14 +155,14 @@ class Ledger:
 
     def _journal(self, job: Job, write: Callable[[Journal, int], None]) -> None:
         row = self._rows.get(job.id)
-        if self.journal is not None and row is not None:
+        if row is not None:
             write(self.journal, row)
 
     def _finished(
         self, job: Job, state: JobStatus, reason: str = "", seconds: float | None = None
     ) -> None:
         row = self._rows.pop(job.id, None)
-        if self.journal is not None and row is not None:
+        if row is not None:
             self.journal.finished(row, state, reason=reason, seconds=seconds)
 
     # ----------------------------------------------------------------- how an attempt ended
@@ -177,7 +177,7 @@ class Ledger:
     ) -> JobStatus:
         """`rendered`: a live input's content digest and seed, kept instead of archiving."""
         if job.live:  # nothing to archive: no `written` step (recovery would archive it)
-            if self.journal is not None and rendered is not None:
+            if rendered is not None:
                 self.journal.live_rendered(job.image, *rendered)
             with contextlib.suppress(FileNotFoundError):  # an older version's failure report
                 self._live_report(job).unlink()
@@ -215,7 +215,7 @@ class Ledger:
 
     def unchanged(self, job: Job, digest: str) -> bool:
         """A live input whose content is what was rendered last: nothing to do."""
-        known = self.journal.live_state(job.image) if self.journal is not None else None
+        known = self.journal.live_state(job.image)
         if known is None or known[0] != digest:
             return False
         self._finished(job, JobStatus.DONE, "unchanged since its last render")

@@ -13,8 +13,8 @@ import hashlib
 from dataclasses import replace
 
 from daemon.config.profiles import Profile
-from daemon.deliver.journal import Journal
 from daemon.intake.jobs import Job
+from daemon.journal.journal import Journal
 from daemon.prepare.prepare import Prepared
 
 CHUNK = 1 << 20
@@ -31,9 +31,9 @@ def content_digest(job: Job, settings: Profile) -> str:
     return digest.hexdigest()
 
 
-def with_kept_seed(prepared: Prepared, journal: Journal | None) -> Prepared:
+def with_kept_seed(prepared: Prepared, journal: Journal) -> Prepared:
     """A profile seed of -1 is drawn once per live input and kept across its edits."""
-    if prepared.request.settings.seed != -1 or journal is None:
+    if prepared.request.settings.seed != -1:
         return prepared
     known = journal.live_state(prepared.job.image)
     if known is None:

@@ -75,6 +75,7 @@ class Worker:
         stop: threading.Event,
         max_batch: Literal["auto"] | int = 1,
         on_change: Callable[[], None] = lambda: None,
+        on_job_end: Callable[[Job, JobStatus], None] = lambda job, status: None,
     ) -> None:
         self.queue = queue
         self.ledger = ledger
@@ -86,7 +87,7 @@ class Worker:
         self.stop = stop
         self.max_batch = max_batch  # the daemon's; a profile may say otherwise
         self.on_change = on_change  # the status line changed
-        self.on_job_end: Callable[[Job, JobStatus], None] = lambda job, status: None
+        self.on_job_end = on_job_end  # a job ended, however (`once`'s progress bar)
         # Room for a result per submission in flight, so the writer never holds the worker
         # back while workers still have free slots.
         self.writer = Writer(depth=executor.slots + 1)

@@ -79,6 +79,7 @@ class ModelCache:
         allow_pickle: bool = False,
         compile_unet: bool = False,
         download_models: bool = False,
+        on_load: Callable[[str, float], None] = lambda name, seconds: None,
     ) -> None:
         self.compile_unet = compile_unet
         self.download_models = download_models  # hub ids not in the local cache: fetch them
@@ -94,7 +95,7 @@ class ModelCache:
         self._loaded: dict[str, _Loaded] = {}
         self._low_memory: set[str] = set()  # models that ran out of memory once
         self._device: tuple[str, torch.dtype] | None = None
-        self.on_load: Callable[[str, float], None] = lambda name, seconds: None  # metrics
+        self.on_load = on_load  # a model loaded in so many seconds (the metrics)
         self.interrogators = Interrogators(
             models_dir=models_dir,
             state_dir=state_dir,
@@ -102,9 +103,18 @@ class ModelCache:
             allow_pickle=allow_pickle,
             download_models=download_models,
         )
+        # engines/ is being reworked elsewhere: until Interrogators takes it as an argument,
+        # it gets the cache's observer here, before anyone else sees it.
+        self.interrogators.on_load = on_load
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, device: str | None = None) -> ModelCache:
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        device: str | None = None,
+        on_load: Callable[[str, float], None] = lambda name, seconds: None,
+    ) -> ModelCache:
         """The cache the daemon's settings describe (`device`: another than theirs)."""
         return cls(
             models_dir=settings.models_dir,
@@ -115,6 +125,7 @@ class ModelCache:
             allow_pickle=settings.allow_pickle,
             compile_unet=settings.compile_unet,
             download_models=settings.download_models,
+            on_load=on_load,
         )
 
     @property

@@ -99,37 +99,50 @@ class Entry:
 
 
 class Journal:
-    """Thread-safe: the main loop records queued jobs, the worker the rest."""
+    """Thread-safe: the main loop records queued jobs, the worker the rest.
+
+    Made closed, so that the daemon can hand it to its parts when it builds them; the daemon
+    opens it in ``start()``, once it holds the state folder's lock, and closes it at stop.
+    Used while closed, it raises (a record that went nowhere would break "exactly once").
+    """
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
+        self.read_only = read_only
         self._lock = threading.Lock()
-        if read_only:
-            target, uri = f"file:{path}?mode=ro", True
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            target, uri = str(path), False
-        self._db = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
-        self._db.row_factory = sqlite3.Row
-        if not read_only:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a committed `writing` row must survive a power cut, or recovery could
-            # not know which outputs were half-written.
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
-            columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
-            if "worker" not in columns:  # a journal from before executor: ray
-                self._db.execute("ALTER TABLE jobs ADD COLUMN worker TEXT NOT NULL DEFAULT ''")
-            if "frames" not in columns:  # a journal from before videos were counted by frame
-                self._db.execute("ALTER TABLE jobs ADD COLUMN frames INTEGER")
+        self._db: sqlite3.Connection | None = None
 
-    def close(self) -> None:
+    def open(self) -> Journal:
+        if self.read_only:
+            target, uri = f"file:{self.path}?mode=ro", True
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            target, uri = str(self.path), False
+        db = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        if not self.read_only:
+            _prepare(db)
         with self._lock:
-            self._db.close()
+            self._db = db
+        return self
+
+    def close(self, *, prune: bool = False) -> None:
+        """`prune`: first drop the oldest finished rows, if it is open (the daemon's stop)."""
+        if prune and self._db is not None:
+            self.prune()
+        with self._lock:
+            db, self._db = self._db, None
+        if db is not None:
+            db.close()
 
     def _run(self, sql: str, *args: object) -> sqlite3.Cursor:
         with self._lock:
-            return self._db.execute(sql, args)
+            return self._open().execute(sql, args)
+
+    def _open(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise RuntimeError(f"the journal {self.path} is not open")
+        return self._db
 
     # ----------------------------------------------------------------- the daemon writes
 
@@ -227,15 +240,31 @@ class Journal:
 
     def _entries(self, sql: str, *args: object) -> list[Entry]:
         with self._lock:
-            rows = self._db.execute(sql, args).fetchall()
+            rows = self._open().execute(sql, args).fetchall()
         return [_entry(row) for row in rows]
 
     def has_schema(self) -> bool:
         with self._lock:
-            found = self._db.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'jobs'"
-            ).fetchone()
+            found = (
+                self._open()
+                .execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'jobs'")
+                .fetchone()
+            )
         return found is not None
+
+
+def _prepare(db: sqlite3.Connection) -> None:
+    """The writer's settings, the tables, and the columns that older journals lack."""
+    db.execute("PRAGMA journal_mode=WAL")
+    # FULL: a committed `writing` row must survive a power cut, or recovery could not know
+    # which outputs were half-written.
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(SCHEMA)
+    columns = {row[1] for row in db.execute("PRAGMA table_info(jobs)")}
+    if "worker" not in columns:  # a journal from before executor: ray
+        db.execute("ALTER TABLE jobs ADD COLUMN worker TEXT NOT NULL DEFAULT ''")
+    if "frames" not in columns:  # a journal from before videos were counted by frame
+        db.execute("ALTER TABLE jobs ADD COLUMN frames INTEGER")
 
 
 def _entry(row: sqlite3.Row) -> Entry:
@@ -263,7 +292,7 @@ def open_read_only(path: Path) -> Journal | None:
     """The journal for reading while a daemon may be writing it; None when there is none."""
     if not path.exists():
         return None
-    journal = Journal(path, read_only=True)
+    journal = Journal(path, read_only=True).open()
     if not journal.has_schema():  # the daemon is creating it right now
         journal.close()
         return None
