@@ -80,6 +80,7 @@ class Interrogators:
         device: Callable[[], tuple[str, torch.dtype]],
         allow_pickle: bool = False,
         download_models: bool = False,
+        on_load: Callable[[str, float], None] = lambda name, seconds: None,
     ) -> None:
         self.models_dir = models_dir
         self.state_dir = state_dir
@@ -88,7 +89,7 @@ class Interrogators:
         self._device = device
         self._loaded: dict[tuple[Interrogator, str], _Loaded] = {}
         self._lock = threading.Lock()
-        self.on_load: Callable[[str, float], None] = lambda name, seconds: None  # metrics
+        self.on_load = on_load  # a model loaded in so many seconds (the metrics)
 
     def interrogate(
         self, image: Image.Image, settings: Profile, kind: Interrogator, ref: str

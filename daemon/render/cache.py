@@ -102,10 +102,8 @@ class ModelCache:
             device=lambda: self.device,
             allow_pickle=allow_pickle,
             download_models=download_models,
+            on_load=on_load,
         )
-        # engines/ is being reworked elsewhere: until Interrogators takes it as an argument,
-        # it gets the cache's observer here, before anyone else sees it.
-        self.interrogators.on_load = on_load
 
     @classmethod
     def from_settings(
