@@ -31,7 +31,6 @@ from daemon.config.settings import DEFAULT_CONFIG_NAME, Settings, example_config
 from daemon.errors import ConfigError, Img2ImgdError
 from daemon.intake.jobs import Job
 from daemon.libraries import quiet_libraries
-from daemon.models.hub_refs import hub_report
 from daemon.ops.pull import pull_models
 from daemon.ops.service import JOURNAL_NAME, Daemon, Observers
 from daemon.ops.status import status_report
@@ -39,6 +38,7 @@ from daemon.ops.unit import enable_hint, install_unit, unit_file, writable_dirs
 from daemon.paths import escaped_lines, shown
 from daemon.render.availability import missing_models
 from daemon.render.cache import ModelCache
+from daemon.render.hub_refs import hub_report
 
 if TYPE_CHECKING:
     from loguru import Record
@@ -221,7 +221,13 @@ def _report_profiles(settings: Settings) -> None:
 def check_problems(settings: Settings) -> list[str]:
     """Everything ``check`` reports as a problem: the config's, every profile's, and every
     model a valid profile names that is not found (nothing is loaded)."""
-    loaded, problems = check_all(settings.profiles)
+    return _problems_of(settings, check_all(settings.profiles))
+
+
+def _problems_of(
+    settings: Settings, checked: tuple[dict[str, LoadedProfile], list[str]]
+) -> list[str]:
+    loaded, problems = checked
     problems = [*_config_problems(settings), *problems]
     for profile in loaded.values():
         found = missing_models(profile.settings, settings)
@@ -230,13 +236,14 @@ def check_problems(settings: Settings) -> list[str]:
 
 
 def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
-    loaded, _ = check_all(settings.profiles)
-    hub = hub_report(loaded.values(), models_dir=settings.models_dir, state_dir=settings.state_dir)
+    checked = check_all(settings.profiles)
+    loaded = checked[0]
+    hub = hub_report(loaded.values(), settings)
     for line in hub.cached:  # the ones not cached are among the problems below
         logger.info(line)
     for warning in _prompt_warnings(loaded.values()):
         logger.warning(warning)
-    problems = check_problems(settings)
+    problems = _problems_of(settings, checked)
     for problem in problems:
         logger.error(problem)
     if problems:

@@ -18,8 +18,8 @@ from daemon.config.profiles import check_all
 from daemon.config.settings import Settings
 from daemon.models.hub import LogProgress, Progress, PullError, pull
 from daemon.models.hub_cache import HubRef, has_markers, wrong_kind
-from daemon.models.hub_refs import NamedHubModel, hub_models
 from daemon.models.resolve import looks_like_repo_id
+from daemon.render.hub_refs import NamedHubModel, hub_models
 
 GIVEN = "the command line"  # where an id given to `pull` was named
 
@@ -47,9 +47,7 @@ def _named_by_profiles(settings: Settings) -> list[NamedHubModel]:
     """Each hub id the valid profiles name, once (an invalid profile is ``check``'s to say)."""
     loaded, _ = check_all(settings.profiles)
     first: dict[str, NamedHubModel] = {}
-    for named in hub_models(
-        loaded.values(), models_dir=settings.models_dir, state_dir=settings.state_dir
-    ):
+    for named in hub_models(loaded.values(), settings):
         first.setdefault(named.ref, named)
     return list(first.values())
 

@@ -35,9 +35,7 @@ from daemon.intake.watcher import walk_files
 from daemon.paths import escaped, shown
 from daemon.queue.job_queue import JobQueue
 from daemon.queue.ledger import Ledger
-from daemon.render.availability import ModelReadiness
-
-MODEL_RECHECK = 2.0  # s before a file whose profile's model is missing is looked at again
+from daemon.render.availability import MISSING_RECHECK, ModelReadiness
 
 
 class SaidOnce:
@@ -243,7 +241,7 @@ class Admission:
             return
         absent = self.absent_models(where.profile, profile)
         if absent:
-            self._hold(path, MODEL_RECHECK, where.profile, "; ".join(absent))
+            self._hold(path, MISSING_RECHECK, where.profile, "; ".join(absent))
             return
         companions = companions_on_disk(path)
         now = time.monotonic() if now is None else now

@@ -11,35 +11,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from loguru import logger
 
-from daemon.a1111.prompts import extract_extra_networks
 from daemon.config.profiles import Profile
 from daemon.config.settings import Settings
-from daemon.engines.labels import load_label_lists
 from daemon.errors import ConfigError
-from daemon.models.checkpoints import detect_architecture
-from daemon.models.hub_cache import (
-    HubRole,
-    cached_folder,
-    has_markers,
-    is_hub_id,
-    not_cached,
-    wrong_kind,
-)
-from daemon.models.resolve import (
-    ModelNotFound,
-    find,
-    resolve_clip,
-    resolve_model,
-    resolve_tagger,
-    resolve_vae,
-)
+from daemon.models.hub_cache import cached_folder, has_markers, is_hub_id, not_cached, wrong_kind
+from daemon.models.resolve import ModelNotFound
 from daemon.paths import shown
+from daemon.render.profile_models import NamedModel, named_models
 
 MODELS_DIR_EXAMPLE = "/path/to/stable-diffusion-webui/models"
 MISSING_RECHECK = 2.0  # s between looks for a missing model (a few stat calls)
@@ -51,21 +33,21 @@ def missing_models(profile: Profile, settings: Settings) -> list[str]:
     for and what to do; [] when all are there. A hub id must be in the local cache, unless
     ``download_models`` lets its first job download it."""
     problems = []
-    for lookup in _lookups(profile, settings):
+    for named in named_models(profile, settings):
         try:
-            found = lookup.find()
+            found = named.find()
         except ConfigError as exc:
             problems.append(explain(exc, settings))
             continue
         if not settings.download_models:
-            problems += _not_in_cache(lookup, found)
+            problems += _not_in_cache(named, found)
     return problems
 
 
-def _not_in_cache(lookup: _Lookup, found: object) -> list[str]:
+def _not_in_cache(named: NamedModel, found: object) -> list[str]:
     """What a lookup found that is a hub id (it comes back as itself, not as a path) and is
     not complete in the local cache (files only: never the network)."""
-    if lookup.role is None:
+    if named.role is None:
         return []
     results = found if isinstance(found, tuple) else (found,)
     problems = []
@@ -75,9 +57,9 @@ def _not_in_cache(lookup: _Lookup, found: object) -> list[str]:
             continue
         folder = cached_folder(ref)
         if folder is None:
-            problems.append(not_cached(lookup.what, ref))
-        elif not has_markers(folder, lookup.role):
-            problems.append(wrong_kind(lookup.what, ref, lookup.role, folder))
+            problems.append(not_cached(named.what, ref))
+        elif not has_markers(folder, named.role):
+            problems.append(wrong_kind(named.what, ref, named.role, folder))
     return problems
 
 
@@ -96,105 +78,6 @@ def explain(exc: ConfigError, settings: Settings) -> str:
         f"{exc}. Put the file in {shown(exc.home)} (models_dir is {shown(exc.models_dir)}, "
         f"from {where})"
     )
-
-
-@dataclass(frozen=True)
-class _Lookup:
-    what: str  # for messages: model, vae, interrogation model, tagger
-    find: Callable[[], object]  # the resolver call (raises ConfigError when not found)
-    role: HubRole | None = None  # what a hub id must be, when the reference may be one
-
-
-def _lookups(profile: Profile, settings: Settings) -> list[_Lookup]:
-    """One resolver call per model the profile names, as the render side resolves them, but
-    without loading, generating or downloading anything."""
-    models_dir, state_dir, pickles = settings.models_dir, settings.state_dir, settings.allow_pickle
-    calls: list[_Lookup] = []
-    kinds = set(profile.prompt_sources)
-    if profile.task == "interrogate":
-        kinds.add(profile.interrogator)
-    else:
-
-        def diffusion_model() -> str:
-            source = resolve_model(
-                profile.model, models_dir=models_dir, state_dir=state_dir, build=False,
-                allow_pickle=pickles,
-            )  # fmt: skip
-            if source.kind == "single_file":
-                detect_architecture(Path(source.location))  # reads the key layout only
-            return source.location
-
-        calls.append(_Lookup("model", diffusion_model, "pipeline"))
-        if profile.vae is not None:
-            vae = profile.vae
-            calls.append(
-                _Lookup(
-                    "vae",
-                    lambda: resolve_vae(
-                        vae, models_dir=models_dir, allow_pickle=pickles, build=False
-                    ),
-                    "model",
-                )
-            )
-        calls += [_Lookup("LoRA", _lora_lookup(name, settings)) for name in _profile_loras(profile)]
-    if "clip" in kinds:
-        clip = profile.interrogation_model("clip")
-        calls.append(
-            _Lookup(
-                "interrogation model",
-                lambda: resolve_clip(clip, models_dir=models_dir, state_dir=state_dir, build=False),
-                "model",
-            )
-        )
-        labels_dir = Path(profile.labels_dir).expanduser() if profile.labels_dir else None
-        calls.append(
-            _Lookup(
-                "label lists",
-                lambda: load_label_lists(labels_dir, skip_categories=profile.skip_categories),
-            )
-        )
-    if "deepbooru" in kinds:
-        tagger = profile.interrogation_model("deepbooru")
-        calls.append(
-            _Lookup(
-                "tagger",
-                lambda: resolve_tagger(
-                    tagger,
-                    models_dir=models_dir,
-                    state_dir=state_dir,
-                    allow_pickle=pickles,
-                    build=False,
-                ),
-                "tagger",
-            )
-        )
-    return calls
-
-
-def _profile_loras(profile: Profile) -> list[str]:
-    """The LoRAs the profile's own prompts name. A LoRA named only in an input's settings or
-    parameters is skipped with a note when missing, as A1111 does; one the profile promises
-    for every job makes its files wait instead."""
-    names: list[str] = []
-    for text in (profile.prompt, profile.negative_prompt):
-        try:
-            names += [lora.name for lora in extract_extra_networks(text)[1]]
-        except ValueError:
-            continue  # a malformed tag: the job reports it, with the input's name
-    return list(dict.fromkeys(names))
-
-
-def _lora_lookup(name: str, settings: Settings) -> Callable[[], object]:
-    def lookup() -> Path:
-        try:
-            return find(
-                "lora", name, models_dir=settings.models_dir, dirs=settings.lora_dirs or None,
-                allow_pickle=settings.allow_pickle,
-            )  # fmt: skip
-        except ModelNotFound as exc:
-            raise exc.noted("named in the profile's prompt") from exc
-
-    return lookup
 
 
 class ModelReadiness:

@@ -1,0 +1,133 @@
+"""The models a profile names, each with the resolver call that finds it: one walk, used by
+the preflight (:mod:`daemon.render.availability`: is it there?) and by ``check`` / ``pull``
+(:mod:`daemon.render.hub_refs`: which are hub ids, and are they cached?).
+
+A profile names the checkpoint (or diffusers folder, or hub id), a VAE, the interrogators its
+prompt asks for (or its task uses), the label lists CLIP ranks with, and LoRAs in its own
+prompt. Each is looked up as the render side resolves it, but without loading, generating or
+downloading anything (``build=False``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from daemon.a1111.prompts import extract_extra_networks
+from daemon.config.profiles import Profile
+from daemon.config.settings import Settings
+from daemon.engines.labels import load_label_lists
+from daemon.models.checkpoints import detect_architecture
+from daemon.models.hub_cache import HubRole
+from daemon.models.resolve import (
+    ModelNotFound,
+    find,
+    resolve_clip,
+    resolve_model,
+    resolve_tagger,
+    resolve_vae,
+)
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """One model a profile names."""
+
+    key: str  # the profile key that names it (for file:line in messages)
+    what: str  # for messages: model, vae, interrogation model, tagger, LoRA, label lists
+    ref: str  # the reference as written
+    find: Callable[[], object]  # the resolver call: a path, or the ref itself for a hub id;
+    # raises ConfigError when it is nowhere
+    role: HubRole | None = None  # what a hub id must be, when the reference may be one
+
+
+def named_models(profile: Profile, settings: Settings) -> list[NamedModel]:
+    """Every model `profile` renders with, in the order a job loads them."""
+    models_dir, state_dir, pickles = settings.models_dir, settings.state_dir, settings.allow_pickle
+    named: list[NamedModel] = []
+    kinds = set(profile.prompt_sources)
+    if profile.task == "interrogate":
+        kinds.add(profile.interrogator)
+    else:
+        model = profile.model
+
+        def diffusion_model() -> str:
+            source = resolve_model(
+                model, models_dir=models_dir, state_dir=state_dir, build=False,
+                allow_pickle=pickles,
+            )  # fmt: skip
+            if source.kind == "single_file":
+                detect_architecture(Path(source.location))  # reads the key layout only
+            return source.location
+
+        named.append(NamedModel("model", "model", model, diffusion_model, "pipeline"))
+        if profile.vae is not None:
+            vae = profile.vae
+
+            def vae_file() -> Path:
+                return resolve_vae(vae, models_dir=models_dir, allow_pickle=pickles, build=False)
+
+            named.append(NamedModel("vae", "vae", vae, vae_file, "model"))
+        named += [_lora(name, settings) for name in _profile_loras(profile)]
+    if "clip" in kinds:
+        clip = profile.interrogation_model("clip")
+        labels_dir = Path(profile.labels_dir).expanduser() if profile.labels_dir else None
+
+        def clip_parts() -> tuple[str, str]:
+            return resolve_clip(clip, models_dir=models_dir, state_dir=state_dir, build=False)
+
+        def label_lists() -> object:
+            return load_label_lists(labels_dir, skip_categories=profile.skip_categories)
+
+        named.append(
+            NamedModel(
+                _model_key(profile, "clip"), "interrogation model", clip, clip_parts, "model"
+            )
+        )
+        named.append(NamedModel("labels_dir", "label lists", str(labels_dir or ""), label_lists))
+    if "deepbooru" in kinds:
+        tagger = profile.interrogation_model("deepbooru")
+
+        def tagger_file() -> Path:
+            return resolve_tagger(
+                tagger, models_dir=models_dir, state_dir=state_dir, allow_pickle=pickles,
+                build=False,
+            )  # fmt: skip
+
+        named.append(NamedModel(_model_key(profile, "deepbooru"), "tagger", tagger, tagger_file,
+                                "tagger"))  # fmt: skip
+    return named
+
+
+def _model_key(profile: Profile, kind: str) -> str:
+    """The profile key naming the model of interrogator `kind` (as interrogation_model)."""
+    if profile.task == "interrogate" and profile.interrogator == kind:
+        return "model"
+    return "interrogate_model" if kind == "clip" else "tagger_model"
+
+
+def _profile_loras(profile: Profile) -> list[str]:
+    """The LoRAs the profile's own prompts name. A LoRA named only in an input's settings or
+    parameters is skipped with a note when missing, as A1111 does; one the profile promises
+    for every job makes its files wait instead."""
+    names: list[str] = []
+    for text in (profile.prompt, profile.negative_prompt):
+        try:
+            names += [lora.name for lora in extract_extra_networks(text)[1]]
+        except ValueError:
+            continue  # a malformed tag: the job reports it, with the input's name
+    return list(dict.fromkeys(names))
+
+
+def _lora(name: str, settings: Settings) -> NamedModel:
+    def lookup() -> Path:
+        try:
+            return find(
+                "lora", name, models_dir=settings.models_dir, dirs=settings.lora_dirs or None,
+                allow_pickle=settings.allow_pickle,
+            )  # fmt: skip
+        except ModelNotFound as exc:
+            raise exc.noted("named in the profile's prompt") from exc
+
+    return NamedModel("prompt", "LoRA", name, lookup)
