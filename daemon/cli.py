@@ -6,7 +6,7 @@ import argparse
 import importlib.util
 import signal
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -81,33 +81,26 @@ def _parser() -> argparse.ArgumentParser:
     options = argparse.ArgumentParser(add_help=False)
     options.add_argument("--config", type=Path, default=argparse.SUPPRESS, help=config_help)
     commands = _Commands(parser.add_subparsers(required=True, metavar="COMMAND"), options)
-    init = commands.add_parser(
-        "init", help="write a commented img2imgd.yaml here (or at --config) to edit"
+    init = commands.add(
+        "init", cmd_init, "write a commented img2imgd.yaml here (or at --config) to edit"
     )
     init.add_argument(
         "--models-dir", type=Path, default=None,
         help="the folder of your models, e.g. stable-diffusion-webui/models (A1111's layout)",
     )  # fmt: skip
-    init.set_defaults(command=cmd_init)
-    run = commands.add_parser("run", help="watch the inbox and process files until stopped")
-    run.set_defaults(command=cmd_run)
-    once = commands.add_parser(
-        "once", help="process what is in the inbox now, then exit (0 ok, 1 inputs failed, "
-        "2 configuration error, 3 some inputs left for a later run)",
-    )  # fmt: skip
-    once.set_defaults(command=cmd_once)
-    check = commands.add_parser("check", help="validate the config and every profile")
-    check.set_defaults(command=cmd_check)
-    status = commands.add_parser(
-        "status", help="show the queue, the job in hand, recent results and failures"
+    commands.add("run", cmd_run, "watch the inbox and process files until stopped")
+    commands.add("once", cmd_once, "process what is in the inbox now, then exit (0 ok, 1 inputs "
+                 "failed, 2 configuration error, 3 some inputs left for a later run)")  # fmt: skip
+    commands.add("check", cmd_check, "validate the config and every profile")
+    commands.add(
+        "status", cmd_status, "show the queue, the job in hand, recent results and failures"
     )
-    status.set_defaults(command=cmd_status)
-    interrogate = commands.add_parser(
-        "interrogate",
-        help="print a prompt for each image (CLIP caption or tags), one line per file",
+    interrogate = commands.add(
+        "interrogate", cmd_interrogate,
+        "print a prompt for each image (CLIP caption or tags), one line per file",
         description="Interrogate images and print one line per file, in order (an empty "
         "line for a file that failed; the reason goes to stderr). Exit 1 if any failed.",
-    )
+    )  # fmt: skip
     interrogate.add_argument("files", nargs="+", type=Path, metavar="FILE")
     interrogate.add_argument(
         "--interrogator", choices=("clip", "deepbooru"), default=None,
@@ -121,29 +114,27 @@ def _parser() -> argparse.ArgumentParser:
         help="the interrogation model (folder, hub id, builtin:tiny-interrogator, "
         "builtin:tiny-tagger); overrides the profile's",
     )  # fmt: skip
-    interrogate.set_defaults(command=cmd_interrogate)
-    pull_ = commands.add_parser(
-        "pull",
-        help="download hub models into the local Hugging Face cache (default: every hub id "
-        "the profiles name)",
+    pull_ = commands.add(
+        "pull", cmd_pull,
+        "download hub models into the local Hugging Face cache (default: every hub id the "
+        "profiles name)",
         description="Download hub models into the local Hugging Face cache the daemon reads "
         "(HF_HOME, or ~/.cache/huggingface): only the files a pipeline needs. With no id, "
         "every hub id the profiles name. Exit 1 if any download failed.",
-    )
+    )  # fmt: skip
     pull_.add_argument("refs", nargs="*", metavar="ID", help="a hub id, e.g. org/name")
     pull_.add_argument(
         "--revision", default=None, help="a branch, tag or commit (profiles then name "
         "the model as ID@REVISION)",
     )  # fmt: skip
-    pull_.set_defaults(command=cmd_pull)
-    service = commands.add_parser(
-        "install-service", help="write a systemd unit for `img2imgd run` and say how to enable it"
-    )
+    service = commands.add(
+        "install-service", cmd_install_service,
+        "write a systemd unit for `img2imgd run` and say how to enable it",
+    )  # fmt: skip
     service.add_argument("--user", action="store_true", help="a user unit (no root needed)")
     service.add_argument(
         "--print", dest="print_only", action="store_true", help="print the unit, write nothing"
     )
-    service.set_defaults(command=cmd_install_service)
     return parser
 
 
@@ -154,10 +145,14 @@ class _Commands:
         self.actions = actions
         self.options = options
 
-    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    def add(
+        self, name: str, command: Callable[..., int], help: str, **kwargs: Any
+    ) -> argparse.ArgumentParser:
+        """The sub-command `name`, run by `command(settings, args)`."""
         parser: argparse.ArgumentParser = self.actions.add_parser(
-            name, parents=[self.options], **kwargs
+            name, parents=[self.options], help=help, **kwargs
         )
+        parser.set_defaults(command=command)
         return parser
 
 
