@@ -4,7 +4,7 @@ heavy libraries only inside functions, and an intake that needs no image or tens
 The order is the README's ("Architecture"): the render side (a1111 → config → models →
 engines → render) is the bottom of the house because it must run anywhere without the file
 side; the file side builds on it in the order a file travels: prepare → deliver → journal →
-queue → ops.
+queue → ops, with the live rules (which prepare, delivery and the queue ask) below them all.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"models"},
     {"engines"},
     {"render"},
+    {"live"},  # the live rules (live: true), asked by prepare, delivery and the queue
     {"prepare"},
     {"deliver"},
     {"journal"},  # the journal, the state folder's lock, and recovery after a crash

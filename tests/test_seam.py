@@ -11,6 +11,8 @@ import numpy as np
 from daemon.config.profiles import ProfileStore
 from daemon.intake.jobs import Job
 from daemon.intake.pairing import companions_on_disk, route
+from daemon.journal.journal import Journal
+from daemon.live.live import Live
 from daemon.prepare.clip_state import SequenceStore
 from daemon.prepare.prepare import Preparer
 from daemon.render.executor import InProcessExecutor
@@ -26,9 +28,11 @@ def test_requests_and_results_pickle(workspace: Workspace, models) -> None:
     where = route(settings.inbox, image)
     assert where is not None
     job = Job(where.profile, image, where.sub_dir, companions_on_disk(image))
+    profiles = ProfileStore(settings.profiles)
+    live = Live(settings.inbox, settings.outbox, profiles, Journal(settings.state_dir / "j.db"))
     preparer = Preparer(
-        settings, ProfileStore(settings.profiles), SequenceStore(settings.state_dir / "seq"),
-        random.Random(1),
+        settings, profiles, SequenceStore(settings.state_dir / "seq"), random.Random(1),
+        live=live,
     )  # fmt: skip
     request = preparer.prepare(job).request
     again = pickle.loads(pickle.dumps(request))

@@ -103,22 +103,21 @@ def _split(name: str) -> tuple[str, str]:
     return (head, dot + rest) if head else (name, "")
 
 
+RETRY_BY_HAND = "To retry, fix the problem and move the file back into its profile folder."
+
+
 def failure_report(
-    reason: str, error: BaseException | None, *, job_name: str, live: bool = False
+    reason: str, error: BaseException | None, *, job_name: str, next_step: str = RETRY_BY_HAND
 ) -> str:
-    """The ``.error.txt`` text: the reason in one plain sentence first, then the details.
+    """The ``.error.txt`` text: the reason in one plain sentence first, what comes next
+    (`next_step`), then the details.
 
     Expected problems (InputError) need no traceback; an unexpected exception gets one, so
     that a bug report can be made from the file alone (the traceback only: never the values of
     local variables, which may hold prompts, paths or credentials). Names in it are escaped:
     a report is read with ``cat`` too, and a name may hold a terminal escape sequence.
     """
-    lines = [escaped(reason.rstrip()), "", f"Input: {escaped(job_name)}"]
-    lines.append(
-        "It renders again at its next export; this report goes away when one succeeds."
-        if live
-        else "To retry, fix the problem and move the file back into its profile folder."
-    )
+    lines = [escaped(reason.rstrip()), "", f"Input: {escaped(job_name)}", next_step]
     if error is not None and not isinstance(error, Img2ImgdError):
         details = "".join(traceback.format_exception(error)).rstrip()
         lines += ["", "Details:", escaped_lines(details)]

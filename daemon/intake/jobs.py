@@ -35,7 +35,7 @@ class Job:
     sub_dir: PurePosixPath
     companions: Companions = field(default_factory=Companions)
     attempt: int = 0
-    live: bool = False  # its profile is live: it stays in the inbox and renders on each change
+    live: bool = False  # its profile was live when it was queued (ask daemon.live, not this)
     id: int = field(default_factory=lambda: next(_ids))
 
     @property
@@ -50,3 +50,8 @@ class Job:
 
     def retry(self) -> Job:
         return replace(self, attempt=self.attempt + 1)
+
+    def renewed(self, companions: Companions) -> Job:
+        """The same input as a new job (a new id: a new journal row), with `companions` as
+        they are now."""
+        return replace(self, companions=companions, id=next(_ids))

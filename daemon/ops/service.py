@@ -52,6 +52,7 @@ from daemon.intake.watcher import InboxWatcher
 from daemon.journal.journal import Journal
 from daemon.journal.lock import StateLock
 from daemon.journal.recovery import recover
+from daemon.live.live import Live
 from daemon.ops.housekeeping import prune_done
 from daemon.ops.metrics import Metrics
 from daemon.ops.roster import ProfileRoster
@@ -122,11 +123,14 @@ class Daemon:
         self.tracker = StabilityTracker(settings.stability_delay)
         self.lock = StateLock(settings.state_dir)
         self.journal = Journal(settings.state_dir / JOURNAL_NAME)  # opened by start()
+        # The live rules (live: true), asked by the intake, prepare, the worker and the
+        # ledger; the journal keeps what each live input last rendered.
+        self.live = Live(settings.inbox, settings.outbox, self.profiles, self.journal)
         self.notifier = Notifier()
         self.clips = SequenceStore(settings.state_dir / "sequences")
         self.clip_ends = ClipEnds(settings.inbox, self.clips, window=settings.pairing_window)
         self.ledger = Ledger(
-            settings.inbox, settings.outbox, self.journal,
+            settings.inbox, settings.outbox, self.journal, self.live,
             retry_delay=settings.retry_delay, stability_delay=settings.stability_delay,
             retry_later=watch, on_finished=self.clip_ends.after_job,
             on_outcome=self._counted if self.metrics else _ignore,
@@ -134,7 +138,7 @@ class Daemon:
         said = SaidOnce()
         self.worker = self._make_worker(said, observers.job_end)
         self.admission = Admission(
-            settings, self.profiles, self.tracker, self.ledger, self.queue,
+            settings, self.profiles, self.tracker, self.ledger, self.queue, self.live,
             hold_files=watch, said=said, on_job_queued=observers.job_queued,
             on_arrival=self.worker.want, on_change_in_hand=self.worker.supersede,
         )  # fmt: skip
@@ -154,10 +158,11 @@ class Daemon:
         return Worker(
             queue=self.queue,
             ledger=self.ledger,
-            preparer=Preparer(settings, self.profiles, self.clips, self.rng),
+            preparer=Preparer(settings, self.profiles, self.clips, self.rng, live=self.live),
             executor=self.executor,
             deliverer=Deliverer(settings.outbox, self.clips),
             videos=VideoRunner(settings, self.profiles, self.clips, self.executor, self.rng),
+            live=self.live,
             hours=Hours(hours if self.watch else None, said.say),
             stop=self.stop_event,
             max_batch=settings.max_batch,

@@ -21,6 +21,7 @@ from daemon.config.settings import Settings
 from daemon.errors import TransientError
 from daemon.intake.jobs import Job
 from daemon.intake.names import frame_number
+from daemon.live.live import Live
 from daemon.prepare.canvas import aspect_note, build_canvas, processing_size
 from daemon.prepare.clip_state import SequenceStore
 from daemon.prepare.inputs import check_regular_file, merge_settings, storage_safe
@@ -43,7 +44,7 @@ class Prepared:
     request: RenderRequest
     notes: tuple[str, ...] = ()
     frame: FramePlan | None = None
-    digest: str | None = None  # a live input's content (see queue/live.py)
+    digest: str | None = None  # a live input's content (see daemon/live)
 
 
 class Preparer:
@@ -55,11 +56,14 @@ class Preparer:
         profiles: ProfileStore,
         clips: SequenceStore,
         rng: random.Random,
+        *,
+        live: Live,
     ) -> None:
         self.settings = settings
         self.profiles = profiles
         self.clips = clips
         self.rng = rng
+        self.live = live  # a live input's result replaced in place, with its kept seed
 
     def prepare(self, job: Job) -> Prepared:
         limits = self.settings
@@ -68,11 +72,10 @@ class Preparer:
         image = storage_safe(load_image, job.image, max_pixels=limits.max_image_pixels)
         merged = merge_settings(job, profile, image, max_bytes=limits.max_input_bytes)
         settings = merged.settings
-        if settings.live:  # the result is replaced in place, never a -1 copy
-            settings = settings.model_copy(update={"overwrite": True})
         flat = flatten_on_white(image)
         if settings.task == "interrogate":
-            return Prepared(job, RenderRequest(job.label, settings, flat), merged.notes)
+            request = self.live.request(job, RenderRequest(job.label, settings, flat))
+            return Prepared(job, request, merged.notes)
         canvas, canvas_notes = build_canvas(
             job, settings, flat,
             max_pixels=limits.max_image_pixels, max_bytes=limits.max_input_bytes,
@@ -81,7 +84,7 @@ class Preparer:
         note = aspect_note(settings, canvas.image.size, size)
         frame = (
             None  # a live sub-folder is an editor's export folder (`<document>-assets/`)
-            if settings.live
+            if self.live.in_place(job)
             else self._frame_plan(job, settings.seed, settings.seed_mode, settings.color_correction)
         )
         if frame is not None:
@@ -102,7 +105,7 @@ class Preparer:
             parameters_model_hash=merged.parameters_model_hash,
         )
         notes = (*merged.notes, *canvas_notes, *([note] if note else []))
-        return Prepared(job, request, notes, frame)
+        return Prepared(job, self.live.request(job, request), notes, frame)
 
     def _frame_plan(
         self, job: Job, seed: int, seed_mode: str, correction: bool | None

@@ -28,6 +28,7 @@ from daemon.config.profiles import Profile, ProfileStore
 from daemon.config.settings import Settings
 from daemon.errors import InputError, TransientError
 from daemon.intake.jobs import Job
+from daemon.live.live import in_place
 from daemon.media.video import VideoInfo, probe, read_frames
 from daemon.paths import output_folder, portable_name
 from daemon.prepare.canvas import aspect_note, processing_size
@@ -116,6 +117,7 @@ def frame_request(
         seed=frame_seed(settings.seed_mode, plan.base_seed, index, rng),
         colors=colors,
         prompt_image=prompt_image,
+        alone=in_place(plan.job),  # a live profile's video: painted frame by frame
     )
 
 

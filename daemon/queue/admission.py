@@ -22,16 +22,10 @@ from daemon.config.settings import Settings
 from daemon.errors import ConfigError
 from daemon.intake.jobs import Job
 from daemon.intake.names import accepted_kinds
-from daemon.intake.pairing import (
-    Companions,
-    Kind,
-    classify,
-    companions_on_disk,
-    image_of_companion,
-    route,
-)
+from daemon.intake.pairing import Kind, classify, companions_on_disk, route
 from daemon.intake.stability import StabilityTracker
 from daemon.intake.watcher import walk_files
+from daemon.live.live import Live
 from daemon.paths import escaped, shown
 from daemon.queue.job_queue import JobQueue
 from daemon.queue.ledger import Ledger
@@ -64,6 +58,7 @@ class Admission:
         tracker: StabilityTracker,
         ledger: Ledger,
         queue: JobQueue,
+        live: Live,
         *,
         hold_files: bool,
         said: SaidOnce,
@@ -76,6 +71,7 @@ class Admission:
         self.tracker = tracker
         self.ledger = ledger
         self.queue = queue
+        self.live = live  # what live says of a profile's files (quiet time, deletions)
         self.hold_files = hold_files  # False for `once`: what cannot run now is left for later
         self.said = said  # warnings logged once (shared with the worker's processing hours)
         self.on_job_queued = on_job_queued
@@ -84,8 +80,6 @@ class Admission:
         self._lock = threading.Lock()
         self._waiting: dict[Path, float] = {}  # image -> deadline for a required companion
         self._changed_in_hand: set[Path] = set()  # changed while a job had it in hand
-        self._live_seen: dict[Path, tuple[tuple[int, int], ...]] = {}  # live input -> stat
-        self._deleted: dict[Path, float] = {}  # live input -> when it vanished
         self.models = ModelReadiness(settings)
         # `once`: why files were left in the inbox, by profile (said again at the end)
         self.left_waiting: dict[str, str] = {}
@@ -100,16 +94,14 @@ class Admission:
             self.on_change_in_hand(path)
             return
         if not path.exists() and not path.is_symlink():  # deleted (an editor re-exporting?)
-            with self._lock:
-                if path in self._live_seen:
-                    self._deleted.setdefault(path, time.monotonic())
+            self.live.vanished(path)
             return
         where = route(self.settings.inbox, path)
         # A live input waits for its profile's quiet time (live_delay, by mtime: see
-        # _live_ready), not for the stability delay: an export renamed in from another
+        # Live.turn), not for the stability delay: an export renamed in from another
         # folder arrives as a plain "created" event, without the close that marks it whole.
-        live = where is not None and self._is_live(where.profile)
-        self.tracker.touch(path, closed=closed or live)
+        quiet_decides = where is not None and self.live.watches(where.profile)
+        self.tracker.touch(path, closed=closed or quiet_decides)
         self._arrived(path)
 
     def rescan(self) -> None:
@@ -149,27 +141,7 @@ class Admission:
             self._changed_in_hand -= released
         for path in released:  # complete once released: only a live input's quiet time counts
             self.tracker.touch(path, closed=True)
-        self._live_deletions(now)
-
-    def _live_deletions(self, now: float) -> None:
-        """A deleted live input may come back (Generator deletes an asset before each
-        export): only after its profile's ``live_grace`` is it gone, and its result stays."""
-        with self._lock:
-            deleted = list(self._deleted.items())
-        for path, since in deleted:
-            where = route(self.settings.inbox, path)
-            grace = self._live_grace(where.profile) if where else 0.0
-            if now - since < grace:
-                continue
-            with self._lock:
-                self._deleted.pop(path, None)
-                gone = not path.exists() and self._live_seen.pop(path, None) is not None
-            if gone and where is not None:
-                logger.info(
-                    "{} was deleted and did not come back within {:g} s; its last result "
-                    "stays in the outbox", escaped(f"{where.profile}/{where.sub_dir / where.name}"),
-                    grace,
-                )  # fmt: skip
+        self.live.expire(now)  # deleted live inputs that did not come back
 
     def _arrived(self, path: Path) -> None:
         where = route(self.settings.inbox, path)
@@ -199,14 +171,13 @@ class Admission:
         if where is None or self.ledger.holds(path):
             return
         kind = classify(where)
-        live = self._is_live(where.profile)
         if kind is Kind.UNSUPPORTED:
-            if not live:  # a live folder holds the editor's own files too (the PSD)
+            if not self.live.leaves_alone(where.profile):
                 self._refuse_unsupported(path, where.profile)
             return
         if kind is not Kind.IMAGE:
-            image = image_of_companion(path) if live else None
-            if image is not None:  # a live input's mask or sketch changed: it renders again
+            image = self.live.renders_again(path, where.profile)
+            if image is not None:
                 self.tracker.touch(image, closed=True)
             return  # a companion: it travels with its image
         if not path.exists() and not path.is_symlink():
@@ -256,11 +227,14 @@ class Admission:
                 with self._lock:
                     self._waiting[path] = deadline
                 return
-        if profile.live and not self._live_ready(path, companions, profile.live_delay):
+        turn = self.live.turn(path, companions, profile)
+        if turn.again_in is not None:  # complete, not quiet yet: look again when it may be
+            self.tracker.touch(path, closed=True, not_before=time.monotonic() + turn.again_in)
+        if not turn.renders:
             return
         job = Job(
             profile=where.profile, image=path, sub_dir=where.sub_dir, companions=companions,
-            live=profile.live,
+            live=self.live.applies(profile),
         )  # fmt: skip
         with self._lock:
             self._waiting.pop(path, None)
@@ -308,43 +282,9 @@ class Admission:
             return
         companions = companions_on_disk(job.image)
         self.ledger.release(job)
-        retry = Job(
-            job.profile, job.image, job.sub_dir, companions, attempt=job.attempt, live=job.live
-        )  # a new id: a new journal row
+        retry = job.renewed(companions)  # a new id: a new journal row
         if self.ledger.claim(retry):
             self.queue.put(retry)
-
-    def _live_grace(self, profile: str) -> float:
-        try:
-            return self.profiles.get(profile).settings.live_grace
-        except ConfigError:
-            return 0.0
-
-    def _is_live(self, profile: str) -> bool:
-        try:
-            return self.profiles.exists(profile) and self.profiles.get(profile).settings.live
-        except ConfigError:
-            return False
-
-    def _live_ready(self, image: Path, companions: Companions, delay: float) -> bool:
-        """A live input renders once its image and companions have been quiet for `delay`
-        (an editor exporting several layers), and only when one of them changed since its
-        last job here (rescans find every live input again); the worker compares content."""
-        shared = (companions.mask,) if companions.mask_shared else ()
-        files = (image, *companions.paths(), *shared)
-        try:
-            stats = tuple((st.st_size, st.st_mtime_ns) for st in (p.stat() for p in files))
-        except OSError:
-            return False  # gone meanwhile: an editor deleting before it exports again
-        quiet_for = time.time() - max(mtime for _size, mtime in stats) / 1e9
-        if quiet_for < delay:  # complete, not quiet yet: look again when it may be
-            self.tracker.touch(image, closed=True, not_before=time.monotonic() + delay - quiet_for)
-            return False
-        with self._lock:
-            if self._live_seen.get(image) == stats:
-                return False
-            self._live_seen[image] = stats
-        return True
 
     def _hold(self, path: Path, seconds: float, profile: str, why: str) -> None:
         """A file that cannot become a job yet: look again later; ``once`` does not wait, the

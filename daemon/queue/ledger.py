@@ -31,8 +31,9 @@ from daemon.errors import Fault, classify
 from daemon.intake.jobs import Job, JobStatus
 from daemon.intake.names import is_video
 from daemon.journal.journal import Journal
+from daemon.live.live import AFTER_FAILURE, Live
 from daemon.media.video import estimated_frames
-from daemon.paths import escaped, output_folder, portable_name, shown
+from daemon.paths import escaped, shown
 
 MAX_BACKOFF = 600.0  # s, cap on the retry delay for jobs that hit a process fault
 
@@ -54,6 +55,7 @@ class Ledger:
         inbox: Path,
         outbox: Path,
         journal: Journal,
+        live: Live,
         *,
         retry_delay: float,
         stability_delay: float,
@@ -64,6 +66,7 @@ class Ledger:
         self.inbox = inbox
         self.outbox = outbox
         self.journal = journal
+        self.live = live  # whether an input stays, its result replaced in place
         self.retry_delay = retry_delay
         self.stability_delay = stability_delay
         self.retry_later = retry_later  # False for `once`: a process fault waits for the next run
@@ -145,7 +148,7 @@ class Ledger:
             job = jobs[position]
             self._journal(job, lambda journal, row: journal.dispatched(row, worker))
 
-    def live(self, job: Job) -> bool:
+    def unfinished(self, job: Job) -> bool:
         """Not finished yet: a result for a finished job is a duplicate (at-least-once)."""
         return job.id in self._rows
 
@@ -176,11 +179,8 @@ class Ledger:
         rendered: tuple[str, int] | None = None,
     ) -> JobStatus:
         """`rendered`: a live input's content digest and seed, kept instead of archiving."""
-        if job.live:  # nothing to archive: no `written` step (recovery would archive it)
-            if rendered is not None:
-                self.journal.live_rendered(job.image, *rendered)
-            with contextlib.suppress(FileNotFoundError):  # an older version's failure report
-                self._live_report(job).unlink()
+        if self.live.in_place(job):  # it stays: no `written` step (recovery would archive it)
+            self.live.rendered(job, rendered)
         else:
             self._journal(job, lambda journal, row: journal.written(row))
             try:
@@ -213,15 +213,11 @@ class Ledger:
         delay = max(self.stability_delay, 0.2) * 2 if verdict.retry_soon else None
         return self.defer(job, verdict.reason, delay=delay)
 
-    def unchanged(self, job: Job, digest: str) -> bool:
-        """A live input whose content is what was rendered last: nothing to do."""
-        known = self.journal.live_state(job.image)
-        if known is None or known[0] != digest:
-            return False
-        self._finished(job, JobStatus.DONE, "unchanged since its last render")
+    def skipped(self, job: Job, reason: str) -> None:
+        """Nothing to do for `job` (`reason`: a live input unchanged since its last render)."""
+        self._finished(job, JobStatus.DONE, reason)
         self.release(job)
-        logger.info("{}: unchanged since its last render; nothing to do", job.label)
-        return True
+        logger.info("{}: {}; nothing to do", job.label, reason)
 
     def superseded(self, job: Job) -> None:
         """A live input's render was stopped for a newer version, which renders next."""
@@ -229,18 +225,14 @@ class Ledger:
         self.release(job)
         logger.info("{}: a newer version arrived; it renders next", job.label)
 
-    def _live_report(self, job: Job) -> Path:
-        """``<stem>.error.txt`` beside the result, at a stable name like the result's."""
-        folder = output_folder(self.outbox, job.profile, job.sub_dir)
-        return folder / f"{portable_name(job.image.stem)}.error.txt"
-
-    def _live_failed(self, job: Job, reason: str, error: BaseException | None) -> JobStatus:
+    def _failed_in_place(self, job: Job, reason: str, error: BaseException | None) -> JobStatus:
         """A live input's version is broken: the editor will overwrite it, so it stays; the
         report goes beside the last good result, which stays too."""
-        report = self._live_report(job)
+        report = self.live.report(job)
         try:
             report.parent.mkdir(parents=True, exist_ok=True)
-            write_text(report, failure_report(reason, error, job_name=job.label, live=True))
+            text = failure_report(reason, error, job_name=job.label, next_step=AFTER_FAILURE)
+            write_text(report, text)
         except OSError as exc:
             logger.error("{}: could not write its report {}: {}", job.label, shown(report), exc)
         self.release(job)
@@ -255,8 +247,8 @@ class Ledger:
     def failed(self, job: Job, reason: str, error: BaseException | None) -> JobStatus:
         """The file's fault: the report and the inputs go to ``_failed``."""
         reason = escaped(reason)  # it names the file, whose name may hold control characters
-        if job.live:
-            return self._live_failed(job, reason, error)
+        if self.live.in_place(job):
+            return self._failed_in_place(job, reason, error)
         self._journal(job, lambda journal, row: journal.failing(row, reason))
         try:
             report = fail(job, self.inbox, reason, error)

@@ -27,10 +27,10 @@ from daemon.deliver.results import Deliverer
 from daemon.errors import ConfigError, NotStarted, Superseded
 from daemon.intake.jobs import Job, JobStatus
 from daemon.intake.names import is_video
+from daemon.live.live import Live
 from daemon.prepare.prepare import Prepared, Preparer
 from daemon.queue.job_queue import JobQueue
 from daemon.queue.ledger import Ledger
-from daemon.queue.live import content_digest, with_kept_seed
 from daemon.queue.videos import PaintedVideo, VideoRunner
 from daemon.queue.writer import Writer
 from daemon.render.executor import Executor, Outcome, batch_limit
@@ -71,6 +71,7 @@ class Worker:
         executor: Executor,
         deliverer: Deliverer,
         videos: VideoRunner,
+        live: Live,
         hours: Hours,
         stop: threading.Event,
         max_batch: Literal["auto"] | int = 1,
@@ -83,6 +84,7 @@ class Worker:
         self.executor = executor
         self.deliverer = deliverer
         self.videos = videos
+        self.live = live  # a live input's content, and whether a change supersedes it
         self.hours = hours
         self.stop = stop
         self.max_batch = max_batch  # the daemon's; a profile may say otherwise
@@ -215,14 +217,12 @@ class Worker:
     def _prepare(self, job: Job) -> Prepared | None:
         self.ledger.running(job)
         try:
-            if not job.live:
-                return self.preparer.prepare(job)
-            digest = content_digest(job, self.preparer.profiles.get(job.profile).settings)
-            if self.ledger.unchanged(job, digest):
+            digest = self.live.identity(job)  # None but for a live input
+            if self.live.unchanged(job, digest):
+                self.ledger.skipped(job, "unchanged since its last render")
                 self._ended(job, JobStatus.DONE)
                 return None
-            prepared = replace(self.preparer.prepare(job), digest=digest)
-            return with_kept_seed(prepared, self.ledger.journal)
+            return replace(self.preparer.prepare(job), digest=digest)
         except Exception as exc:
             self._ended(job, self.ledger.attempt_failed(job, exc))
             return None
@@ -247,7 +247,7 @@ class Worker:
         seconds = clock.seconds() / len(group)  # the batch's time, shared
         for prepared, outcome in zip(group, outcomes, strict=True):
             job = prepared.job
-            if not self.ledger.live(job):  # finished already: a duplicate result is dropped
+            if not self.ledger.unfinished(job):  # finished already: a duplicate result is dropped
                 logger.debug("{}: a second result arrived and was dropped", job.label)
                 continue
             if isinstance(outcome, NotStarted):  # the daemon is stopping; it runs next time
@@ -275,7 +275,7 @@ class Worker:
         """Watcher thread: `path` changed while in hand. When it belongs to the live input
         being painted, the painting stops at its next step: only the newest version matters."""
         job = self.current
-        if job is not None and job.live and path in job.inputs:
+        if job is not None and self.live.supersedes(job, path):
             self.executor.cancel(job.label)
 
     def want(self, profile: str) -> None:

@@ -128,7 +128,7 @@ def share_a_call(first: RenderRequest, other: RenderRequest) -> bool:
         and other.mask is None
         and not first.settings.prompt_sources
         and first.parameters_model_hash == other.parameters_model_hash
-        and not first.settings.live  # alone, so that a newer version can stop it
+        and not (first.alone or other.alone)  # so that a newer version can stop it
         and batchable(first.settings, has_mask=False)
     )
 

@@ -30,6 +30,7 @@ class RenderRequest:
     colors: Colors | None = None  # colour correction towards these (a clip's reference)
     prompt_image: Image.Image | None = None  # what {interrogate}/{tags} describe (None: image)
     parameters_model_hash: str | None = None  # use_png_info: the model the parameters name
+    alone: bool = False  # never in a batch: a live input, which a newer version may stop
 
     @property
     def interrogates(self) -> bool:
