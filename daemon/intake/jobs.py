@@ -35,7 +35,7 @@ class Job:
     sub_dir: PurePosixPath
     companions: Companions = field(default_factory=Companions)
     attempt: int = 0
-    live: bool = False  # its profile was live when it was queued (ask daemon.live, not this)
+    live: bool = False  # its profile was live when queued (read through daemon/live only)
     id: int = field(default_factory=lambda: next(_ids))
 
     @property
