@@ -19,13 +19,13 @@ from daemon.a1111.imaging import flatten_on_white, load_image
 from daemon.a1111.prompt_plan import plan_prompts
 from daemon.atomic import write_text
 from daemon.config.profiles import (
-    DEFAULT_INTERROGATE_MODEL,
-    DEFAULT_TAGGER_MODEL,
+    KeyProblems,
     LoadedProfile,
     Profile,
     ProfileStore,
     check_all,
     profile_names,
+    task_settings,
 )
 from daemon.config.settings import DEFAULT_CONFIG_NAME, Settings, example_config, load_settings
 from daemon.errors import ConfigError, Img2ImgdError
@@ -39,6 +39,9 @@ from daemon.paths import escaped_lines, shown
 from daemon.render.availability import missing_models
 from daemon.render.cache import ModelCache
 from daemon.render.hub_refs import hub_report
+from daemon.tasks import interrogate
+from daemon.tasks.keys import DEFAULT_INTERROGATE_MODEL
+from daemon.tasks.registry import task_of
 
 if TYPE_CHECKING:
     from loguru import Record
@@ -192,7 +195,7 @@ def _prompt_warnings(loaded: Iterable[LoadedProfile]) -> list[str]:
     warnings = []
     for profile in loaded:
         keys = profile.settings
-        if keys.task == "interrogate":
+        if task_of(keys).pipeline is None:  # it describes the input: no prompts
             continue
         found = {
             "prompt": plan_prompts(keys.prompt, "", keys.steps).notes,
@@ -342,25 +345,22 @@ def cmd_interrogate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _interrogation_profile(args: argparse.Namespace, profiles: ProfileStore) -> Profile:
-    """The options of `img2imgd interrogate`: a profile's, or the defaults; then the flags."""
+    """The options of `img2imgd interrogate`: a profile's, or the defaults; then the flags.
+    The model is the profile's own when its task runs that interrogator, else the one it
+    names for it (``interrogate_model`` / ``tagger_model``)."""
     if args.profile is not None:
-        base = profiles.get(args.profile).raw
+        loaded = profiles.get(args.profile)
+        base, settings = loaded.raw, loaded.settings
     else:
         base = {"model": DEFAULT_INTERROGATE_MODEL}
-    kind = args.interrogator or (base.get("interrogator") if args.profile else None) or "clip"
-    values = {**base, "interrogator": kind}
-    if base.get("task") != "interrogate" or base.get("interrogator", "clip") != kind:
-        # Not the profile's own interrogation model: the one it names for this kind.
-        key = "interrogate_model" if kind == "clip" else "tagger_model"
-        default = DEFAULT_INTERROGATE_MODEL if kind == "clip" else DEFAULT_TAGGER_MODEL
-        values["model"] = base.get(key, default)
-    if args.model is not None:
-        values["model"] = args.model
-    values["task"] = "interrogate"
-    try:
-        return Profile.model_validate(values)
-    except ValueError as exc:
-        raise ConfigError(f"interrogate: {exc}") from exc
+        settings = Profile.model_validate(base)
+    kind = args.interrogator or settings.interrogating or "clip"
+    model = args.model if args.model is not None else settings.interrogation_model(kind)
+    values = {**base, "task": interrogate.TASK.name, "interrogator": kind, "model": model}
+    try:  # the keys only the profile's own task uses are left out
+        return task_settings(values, "img2imgd interrogate")
+    except KeyProblems as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def cmd_pull(settings: Settings, args: argparse.Namespace) -> int:

@@ -21,6 +21,7 @@ LAYERS: list[set[str]] = [
     {"__init__", "errors", "atomic", "paths", "libraries"},  # the core every layer may use
     {"intake"},  # names, stability, watching, pairing, jobs: no image library
     {"a1111", "media"},  # A1111's behaviour as pure functions; video files in and out
+    {"tasks"},  # kinds of work, one module each: keys, companions, canvas, outputs (pure)
     {"config"},
     {"models"},
     {"engines"},

@@ -11,11 +11,12 @@ from PIL import Image
 from daemon.a1111.infotext import png_info
 from daemon.atomic import atomic_writer, write_text
 from daemon.deliver.lifecycle import archive, fail
-from daemon.deliver.outputs import claim_names, failure_report, move_into, output_stems, write_image
+from daemon.deliver.outputs import claim_names, failure_report, move_into, write_image
 from daemon.errors import InputError
 from daemon.intake.jobs import Job
 from daemon.intake.pairing import Companions
 from daemon.paths import UnsafePath, inside
+from daemon.tasks.outputs import output_stems
 
 SUFFIXES = (".png", ".txt")
 

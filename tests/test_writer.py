@@ -30,12 +30,12 @@ def test_the_next_input_paints_while_the_previous_one_is_written(
             b_paints.set()
         return render(self, requests)
 
-    def delivering(self: Deliverer, prepared: Any, *args: Any, **kwargs: Any) -> Any:
-        name = prepared.job.image.name
+    def delivering(self: Deliverer, job: Any, *args: Any, **kwargs: Any) -> Any:
+        name = job.image.name
         threads[f"deliver {name}"] = threading.current_thread().name
         if name == "a.png":
             overlapped.append(b_paints.wait(timeout=30))
-        return deliver(self, prepared, *args, **kwargs)
+        return deliver(self, job, *args, **kwargs)
 
     monkeypatch.setattr(InProcessExecutor, "render", rendering)
     monkeypatch.setattr(Deliverer, "deliver", delivering)

@@ -4,35 +4,40 @@
 whose names start with ``_`` are bases only). Profiles are re-read when their files change,
 so an edit takes effect for the next job without a restart. Validation reports the file, the
 key and what is allowed; ``check_all`` collects every problem of every profile at once.
+
+A profile's ``task`` (:mod:`daemon.tasks.registry`) decides which keys it may set: each task
+validates them with its own key model, and a key that only other tasks use is reported as
+such where the profile itself (or a per-image YAML) writes it.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ValidationError, field_validator
 
-from daemon.a1111.samplers import SamplerChoice, parse_sampler
-from daemon.a1111.sizes import ResizeMode
-from daemon.config.validation import Where, describe
+from daemon.config.validation import Where, describe, not_used
 from daemon.config.yamlsafe import YamlProblem, key_lines, read_mapping
 from daemon.errors import ConfigError, InputError
+from daemon.intake.pairing import Kind
 from daemon.paths import shown
+from daemon.tasks.keys import (
+    CaptionKeys,
+    CommonKeys,
+    ImageOutputKeys,
+    Interrogator,
+    InterrogatorKeys,
+    MaskKeys,
+    PaintingKeys,
+    PromptSourceKeys,
+    SequenceKeys,
+)
+from daemon.tasks.registry import DEFAULT_TASK, TASKS, task_of
 
-Task = Literal["img2img", "sketch", "inpaint", "inpaint_sketch", "interrogate"]
-Interrogator = Literal["clip", "deepbooru"]
-ClipMode = Literal["fast", "classic", "best", "negative"]
-DEFAULT_INTERROGATE_MODEL = "Salesforce/blip-image-captioning-large + openai/clip-vit-large-patch14"
-"""BLIP large for the caption, CLIP ViT-L/14 (SD 1.x's text encoder) for the ranking."""
-DEFAULT_TAGGER_MODEL = "SmilingWolf/wd-v1-4-moat-tagger-v2"
-"""The WD14 tagger most A1111 users run (an ONNX folder on the hub)."""
-PROMPT_SOURCES = {"{interrogate}": "clip", "{tags}": "deepbooru"}
-"""Placeholders an img2img prompt may hold, and the interrogator that fills each."""
-MaskedContent = Literal["fill", "original", "latent noise", "latent nothing"]
-MASKED_CONTENT: tuple[MaskedContent, ...] = ("fill", "original", "latent noise", "latent nothing")
 MAX_EXTENDS_DEPTH = 8
 # Per-image YAML sits in the inbox, which anyone who can drop a file can write: it may tune
 # the generation but never choose which files are loaded.
@@ -41,176 +46,108 @@ NOT_PER_IMAGE = frozenset(
 )
 
 
-class Profile(BaseModel):
-    """The effective settings of one job. Defaults are A1111's img2img UI defaults."""
+class Profile(
+    CommonKeys,
+    PaintingKeys,
+    MaskKeys,
+    ImageOutputKeys,
+    SequenceKeys,
+    InterrogatorKeys,
+    CaptionKeys,
+    PromptSourceKeys,
+):
+    """The effective settings of one job: every key group, so every key has a value (A1111's
+    img2img UI defaults for those its task does not use). Profiles are validated through
+    their task's own key model first (:func:`task_settings`); what comes out is this."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    task: str = DEFAULT_TASK
 
-    task: Task = "img2img"
-    model: str = Field(min_length=1)
-    vae: str | None = None  # overrides the model's VAE: a file/folder, or a name in models_dir/VAE
-    clip_skip: int = Field(1, ge=1, le=12)  # A1111's "Clip skip"
-    prompt: str = ""
-    negative_prompt: str = ""
-    sampler_name: str = "DPM++ 2M"
-    scheduler: str = "Automatic"
-    steps: int = Field(20, ge=1, le=150)
-    cfg_scale: float = Field(7.0, ge=0.0, le=30.0)
-    seed: int = Field(-1, ge=-1, le=2**32 - 1)
-    width: int | None = Field(None, ge=8, le=8192)
-    height: int | None = Field(None, ge=8, le=8192)
-    max_pixels: int = Field(512 * 512, ge=64, le=8192 * 8192)
-    scale: float | None = Field(None, gt=0.0, le=8.0)
-    resize_mode: ResizeMode = ResizeMode.JUST_RESIZE
-    denoising_strength: float = Field(0.75, ge=0.0, le=1.0)
-    img2img_fix_steps: bool = False
-    mask_blur: int = Field(4, ge=0, le=64)
-    inpainting_fill: MaskedContent = "original"
-    inpaint_full_res: bool = False
-    inpaint_full_res_padding: int = Field(32, ge=0, le=1024)
-    inpainting_mask_invert: bool = False
-    batch_size: int = Field(1, ge=1, le=16)
-    n_iter: int = Field(1, ge=1, le=100)
-    output_format: Literal["png", "jpg", "webp"] = "png"
-    output_quality: int = Field(95, ge=1, le=100)
-    overwrite: bool = False
-    # Live: inputs stay and re-render whenever an editor exports them again (Photoshop's
-    # Generator, Krita, GIMP); the result is replaced in place.
-    live: bool = False
-    live_delay: float = Field(0.25, ge=0.0, le=60.0)  # s an input must be quiet to render
-    live_grace: float = Field(5.0, ge=0.0, le=3600.0)  # s a deleted input may come back
-    use_png_info: bool = False  # A1111 batch "PNG info": settings from the input's parameters
-
-    # Clips: a sub-folder of frames, or a video file
-    seed_mode: Literal["fixed", "increment", "random"] = "fixed"  # one seed for every frame
-    color_correction: bool | None = None  # frames matched to the first one's colours; None:
-    # on for clips (sub-folders and videos), off for single images
-    keep_frames: bool = False  # a video's repainted frames also go to outbox/<profile>/<stem>/
-    # Frames of a video painted in one pipeline call; None: the daemon's max_batch
-    max_batch: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] | None = None
-
-    # Interrogation: `task: interrogate` (then `model:` is the interrogation model), or the
-    # {interrogate} / {tags} placeholders of an img2img prompt (then the *_model keys).
-    interrogator: Interrogator = "clip"
-    copy_image: bool = False  # the image beside its caption: the outbox is a training set
-    interrogate_model: str = Field(DEFAULT_INTERROGATE_MODEL, min_length=1)
-    tagger_model: str = Field(DEFAULT_TAGGER_MODEL, min_length=1)
-    # CLIP (A1111's interrogate options; modes as clip-interrogator's)
-    mode: ClipMode = "classic"
-    caption_min_length: int = Field(24, ge=0, le=512)
-    caption_max_length: int = Field(48, ge=1, le=512)
-    num_beams: int = Field(1, ge=1, le=16)
-    top_n: int | None = Field(None, ge=1, le=100)  # terms per list; default: the list's .topN
-    max_flavors: int = Field(32, ge=1, le=256)  # fast/best/negative: terms at most
-    dict_limit: int = Field(1500, ge=0, le=1_000_000)  # first N terms of each list; 0 = all
-    skip_categories: tuple[str, ...] = ()
-    return_ranks: bool = False  # terms (and tags) as (term:0.123)
-    labels_dir: str | None = None  # the user's lists: same name replaces ours, new name adds
-    # Tagger (A1111's DeepBooru options; WD14's thresholds)
-    threshold: float | None = Field(None, ge=0.0, le=1.0)  # default 0.35 WD14, 0.5 DeepDanbooru
-    character_threshold: float = Field(0.85, ge=0.0, le=1.0)
-    sort_alpha: bool | None = None  # default: DeepDanbooru alphabetical, WD14 by score
-    use_spaces: bool = True
-    escape: bool = True
-    exclude_tags: tuple[str, ...] = ()
-    include_ratings: bool = False
-
-    @field_validator("width", "height", mode="before")
+    @field_validator("task")
     @classmethod
-    def _auto_size(cls, value: Any) -> Any:
-        return None if isinstance(value, str) and value.strip().lower() == "auto" else value
-
-    @field_validator("width", "height")
-    @classmethod
-    def _multiple_of_8(cls, value: int | None) -> int | None:
-        if value is not None and value % 8:
-            raise ValueError(f"must be a multiple of 8, such as {value - value % 8 or 8}")
+    def _registered(cls, value: str) -> str:
+        if value not in TASKS:
+            names = [f"'{name}'" for name in TASKS]
+            raise ValueError(f"Input should be {', '.join(names[:-1])} or {names[-1]}")
         return value
-
-    @field_validator("resize_mode", mode="before")
-    @classmethod
-    def _resize_mode(cls, value: Any) -> ResizeMode:
-        return ResizeMode.parse(value)
-
-    @field_validator("inpainting_fill", mode="before")
-    @classmethod
-    def _masked_content(cls, value: Any) -> Any:
-        if (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            and 0 <= value < len(MASKED_CONTENT)
-        ):
-            return MASKED_CONTENT[value]  # A1111's API sends 0..3
-        return value.strip().lower() if isinstance(value, str) else value
-
-    @field_validator("output_format", mode="before")
-    @classmethod
-    def _format(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            value = value.strip().lower().lstrip(".")
-            return "jpg" if value == "jpeg" else value
-        return value
-
-    @field_validator("exclude_tags", "skip_categories", mode="before")
-    @classmethod
-    def _comma_list(cls, value: Any) -> Any:
-        if isinstance(value, str):  # A1111 takes "a, b, c"
-            return tuple(part.strip() for part in value.split(",") if part.strip())
-        return value
-
-    @field_validator("inpainting_mask_invert", mode="before")
-    @classmethod
-    def _mask_mode(cls, value: Any) -> Any:
-        if isinstance(value, str):  # A1111 labels
-            label = value.strip().lower()
-            if label in ("inpaint masked", "inpaint not masked"):
-                return label == "inpaint not masked"
-        return value
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Profile:
-        if self.scale is not None and (self.width is not None or self.height is not None):
-            raise ValueError("set either scale or width/height, not both")
-        if self.caption_min_length > self.caption_max_length:
-            raise ValueError(
-                f"caption_min_length ({self.caption_min_length}) is over caption_max_length "
-                f"({self.caption_max_length})"
-            )
-        try:
-            self.sampler  # noqa: B018 - raises ValueError listing the valid labels
-        except ValueError as exc:
-            raise ValueError(f"sampler_name / scheduler: {exc}") from exc
-        return self
 
     @property
-    def sampler(self) -> SamplerChoice:
-        return parse_sampler(self.sampler_name, self.scheduler)
-
-    @property
-    def prompt_sources(self) -> tuple[Interrogator, ...]:
-        """The interrogators an img2img prompt asks for with {interrogate} / {tags}."""
-        text = self.prompt + self.negative_prompt
-        found = {kind for mark, kind in PROMPT_SOURCES.items() if mark in text}
-        return tuple(sorted(found))  # type: ignore[arg-type]
+    def interrogating(self) -> Interrogator | None:
+        """The interrogator whose model ``model`` is (a task that describes the input);
+        None when the task paints and ``model`` is a diffusion model."""
+        return task_of(self).interrogator(self.interrogator)
 
     def interrogation_model(self, kind: Interrogator) -> str:
-        """The model `kind` uses: ``model`` in an interrogate profile of that kind, else the
-        ``interrogate_model`` / ``tagger_model`` key."""
-        if self.task == "interrogate" and self.interrogator == kind:
-            return self.model
-        return self.interrogate_model if kind == "clip" else self.tagger_model
+        """The model `kind` uses: ``model`` when this profile's task runs that interrogator,
+        else the ``interrogate_model`` / ``tagger_model`` key."""
+        model: str = getattr(self, self.model_key(kind))
+        return model
+
+    def model_key(self, kind: Interrogator) -> str:
+        """The key that names the model of interrogator `kind` (for messages)."""
+        if self.interrogating == kind:
+            return "model"
+        return "interrogate_model" if kind == "clip" else "tagger_model"
 
     @property
     def needs_mask(self) -> bool:
-        return self.task == "inpaint"
+        return Kind.MASK in task_of(self).companions.required
 
     @property
     def needs_sketch(self) -> bool:
-        return self.task in ("sketch", "inpaint_sketch")
+        return Kind.SKETCH in task_of(self).companions.required
 
 
 PROFILE_KEYS = (*Profile.model_fields, "extends")
 """Every key a profile may set, for "did you mean" hints."""
+
+
+class KeyProblems(ValueError):
+    """Every problem of a set of keys, one line each (``file:line: …``)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__(problems[0])
+        self.problems = problems
+
+
+def task_settings(
+    raw: Mapping[str, Any],
+    source: Path | str,
+    *,
+    where: Where | None = None,
+    reported: Collection[str] = (),
+) -> Profile:
+    """`raw` validated by its task's own key model, as the effective settings.
+
+    A key of another task that this one does not use is a problem where it is among
+    `reported` (written for this profile: its own file, a per-image YAML), and dropped
+    anywhere else (a base that profiles of several tasks share, the input's PNG parameters).
+    `source` and `where` say where each key was written, for the messages."""
+    name = raw.get("task", DEFAULT_TASK)
+    task = TASKS.get(name) if isinstance(name, str) else None
+    if task is None:  # no such task: the complete model says which there are, with the rest
+        raise KeyProblems(_problems(Profile, raw, source, where, known=PROFILE_KEYS))
+    accepted = task.keys.model_fields
+    unused = [key for key in raw if key in Profile.model_fields and key not in accepted]
+    problems = [not_used(key, task.name, source, where) for key in unused if key in reported]
+    used = {key: value for key, value in raw.items() if key not in unused}
+    try:
+        keys = task.keys.model_validate({**used, "task": task.name})
+    except ValidationError as exc:
+        problems += describe(exc, source, known=(*accepted, "extends"), where=where)
+    if problems:
+        raise KeyProblems(problems)
+    return Profile.model_validate(keys.model_dump())
+
+
+def _problems(
+    model: type[BaseModel], raw: Mapping[str, Any], source: Path | str, where: Where | None,
+    *, known: Collection[str],
+) -> list[str]:  # fmt: skip
+    try:
+        model.model_validate(raw)
+    except ValidationError as exc:
+        return describe(exc, source, known=known, where=where)
+    raise AssertionError(f"{model.__name__} took what it should refuse")
 
 
 @dataclass(frozen=True)
@@ -226,35 +163,40 @@ class LoadedProfile:
         return f"{shown(path)}:{line}" if line else shown(path)
 
     def with_overrides(
-        self, overrides: dict[str, Any], source: Path, *, yaml: Path | None = None
+        self,
+        overrides: Mapping[str, Any],
+        source: Path,
+        *,
+        yaml: Path | None = None,
+        parameters: Mapping[str, Any] | None = None,
     ) -> Profile:
-        """The profile with a per-image YAML laid over it; any problem is the file's fault.
-        `source` names where the overrides came from; `yaml` is the per-image YAML among
-        them, whose lines the problems point at."""
-        forbidden = sorted(NOT_PER_IMAGE & overrides.keys())
+        """The profile with an input's own settings laid over it: `parameters` (its PNG
+        info, use_png_info), then `overrides` (its YAML); any problem is the file's fault.
+        `source` names where they came from; `yaml` is the per-image YAML, whose lines the
+        problems point at. Parameters the task does not use are dropped; YAML keys it does
+        not use are a problem."""
+        parameters = parameters or {}
+        forbidden = sorted(NOT_PER_IMAGE & (overrides.keys() | parameters.keys()))
         if forbidden:
             raise InputError(
                 f"{source.name} sets '{forbidden[0]}', which only a profile may set "
                 f"(models and bases come from profiles/{self.name}.yaml)"
             )
-        interrogating = self.settings.task == "interrogate"
-        task = overrides.get("task", self.settings.task)
-        if (task == "interrogate") != interrogating or (
-            "interrogator" in overrides and overrides["interrogator"] != self.settings.interrogator
-        ):
+        where: Where = {}
+        if yaml is not None:
+            where = {key: (yaml.name, line) for key, line in key_lines(yaml).items()}
+        merged = {**self.raw, **parameters, **overrides}
+        try:
+            settings = task_settings(merged, source.name, where=where, reported=overrides.keys())
+        except KeyProblems as exc:
+            raise InputError(exc.problems[0]) from exc
+        if settings.interrogating != self.settings.interrogating:
             raise InputError(
                 f"{source.name} turns this {self.settings.task} profile into another kind of "
-                "work (task: interrogate, or another interrogator); only a profile may, since "
-                "its model is of that kind"
+                f"work (task: {settings.task}, interrogator: {settings.interrogating or 'none'});"
+                " only a profile may, since its model is of that kind"
             )
-        try:
-            return Profile.model_validate({**self.raw, **overrides})
-        except ValidationError as exc:
-            where: Where = {}
-            if yaml is not None:
-                where = {key: (yaml.name, line) for key, line in key_lines(yaml).items()}
-            problems = describe(exc, source.name, known=PROFILE_KEYS, where=where)
-            raise InputError(problems[0]) from exc
+        return settings
 
 
 def profile_names(folder: Path) -> list[str]:
@@ -267,12 +209,13 @@ def profile_names(folder: Path) -> list[str]:
 
 
 def load_profile(folder: Path, name: str) -> LoadedProfile:
-    raw, files = _merged_raw(folder, name)
+    """The profile `name`; a key its task does not use is reported when the profile's own
+    file sets it, never when a base it extends does (bases serve profiles of every task)."""
+    raw, files, own = _merged_raw(folder, name)
     try:
-        settings = Profile.model_validate(raw)
-    except ValidationError as exc:
-        problems = describe(exc, files[0], known=PROFILE_KEYS, where=_where(files))
-        raise ConfigError(problems[0], problems) from exc
+        settings = task_settings(raw, files[0], where=_where(files), reported=own)
+    except KeyProblems as exc:
+        raise ConfigError(exc.problems[0], exc.problems) from exc
     return LoadedProfile(name=name, settings=settings, raw=raw, files=files)
 
 
@@ -285,7 +228,9 @@ def _where(files: tuple[Path, ...]) -> Where:
     return where
 
 
-def _merged_raw(folder: Path, name: str) -> tuple[dict[str, Any], tuple[Path, ...]]:
+def _merged_raw(folder: Path, name: str) -> tuple[dict[str, Any], tuple[Path, ...], frozenset[str]]:
+    """The keys of the ``extends`` chain merged (the profile's own win), the chain's files,
+    and the keys the profile's own file sets."""
     chain: list[tuple[Path, dict[str, Any]]] = []
     current: str | None = name
     while current is not None:
@@ -312,7 +257,7 @@ def _merged_raw(folder: Path, name: str) -> tuple[dict[str, Any], tuple[Path, ..
     merged: dict[str, Any] = {}
     for _, data in reversed(chain):
         merged.update(data)
-    return merged, tuple(path for path, _ in chain)
+    return merged, tuple(path for path, _ in chain), frozenset(chain[0][1])
 
 
 class ProfileStore:

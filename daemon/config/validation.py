@@ -34,8 +34,7 @@ def describe(
     for item in error.errors(include_url=False):
         parts = [str(part) for part in item["loc"] if not str(part).startswith("function-")]
         key = ".".join(parts)
-        file, line = (where or {}).get(parts[0], (source, 0)) if parts else (source, 0)
-        at = f"{shown(file)}:{line}" if line else shown(file)
+        at = located(parts[0] if parts else None, source, where)
         message = item["msg"]
         if message.startswith("Value error, "):
             message = message[len("Value error, ") :]
@@ -46,6 +45,17 @@ def describe(
         suffix = "" if item["type"] == "missing" or isinstance(given, dict) else f" (got {given!r})"
         lines.append(f"{at}: {key + ': ' if key else ''}{message}{suffix}")
     return lines
+
+
+def located(key: str | None, source: Path | str, where: Where | None) -> str:
+    """``file:line`` where `key` was written, or the file alone when the line is not known."""
+    file, line = (where or {}).get(key, (source, 0)) if key is not None else (source, 0)
+    return f"{shown(file)}:{line}" if line else shown(file)
+
+
+def not_used(key: str, task: str, source: Path | str, where: Where | None) -> str:
+    """A key that another task uses but the profile's task does not."""
+    return f"{located(key, source, where)}: `{key}` is not used by task `{task}`"
 
 
 def _suggestion(key: str, known: tuple[str, ...]) -> str:

@@ -24,11 +24,6 @@ from daemon.paths import escaped, escaped_lines
 PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 
 
-def output_stems(stem: str, count: int) -> list[str]:
-    """One result keeps the input's stem; a batch numbers them ``<stem>_1`` … ``<stem>_N``."""
-    return [stem] if count == 1 else [f"{stem}_{index}" for index in range(1, count + 1)]
-
-
 def claim_names(
     folder: Path, stems: Sequence[str], suffixes: Sequence[str], *, overwrite: bool
 ) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -37,22 +37,20 @@ from daemon.engines.conditioning import PromptConditioning, ScheduledConditionin
 from daemon.engines.prompt_cache import PromptCache
 from daemon.engines.prompt_encoder import Embedded, PromptEncoder
 from daemon.errors import InputError
+from daemon.tasks.task import Pipeline
 
 if TYPE_CHECKING:
     import torch
 
 Region = tuple[int, int, int, int]
-PipelineTask = Literal["img2img", "inpaint"]
 
 
 class Pipelines(Protocol):
     """Where the engine gets its warm pipelines (the render side's model cache)."""
 
-    def pipeline(self, ref: str, task: PipelineTask, *, vae: str | None = None) -> Any: ...
+    def pipeline(self, ref: str, task: Pipeline, *, vae: str | None = None) -> Any: ...
     def scheduler(self, ref: str, choice: SamplerChoice, *, vae: str | None = None) -> Any: ...
-    def adapters(
-        self, ref: str, task: PipelineTask, *, vae: str | None = None
-    ) -> AdapterManager: ...
+    def adapters(self, ref: str, task: Pipeline, *, vae: str | None = None) -> AdapterManager: ...
     def prompts(self, ref: str, *, vae: str | None = None) -> PromptCache: ...
     def low_memory(self, ref: str, *, vae: str | None = None) -> bool: ...
 
@@ -159,7 +157,7 @@ class DiffusionEngine:
         if mask is not None and settings.inpainting_fill == "fill":
             image = fill_masked(image, mask)
 
-        task: PipelineTask = "inpaint" if mask is not None else "img2img"
+        task: Pipeline = "inpaint" if mask is not None else "img2img"
         conditioned = self._conditioning(
             settings, task, width * height, prompt, negative_prompt, notes
         )
@@ -244,7 +242,7 @@ class DiffusionEngine:
     def _conditioning(
         self,
         settings: Profile,
-        task: PipelineTask,
+        task: Pipeline,
         pixels: int,
         prompt: str,
         negative_prompt: str,

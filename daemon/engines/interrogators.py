@@ -26,13 +26,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from loguru import logger
 
 from daemon import __version__
-from daemon.config.profiles import Interrogator, Profile
+from daemon.config.profiles import Profile
 from daemon.engines.interrogate_clip import ClipInterrogator, ClipOptions
 from daemon.engines.labels import load_label_lists
 from daemon.engines.tagger import TaggerOptions
 from daemon.engines.taggers import load_tagger
 from daemon.models.builtin import is_builtin
 from daemon.models.resolve import resolve_clip, resolve_tagger
+from daemon.tasks.keys import Interrogator
 
 if TYPE_CHECKING:
     import torch

@@ -112,6 +112,12 @@ class Companions:
     parameters: Path | None = None  # <stem>.txt
     mask_shared: bool = False  # the only file in masks/: it serves every image of the folder
 
+    def has(self, kind: Kind) -> bool:
+        """Whether the companion of `kind` (a mask, a sketch …) is among these."""
+        found = {Kind.MASK: self.mask, Kind.SKETCH: self.sketch, Kind.SETTINGS: self.settings,
+                 Kind.PARAMETERS: self.parameters}.get(kind)  # fmt: skip
+        return found is not None
+
     def paths(self) -> tuple[Path, ...]:
         """The files that belong to this image alone (they move with it); a shared mask
         stays for the folder's other images."""

@@ -1,56 +1,57 @@
-"""What the model paints on: the input with its sketch laid on and its mask, at which size."""
+"""What the model paints on: the input's sketch and mask read, laid out by its task, at which
+size."""
 
 from __future__ import annotations
 
 from PIL import Image
 
 from daemon.a1111.imaging import load_image, load_mask
-from daemon.a1111.masks import blend_sketch_for_inpaint, composite_sketch, sketch_mask
 from daemon.a1111.sizes import aspect_mismatch, fit_size, scaled_size
 from daemon.config.profiles import Profile
-from daemon.engines.diffusion import Canvas
 from daemon.errors import InputError
 from daemon.intake.jobs import Job
+from daemon.intake.pairing import Kind
 from daemon.prepare.inputs import check_regular_file, storage_safe
+from daemon.tasks.task import Canvas, Painting, Task
 
 ASPECT_TOLERANCE = 0.03  # fixed sizes further than this from the input's ratio are logged
 
 
 def build_canvas(
-    job: Job, settings: Profile, image: Image.Image, *, max_pixels: int, max_bytes: int
-) -> tuple[Canvas, tuple[str, ...]]:
-    """Lay the sketch on the (flattened) input and load its mask; check what the task needs."""
-    notes: list[str] = []
-    mask: Image.Image | None = None
+    job: Job,
+    task: Painting,
+    settings: Profile,
+    image: Image.Image,
+    *,
+    max_pixels: int,
+    max_bytes: int,
+) -> Canvas:
+    """Read the job's sketch and mask, check that its task has what it needs, and have the
+    task lay them out on the (flattened) input."""
     companions = job.companions
+    sketch: Image.Image | None = None
     if companions.sketch is not None:
         check_regular_file(companions.sketch, max_bytes=max_bytes)
         sketch = storage_safe(load_image, companions.sketch, max_pixels=max_pixels)
         sketch = sketch.convert("RGBA")
-        sketched, note = composite_sketch(image, sketch)
-        if note:
-            notes.append(f"sketch: {note}")
-        if settings.task == "inpaint_sketch" and companions.mask is None:
-            mask = sketch_mask(sketch, image.size)
-            image = blend_sketch_for_inpaint(image, sketched, mask, settings.mask_blur)
-        else:
-            image = sketched
+    mask: Image.Image | None = None
+    mask_notes: tuple[str, ...] = ()
     if companions.mask is not None:
         check_regular_file(companions.mask, max_bytes=max_bytes)
         mask, note = storage_safe(load_mask, companions.mask, image.size, max_pixels=max_pixels)
-        if note:
-            notes.append(f"mask: {note}")
-    if settings.needs_mask and mask is None:
-        raise InputError(
-            f"no mask for {job.image.name}: an inpaint profile needs {job.image.stem}.mask.png "
-            "beside it (or masks/" + job.image.stem + ".png)"
-        )
-    if settings.needs_sketch and companions.sketch is None:
-        raise InputError(
-            f"no sketch for {job.image.name}: a {settings.task} profile needs "
-            f"{job.image.stem}.sketch.png beside it"
-        )
-    return Canvas(image, mask), tuple(notes)
+        mask_notes = (f"mask: {note}",) if note else ()
+    missing = task.companions.missing(companions)
+    if missing is not None:
+        raise InputError(missing_companion(job, task, missing))
+    canvas = task.canvas(image, sketch=sketch, mask=mask, settings=settings)
+    return Canvas(canvas.image, canvas.mask, (*canvas.notes, *mask_notes))
+
+
+def missing_companion(job: Job, task: Task, kind: Kind) -> str:
+    """Why `job` cannot be painted without its `kind` companion, and what to drop."""
+    name, stem = job.image.name, job.image.stem
+    needs = f"no {kind.value} for {name}: {task.a_profile} needs {stem}.{kind.value}.png beside it"
+    return f"{needs} (or masks/{stem}.png)" if kind is Kind.MASK else needs
 
 
 def processing_size(settings: Profile, width: int, height: int) -> tuple[int, int]:

@@ -90,6 +90,7 @@ def merge_settings(
     job: Job, profile: LoadedProfile, image: Image.Image | None, *, max_bytes: int
 ) -> Merged:
     """The profile, then the input's own parameters (use_png_info), then its YAML."""
+    parameters: dict[str, Any] = {}
     overrides: dict[str, Any] = {}
     sources: list[str] = []
     notes: list[str] = []
@@ -98,11 +99,10 @@ def merge_settings(
         text, where = _parameters_text(job, image, max_bytes=max_bytes)
         if text is not None:
             found = settings_from_infotext(text)
-            overrides.update(found.overrides)
+            parameters.update(found.overrides)
             notes += [f"{where}: {note}" for note in found.notes]
             sources.append(where)
-            if profile.settings.task != "interrogate":  # `model` is then the interrogator
-                model_hash = found.model_hash
+            model_hash = found.model_hash  # (only a painting task reads PNG info)
     yaml_path = job.companions.settings
     if yaml_path is not None:
         check_regular_file(yaml_path, max_bytes=max_bytes)
@@ -112,8 +112,10 @@ def merge_settings(
             raise InputError(exc.at(yaml_path.name)) from exc
         sources.append(yaml_path.name)
     settings = (
-        profile.with_overrides(overrides, Path(" + ".join(sources)), yaml=yaml_path)
-        if overrides
+        profile.with_overrides(
+            overrides, Path(" + ".join(sources)), yaml=yaml_path, parameters=parameters
+        )
+        if parameters or overrides
         else profile.settings
     )
     return Merged(settings, tuple(notes), model_hash)

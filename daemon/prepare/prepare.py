@@ -26,6 +26,8 @@ from daemon.prepare.canvas import aspect_note, build_canvas, processing_size
 from daemon.prepare.clip_state import SequenceStore
 from daemon.prepare.inputs import check_regular_file, merge_settings, storage_safe
 from daemon.render.values import RenderRequest
+from daemon.tasks.registry import task_of
+from daemon.tasks.task import Painting
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,7 @@ class FramePlan:
 @dataclass(frozen=True)
 class Prepared:
     job: Job
-    request: RenderRequest
-    notes: tuple[str, ...] = ()
+    request: RenderRequest  # its notes are what preparing found, for the log
     frame: FramePlan | None = None
     digest: str | None = None  # a live input's content (see daemon/live)
 
@@ -73,11 +74,12 @@ class Preparer:
         merged = merge_settings(job, profile, image, max_bytes=limits.max_input_bytes)
         settings = merged.settings
         flat = flatten_on_white(image)
-        if settings.task == "interrogate":
-            request = self.live.request(job, RenderRequest(job.label, settings, flat))
-            return Prepared(job, request, merged.notes)
-        canvas, canvas_notes = build_canvas(
-            job, settings, flat,
+        task = task_of(settings)
+        if not isinstance(task, Painting):  # it describes the input as it was dropped
+            request = RenderRequest(job.label, settings, flat, notes=merged.notes)
+            return Prepared(job, self.live.request(job, request))
+        canvas = build_canvas(
+            job, task, settings, flat,
             max_pixels=limits.max_image_pixels, max_bytes=limits.max_input_bytes,
         )  # fmt: skip
         size = processing_size(settings, *canvas.image.size)
@@ -103,9 +105,9 @@ class Preparer:
             # {interrogate}/{tags} describe the input as dropped, without the sketch
             prompt_image=flat if settings.prompt_sources and canvas.image is not flat else None,
             parameters_model_hash=merged.parameters_model_hash,
+            notes=(*merged.notes, *canvas.notes, *([note] if note else [])),
         )
-        notes = (*merged.notes, *canvas_notes, *([note] if note else []))
-        return Prepared(job, self.live.request(job, request), notes, frame)
+        return Prepared(job, self.live.request(job, request), frame)
 
     def _frame_plan(
         self, job: Job, seed: int, seed_mode: str, correction: bool | None

@@ -28,6 +28,7 @@ from daemon.config.profiles import Profile, ProfileStore
 from daemon.config.settings import Settings
 from daemon.errors import InputError, TransientError
 from daemon.intake.jobs import Job
+from daemon.intake.pairing import Kind
 from daemon.live.live import in_place
 from daemon.media.video import VideoInfo, probe, read_frames
 from daemon.paths import output_folder, portable_name
@@ -35,6 +36,7 @@ from daemon.prepare.canvas import aspect_note, processing_size
 from daemon.prepare.clip_state import SequenceStore
 from daemon.prepare.inputs import check_regular_file, merge_settings, storage_safe
 from daemon.render.values import RenderRequest
+from daemon.tasks.registry import task_of
 
 MARK = ".video"  # in a frames folder: which video, painted with which settings
 
@@ -66,8 +68,9 @@ def plan_video(
         job, profiles.get(job.profile), None, max_bytes=settings.max_input_bytes
     )
     profile = merged.settings
-    if profile.task in ("interrogate", "sketch", "inpaint_sketch"):
-        raise InputError(f"{job.image.name} is a video; a {profile.task} profile takes images")
+    task = task_of(profile)
+    if not task.takes_video:
+        raise InputError(f"{job.image.name} is a video; {task.a_profile} takes images")
     info = _probe(job.image)
     cap = settings.max_image_pixels
     if info.width * info.height > cap:
@@ -148,9 +151,10 @@ def _shared_mask(
     """``<stem>.mask.png`` beside a video masks every frame (inpaint profiles need one)."""
     path = job.companions.mask
     if path is None:
-        if profile.needs_mask:
+        task = task_of(profile)
+        if Kind.MASK in task.companions.required:
             raise InputError(
-                f"no mask for {job.image.name}: an inpaint profile needs {job.image.stem}.mask.png "
+                f"no mask for {job.image.name}: {task.a_profile} needs {job.image.stem}.mask.png "
                 "beside the video (it masks every frame)"
             )
         return None, ()

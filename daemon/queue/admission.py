@@ -30,6 +30,7 @@ from daemon.paths import escaped, shown
 from daemon.queue.job_queue import JobQueue
 from daemon.queue.ledger import Ledger
 from daemon.render.availability import MISSING_RECHECK, ModelReadiness
+from daemon.tasks.registry import task_of
 
 
 class SaidOnce:
@@ -218,9 +219,7 @@ class Admission:
         now = time.monotonic() if now is None else now
         shared = (companions.mask,) if companions.mask_shared else ()
         still_writing = [c for c in (*companions.paths(), *shared) if c in self.tracker]
-        missing = (profile.needs_mask and companions.mask is None) or (
-            profile.needs_sketch and companions.sketch is None
-        )
+        missing = task_of(profile).companions.missing(companions) is not None
         if still_writing or missing:
             deadline = deadline if deadline is not None else now + self.settings.pairing_window
             if still_writing or now < deadline:

@@ -262,8 +262,8 @@ class Worker:
                 if isinstance(outcome, Exception):
                     raise outcome
                 delivered = self.deliverer.deliver(
-                    prepared, outcome, on_planned=partial(self.ledger.planned, job),
-                    seconds=seconds,
+                    job, outcome, on_planned=partial(self.ledger.planned, job),
+                    frame=prepared.frame, seconds=seconds,
                 )  # fmt: skip
             except Exception as exc:
                 self._ended(job, self.ledger.attempt_failed(job, exc))

@@ -23,7 +23,6 @@ from loguru import logger
 from daemon.a1111.samplers import SamplerChoice, build_scheduler
 from daemon.config.settings import Settings
 from daemon.engines.adapters import AdapterManager, AdapterState
-from daemon.engines.diffusion import PipelineTask
 from daemon.engines.interrogators import Interrogators
 from daemon.engines.prompt_cache import PromptCache
 from daemon.errors import ConfigError, TransientError, is_out_of_memory
@@ -33,6 +32,7 @@ from daemon.models.hub_cache import HubRef
 from daemon.models.resolve import ModelSource, kind_folders, resolve_model, resolve_vae
 from daemon.models.single_file import load_single_file, load_vae
 from daemon.paths import shown
+from daemon.tasks.task import Pipeline
 
 if TYPE_CHECKING:
     import torch
@@ -57,7 +57,7 @@ def pick_device(requested: str) -> tuple[str, torch.dtype]:
 @dataclass
 class _Loaded:
     source: ModelSource
-    pipelines: dict[PipelineTask, Any]
+    pipelines: dict[Pipeline, Any]
     scheduler_config: Any  # the model's own, before any sampler replaced it
     schedulers: dict[SamplerChoice, Any] = field(default_factory=dict)
     adapters: AdapterState = field(default_factory=AdapterState)  # shared by both pipelines
@@ -160,7 +160,7 @@ class ModelCache:
         digest = self.hashes.sha256(path)[:10] if path.is_file() else None
         return vae_name(ref, path), digest
 
-    def pipeline(self, ref: str, task: PipelineTask, *, vae: str | None = None) -> Any:
+    def pipeline(self, ref: str, task: Pipeline, *, vae: str | None = None) -> Any:
         """The warm pipeline of model ``ref`` (with VAE ``vae``) for ``task``; loads it once.
 
         A model that cannot be loaded is never the input's fault (TransientError); running
@@ -174,7 +174,7 @@ class ModelCache:
             loaded.pipelines[task] = pipe
         return loaded.pipelines[task]
 
-    def adapters(self, ref: str, task: PipelineTask, *, vae: str | None = None) -> AdapterManager:
+    def adapters(self, ref: str, task: Pipeline, *, vae: str | None = None) -> AdapterManager:
         """LoRAs and embeddings for a loaded model: what is loaded stays between jobs."""
         loaded = self._entry(ref, vae)
         return AdapterManager(

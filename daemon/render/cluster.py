@@ -74,7 +74,7 @@ class _Call:
     @property
     def model(self) -> str:
         settings = self.requests[0].settings
-        return settings.interrogator if settings.task == "interrogate" else settings.model
+        return settings.interrogating or settings.model
 
 
 @dataclass

@@ -47,8 +47,8 @@ def named_models(profile: Profile, settings: Settings) -> list[NamedModel]:
     models_dir, state_dir, pickles = settings.models_dir, settings.state_dir, settings.allow_pickle
     named: list[NamedModel] = []
     kinds = set(profile.prompt_sources)
-    if profile.task == "interrogate":
-        kinds.add(profile.interrogator)
+    if profile.interrogating is not None:  # `model` is the interrogation model
+        kinds.add(profile.interrogating)
     else:
         model = profile.model
 
@@ -81,9 +81,7 @@ def named_models(profile: Profile, settings: Settings) -> list[NamedModel]:
             return load_label_lists(labels_dir, skip_categories=profile.skip_categories)
 
         named.append(
-            NamedModel(
-                _model_key(profile, "clip"), "interrogation model", clip, clip_parts, "model"
-            )
+            NamedModel(profile.model_key("clip"), "interrogation model", clip, clip_parts, "model")
         )
         named.append(NamedModel("labels_dir", "label lists", str(labels_dir or ""), label_lists))
     if "deepbooru" in kinds:
@@ -95,16 +93,9 @@ def named_models(profile: Profile, settings: Settings) -> list[NamedModel]:
                 build=False,
             )  # fmt: skip
 
-        named.append(NamedModel(_model_key(profile, "deepbooru"), "tagger", tagger, tagger_file,
+        named.append(NamedModel(profile.model_key("deepbooru"), "tagger", tagger, tagger_file,
                                 "tagger"))  # fmt: skip
     return named
-
-
-def _model_key(profile: Profile, kind: str) -> str:
-    """The profile key naming the model of interrogator `kind` (as interrogation_model)."""
-    if profile.task == "interrogate" and profile.interrogator == kind:
-        return "model"
-    return "interrogate_model" if kind == "clip" else "tagger_model"
 
 
 def _profile_loras(profile: Profile) -> list[str]:

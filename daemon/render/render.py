@@ -24,12 +24,14 @@ from PIL import Image
 
 from daemon.a1111.color import apply_color_correction
 from daemon.a1111.pnginfo import model_note
-from daemon.config.profiles import PROMPT_SOURCES, Profile
-from daemon.engines.diffusion import Canvas, DiffusionEngine, Painting, PipelineTask, batchable
+from daemon.config.profiles import Profile
+from daemon.engines.diffusion import Canvas, DiffusionEngine, Painting, batchable
 from daemon.errors import Superseded, TransientError, is_out_of_memory
 from daemon.render.cache import ModelCache
 from daemon.render.parameters import infotext
 from daemon.render.values import RenderRequest, RenderResult
+from daemon.tasks.keys import PROMPT_SOURCES
+from daemon.tasks.registry import task_of
 
 _T = TypeVar("_T")
 
@@ -39,9 +41,9 @@ def render(
 ) -> RenderResult:
     """Render one request with the models in `models` (loading what is missing). `stop` is
     asked at every step; True stops the painting with :class:`Superseded`."""
-    if request.interrogates:
-        settings = request.settings
-        kind = settings.interrogator
+    settings = request.settings
+    kind = settings.interrogating
+    if kind is not None:
         found = with_low_memory_retry(
             models,
             request.label,
@@ -50,7 +52,7 @@ def render(
                 request.image, settings, kind, settings.interrogation_model(kind)
             ),
         )
-        return RenderResult(interrogation=found)
+        return RenderResult(settings, interrogation=found, notes=request.notes)
     return with_low_memory_retry(
         models, request.label, request.settings, partial(_paint, request, models, stop)
     )
@@ -60,13 +62,14 @@ def warm(settings: Profile, models: ModelCache) -> None:
     """Load what `settings` render with. A model that cannot be loaded is only logged here:
     the job that needs it reports it, with the input's name."""
 
+    task = task_of(settings)
+
     def load() -> None:
-        if settings.task == "interrogate":
-            kind = settings.interrogator
+        kind = settings.interrogating
+        if kind is not None:
             models.interrogators.warm(kind, settings.interrogation_model(kind))
-        else:
-            task: PipelineTask = "inpaint" if settings.needs_mask else "img2img"
-            models.pipeline(settings.model, task, vae=settings.vae)
+        elif task.pipeline is not None:
+            models.pipeline(settings.model, task.pipeline, vae=settings.vae)
 
     try:
         with_low_memory_retry(models, f"loading {settings.model}", settings, load)
@@ -129,6 +132,7 @@ def share_a_call(first: RenderRequest, other: RenderRequest) -> bool:
         and not first.settings.prompt_sources
         and first.parameters_model_hash == other.parameters_model_hash
         and not (first.alone or other.alone)  # so that a newer version can stop it
+        and task_of(first.settings).pipeline is not None  # painted (an interrogator: alone)
         and batchable(first.settings, has_mask=False)
     )
 
@@ -184,12 +188,13 @@ def _result(
         for index in range(len(painting.images))
     ]
     return RenderResult(
+        request.settings,
         images=tuple(painting.images),
         infotexts=tuple(texts),
         seeds=tuple(painting.seeds),
         prompt=settings.prompt,
         negative_prompt=settings.negative_prompt,
-        notes=(*([mismatch] if mismatch else []), *painting.notes),
+        notes=(*request.notes, *([mismatch] if mismatch else []), *painting.notes),
     )
 
 

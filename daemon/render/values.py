@@ -19,7 +19,8 @@ from daemon.engines.interrogators import Interrogation
 
 @dataclass(frozen=True)
 class RenderRequest:
-    """One input, ready to render: ``settings.task`` says whether to paint or interrogate."""
+    """One input, ready to render: its task (``settings.task``) says whether to paint or to
+    interrogate."""
 
     label: str  # the input, as people read it (for log lines and notes)
     settings: Profile  # profile + the input's parameters + its YAML, merged
@@ -31,20 +32,19 @@ class RenderRequest:
     prompt_image: Image.Image | None = None  # what {interrogate}/{tags} describe (None: image)
     parameters_model_hash: str | None = None  # use_png_info: the model the parameters name
     alone: bool = False  # never in a batch: a live input, which a newer version may stop
-
-    @property
-    def interrogates(self) -> bool:
-        return self.settings.task == "interrogate"
+    notes: tuple[str, ...] = ()  # what preparing found that the user should know
 
 
 @dataclass(frozen=True)
 class RenderResult:
-    """What a request gave: images with their parameter text, or an interrogation."""
+    """What a request gave: images with their parameter text, or an interrogation; with
+    the request's settings and notes, which is all *deliver* needs besides its job."""
 
+    settings: Profile  # the request's (its task says what the result delivers)
     images: tuple[Image.Image, ...] = ()
     infotexts: tuple[str, ...] = ()  # A1111's parameters, one per image
     seeds: tuple[int, ...] = ()
     prompt: str = ""  # the prompts as painted ({interrogate}/{tags} filled in)
     negative_prompt: str = ""
     interrogation: Interrogation | None = None
-    notes: tuple[str, ...] = ()  # things the user should know, for the log
+    notes: tuple[str, ...] = ()  # the request's notes, then the render's: for the log

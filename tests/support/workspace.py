@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import yaml
 
 from daemon.config.settings import Settings
+from daemon.tasks.registry import DEFAULT_TASK, TASKS
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 """The sample images and clips in ``tests/data``."""
@@ -70,6 +71,16 @@ def drop(source: Path | str, target: Path) -> Path:
     shutil.copyfile(source, temporary)
     os.replace(temporary, target)
     return target
+
+
+def _used_by(base: Mapping[str, Any], task: Any) -> dict[str, Any]:
+    """The keys of `base` that `task` (a profile's ``task`` value) uses; all of them when it
+    names no task, so that the profile's own problem is the one reported."""
+    name = task if task is not None else base.get("task", DEFAULT_TASK)
+    found = TASKS.get(name) if isinstance(name, str) else None
+    if found is None:
+        return dict(base)
+    return {key: value for key, value in base.items() if key in found.keys.model_fields}
 
 
 def _without_none(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,9 +143,11 @@ class Workspace:
     def profile(self, name: str, **keys: Any) -> Path:
         """Write profiles/<name>.yaml: ``profile_base`` plus ``keys`` (None removes a key).
 
-        Its inbox folder is made too. Returns the profile file.
+        ``profile_base`` serves profiles of every task, as a shared base does: its keys that
+        the profile's task does not use are left out (its own file may not set them). Its
+        inbox folder is made too. Returns the profile file.
         """
-        data = _without_none({**self.profile_base, **keys})
+        data = _without_none({**_used_by(self.profile_base, keys.get("task")), **keys})
         self.profiles.mkdir(parents=True, exist_ok=True)
         path = self.profiles / f"{name}.yaml"
         path.write_text(yaml.safe_dump(data))

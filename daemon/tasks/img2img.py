@@ -1,0 +1,23 @@
+"""``task: img2img`` (the default): A1111's img2img tab, the input repainted from a prompt.
+
+A ``<stem>.mask.png`` dropped with the input makes it an inpaint job, and a
+``<stem>.sketch.png`` is painted onto it first; neither is needed.
+"""
+
+from __future__ import annotations
+
+from daemon.intake.pairing import Kind
+from daemon.tasks.keys import PaintingTaskKeys
+from daemon.tasks.task import CompanionNeeds, Painting
+
+
+class Img2ImgKeys(PaintingTaskKeys):
+    """The keys an img2img profile may set."""
+
+
+TASK = Painting(
+    name="img2img",
+    keys=Img2ImgKeys,
+    companions=CompanionNeeds(optional=frozenset({Kind.MASK, Kind.SKETCH})),
+    paints_with="img2img",
+)
