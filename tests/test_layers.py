@@ -1,8 +1,8 @@
 """The package's shape, checked: sub-packages import only the ones below them, no cycles,
 heavy libraries only inside functions, and an intake that needs no image or tensor library.
 
-The order is the README's ("Architecture"): the render side (a1111 → config → models →
-engines → render) is the bottom of the house because it must run anywhere without the file
+The order is the README's ("Architecture"): the render side (a1111 → tasks → config →
+models → engines → render) is the bottom of the house because it must run anywhere without the file
 side; the file side builds on it in the order a file travels: prepare → deliver → journal →
 queue → ops, with the live rules (which prepare, delivery and the queue ask) below them all.
 """

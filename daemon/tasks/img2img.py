@@ -8,16 +8,11 @@ from __future__ import annotations
 
 from daemon.intake.pairing import Kind
 from daemon.tasks.keys import PaintingTaskKeys
-from daemon.tasks.task import CompanionNeeds, Painting
+from daemon.tasks.task import Painting, needs
 
 
 class Img2ImgKeys(PaintingTaskKeys):
     """The keys an img2img profile may set."""
 
 
-TASK = Painting(
-    name="img2img",
-    keys=Img2ImgKeys,
-    companions=CompanionNeeds(optional=frozenset({Kind.MASK, Kind.SKETCH})),
-    paints_with="img2img",
-)
+TASK = Painting("img2img", Img2ImgKeys, needs(takes=(Kind.MASK, Kind.SKETCH)))

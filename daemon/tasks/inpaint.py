@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from daemon.intake.pairing import Kind
 from daemon.tasks.keys import PaintingTaskKeys
-from daemon.tasks.task import CompanionNeeds, Painting
+from daemon.tasks.task import Painting, needs
 
 
 class InpaintKeys(PaintingTaskKeys):
@@ -13,8 +13,5 @@ class InpaintKeys(PaintingTaskKeys):
 
 
 TASK = Painting(
-    name="inpaint",
-    keys=InpaintKeys,
-    companions=CompanionNeeds(required=frozenset({Kind.MASK}), optional=frozenset({Kind.SKETCH})),
-    paints_with="inpaint",
+    "inpaint", InpaintKeys, needs(Kind.MASK, takes=(Kind.SKETCH,)), paints_with="inpaint"
 )

@@ -9,7 +9,7 @@ from PIL import Image
 from daemon.a1111.masks import blend_sketch_for_inpaint, composite_sketch, sketch_mask
 from daemon.intake.pairing import Kind
 from daemon.tasks.keys import MaskKeys, PaintingTaskKeys
-from daemon.tasks.task import Canvas, CompanionNeeds, Painting, lay_sketch_on
+from daemon.tasks.task import Canvas, Painting, lay_sketch_on, needs
 
 
 class InpaintSketchKeys(PaintingTaskKeys):
@@ -30,10 +30,6 @@ def strokes_as_mask(
 
 
 TASK = Painting(
-    name="inpaint_sketch",
-    keys=InpaintSketchKeys,
-    companions=CompanionNeeds(required=frozenset({Kind.SKETCH}), optional=frozenset({Kind.MASK})),
-    paints_with="inpaint",
-    videos=False,
-    layout=strokes_as_mask,
-)
+    "inpaint_sketch", InpaintSketchKeys, needs(Kind.SKETCH, takes=(Kind.MASK,)),
+    paints_with="inpaint", videos=False, layout=strokes_as_mask,
+)  # fmt: skip

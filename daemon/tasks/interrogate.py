@@ -14,4 +14,4 @@ class InterrogateKeys(CommonKeys, CaptionKeys, InterrogatorKeys, ClipKeys, Tagge
     ``interrogator`` key chooses between them."""
 
 
-TASK = Describing(name="interrogate", keys=InterrogateKeys)
+TASK = Describing("interrogate", InterrogateKeys)

@@ -5,17 +5,11 @@ from __future__ import annotations
 
 from daemon.intake.pairing import Kind
 from daemon.tasks.keys import PaintingTaskKeys
-from daemon.tasks.task import CompanionNeeds, Painting
+from daemon.tasks.task import Painting, needs
 
 
 class SketchKeys(PaintingTaskKeys):
     """The keys a sketch profile may set."""
 
 
-TASK = Painting(
-    name="sketch",
-    keys=SketchKeys,
-    companions=CompanionNeeds(required=frozenset({Kind.SKETCH}), optional=frozenset({Kind.MASK})),
-    paints_with="img2img",
-    videos=False,
-)
+TASK = Painting("sketch", SketchKeys, needs(Kind.SKETCH, takes=(Kind.MASK,)), videos=False)

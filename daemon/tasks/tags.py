@@ -17,4 +17,4 @@ class TagsKeys(CommonKeys, CaptionKeys, TaggerKeys):
     interrogator: Literal["deepbooru"] = "deepbooru"  # may be said; nothing else may be
 
 
-TASK = Describing(name="tags", keys=TagsKeys, fixed="deepbooru")
+TASK = Describing("tags", TagsKeys, fixed="deepbooru")

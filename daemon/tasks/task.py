@@ -49,6 +49,12 @@ class CompanionNeeds:
         return next((kind for kind in Kind if kind in self.required and not found.has(kind)), None)
 
 
+def needs(*required: Kind, takes: tuple[Kind, ...] = ()) -> CompanionNeeds:
+    """``needs(Kind.MASK, takes=(Kind.SKETCH,))``: a mask it cannot go without, a sketch it
+    takes when one comes."""
+    return CompanionNeeds(frozenset(required), frozenset(takes))
+
+
 @dataclass(frozen=True)
 class Canvas:
     """What a diffusion model paints on: the input with its sketch laid on, and its mask."""
