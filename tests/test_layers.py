@@ -3,8 +3,9 @@ heavy libraries only inside functions, and an intake that needs no image or tens
 
 The order is the README's ("Architecture"): the render side (a1111 → tasks → config →
 models → engines → render) is the bottom of the house because it must run anywhere without the file
-side; the file side builds on it in the order a file travels: prepare → deliver → journal →
-queue → ops, with the live rules (which prepare, delivery and the queue ask) below them all.
+side; the file side builds on it in the order a file travels: clips → prepare → deliver →
+journal → queue → ops, with the live rules (which prepare, delivery and the queue ask) and a
+clip's render state below them all.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ LAYERS: list[set[str]] = [
     {"engines"},
     {"render"},
     {"live"},  # the live rules (live: true), asked by prepare, delivery and the queue
+    {"clips"},  # a clip's render state: its seed, its key frame, its progress
     {"prepare"},
     {"deliver"},
     {"journal"},  # the journal, the state folder's lock, and recovery after a crash

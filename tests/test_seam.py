@@ -8,12 +8,12 @@ import random
 
 import numpy as np
 
+from daemon.clips.state import ClipStore
 from daemon.config.profiles import ProfileStore
 from daemon.intake.jobs import Job
 from daemon.intake.pairing import companions_on_disk, route
 from daemon.journal.journal import Journal
 from daemon.live.live import Live
-from daemon.prepare.clip_state import SequenceStore
 from daemon.prepare.prepare import Preparer
 from daemon.render.executor import InProcessExecutor
 from daemon.render.values import RenderResult
@@ -31,7 +31,7 @@ def test_requests_and_results_pickle(workspace: Workspace, models) -> None:
     profiles = ProfileStore(settings.profiles)
     live = Live(settings.inbox, settings.outbox, profiles, Journal(settings.state_dir / "j.db"))
     preparer = Preparer(
-        settings, profiles, SequenceStore(settings.state_dir / "seq"), random.Random(1),
+        settings, profiles, ClipStore(settings.state_dir / "seq"), random.Random(1),
         live=live,
     )  # fmt: skip
     request = preparer.prepare(job).request

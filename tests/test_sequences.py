@@ -11,8 +11,8 @@ from PIL import Image
 
 from daemon.a1111.infotext import parse_infotext
 from daemon.a1111.seeds import frame_seed
+from daemon.clips.progress import Pace, progress_line
 from daemon.intake.names import frame_number
-from daemon.prepare.clip_state import Pace, progress_line
 from tests.conftest import DATA, Workspace, wait_for
 from tests.test_crash import (
     assert_no_temporaries,
@@ -254,7 +254,7 @@ def test_abandoned_states_are_dropped(tmp_path):
     import os
     import time
 
-    from daemon.prepare.clip_state import drop_abandoned
+    from daemon.clips.state import drop_abandoned
 
     old, fresh = tmp_path / "old-clip", tmp_path / "fresh-clip"
     for folder in (old, fresh):

@@ -21,7 +21,6 @@ from daemon.engines.interrogators import Interrogation
 from daemon.errors import ConfigError, InputError
 from daemon.intake.jobs import Job
 from daemon.intake.pairing import Companions, Kind
-from daemon.prepare.clip_state import SequenceStore
 from daemon.render.values import RenderResult
 from daemon.tasks.keys import CommonKeys
 from daemon.tasks.registry import DEFAULT_TASK, TASKS
@@ -262,7 +261,7 @@ def test_deliver_writes_what_the_results_task_delivers(tmp_path):
     job = Job(profile="tags", image=image, sub_dir=PurePosixPath("cats"))
     planned: list[list[Path]] = []
     outbox = tmp_path / "outbox"
-    deliverer = Deliverer(outbox, SequenceStore(tmp_path / "state"))
+    deliverer = Deliverer(outbox)
 
     delivered = deliverer.deliver(job, result, on_planned=planned.append)
 

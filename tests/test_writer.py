@@ -100,15 +100,15 @@ def test_a_second_result_for_a_finished_job_is_dropped(
     """At-least-once executors (Ray after a failure) may answer twice: the fault injected
     here delivers every result a second time, after the job is archived. The journal says the
     job is finished, so the second one is dropped: no ``-1`` copy, nothing failed."""
-    from daemon.queue.worker import Worker
+    from daemon.queue.images import Deliveries
 
-    deliver = Worker._deliver
+    deliver = Deliveries.write
 
-    def twice(self: Worker, *args: Any) -> None:
+    def twice(self: Deliveries, *args: Any) -> None:
         deliver(self, *args)
         deliver(self, *args)
 
-    monkeypatch.setattr(Worker, "_deliver", twice)
+    monkeypatch.setattr(Deliveries, "write", twice)
     workspace.profile("img2img")
     daemon = running()
     workspace.drop("chelsea.png", "img2img/a.png")

@@ -11,16 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from loguru import logger
-
 from daemon.atomic import copy_file, write_text
 from daemon.deliver.outputs import all_or_nothing, claim_names, write_image
 from daemon.errors import TransientError
 from daemon.intake.jobs import Job
-from daemon.intake.pairing import pending_images
 from daemon.paths import output_folder
-from daemon.prepare.clip_state import SequenceStore, progress_line
-from daemon.prepare.prepare import FramePlan
 from daemon.render.values import RenderResult
 from daemon.tasks.outputs import Content, ImageFile, OutputGroup, TextFile
 from daemon.tasks.registry import task_of
@@ -36,45 +31,19 @@ class Delivered:
 
 
 class Deliverer:
-    """Writes results for the worker thread; the clip store keeps each clip's progress."""
+    """Writes results for the worker thread (a clip's own state is its clip's business)."""
 
-    def __init__(self, outbox: Path, clips: SequenceStore) -> None:
+    def __init__(self, outbox: Path) -> None:
         self.outbox = outbox
-        self.clips = clips
 
-    def deliver(
-        self,
-        job: Job,
-        result: RenderResult,
-        *,
-        on_planned: Planned,
-        frame: FramePlan | None = None,
-        seconds: float = 0.0,
-    ) -> Delivered:
+    def deliver(self, job: Job, result: RenderResult, *, on_planned: Planned) -> Delivered:
         """Write what `result` delivers for `job` (its task says which files: pictures with
-        their parameters, or a caption). `frame`: the clip the job is a frame of, whose
-        state is kept; `seconds` is how long it took to render (a clip's pace)."""
+        their parameters, or a caption)."""
         settings = result.settings
         group = task_of(settings).outputs(result, job.image, settings)
         folder = output_folder(self.outbox, job.profile, job.sub_dir)
         outputs = write_group(folder, group, overwrite=settings.overwrite, on_planned=on_planned)
-        progress = self._frame_done(job, frame, result, seconds) if frame else None
-        return Delivered(outputs, result.notes, progress)
-
-    def _frame_done(
-        self, job: Job, frame: FramePlan, result: RenderResult, seconds: float
-    ) -> str | None:
-        """Keep the clip's colour reference and count the frame. The outputs are written by
-        now, so a failure here is only logged: failing the job would paint the frame again."""
-        try:
-            if frame.correct_colors and frame.colors is None:
-                self.clips.keep_reference(frame.state, result.images[0])
-            state, per_frame = self.clips.frame_done(frame.state, seconds)
-        except OSError as exc:
-            logger.warning("{}: could not update the clip's state: {}", job.label, exc)
-            return None
-        remaining = sum(1 for _ in pending_images(job.image.parent, exclude=job.image))
-        return progress_line(state.done, state.done + remaining, per_frame)
+        return Delivered(outputs, result.notes)
 
 
 def write_group(

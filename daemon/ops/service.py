@@ -40,6 +40,7 @@ from datetime import datetime
 from apscheduler.schedulers.background import BackgroundScheduler
 from loguru import logger
 
+from daemon.clips.state import ClipStore, drop_abandoned
 from daemon.config.hours import parse_window
 from daemon.config.profiles import ProfileStore, profile_names
 from daemon.config.settings import Settings
@@ -59,10 +60,10 @@ from daemon.ops.roster import ProfileRoster
 from daemon.ops.status import publish_workers
 from daemon.ops.systemd import Notifier
 from daemon.paths import escaped, shown
-from daemon.prepare.clip_state import SequenceStore, drop_abandoned
 from daemon.prepare.prepare import Preparer
 from daemon.queue.admission import Admission, SaidOnce
 from daemon.queue.clips import ClipEnds
+from daemon.queue.frames import FramePipeline
 from daemon.queue.job_queue import JobQueue
 from daemon.queue.ledger import Ledger, Tally
 from daemon.queue.videos import VideoRunner
@@ -127,7 +128,7 @@ class Daemon:
         # ledger; the journal keeps what each live input last rendered.
         self.live = Live(settings.inbox, settings.outbox, self.profiles, self.journal)
         self.notifier = Notifier()
-        self.clips = SequenceStore(settings.state_dir / "sequences")
+        self.clips = ClipStore(settings.state_dir / "sequences")
         self.clip_ends = ClipEnds(settings.inbox, self.clips, window=settings.pairing_window)
         self.ledger = Ledger(
             settings.inbox, settings.outbox, self.journal, self.live,
@@ -155,17 +156,17 @@ class Daemon:
     def _make_worker(self, said: SaidOnce, on_job_end: Callable[[Job, JobStatus], None]) -> Worker:
         settings = self.settings
         hours = parse_window(settings.processing_hours) if settings.processing_hours else None
+        frames = FramePipeline(self.executor, max_batch=settings.max_batch)
         return Worker(
             queue=self.queue,
             ledger=self.ledger,
             preparer=Preparer(settings, self.profiles, self.clips, self.rng, live=self.live),
-            executor=self.executor,
-            deliverer=Deliverer(settings.outbox, self.clips),
-            videos=VideoRunner(settings, self.profiles, self.clips, self.executor, self.rng),
+            frames=frames,
+            deliverer=Deliverer(settings.outbox),
+            videos=VideoRunner(settings, self.profiles, self.clips, frames, self.rng),
             live=self.live,
             hours=Hours(hours if self.watch else None, said.say),
             stop=self.stop_event,
-            max_batch=settings.max_batch,
             on_change=lambda: self.notifier.status(self.status_line()),
             on_job_end=on_job_end,
         )

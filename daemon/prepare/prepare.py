@@ -3,7 +3,7 @@
 Read and check the inputs, merge profile + the input's parameters + its YAML, lay the sketch
 on and load the mask, decide the size, the seed, the colour reference and the prompt sources'
 image. The clip a frame belongs to (a sub-folder of the profile's inbox) supplies its seed and
-colour reference (:mod:`daemon.prepare.clip_state`). Videos are prepared frame by frame
+colour reference (:mod:`daemon.clips.state`). Videos are prepared frame by frame
 (:mod:`daemon.prepare.video`).
 """
 
@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from pathlib import Path
 
-from daemon.a1111.color import Colors, color_reference
+from daemon.a1111.color import color_reference
 from daemon.a1111.imaging import flatten_on_white, load_image
 from daemon.a1111.seeds import draw_seed, frame_seed
+from daemon.clips.state import ClipFrame, ClipStore
 from daemon.config.profiles import ProfileStore
 from daemon.config.settings import Settings
 from daemon.errors import TransientError
@@ -23,7 +23,6 @@ from daemon.intake.jobs import Job
 from daemon.intake.names import frame_number
 from daemon.live.live import Live
 from daemon.prepare.canvas import aspect_note, build_canvas, processing_size
-from daemon.prepare.clip_state import SequenceStore
 from daemon.prepare.inputs import check_regular_file, merge_settings, storage_safe
 from daemon.render.values import RenderRequest
 from daemon.tasks.registry import task_of
@@ -31,20 +30,10 @@ from daemon.tasks.task import Painting
 
 
 @dataclass(frozen=True)
-class FramePlan:
-    """A frame of a clip (an image in a sub-folder): its clip's state, seed and colours."""
-
-    state: Path  # the clip's state folder
-    seed: int
-    colors: Colors | None  # the colour reference, None until the first frame is done
-    correct_colors: bool
-
-
-@dataclass(frozen=True)
 class Prepared:
     job: Job
     request: RenderRequest  # its notes are what preparing found, for the log
-    frame: FramePlan | None = None
+    frame: ClipFrame | None = None  # a frame of a clip folder
     digest: str | None = None  # a live input's content (see daemon/live)
 
 
@@ -55,7 +44,7 @@ class Preparer:
         self,
         settings: Settings,
         profiles: ProfileStore,
-        clips: SequenceStore,
+        clips: ClipStore,
         rng: random.Random,
         *,
         live: Live,
@@ -111,18 +100,20 @@ class Preparer:
 
     def _frame_plan(
         self, job: Job, seed: int, seed_mode: str, correction: bool | None
-    ) -> FramePlan | None:
-        """Frames of a clip (images in a sub-folder) share a seed and a colour reference."""
+    ) -> ClipFrame | None:
+        """Frames of a clip (images in a sub-folder) share a seed and a colour reference:
+        the key frame's, once it is written (the first frame without one is the key frame)."""
         if not job.sub_dir.parts:
             return None
         state = self.clips.folder(job.profile, job.sub_dir)
         try:
-            base = self.clips.start(state, job.image.parent, seed, self.rng)
+            clip = self.clips.open(state, job.image.parent)
+            base = clip.base_seed(seed, self.rng)
         except OSError as exc:
             raise TransientError(f"could not keep the clip's state in {state}: {exc}") from exc
         number = frame_number(job.image.name) or 0
         correct_colors = correction is not False
-        colors = self.clips.reference_colors(state) if correct_colors else None
-        return FramePlan(
-            state, frame_seed(seed_mode, base, number, self.rng), colors, correct_colors
-        )
+        colors = clip.colors() if correct_colors else None
+        leads = correct_colors and colors is None  # the key frame
+        seed = frame_seed(seed_mode, base, number, self.rng)
+        return ClipFrame(clip=clip, seed=seed, colors=colors, leads=leads)

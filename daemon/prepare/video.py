@@ -1,7 +1,8 @@
 """Preparing a video: probe it, find its mask and work folder, and turn frames into requests.
 
-``inbox/<profile>/clip.mp4`` is painted frame by frame, like a clip (one seed, colours matched
-to the first frame's result), into a work folder of PNG frames: ``outbox/<profile>/clip/``
+``inbox/<profile>/clip.mp4`` is painted frame by frame, as a clip (one seed, colours matched
+to the first frame's result: :mod:`daemon.clips.state`, whose key frame is the first painted
+frame), into a work folder of PNG frames: ``outbox/<profile>/clip/``
 with ``keep_frames: true``, else ``state/videos/<id>/frames``. A frame already there is never
 painted again, so a daemon killed mid-video resumes at the first frame without a result. A
 work folder is reused only by the same video with the same settings: its mark says whose it
@@ -20,10 +21,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from daemon.a1111.color import Colors, color_reference
+from daemon.a1111.color import Colors
 from daemon.a1111.imaging import load_mask
 from daemon.a1111.seeds import frame_seed
 from daemon.atomic import write_text
+from daemon.clips.state import Clip, ClipStore
 from daemon.config.profiles import Profile, ProfileStore
 from daemon.config.settings import Settings
 from daemon.errors import InputError, TransientError
@@ -33,7 +35,6 @@ from daemon.live.live import in_place
 from daemon.media.video import VideoInfo, probe, read_frames
 from daemon.paths import output_folder, portable_name
 from daemon.prepare.canvas import aspect_note, processing_size
-from daemon.prepare.clip_state import SequenceStore
 from daemon.prepare.inputs import check_regular_file, merge_settings, storage_safe
 from daemon.render.values import RenderRequest
 from daemon.tasks.registry import task_of
@@ -47,20 +48,28 @@ class VideoPlan:
     settings: Profile
     info: VideoInfo
     mask: Image.Image | None  # masks every frame
-    state: Path  # state/videos/<id>: the drawn seed, and the frames unless kept
+    clip: Clip  # its state in state/videos/<id>: the drawn seed, and the frames unless kept
     work: Path  # where the painted frames go
     base_seed: int
     notes: tuple[str, ...] = ()
 
+    @property
+    def state(self) -> Path:
+        return self.clip.folder
+
     def frame_path(self, index: int) -> Path:
-        return self.work / f"{portable_name(self.job.image.stem)}_{index:06d}.png"
+        return _frame_path(self.work, self.job, index)
+
+
+def _frame_path(work: Path, job: Job, index: int) -> Path:
+    return work / f"{portable_name(job.image.stem)}_{index:06d}.png"
 
 
 def plan_video(
     job: Job,
     settings: Settings,
     profiles: ProfileStore,
-    clips: SequenceStore,
+    clips: ClipStore,
     rng: random.Random,
 ) -> VideoPlan:
     check_regular_file(job.image, max_bytes=settings.max_input_bytes)
@@ -83,11 +92,13 @@ def plan_video(
     state = settings.state_dir / "videos" / identity
     folder = output_folder(settings.outbox, job.profile, job.sub_dir)
     try:
-        base_seed = clips.start(state, job.image, profile.seed, rng)
+        # Its key frame (the colour reference) is its first frame, as painted into the work folder.
         work = _work_folder(folder, portable_name(job.image.stem), state, profile, identity)
+        clip = clips.open(state, job.image, reference=_frame_path(work, job, 1))
+        base_seed = clip.base_seed(profile.seed, rng)
     except OSError as exc:
         raise TransientError(f"could not prepare the work folder: {exc}") from exc
-    return VideoPlan(job, profile, info, mask, state, work, base_seed, (*merged.notes, *notes))
+    return VideoPlan(job, profile, info, mask, clip, work, base_seed, (*merged.notes, *notes))
 
 
 def decoded_frames(plan: VideoPlan) -> Iterator[tuple[int, Image.Image]]:
@@ -127,15 +138,6 @@ def frame_request(
 def frame_notes(plan: VideoPlan, frame: Image.Image) -> tuple[str, ...]:
     note = aspect_note(plan.settings, frame.size, processing_size(plan.settings, *frame.size))
     return (note,) if note else ()
-
-
-def reference_colors(plan: VideoPlan) -> Colors | None:
-    """The colour reference: the first frame's result, once it is there."""
-    first = plan.frame_path(1)
-    if plan.settings.color_correction is False or not first.exists():
-        return None
-    with Image.open(first) as image:
-        return color_reference(image.convert("RGB"))
 
 
 def _probe(path: Path) -> VideoInfo:

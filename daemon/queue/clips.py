@@ -13,17 +13,17 @@ from pathlib import Path
 
 from loguru import logger
 
+from daemon.clips.state import ClipStore
 from daemon.deliver.lifecycle import archive_inputs
 from daemon.intake.jobs import Job
 from daemon.intake.pairing import pending_images
 from daemon.paths import escaped
-from daemon.prepare.clip_state import SequenceStore
 
 
 class ClipEnds:
     """Watches folders whose last job finished; thread-safe (worker and main loop)."""
 
-    def __init__(self, inbox: Path, clips: SequenceStore, *, window: float) -> None:
+    def __init__(self, inbox: Path, clips: ClipStore, *, window: float) -> None:
         self.inbox = inbox
         self.clips = clips
         self.window = window
@@ -64,8 +64,7 @@ class ClipEnds:
                 logger.warning("{}: could not archive the shared mask: {}", job.label, exc)
         state = self.clips.folder(job.profile, job.sub_dir)
         if job.sub_dir.parts and state.exists():
-            done = self.clips.load(state)
-            self.clips.forget(state)
+            done = self.clips.close(state)
             logger.info(
                 "clip {} finished: {} frame(s) in {:.0f} s",
                 escaped(f"{job.profile}/{job.sub_dir}"), done.done, done.seconds,

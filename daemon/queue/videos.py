@@ -1,45 +1,41 @@
-"""A video job: prepare, render and deliver frame by frame, then join the frames.
+"""A video job: its frames through the one frame pipeline, then joined into the video.
 
-The frames go through the same seam as every image (RenderRequests through the executor),
-written into the video's work folder by index as they come back, so a video is resumable at
-any frame and can stop between frames (the daemon stopping, the processing hours ending).
-With several render workers (executor: ray) the frames spread over them; the first frame,
-the colour reference, is painted and written before any other is sent.
+A video differs from a clip folder only in how its frames are read and written
+(:mod:`.frames`): :class:`VideoFrames` decodes them in order, skipping those painted before a
+restart, and stops between two frames when the daemon stops or the processing hours end;
+:class:`FrameFiles` writes each result into the video's work folder by its index (on this
+thread, a call or two behind the painting), so a video is resumable at any frame. The frames
+are joined (the H.264 encode) on the writer's thread, while the next job paints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections import deque
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from loguru import logger
 from PIL import Image
 
-from daemon.a1111.color import Colors
-from daemon.config.profiles import Profile, ProfileStore
+from daemon.clips.progress import progress_line
+from daemon.clips.state import ClipStore
+from daemon.config.profiles import ProfileStore
 from daemon.config.settings import Settings
 from daemon.deliver.results import Delivered, Planned
 from daemon.deliver.video import join_video, write_frame
 from daemon.errors import InputError, TransientError
 from daemon.intake.jobs import Job
-from daemon.prepare.clip_state import Pace, SequenceStore, progress_line
-from daemon.prepare.video import (
-    VideoPlan,
-    decoded_frames,
-    frame_notes,
-    frame_request,
-    plan_video,
-    reference_colors,
-)
-from daemon.render.executor import Executor, Outcome, batch_limit
-from daemon.render.values import RenderRequest
+from daemon.prepare.video import VideoPlan, decoded_frames, frame_notes, frame_request, plan_video
+from daemon.queue.frames import Frame, FramePipeline
+from daemon.render.executor import Outcome
 
 PROGRESS_SECONDS = 10.0  # a progress line at most this often (and for the first frames)
+
+Picture = tuple[int, Image.Image]  # a video frame: its number (from 1) and its pixels
 
 
 class VideoRunner:
@@ -47,14 +43,14 @@ class VideoRunner:
         self,
         settings: Settings,
         profiles: ProfileStore,
-        clips: SequenceStore,
-        executor: Executor,
+        clips: ClipStore,
+        frames: FramePipeline,
         rng: random.Random,
     ) -> None:
         self.settings = settings
         self.profiles = profiles
         self.clips = clips
-        self.executor = executor
+        self.frames = frames
         self.rng = rng
 
     def paint(
@@ -68,100 +64,35 @@ class VideoRunner:
         (:meth:`join`, on the writer's thread). `on_frames`: told the count of frames."""
         plan = plan_video(job, self.settings, self.profiles, self.clips, self.rng)
         on_frames(plan.info.frames)
-        progress = _Progress(job.label, plan.info.frames)
-        settings = plan.settings
-        notes = list(plan.notes)
-        colors = reference_colors(plan)
-        frames: list[Path] = []
-        pending: list[tuple[int, Image.Image, RenderRequest]] = []
-        # Calls sent and not written yet: several workers paint frames at once (executor: ray)
-        sent: deque[tuple[list[tuple[int, Image.Image]], Future[list[Outcome]]]] = deque()
-        first = None  # frame 1: what {interrogate}/{tags} describe, for every frame
-
-        def send() -> None:
-            """The frames in hand, as one call (one pipeline call when they share it)."""
-            if pending:
-                requests = [request for _, _, request in pending]
-                sent.append(([(i, f) for i, f, _ in pending], self.executor.submit(requests)))
-                pending.clear()
-
-        def write(keep: int) -> None:
-            """Write the sent frames, oldest first, until at most `keep` calls are out."""
-            nonlocal settings
-            while len(sent) > keep:
-                painted, future = sent.popleft()
-                for (index, frame), outcome in zip(painted, future.result(), strict=True):
-                    if isinstance(outcome, Exception):
-                        write(0)  # the frames sent after it are kept for the resume
-                        raise outcome
-                    if settings.prompt_sources:  # filled once, from the first frame, for all
-                        update = {
-                            "prompt": outcome.prompt,
-                            "negative_prompt": outcome.negative_prompt,
-                        }
-                        settings = settings.model_copy(update=update)
-                    if progress.painted == 0:  # said once, not for every frame
-                        notes.extend([*frame_notes(plan, frame), *outcome.notes])
-                    write_frame(plan.frame_path(index), outcome)
-                    progress.frame_done(index)
-                progress.call_done()
-
-        def paint_pending() -> None:
-            send()
-            write(0)
-
-        for index, frame in decoded_frames(plan):
-            first = first or frame
-            frames.append(plan.frame_path(index))
-            if frames[-1].exists():  # painted before a restart
-                continue
-            if should_stop():
-                paint_pending()  # what is in hand is kept
-                raise TransientError(
-                    f"stopped at frame {index} of {plan.info.frames}; the video resumes there"
-                )
-            if colors is None and index > 1:
-                colors = reference_colors(plan)
-            prompt_image = first if settings.prompt_sources else None
-            request = frame_request(plan, index, frame, settings, colors, self.rng,
-                                    prompt_image=prompt_image)  # fmt: skip
-            pending.append((index, frame, request))
-            ready = len(pending) + plan.info.frames - index  # in hand, and still to come
-            if len(pending) >= self._batch(settings, request, colors, ready=ready):
-                send()
-                # The next frame's request needs this one's result (its colour reference, or
-                # the prompts): wait for it; otherwise keep every worker busy.
-                write(0 if self._serial(settings, colors) else self.executor.slots - 1)
-        paint_pending()
-        if not frames:
+        source = VideoFrames(plan, self.rng, should_stop=should_stop)
+        sink = FrameFiles(plan, lag=self.frames.executor.slots - 1)
+        try:
+            try:
+                self.frames.paint(source, sink)
+            except Exception:
+                sink.finish(quietly=True)  # what was painted is kept for the resume
+                raise
+            sink.finish()
+        finally:
+            self.clips.release(plan.state)  # its state stays on disk until the join
+        if source.stopped_at is not None:
+            raise TransientError(
+                f"stopped at frame {source.stopped_at} of {plan.info.frames}; "
+                "the video resumes there"
+            )
+        if not source.frames:
             raise InputError(f"{job.image.name} has no frames")
-        if progress.painted < len(frames):
-            done_before = len(frames) - progress.painted
-            notes.append(f"resumed: {done_before} of {len(frames)} frames were done before")
-        return PaintedVideo(plan, tuple(frames), tuple(notes))
+        notes = sink.notes
+        if sink.painted < len(source.frames):
+            done_before = len(source.frames) - sink.painted
+            notes.append(f"resumed: {done_before} of {len(source.frames)} frames were done before")
+        return PaintedVideo(plan, tuple(source.frames), tuple(notes))
 
     def join(self, painted: PaintedVideo, *, on_planned: Planned) -> Delivered:
         """The frames joined into the video (the H.264 encode) and its ``.txt``."""
         frames = list(painted.frames)
         outputs = join_video(painted.plan, frames, self.settings.outbox, on_planned)
         return Delivered(outputs, painted.notes)
-
-    def _batch(
-        self, settings: Profile, request: RenderRequest, colors: Colors | None, *, ready: int
-    ) -> int:
-        """Frames painted at once: one while the colour reference (the first frame's result)
-        or the prompts ({interrogate}/{tags}, from the first frame) are still to come; else
-        `max_batch`, shared out over the render workers (`ready`: frames left to paint)."""
-        if self._serial(settings, colors):
-            return 1
-        return batch_limit(self.executor, request, self.settings.max_batch, ready=ready)
-
-    @staticmethod
-    def _serial(settings: Profile, colors: Colors | None) -> bool:
-        """The next frame depends on this one's result."""
-        return bool(settings.prompt_sources) or (
-            colors is None and settings.color_correction is not False
-        )
 
 
 @dataclass(frozen=True)
@@ -171,31 +102,119 @@ class PaintedVideo:
     notes: tuple[str, ...]
 
 
-class _Progress:
-    """A progress line at most every PROGRESS_SECONDS, and for the last frame; the time left
-    at the pace of the frames painted after the first call (:class:`Pace`)."""
+class VideoFrames:
+    """A video's frames in order, decoded one by one, each a request built with what its
+    clip holds by then (the key frame's colours and filled-in prompts)."""
 
-    def __init__(self, label: str, total: int) -> None:
-        self.label = label
-        self.total = total
+    def __init__(self, plan: VideoPlan, rng: random.Random, *, should_stop: Callable[[], bool]):
+        self.plan = plan
+        self.rng = rng
+        self.should_stop = should_stop
+        self.frames: list[Path] = []  # every frame's PNG, painted or to be
+        self.stopped_at: int | None = None  # the frame where a stop came
+        self._decoded: Iterator[Picture] = decoded_frames(plan)
+        self._first: Image.Image | None = None  # what {interrogate}/{tags} describe
+
+    def next(self) -> Frame[Picture] | None:
+        if self.stopped_at is not None:
+            return None
+        for index, picture in self._decoded:
+            self._first = self._first or picture
+            self.frames.append(self.plan.frame_path(index))
+            if self.frames[-1].exists():  # painted before a restart
+                continue
+            if self.should_stop():
+                self.stopped_at = index
+                return None
+            return self._frame(index, picture)
+        return None
+
+    def ready(self, head: Frame[Picture]) -> int:
+        return 1 + self.plan.info.frames - head.item[0]  # the head, and the frames after it
+
+    def more(self, head: Frame[Picture], count: int) -> list[Frame[Picture]]:
+        taken: list[Frame[Picture]] = []
+        while len(taken) < count and (frame := self.next()) is not None:
+            taken.append(frame)
+        return taken
+
+    def read_ahead(self) -> None:
+        pass  # the next frame is decoded when its turn comes: decoding is quick
+
+    def _frame(self, index: int, picture: Image.Image) -> Frame[Picture]:
+        plan, clip = self.plan, self.plan.clip
+        correct = plan.settings.color_correction is not False
+        colors = clip.colors() if correct else None
+        settings = plan.settings
+        if clip.prompts is not None:  # filled once, from the first frame painted, for all
+            prompt, negative = clip.prompts
+            settings = settings.model_copy(update={"prompt": prompt, "negative_prompt": negative})
+        fills = bool(settings.prompt_sources)
+        request = frame_request(plan, index, picture, settings, colors, self.rng,
+                                prompt_image=self._first if fills else None)  # fmt: skip
+        # The key frame: the next frame's request needs its result (its colours, its prompts).
+        leads = fills or (correct and colors is None)
+        return Frame(request, (index, picture), clip, leads=leads)
+
+
+class FrameFiles:
+    """A video's painted frames into its work folder, on the worker's thread: each call
+    written once `lag` more were sent after it (so that every render worker paints), and
+    at once after a key frame, whose result the next frame's request needs."""
+
+    def __init__(self, plan: VideoPlan, *, lag: int) -> None:
+        self.plan = plan
+        self.lag = lag
         self.painted = 0
+        self.notes: list[str] = list(plan.notes)
+        self._calls: deque[Callable[[], None]] = deque()
+        self._said = 0.0  # when the last progress line was said
         self._index = 0  # the last frame written
-        self._in_call = 0  # frames of the call being written
-        self._pace = Pace()
-        self._last = 0.0
 
-    def frame_done(self, index: int) -> None:
-        self.painted += 1
-        self._in_call += 1
-        self._index = index
+    def dispatched(self, frames: list[Frame[Picture]]) -> None:
+        return None  # the video's own journal row says it is running
 
-    def call_done(self) -> None:
-        """Every frame of a call is written. The frames of a batch end together, so the pace
-        is taken, and said, only between calls."""
+    def later(self, write: Callable[[], None], *, leads: bool) -> None:
+        self._calls.append(write)
+        self._write(keep=0 if leads else self.lag)
+
+    def finish(self, *, quietly: bool = False) -> None:
+        """Write every call sent; `quietly`: a failure is on its way already, keep it."""
+        if quietly:
+            while self._calls:
+                with contextlib.suppress(Exception):
+                    self._calls.popleft()()
+        self._write(keep=0)
+
+    def _write(self, *, keep: int) -> None:
+        while len(self._calls) > keep:
+            write = self._calls.popleft()
+            try:
+                write()
+            except Exception:
+                self.finish(quietly=True)  # the frames sent after it are kept for the resume
+                raise
+
+    def write(self, frames: list[Frame[Picture]], outcomes: list[Outcome], seconds: float) -> None:
+        plan, clip = self.plan, self.plan.clip
+        for frame, outcome in zip(frames, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                raise outcome
+            index, picture = frame.item
+            if plan.settings.prompt_sources and clip.prompts is None:
+                clip.prompts = (outcome.prompt, outcome.negative_prompt)
+            if not self.painted:  # said once, not for every frame
+                self.notes.extend([*frame_notes(plan, picture), *outcome.notes])
+            write_frame(plan.frame_path(index), outcome)
+            self.painted += 1
+            self._index = index
+        self._progress(clip.paced(len(frames), seconds * len(frames)))
+
+    def _progress(self, per_frame: float | None) -> None:
+        """A line at most every PROGRESS_SECONDS, and for the last frame; the pace is taken
+        between calls (the frames of a batch end together)."""
         now = time.monotonic()
-        self._pace.frames_done(now, self._in_call)
-        self._in_call = 0
-        if now - self._last >= PROGRESS_SECONDS or self._index == self.total:
-            self._last = now
-            line = progress_line(self._index, self.total, self._pace.per_frame())
-            logger.info("{}: {}", self.label, line)
+        total = self.plan.info.frames
+        if now - self._said >= PROGRESS_SECONDS or self._index == total:
+            self._said = now
+            logger.info("{}: {}", self.plan.job.label, progress_line(self._index, total, per_frame))

@@ -3,7 +3,9 @@
 Its loop reads like rq's: stop requested? → next job → prepare → render → deliver → record.
 Around it, two helpers keep the model busy: the next input is prepared ahead on a reader
 thread, and results are delivered and recorded on a writer thread (:mod:`.writer`), both in
-order. A job takes along the queued jobs that can share its pipeline call (``max_batch``).
+order. An image and a video go through the one frame pipeline (:mod:`.frames`): an image
+takes along the queued jobs that can share its pipeline call (:mod:`.images`), a video is
+painted frame by frame (:mod:`.videos`).
 Everything it needs is handed to it by the service; it makes no decision of its own about
 whose fault a failure is (the ledger asks :func:`daemon.errors.classify`).
 """
@@ -18,23 +20,20 @@ from dataclasses import replace
 from datetime import datetime
 from functools import partial
 from pathlib import Path
-from typing import Literal
-
-from loguru import logger
 
 from daemon.config.hours import Window
 from daemon.deliver.results import Deliverer
-from daemon.errors import ConfigError, NotStarted, Superseded
+from daemon.errors import ConfigError
 from daemon.intake.jobs import Job, JobStatus
 from daemon.intake.names import is_video
 from daemon.live.live import Live
 from daemon.prepare.prepare import Prepared, Preparer
+from daemon.queue.frames import FramePipeline
+from daemon.queue.images import Deliveries, QueuedImages
 from daemon.queue.job_queue import JobQueue
 from daemon.queue.ledger import Ledger
 from daemon.queue.videos import PaintedVideo, VideoRunner
 from daemon.queue.writer import Writer
-from daemon.render.executor import Executor, Outcome, batch_limit
-from daemon.render.render import share_a_call
 
 POLL = 0.5  # s a worker waits for a job before it looks at the stop flag again
 
@@ -68,31 +67,31 @@ class Worker:
         queue: JobQueue,
         ledger: Ledger,
         preparer: Preparer,
-        executor: Executor,
+        frames: FramePipeline,
         deliverer: Deliverer,
         videos: VideoRunner,
         live: Live,
         hours: Hours,
         stop: threading.Event,
-        max_batch: Literal["auto"] | int = 1,
         on_change: Callable[[], None] = lambda: None,
         on_job_end: Callable[[Job, JobStatus], None] = lambda job, status: None,
     ) -> None:
         self.queue = queue
         self.ledger = ledger
         self.preparer = preparer
-        self.executor = executor
+        self.frames = frames
+        self.executor = frames.executor
         self.deliverer = deliverer
         self.videos = videos
         self.live = live  # a live input's content, and whether a change supersedes it
         self.hours = hours
         self.stop = stop
-        self.max_batch = max_batch  # the daemon's; a profile may say otherwise
         self.on_change = on_change  # the status line changed
         self.on_job_end = on_job_end  # a job ended, however (`once`'s progress bar)
         # Room for a result per submission in flight, so the writer never holds the worker
         # back while workers still have free slots.
-        self.writer = Writer(depth=executor.slots + 1)
+        self.writer = Writer(depth=self.executor.slots + 1)
+        self.deliveries = Deliveries(self.writer, ledger, deliverer, ended=self._ended)
         self._reader = ThreadPoolExecutor(1, thread_name_prefix="img2imgd-reader")
         self._ahead: tuple[Job, Future[Prepared | None] | None] | None = None
         self.current: Job | None = None
@@ -165,29 +164,10 @@ class Worker:
         self._ended(job, self.ledger.done(job, delivered, time.monotonic() - started))
 
     def _images(self, first: Job, ahead: Future[Prepared | None] | None = None) -> None:
-        started = time.monotonic()
-        head = ahead.result() if ahead is not None else self._prepare_in_turn(first)
-        if head is None:
-            return
-        batch: list[Prepared] = [head]
-        later: list[Prepared] = []
-        for job in self.queue.take_similar(first, self._batch_limit(head) - 1):
-            prepared = self._prepare(job)
-            if prepared is not None:
-                joins = share_a_call(head.request, prepared.request) and not _reference(prepared)
-                (batch if joins else later).append(prepared)
-        for group in (batch, *([prepared] for prepared in later)):
-            if not any(_reference(prepared) for prepared in group):
-                self._read_ahead()
-            jobs = [prepared.job for prepared in group]
-            outcomes = self.executor.submit(
-                [prepared.request for prepared in group],
-                on_dispatch=partial(self.ledger.dispatched, jobs),
-            )
-            reference = next((p.job.image.parent for p in group if _reference(p)), None)
-            self.writer.submit(partial(self._deliver, group, outcomes, _Clock(outcomes, started)),
-                               reference_of=reference)  # fmt: skip
-            started = time.monotonic()
+        source = QueuedImages(
+            first, ahead, self.queue, prepare=self._prepare, read_ahead=self._read_ahead
+        )
+        self.frames.paint(source, self.deliveries)
 
     def _read_ahead(self) -> None:
         """While the model paints, decode and check the next input on the reader's thread."""
@@ -196,7 +176,7 @@ class Worker:
         job = self.queue.get(timeout=0)
         if job is None:
             return
-        future = None if is_video(job.image) else self._reader.submit(self._prepare_in_turn, job)
+        future = None if is_video(job.image) else self._reader.submit(self._prepare, job)
         self._ahead = (job, future)
 
     def _put_back_ahead(self) -> None:
@@ -208,11 +188,6 @@ class Worker:
         if future is not None and future.result() is None:
             return  # it failed while being read, and was settled then
         self.ledger.not_started(job)
-
-    def _prepare_in_turn(self, job: Job) -> Prepared | None:
-        """Prepare `job` once its clip's colour reference, if on its way, is on disk."""
-        self.writer.wait_for_folder(job.image.parent)
-        return self._prepare(job)
 
     def _prepare(self, job: Job) -> Prepared | None:
         self.ledger.running(job)
@@ -226,50 +201,6 @@ class Worker:
         except Exception as exc:
             self._ended(job, self.ledger.attempt_failed(job, exc))
             return None
-
-    def _batch_limit(self, head: Prepared) -> int:
-        """One for a clip's colour reference (its first frame's result): the frames after it
-        are corrected towards it, so it is painted first and alone."""
-        if _reference(head):
-            return 1
-        ready = 1 + self.queue.count_similar(head.job)
-        return batch_limit(self.executor, head.request, self.max_batch, ready=ready)
-
-    def _deliver(
-        self, group: list[Prepared], pending: Future[list[Outcome]], clock: _Clock
-    ) -> None:
-        """On the writer's thread, in the order the jobs were sent: once rendered, each
-        result written and its input archived, or the input failed or deferred."""
-        try:
-            outcomes: list[Outcome] = pending.result()
-        except Exception as exc:  # the executor itself broke: every job of the call
-            outcomes = [exc] * len(group)
-        seconds = clock.seconds() / len(group)  # the batch's time, shared
-        for prepared, outcome in zip(group, outcomes, strict=True):
-            job = prepared.job
-            if not self.ledger.unfinished(job):  # finished already: a duplicate result is dropped
-                logger.debug("{}: a second result arrived and was dropped", job.label)
-                continue
-            if isinstance(outcome, NotStarted):  # the daemon is stopping; it runs next time
-                self.ledger.not_started(job)
-                self._ended(job, JobStatus.INTERRUPTED)
-                continue
-            if isinstance(outcome, Superseded):  # a live input's newer version renders next
-                self.ledger.superseded(job)
-                self._ended(job, JobStatus.INTERRUPTED)
-                continue
-            try:
-                if isinstance(outcome, Exception):
-                    raise outcome
-                delivered = self.deliverer.deliver(
-                    job, outcome, on_planned=partial(self.ledger.planned, job),
-                    frame=prepared.frame, seconds=seconds,
-                )  # fmt: skip
-            except Exception as exc:
-                self._ended(job, self.ledger.attempt_failed(job, exc))
-                continue
-            rendered = (prepared.digest, prepared.request.seed) if prepared.digest else None
-            self._ended(job, self.ledger.done(job, delivered, seconds, rendered=rendered))
 
     def supersede(self, path: Path) -> None:
         """Watcher thread: `path` changed while in hand. When it belongs to the live input
@@ -301,25 +232,3 @@ class Worker:
     def should_pause(self) -> bool:
         """Asked between the frames of a video: stop for a shutdown or the end of the hours."""
         return self.stop.is_set() or not self.hours.open()
-
-
-class _Clock:
-    """A call's time, from when its first job started preparing to when it was rendered
-    (not when its turn to be written came)."""
-
-    def __init__(self, pending: Future[list[Outcome]], started: float) -> None:
-        self.started = started
-        self.ended: float | None = None
-        pending.add_done_callback(self._end)
-
-    def _end(self, _pending: Future[list[Outcome]]) -> None:
-        self.ended = time.monotonic()
-
-    def seconds(self) -> float:
-        return (self.ended or time.monotonic()) - self.started
-
-
-def _reference(prepared: Prepared) -> bool:
-    """The frame that becomes its clip's colour reference."""
-    frame = prepared.frame
-    return frame is not None and frame.correct_colors and frame.colors is None
