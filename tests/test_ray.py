@@ -176,6 +176,65 @@ def test_a_clip_at_the_default_batch_is_shared_out_so_both_workers_paint(
     assert shares == [3, 4], painted
 
 
+def test_a_clip_over_two_workers_follows_its_key_frame_even_when_a_worker_dies(
+    cluster: Any, workspace: Workspace
+):
+    """The README's choice: a clip's state travels with each frame's request, as values (the
+    frame's seed, the key frame's colours), so the clip spreads over the workers and a frame
+    sent again after its worker died is painted the same. Each frame must be what the clip
+    makes of it in-process (tests/test_sequences.py): its own seed from the clip's base, and
+    the uncorrected painting matched to the key frame's colours, to the last bit."""
+    from daemon.a1111.color import apply_color_correction, color_reference
+    from tests.test_sequences import make_frames, seeds_of
+
+    # Each frame alone (a batch paints within a level, not to the bit), slow enough that both
+    # workers paint and one can be killed mid-clip.
+    keys = dict(steps=20, max_pixels=96 * 96, denoising_strength=0.8, max_batch=1,
+                seed=4321, seed_mode="increment")  # fmt: skip
+    workspace.profile("corrected", **keys)
+    workspace.profile("plain", **keys, color_correction=False)  # the paintings, uncorrected
+    for profile in ("corrected", "plain"):
+        make_frames(workspace.inbox / profile / "clip", 6, size=(96, 72))
+    daemon = Daemon(workspace.settings(**ray_settings(cluster)), watch=False)
+    wait_for(lambda: sum(w.alive for w in daemon.executor.workers()) == 2, timeout=120)
+    killed: list[int] = []
+
+    def kill_a_busy_worker_after_the_key_frame() -> bool:
+        # Once both workers had their share (the key frame and two frames after it, each
+        # alone: one on each worker), so that both paint part of the clip whatever follows.
+        if len(list((workspace.outbox / "corrected/clip").glob("*.png"))) < 3:
+            return False
+        busy = [w for w in daemon.executor.workers() if w.alive and w.in_flight and w.pid]
+        if busy:
+            os.kill(busy[0].pid, signal.SIGKILL)
+            killed.append(busy[0].pid)
+        return bool(busy) or daemon.tally.done == 12
+
+    killer = threading.Thread(
+        target=lambda: wait_for(kill_a_busy_worker_after_the_key_frame, timeout=240)
+    )
+    killer.start()
+    daemon.run_once(tick=0.02)
+    killer.join()
+    assert daemon.tally.done == 12 and daemon.tally.failed == 0, daemon.tally
+    assert killed, "no worker was busy after the key frame"
+
+    def out(profile: str, index: int) -> Image.Image:
+        return Image.open(workspace.outbox / f"{profile}/clip/frame_{index:04d}.png").convert("RGB")
+
+    assert seeds_of(workspace, "corrected", "clip") == {
+        f"frame_{i:04d}": 4321 + i for i in range(1, 7)
+    }
+    assert np.array_equal(np.asarray(out("corrected", 1)), np.asarray(out("plain", 1)))
+    reference = color_reference(out("corrected", 1))
+    for index in range(2, 7):
+        expected = apply_color_correction(reference, out("plain", index))
+        assert np.array_equal(np.asarray(out("corrected", index)), np.asarray(expected)), index
+    painted = {entry.label: entry.worker for entry in journal_entries(workspace)}
+    after_key = {painted[f"corrected/clip/frame_{i:04d}.png"] for i in range(2, 7)}
+    assert len(after_key) == 2, f"the frames after the key frame went to {after_key}"
+
+
 def test_status_says_waiting_for_a_worker_while_no_worker_can_take_the_job(
     cluster: Any, workspace: Workspace, logs: list[str]
 ):
