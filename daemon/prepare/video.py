@@ -1,9 +1,9 @@
 """Preparing a video: probe it, find its mask and work folder, and turn frames into requests.
 
-``inbox/<profile>/clip.mp4`` is painted frame by frame, as a clip (one seed, colours matched
-to the first frame's result: :mod:`daemon.clips.state`, whose key frame is the first painted
-frame), into a work folder of PNG frames: ``outbox/<profile>/clip/``
-with ``keep_frames: true``, else ``state/videos/<id>/frames``. A frame already there is never
+``inbox/<profile>/clip.mp4`` is painted frame by frame as a clip (:mod:`daemon.clips.state`:
+one seed, colours matched to its key frame, the first frame's result) into a work folder of
+PNG frames: ``outbox/<profile>/clip/`` with ``keep_frames: true``, else
+``state/videos/<id>/frames``. A frame already there is never
 painted again, so a daemon killed mid-video resumes at the first frame without a result. A
 work folder is reused only by the same video with the same settings: its mark says whose it
 is, so a re-dropped or re-profiled video never takes stale frames.
