@@ -525,3 +525,17 @@ def test_parse_mapping_accepts_an_anchor_without_an_alias():
     assert parse_mapping("a: &x 1\nb: 2\n") == {"a": 1, "b": 2}
     with pytest.raises(YamlProblem, match="aliases"):
         parse_mapping("a: &x 1\nb: *x\n")
+
+
+def test_a_settings_fingerprint_is_sorted_and_follows_every_value():
+    """Live inputs and video work folders are known by this fingerprint: it must not change
+    when the key groups are declared in another order, and must change with any value."""
+    import json
+
+    from daemon.config.profiles import Profile
+
+    base = Profile(model="builtin:tiny-sd")
+    keys = list(json.loads(base.fingerprint()))
+    assert keys == sorted(keys) and "denoising_strength" in keys
+    assert base.fingerprint() == Profile(model="builtin:tiny-sd").fingerprint()
+    assert base.fingerprint() != base.model_copy(update={"steps": 21}).fingerprint()

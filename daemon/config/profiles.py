@@ -12,6 +12,7 @@ such where the profile itself (or a per-image YAML) writes it.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
@@ -87,6 +88,11 @@ class Profile(
         if self.interrogating == kind:
             return "model"
         return "interrogate_model" if kind == "clip" else "tagger_model"
+
+    def fingerprint(self) -> bytes:
+        """The settings as canonical bytes (keys sorted), for content digests that must not
+        change when the key groups are declared in another order."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
 
     @property
     def needs_mask(self) -> bool:

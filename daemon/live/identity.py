@@ -21,7 +21,7 @@ RANDOM_SEED = -1  # a profile's "draw one": for a live input, drawn once and kep
 
 def content_digest(inputs: Sequence[Path], settings: Profile) -> str:
     """The files' names and bytes, and the settings they render with."""
-    digest = hashlib.sha256(settings.model_dump_json().encode())
+    digest = hashlib.sha256(settings.fingerprint())
     for path in inputs:
         digest.update(b"\0" + path.name.encode() + b"\0")
         with path.open("rb") as handle:

@@ -168,7 +168,7 @@ def _shared_mask(
 def _work_folder(folder: Path, stem: str, state: Path, settings: Profile, identity: str) -> Path:
     """Kept → ``outbox/…/<stem>/`` (or ``<stem>-N/`` when that holds another video's frames),
     else ``state/videos/<id>/frames``."""
-    mark = f"{identity} {hashlib.sha256(settings.model_dump_json().encode()).hexdigest()[:16]}"
+    mark = f"{identity} {hashlib.sha256(settings.fingerprint()).hexdigest()[:16]}"
     if settings.keep_frames:
         for counter in range(10_000):
             candidate = folder / (stem if counter == 0 else f"{stem}-{counter}")
