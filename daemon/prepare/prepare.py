@@ -10,7 +10,7 @@ colour reference (:mod:`daemon.clips.state`). Videos are prepared frame by frame
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 
 from daemon.a1111.color import color_reference
 from daemon.a1111.imaging import flatten_on_white, load_image
@@ -37,23 +37,17 @@ class Prepared:
     digest: str | None = None  # a live input's content (see daemon/live)
 
 
+@dataclass(frozen=True)
 class Preparer:
-    """Turns jobs into requests. Used by the worker thread; reads, never writes, the inbox."""
+    """Turns jobs into requests. Used by the worker thread; reads, never writes, the inbox.
+    `live`: a live input's result is replaced in place, with its kept seed."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        profiles: ProfileStore,
-        clips: ClipStore,
-        rng: random.Random,
-        *,
-        live: Live,
-    ) -> None:
-        self.settings = settings
-        self.profiles = profiles
-        self.clips = clips
-        self.rng = rng
-        self.live = live  # a live input's result replaced in place, with its kept seed
+    settings: Settings
+    profiles: ProfileStore
+    clips: ClipStore
+    rng: random.Random
+    _: KW_ONLY
+    live: Live
 
     def prepare(self, job: Job) -> Prepared:
         limits = self.settings

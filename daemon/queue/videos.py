@@ -38,20 +38,15 @@ PROGRESS_SECONDS = 10.0  # a progress line at most this often (and for the first
 Picture = tuple[int, Image.Image]  # a video frame: its number (from 1) and its pixels
 
 
+@dataclass(frozen=True)
 class VideoRunner:
-    def __init__(
-        self,
-        settings: Settings,
-        profiles: ProfileStore,
-        clips: ClipStore,
-        frames: FramePipeline,
-        rng: random.Random,
-    ) -> None:
-        self.settings = settings
-        self.profiles = profiles
-        self.clips = clips
-        self.frames = frames
-        self.rng = rng
+    """Paints a video's frames through the frame pipeline, then joins them (on the writer)."""
+
+    settings: Settings
+    profiles: ProfileStore
+    clips: ClipStore
+    frames: FramePipeline
+    rng: random.Random
 
     def paint(
         self,
