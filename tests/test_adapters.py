@@ -24,7 +24,14 @@ from daemon.a1111.prompts import LoraRef
 from daemon.engines.adapter_files import embeddings_in
 from daemon.engines.adapters import AdapterManager
 from daemon.models.builtin import ensure_builtin
-from daemon.models.resolve import ModelNotFound, PickleRefused, files_by_stem, find, kind_folders
+from daemon.models.resolve import (
+    ModelNotFound,
+    PickleRefused,
+    Search,
+    files_by_stem,
+    find,
+    kind_folders,
+)
 from tests.support.lora import TE_TARGETS, LoraMaker, peft_lora, write
 
 
@@ -174,21 +181,21 @@ def plain(reference: Any) -> np.ndarray:
 def test_find_lora_recursive_case_insensitive_and_safetensors_first(models_dir: Path) -> None:
     dirs = kind_folders("lora", models_dir)
     style = models_dir / "Lora" / "styles" / "StyleA.safetensors"
-    assert find("lora", "StyleA", dirs=dirs) == style
-    assert find("lora", "stylea", dirs=dirs) == style  # case-insensitive fallback
+    assert find("lora", "StyleA", Search(None), dirs=dirs) == style
+    assert find("lora", "stylea", Search(None), dirs=dirs) == style  # case-insensitive fallback
     deep = models_dir / "LyCORIS" / "deep" / "er" / "OtherB.safetensors"
-    assert find("lora", "OtherB", dirs=dirs) == deep  # LyCORIS, nested
-    both = find("lora", "Both", dirs=dirs)
+    assert find("lora", "OtherB", Search(None), dirs=dirs) == deep  # LyCORIS, nested
+    both = find("lora", "Both", Search(None), dirs=dirs)
     assert both.suffix == ".safetensors"
 
 
 def test_exact_case_wins_over_case_insensitive(tmp_path: Path) -> None:
     write(tmp_path / "a" / "Dup.safetensors", {"x": torch.zeros(1)})
     write(tmp_path / "b" / "dup.safetensors", {"x": torch.zeros(1)})
-    assert find("lora", "dup", dirs=[tmp_path]) == tmp_path / "b/dup.safetensors"
-    assert find("lora", "Dup", dirs=[tmp_path]) == tmp_path / "a/Dup.safetensors"
+    assert find("lora", "dup", Search(None), dirs=[tmp_path]) == tmp_path / "b/dup.safetensors"
+    assert find("lora", "Dup", Search(None), dirs=[tmp_path]) == tmp_path / "a/Dup.safetensors"
     # Neither matches exactly: the first in (sorted) folder order.
-    assert find("lora", "DUP", dirs=[tmp_path]) == tmp_path / "a/Dup.safetensors"
+    assert find("lora", "DUP", Search(None), dirs=[tmp_path]) == tmp_path / "a/Dup.safetensors"
 
 
 def test_symlinked_folders_are_searched_and_loops_end(tmp_path: Path) -> None:
@@ -197,33 +204,34 @@ def test_symlinked_folders_are_searched_and_loops_end(tmp_path: Path) -> None:
     lora.mkdir(parents=True)
     (lora / "shared").symlink_to(elsewhere.parent, target_is_directory=True)
     (lora / "loop").symlink_to(lora, target_is_directory=True)
-    found = find("lora", "Linked", dirs=kind_folders("lora", tmp_path / "models"))
+    found = find("lora", "Linked", Search(None), dirs=kind_folders("lora", tmp_path / "models"))
     assert found.resolve() == elsewhere.resolve()
 
 
 def test_missing_lora_error_says_where_it_looked(models_dir: Path) -> None:
     dirs = [*kind_folders("lora", models_dir), models_dir / "Nowhere"]
     with pytest.raises(ModelNotFound) as caught:
-        find("lora", "NoSuchLora", dirs=dirs)
+        find("lora", "NoSuchLora", Search(None), dirs=dirs)
     message = str(caught.value)
     assert "NoSuchLora" in message and str(models_dir / "Lora") in message
     assert f"{models_dir / 'Nowhere'} does not exist" in message
     with pytest.raises(ModelNotFound, match="no folder configured"):
-        find("lora", "x", dirs=[])
+        find("lora", "x", Search(None), dirs=[])
 
 
 def test_pickle_refused_unless_allowed(models_dir: Path) -> None:
     dirs = kind_folders("lora", models_dir)
     with pytest.raises(PickleRefused) as caught:
-        find("lora", "Pickled", dirs=dirs)
+        find("lora", "Pickled", Search(None), dirs=dirs)
     message = str(caught.value)
     assert "pickle" in message and "run arbitrary code" in message
     assert ".safetensors" in message and "allow_pickle" in message
-    assert find("lora", "Pickled", dirs=dirs, allow_pickle=True).name == "Pickled.pt"
+    trusting = Search(None, allow_pickle=True)
+    assert find("lora", "Pickled", trusting, dirs=dirs).name == "Pickled.pt"
     emb = kind_folders("embedding", models_dir)
     with pytest.raises(PickleRefused):
-        find("embedding", "OldStyle", dirs=emb)
-    assert find("embedding", "oldstyle", dirs=emb, allow_pickle=True).name == "OldStyle.pt"
+        find("embedding", "OldStyle", Search(None), dirs=emb)
+    assert find("embedding", "oldstyle", trusting, dirs=emb).name == "OldStyle.pt"
 
 
 def test_embedding_names_and_where_they_occur(models_dir: Path, tmp_path: Path) -> None:

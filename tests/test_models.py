@@ -10,7 +10,7 @@ from daemon.a1111.infotext import parse_infotext
 from daemon.config.profiles import load_profile
 from daemon.errors import ConfigError
 from daemon.models.builtin import ensure_builtin
-from daemon.models.resolve import resolve_model, resolve_vae
+from daemon.models.resolve import Search, resolve_model, resolve_vae
 from daemon.render.availability import missing_models
 from tests.conftest import Workspace, wait_for
 
@@ -48,13 +48,13 @@ def test_vae_override_changes_the_decoder_and_is_recorded(workspace: Workspace, 
 def test_vae_names_resolve_in_the_a1111_vae_folder(tmp_path):
     (tmp_path / "VAE").mkdir()
     (tmp_path / "VAE/kl-f8.safetensors").write_bytes(b"{}")
-    assert resolve_vae("kl-f8", models_dir=tmp_path) == tmp_path / "VAE/kl-f8.safetensors"
+    assert resolve_vae("kl-f8", Search(tmp_path)) == tmp_path / "VAE/kl-f8.safetensors"
     (tmp_path / "VAE/old.pt").write_bytes(b"x")
     with pytest.raises(ConfigError, match=r"pickled.*allow_pickle: true"):
-        resolve_vae(str(tmp_path / "VAE/old.pt"), models_dir=tmp_path)
-    assert resolve_vae("old", models_dir=tmp_path, allow_pickle=True) == tmp_path / "VAE/old.pt"
+        resolve_vae(str(tmp_path / "VAE/old.pt"), Search(tmp_path))
+    assert resolve_vae("old", Search(tmp_path, allow_pickle=True)) == tmp_path / "VAE/old.pt"
     with pytest.raises(ConfigError, match="not found"):
-        resolve_vae("missing", models_dir=tmp_path)
+        resolve_vae("missing", Search(tmp_path))
 
 
 def test_checkpoint_names_resolve_in_an_a1111_models_folder(tmp_path, state_dir):
@@ -62,18 +62,16 @@ def test_checkpoint_names_resolve_in_an_a1111_models_folder(tmp_path, state_dir)
     sd.mkdir()
     (sd / "dream.safetensors").write_bytes(b"x")
     (sd / "old.ckpt").write_bytes(b"x")
-    source = resolve_model("dream", models_dir=tmp_path, state_dir=state_dir)
+    source = resolve_model("dream", Search(tmp_path, state_dir))
     assert source.kind == "single_file" and source.name == "dream"
-    assert (
-        resolve_model("dream.safetensors", models_dir=tmp_path, state_dir=state_dir).name == "dream"
-    )
+    assert resolve_model("dream.safetensors", Search(tmp_path, state_dir)).name == "dream"
     with pytest.raises(ConfigError, match=r"pickled file.*allow_pickle: true"):
-        resolve_model("old", models_dir=tmp_path, state_dir=state_dir)
-    allowed = resolve_model("old", models_dir=tmp_path, state_dir=state_dir, allow_pickle=True)
+        resolve_model("old", Search(tmp_path, state_dir))
+    allowed = resolve_model("old", Search(tmp_path, state_dir, allow_pickle=True))
     assert allowed.kind == "single_file" and allowed.name == "old"
     assert allowed.hash_file == sd / "old.ckpt"  # A1111 hashes the file as it is
     # A hub id's shape is enough for check (build=False); the cache: tests/test_hub.py.
-    hub = resolve_model("org/model", models_dir=tmp_path, state_dir=state_dir, build=False)
+    hub = resolve_model("org/model", Search(tmp_path, state_dir), build=False)
     assert hub.kind == "hub" and hub.location == "org/model"
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import FrozenInstanceError
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from daemon.models.resolve import (
     Kind,
     ModelNotFound,
     PickleRefused,
+    Search,
     find,
     kind_folders,
     resolve_clip,
@@ -25,6 +27,7 @@ from daemon.models.resolve import (
     resolve_vae,
 )
 from daemon.render.availability import missing_models
+from daemon.render.cache import ModelCache
 from tests.conftest import Workspace
 
 PICKLE = b"\x80\x04K\x01."  # a pickle; never loaded
@@ -62,11 +65,11 @@ def refusal(call: Callable[[], object]) -> str:
 def test_every_kind_refuses_a_pickle_with_the_same_text(models: Path, state_dir: Path) -> None:
     tagger_file = models / "torch_deepdanbooru" / "old.pt"
     said = {
-        "model": refusal(lambda: resolve_model("old", models_dir=models, state_dir=state_dir)),
-        "vae": refusal(lambda: resolve_vae("old", models_dir=models)),
-        "LoRA": refusal(lambda: find("lora", "old", models_dir=models)),
-        "embedding": refusal(lambda: find("embedding", "old", models_dir=models)),
-        "tagger": refusal(lambda: resolve_tagger("old", models_dir=models, state_dir=state_dir)),
+        "model": refusal(lambda: resolve_model("old", Search(models, state_dir))),
+        "vae": refusal(lambda: resolve_vae("old", Search(models))),
+        "LoRA": refusal(lambda: find("lora", "old", Search(models))),
+        "embedding": refusal(lambda: find("embedding", "old", Search(models))),
+        "tagger": refusal(lambda: resolve_tagger("old", Search(models, state_dir))),
         "tagger ": refusal(lambda: load_tagger(tagger_file)),  # the loader asks the same rule
     }
     texts = set()
@@ -79,10 +82,10 @@ def test_every_kind_refuses_a_pickle_with_the_same_text(models: Path, state_dir:
         "or set `allow_pickle: true` in the daemon's configuration if you trust the file"
     }
     # Allowed, every kind gives the pickle.
-    assert resolve_vae("old", models_dir=models, allow_pickle=True).name == "old.pt"
-    assert find("lora", "old", models_dir=models, allow_pickle=True).name == "old.pt"
-    assert find("embedding", "OLD", models_dir=models, allow_pickle=True).name == "old.pt"
-    allowed = resolve_model("old", models_dir=models, state_dir=state_dir, allow_pickle=True)
+    assert resolve_vae("old", Search(models, allow_pickle=True)).name == "old.pt"
+    assert find("lora", "old", Search(models, allow_pickle=True)).name == "old.pt"
+    assert find("embedding", "OLD", Search(models, allow_pickle=True)).name == "old.pt"
+    allowed = resolve_model("old", Search(models, state_dir, allow_pickle=True))
     assert allowed.kind == "single_file" and allowed.name == "old"
 
 
@@ -94,7 +97,7 @@ def test_every_kind_not_found_is_one_error_saying_where_it_belongs(
     models.mkdir()
     row = KINDS[kind]
     with pytest.raises(ModelNotFound) as caught:
-        find(kind, "absent", models_dir=models, build=False)
+        find(kind, "absent", Search(models), build=False)
     error = caught.value
     assert isinstance(error, ConfigError)
     message = str(error)
@@ -108,11 +111,11 @@ def test_every_kind_not_found_is_one_error_saying_where_it_belongs(
 def test_the_entry_points_raise_the_same_error(tmp_path: Path, state_dir: Path) -> None:
     models, state = tmp_path, state_dir
     calls: list[Callable[[], object]] = [
-        lambda: resolve_model("absent", models_dir=models, state_dir=state, build=False),
-        lambda: resolve_vae("absent", models_dir=models, build=False),
-        lambda: resolve_clip("absent", models_dir=models, state_dir=state, build=False),
-        lambda: resolve_clip("absent + x", models_dir=models, state_dir=state, build=False),
-        lambda: resolve_tagger("absent", models_dir=models, state_dir=state, build=False),
+        lambda: resolve_model("absent", Search(models, state), build=False),
+        lambda: resolve_vae("absent", Search(models), build=False),
+        lambda: resolve_clip("absent", Search(models, state), build=False),
+        lambda: resolve_clip("absent + x", Search(models, state), build=False),
+        lambda: resolve_tagger("absent", Search(models, state), build=False),
     ]
     for call in calls:
         with pytest.raises(ModelNotFound, match="'absent' not found: looked for"):
@@ -136,13 +139,13 @@ def test_a_new_kind_is_one_row(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     canny = put(models / "ControlNet" / "control_canny.safetensors")
     put(models / "ControlNet" / "control_depth.pth", PICKLE)
     assert kind_folders("controlnet", models) == [models / "ControlNet"]
-    assert find("controlnet", "control_canny", models_dir=models) == canny
+    assert find("controlnet", "control_canny", Search(models)) == canny
     hub_id = "lllyasviel/sd-controlnet-canny"
-    assert find("controlnet", hub_id, models_dir=models, build=False) == Path(hub_id)
-    message = refusal(lambda: find("controlnet", "control_depth", models_dir=models))
+    assert find("controlnet", hub_id, Search(models), build=False) == Path(hub_id)
+    message = refusal(lambda: find("controlnet", "control_depth", Search(models)))
     assert message.startswith("ControlNet 'control_depth' is a pickled file (")
     with pytest.raises(ModelNotFound) as caught:
-        find("controlnet", "control_seg", models_dir=models)
+        find("controlnet", "control_seg", Search(models))
     assert str(caught.value).startswith(
         "ControlNet 'control_seg' not found: looked for a ControlNet file or folder named "
         "control_seg, control_seg.safetensors, .ckpt, .pt, .pth or .bin in "
@@ -160,9 +163,9 @@ def test_a_new_recursive_kind_is_one_row(monkeypatch: pytest.MonkeyPatch, tmp_pa
     models = tmp_path / "models"
     anime = put(models / "hypernetworks" / "styles" / "deep" / "Anime.safetensors")
     put(models / "hypernetworks" / "Anime.pt", PICKLE)  # the safetensors file wins
-    assert find("hypernetwork", "anime", models_dir=models) == anime
+    assert find("hypernetwork", "anime", Search(models)) == anime
     with pytest.raises(ModelNotFound) as caught:
-        find("hypernetwork", "Gone", models_dir=models)
+        find("hypernetwork", "Gone", Search(models))
     assert str(caught.value) == (
         "hypernetwork 'Gone' not found: looked for a hypernetwork file named Gone.safetensors, "
         f".ckpt, .pt, .pth or .bin (any case) in {models / 'hypernetworks'} {SUB_FOLDER}, "
@@ -188,3 +191,38 @@ def test_a_lora_in_the_profiles_prompt_says_where_to_put_it(
     assert problem.endswith(f"{own} does not exist. Put the file in {own}"), problem
     (problem,) = missing_models(profile, workspace.settings())
     assert "nowhere (no folder configured)" in problem and "To find LoRAs by name" in problem
+
+
+def test_one_search_carries_the_configuration_to_every_lookup(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """Where a lookup looks and what it may take is one frozen value made from the settings:
+    the model cache and its interrogators look with it, so its pickle rule holds for both."""
+    models = tmp_path / "models"
+    put(models / "VAE" / "old.pt", PICKLE)
+    put(models / "torch_deepdanbooru" / "old.pt", PICKLE)
+    settings = workspace.settings(models_dir=models, allow_pickle=True, download_models=True)
+    search = Search.of(settings)
+    assert search == Search(
+        settings.models_dir, settings.state_dir, allow_pickle=True, download=True
+    )
+    with pytest.raises(FrozenInstanceError):
+        search.allow_pickle = False  # type: ignore[misc]
+    trusting = ModelCache.from_settings(settings, device="cpu")
+    assert trusting.search == search and trusting.interrogators.search == search
+    assert trusting.vae_source("old") == models / "VAE" / "old.pt"
+    strict = ModelCache.from_settings(workspace.settings(models_dir=models), device="cpu")
+    assert strict.search == Search(settings.models_dir, settings.state_dir)
+    with pytest.raises(PickleRefused):
+        strict.vae_source("old")
+    with pytest.raises(PickleRefused):
+        resolve_tagger("old", strict.interrogators.search)
+
+
+def test_a_search_without_a_state_folder_names_no_built_in_model(tmp_path: Path) -> None:
+    """A LoRA or embedding search has no state folder: a built-in model is refused plainly."""
+    with pytest.raises(ConfigError, match="no state folder to generate built-in models in"):
+        resolve_model("builtin:tiny-sd", Search(tmp_path))
+    state = tmp_path / "state"
+    source = resolve_model("builtin:tiny-sd", Search(tmp_path, state), build=False)
+    assert source.location == str(state / "builtin" / "tiny-sd")

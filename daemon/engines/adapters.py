@@ -78,6 +78,7 @@ from daemon.models.resolve import (
     KINDS,
     ModelNotFound,
     PickleRefused,
+    Search,
     check_pickle,
     files_by_stem,
     find,
@@ -137,7 +138,7 @@ class AdapterManager:
         self.hashes = hashes or HashCache()
         self.lora_dirs = [Path(d) for d in lora_dirs]
         self.embedding_dirs = [Path(d) for d in embedding_dirs]
-        self.allow_pickle = allow_pickle
+        self.search = Search(None, allow_pickle=allow_pickle)  # its own folders: no models_dir
         self.max_loras = max(1, max_loras)
         self.state = state if state is not None else AdapterState()
 
@@ -225,9 +226,7 @@ class AdapterManager:
             if files is None:  # walked once per job, whatever the number of LoRAs
                 files = list(walk_weight_files(self.lora_dirs, KINDS["lora"].suffixes))
             try:
-                path = find(
-                    "lora", name, dirs=self.lora_dirs, files=files, allow_pickle=self.allow_pickle
-                )
+                path = find("lora", name, self.search, dirs=self.lora_dirs, files=files)
             except (ModelNotFound, PickleRefused) as exc:
                 notes.append(f"{exc}; skipped")
                 continue
@@ -387,7 +386,7 @@ class AdapterManager:
 
     def _load_embedding(self, name: str, path: Path, notes: list[str]) -> AppliedEmbedding | None:
         try:  # the prompt named it, so it is only now that the pickle rule applies
-            check_pickle("embedding", name, path, allowed=self.allow_pickle)
+            check_pickle("embedding", name, path, allowed=self.search.allow_pickle)
         except PickleRefused as exc:
             notes.append(f"{exc}; skipped")
             return None

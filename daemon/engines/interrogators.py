@@ -32,7 +32,7 @@ from daemon.engines.labels import load_label_lists
 from daemon.engines.tagger import TaggerOptions
 from daemon.engines.taggers import load_tagger
 from daemon.models.builtin import is_builtin
-from daemon.models.resolve import resolve_clip, resolve_tagger
+from daemon.models.resolve import Search, resolve_clip, resolve_tagger
 from daemon.tasks.keys import Interrogator
 
 if TYPE_CHECKING:
@@ -71,22 +71,19 @@ class _Loaded:
 class Interrogators:
     """The warm interrogation models of one model cache; use from the worker thread.
 
-    `device` is asked on the first load (picking it imports torch)."""
+    Models are looked up with `search`; `label_cache` keeps CLIP's label embeddings between
+    runs; `device` is asked on the first load (picking it imports torch)."""
 
     def __init__(
         self,
+        search: Search,
         *,
-        models_dir: Path | None,
-        state_dir: Path,
+        label_cache: Path,
         device: Callable[[], tuple[str, torch.dtype]],
-        allow_pickle: bool = False,
-        download_models: bool = False,
         on_load: Callable[[str, float], None] = lambda name, seconds: None,
     ) -> None:
-        self.models_dir = models_dir
-        self.state_dir = state_dir
-        self.allow_pickle = allow_pickle
-        self.download_models = download_models  # hub ids not in the local cache: fetch them
+        self.search = search
+        self.label_cache = label_cache
         self._device = device
         self._loaded: dict[tuple[Interrogator, str], _Loaded] = {}
         self._lock = threading.Lock()
@@ -156,29 +153,18 @@ class Interrogators:
         device, dtype = self._device()
         started = time.monotonic()
         if kind == "clip":
-            blip, clip = resolve_clip(
-                ref,
-                models_dir=self.models_dir,
-                state_dir=self.state_dir,
-                download=self.download_models,
-            )
+            blip, clip = resolve_clip(ref, self.search)
             engine: Any = ClipInterrogator.load(
                 blip,
                 clip,
                 device=device,
                 dtype=dtype,
-                cache_dir=self.state_dir / "label-embeddings",
+                cache_dir=self.label_cache,
                 local_files_only=True,  # folders: hub ids come from the local cache
             )
         else:
-            path = resolve_tagger(
-                ref,
-                models_dir=self.models_dir,
-                state_dir=self.state_dir,
-                allow_pickle=self.allow_pickle,
-                download=self.download_models,
-            )
-            engine = load_tagger(path, device=device, allow_pickle=self.allow_pickle)
+            path = resolve_tagger(ref, self.search)
+            engine = load_tagger(path, device=device, allow_pickle=self.search.allow_pickle)
         if is_builtin(ref):
             logger.warning(
                 "interrogation model {} has random weights: its words are noise. It exists to "

@@ -29,7 +29,7 @@ from daemon.errors import ConfigError, TransientError, is_out_of_memory
 from daemon.models.builtin import BUILTIN_PREFIX
 from daemon.models.hashes import HashCache
 from daemon.models.hub_cache import HubRef
-from daemon.models.resolve import ModelSource, kind_folders, resolve_model, resolve_vae
+from daemon.models.resolve import ModelSource, Search, kind_folders, resolve_model, resolve_vae
 from daemon.models.single_file import load_single_file, load_vae
 from daemon.paths import shown
 from daemon.tasks.task import Pipeline
@@ -82,14 +82,14 @@ class ModelCache:
         on_load: Callable[[str, float], None] = lambda name, seconds: None,
     ) -> None:
         self.compile_unet = compile_unet
-        self.download_models = download_models  # hub ids not in the local cache: fetch them
+        self.search = Search(
+            models_dir, state_dir, allow_pickle=allow_pickle, download=download_models
+        )
         self.lora_dirs = lora_dirs if lora_dirs is not None else kind_folders("lora", models_dir)
         self.embedding_dirs = (
             embedding_dirs if embedding_dirs is not None else kind_folders("embedding", models_dir)
         )
-        self.allow_pickle = allow_pickle
-        self.models_dir = models_dir
-        self.state_dir = state_dir
+        self.state_dir = state_dir  # also holds the cache's own files (hashes, model configs)
         self.requested_device = device
         self.hashes = HashCache(state_dir / "hashes.json")
         self._loaded: dict[str, _Loaded] = {}
@@ -97,11 +97,9 @@ class ModelCache:
         self._device: tuple[str, torch.dtype] | None = None
         self.on_load = on_load  # a model loaded in so many seconds (the metrics)
         self.interrogators = Interrogators(
-            models_dir=models_dir,
-            state_dir=state_dir,
+            self.search,
+            label_cache=state_dir / "label-embeddings",
             device=lambda: self.device,
-            allow_pickle=allow_pickle,
-            download_models=download_models,
             on_load=on_load,
         )
 
@@ -138,13 +136,7 @@ class ModelCache:
         if ref in self._loaded:
             return self._loaded[ref].source
         try:
-            return resolve_model(
-                ref,
-                models_dir=self.models_dir,
-                state_dir=self.state_dir,
-                allow_pickle=self.allow_pickle,
-                download=self.download_models,
-            )
+            return resolve_model(ref, self.search)
         except ConfigError as exc:
             raise TransientError(f"{exc}; the input waits in the inbox") from exc
 
@@ -182,7 +174,7 @@ class ModelCache:
             state=loaded.adapters,
             lora_dirs=self.lora_dirs,
             embedding_dirs=self.embedding_dirs,
-            allow_pickle=self.allow_pickle,
+            allow_pickle=self.search.allow_pickle,
             hashes=self.hashes,
         )
 
@@ -199,12 +191,7 @@ class ModelCache:
         return loaded.schedulers[choice]
 
     def vae_source(self, ref: str) -> Path:
-        return resolve_vae(
-            ref,
-            models_dir=self.models_dir,
-            allow_pickle=self.allow_pickle,
-            download=self.download_models,
-        )
+        return resolve_vae(ref, self.search)
 
     def _entry(self, ref: str, vae: str | None) -> _Loaded:
         key = _key(ref, vae)

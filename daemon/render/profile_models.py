@@ -22,6 +22,7 @@ from daemon.models.checkpoints import detect_architecture
 from daemon.models.hub_cache import HubRole
 from daemon.models.resolve import (
     ModelNotFound,
+    Search,
     find,
     resolve_clip,
     resolve_model,
@@ -44,7 +45,7 @@ class NamedModel:
 
 def named_models(profile: Profile, settings: Settings) -> list[NamedModel]:
     """Every model `profile` renders with, in the order a job loads them."""
-    models_dir, state_dir, pickles = settings.models_dir, settings.state_dir, settings.allow_pickle
+    search = Search.of(settings)
     named: list[NamedModel] = []
     kinds = set(profile.prompt_sources)
     if profile.interrogating is not None:  # `model` is the interrogation model
@@ -53,10 +54,7 @@ def named_models(profile: Profile, settings: Settings) -> list[NamedModel]:
         model = profile.model
 
         def diffusion_model() -> str:
-            source = resolve_model(
-                model, models_dir=models_dir, state_dir=state_dir, build=False,
-                allow_pickle=pickles,
-            )  # fmt: skip
+            source = resolve_model(model, search, build=False)
             if source.kind == "single_file":
                 detect_architecture(Path(source.location))  # reads the key layout only
             return source.location
@@ -66,16 +64,16 @@ def named_models(profile: Profile, settings: Settings) -> list[NamedModel]:
             vae = profile.vae
 
             def vae_file() -> Path:
-                return resolve_vae(vae, models_dir=models_dir, allow_pickle=pickles, build=False)
+                return resolve_vae(vae, search, build=False)
 
             named.append(NamedModel("vae", "vae", vae, vae_file, "model"))
-        named += [_lora(name, settings) for name in _profile_loras(profile)]
+        named += [_lora(name, search, settings) for name in _profile_loras(profile)]
     if "clip" in kinds:
         clip = profile.interrogation_model("clip")
         labels_dir = Path(profile.labels_dir).expanduser() if profile.labels_dir else None
 
         def clip_parts() -> tuple[str, str]:
-            return resolve_clip(clip, models_dir=models_dir, state_dir=state_dir, build=False)
+            return resolve_clip(clip, search, build=False)
 
         def label_lists() -> object:
             return load_label_lists(labels_dir, skip_categories=profile.skip_categories)
@@ -88,10 +86,7 @@ def named_models(profile: Profile, settings: Settings) -> list[NamedModel]:
         tagger = profile.interrogation_model("deepbooru")
 
         def tagger_file() -> Path:
-            return resolve_tagger(
-                tagger, models_dir=models_dir, state_dir=state_dir, allow_pickle=pickles,
-                build=False,
-            )  # fmt: skip
+            return resolve_tagger(tagger, search, build=False)
 
         named.append(NamedModel(profile.model_key("deepbooru"), "tagger", tagger, tagger_file,
                                 "tagger"))  # fmt: skip
@@ -111,13 +106,10 @@ def _profile_loras(profile: Profile) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _lora(name: str, settings: Settings) -> NamedModel:
+def _lora(name: str, search: Search, settings: Settings) -> NamedModel:
     def lookup() -> Path:
         try:
-            return find(
-                "lora", name, models_dir=settings.models_dir, dirs=settings.lora_dirs or None,
-                allow_pickle=settings.allow_pickle,
-            )  # fmt: skip
+            return find("lora", name, search, dirs=settings.lora_dirs or None)
         except ModelNotFound as exc:
             raise exc.noted("named in the profile's prompt") from exc
 

@@ -3,7 +3,9 @@
 Checkpoints and diffusers folders (``model``), VAEs (``vae``), LoRAs and textual-inversion
 embeddings (named in prompts), the CLIP interrogator (``interrogate_model``) and taggers
 (``tagger_model``) are all found by :func:`~daemon.models.resolve.search.find`, driven by one
-row per kind in :data:`~daemon.models.resolve.kinds.KINDS`. Every kind follows the same rules:
+row per kind in :data:`~daemon.models.resolve.kinds.KINDS`, in the places and under the rules
+of one :class:`~daemon.models.resolve.search.Search` (``Search.of(settings)``). Every kind
+follows the same rules:
 
 * ``builtin:<name>`` — a built-in tiny model (:mod:`daemon.models.builtin`), generated once
   into the state folder (checkpoints, interrogators, taggers);
@@ -53,6 +55,7 @@ from daemon.models.resolve.failures import (
 )
 from daemon.models.resolve.kinds import KINDS, WEIGHT_SUFFIXES, Kind, kind_folders
 from daemon.models.resolve.search import (
+    Search,
     candidates,
     files_by_stem,
     find,
@@ -62,9 +65,9 @@ from daemon.models.resolve.search import (
 
 __all__ = [
     "ALLOW_PICKLE_SETTING", "KINDS", "WEIGHT_SUFFIXES", "Kind", "ModelNotFound", "ModelSource",
-    "PickleRefused", "candidates", "check_pickle", "files_by_stem", "find", "kind_folders",
-    "looks_like_repo_id", "resolve_clip", "resolve_model", "resolve_tagger", "resolve_vae",
-    "walk_weight_files",
+    "PickleRefused", "Search", "candidates", "check_pickle", "files_by_stem", "find",
+    "kind_folders", "looks_like_repo_id", "resolve_clip", "resolve_model", "resolve_tagger",
+    "resolve_vae", "walk_weight_files",
 ]  # fmt: skip
 
 SourceKind = Literal["folder", "single_file", "hub"]
@@ -91,19 +94,11 @@ class ModelSource:
         return None
 
 
-def resolve_model(
-    ref: str,
-    *,
-    models_dir: Path | None,
-    state_dir: Path,
-    build: bool = True,
-    allow_pickle: bool = False,
-    download: bool = False,
-) -> ModelSource:
+def resolve_model(ref: str, search: Search, *, build: bool = True) -> ModelSource:
     """A diffusion model: a diffusers folder, a single-file checkpoint or a hub id.
 
     ``build=False`` only checks a built-in's name instead of generating it, and a hub id's
-    shape instead of the cache (``check`` stays fast). ``download``: ``download_models``.
+    shape instead of the cache (``check`` stays fast).
     """
     ref = ref.strip()
     if is_builtin(ref):
@@ -113,89 +108,60 @@ def resolve_model(
                 f"model '{ref}' is an interrogation model: use it with `task: interrogate`, "
                 "or as interrogate_model / tagger_model"
             )
-        folder = _builtin(ref, state_dir, BUILTIN_MODELS.keys() - INTERROGATION_BUILTINS, build)
+        folder = _builtin(ref, search, BUILTIN_MODELS.keys() - INTERROGATION_BUILTINS, build=build)
         return ModelSource(ref, "folder", str(folder), f"builtin-{name}")
-    found = find(
-        "model", ref, models_dir=models_dir, allow_pickle=allow_pickle, build=build,
-        download=download,
-    )  # fmt: skip
-    if found not in candidates(ref, models_dir, "model"):  # not on disk: a hub id
+    found = find("model", ref, search, build=build)
+    if found not in candidates(ref, search.models_dir, "model"):  # not on disk: a hub id
         return ModelSource(ref, "hub", str(found), HubRef.parse(ref).name)
     if found.is_dir():
         return ModelSource(ref, "folder", str(found.resolve()), found.name)
     return ModelSource(ref, "single_file", str(found.resolve()), found.stem)
 
 
-def resolve_vae(
-    ref: str,
-    *,
-    models_dir: Path | None,
-    allow_pickle: bool = False,
-    build: bool = True,
-    download: bool = False,
-) -> Path:
+def resolve_vae(ref: str, search: Search, *, build: bool = True) -> Path:
     """A VAE: a weight file or a diffusers folder (A1111 keeps them in ``models_dir/VAE``),
     or a hub id of a diffusers VAE (``build=False``: its shape only, as the id)."""
-    return find(
-        "vae", ref, models_dir=models_dir, allow_pickle=allow_pickle, build=build,
-        download=download,
-    )  # fmt: skip
+    return find("vae", ref, search, build=build)
 
 
-def resolve_clip(
-    ref: str,
-    *,
-    models_dir: Path | None,
-    state_dir: Path,
-    build: bool = True,
-    download: bool = False,
-) -> tuple[str, str]:
+def resolve_clip(ref: str, search: Search, *, build: bool = True) -> tuple[str, str]:
     """BLIP and CLIP of a CLIP-interrogator reference: a folder holding ``blip/`` and
     ``clip/``, or ``<blip> + <clip>`` where each side is a model folder or a hub repo id
     (from the local cache; ``build=False``: the id as it is)."""
     ref = ref.strip()
     if is_builtin(ref):
-        folder = _builtin(ref, state_dir, {"tiny-interrogator"}, build)
+        folder = _builtin(ref, search, {"tiny-interrogator"}, build=build)
         return str(folder / "blip"), str(folder / "clip")
     if _PAIR in ref:
         blip, _, clip = (part.strip() for part in ref.partition(_PAIR))
         if not blip or not clip:
             raise ConfigError(f"interrogation model '{ref}': write it as '<blip> + <clip>'")
         blip_found, clip_found = (
-            find("interrogator_part", side, models_dir=models_dir, build=build, download=download)
-            for side in (blip, clip)
+            find("interrogator_part", side, search, build=build) for side in (blip, clip)
         )
         return str(blip_found), str(clip_found)
-    folder = find("interrogator", ref, models_dir=models_dir)
+    folder = find("interrogator", ref, search, build=build)
     return str(folder / "blip"), str(folder / "clip")
 
 
-def resolve_tagger(
-    ref: str,
-    *,
-    models_dir: Path | None,
-    state_dir: Path,
-    allow_pickle: bool = False,
-    build: bool = True,
-    download: bool = False,
-) -> Path:
+def resolve_tagger(ref: str, search: Search, *, build: bool = True) -> Path:
     """A tagger: a WD14 folder (``model.onnx`` + ``selected_tags.csv``), A1111's DeepDanbooru
     ``.pt`` (or its folder), or a hub repo id of a WD14 tagger, from the local cache (unless
     ``build=False``: then a hub id is only checked for its shape)."""
     ref = ref.strip()
     if is_builtin(ref):
-        return _builtin(ref, state_dir, {"tiny-tagger"}, build)
-    return find(
-        "tagger", ref, models_dir=models_dir, allow_pickle=allow_pickle, build=build,
-        download=download,
-    )  # fmt: skip
+        return _builtin(ref, search, {"tiny-tagger"}, build=build)
+    return find("tagger", ref, search, build=build)
 
 
-def _builtin(ref: str, state_dir: Path, allowed: set[str] | frozenset[str], build: bool) -> Path:
+def _builtin(ref: str, search: Search, allowed: set[str] | frozenset[str], *, build: bool) -> Path:
     name = ref[len(BUILTIN_PREFIX) :]
     if name not in allowed:
         choices = ", ".join(f"builtin:{n}" for n in sorted(allowed))
         raise ConfigError(f"model '{ref}': the built-in model for this is {choices}")
+    state_dir = search.state_dir
+    if state_dir is None:  # a lookup made for LoRAs or embeddings in their own folders
+        raise ConfigError(f"model '{ref}': no state folder to generate built-in models in")
     if not build:
         return state_dir / "builtin" / name
     return ensure_builtin(name, state_dir / "builtin")

@@ -11,13 +11,18 @@
 
 Then, for kinds that allow one, a hub id (``org/name[@revision]``) from the local Hugging Face
 cache. What is found obeys the one pickle rule; nothing found is a :class:`ModelNotFound`.
+
+Where a lookup looks and what it may take is one value, a :class:`Search`, made once from the
+configuration and handed to every lookup.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import KW_ONLY, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from daemon.models.checkpoints import is_pickle
 from daemon.models.hub import locate
@@ -25,27 +30,55 @@ from daemon.models.hub_cache import is_hub_id
 from daemon.models.resolve.failures import check_pickle, not_found
 from daemon.models.resolve.kinds import KINDS, WEIGHT_SUFFIXES, home_of, kind_folders
 
+if TYPE_CHECKING:
+    from daemon.config.settings import Settings
+
+
+@dataclass(frozen=True)
+class Search:
+    """The places and rules of a model lookup, as the configuration sets them.
+
+    ``models_dir``: where names are looked up (None: paths only, and the hub); ``state_dir``:
+    where built-in models are generated (None: a lookup that names none, such as a LoRA in
+    its own folders); ``allow_pickle``: pickled weights may be used; ``download``
+    (``download_models``): a hub id missing from the local cache is fetched."""
+
+    models_dir: Path | None
+    state_dir: Path | None = None
+    _: KW_ONLY
+    allow_pickle: bool = False
+    download: bool = False
+
+    @classmethod
+    def of(cls, settings: Settings) -> Search:
+        """The lookup the daemon's configuration describes."""
+        return cls(
+            settings.models_dir,
+            settings.state_dir,
+            allow_pickle=settings.allow_pickle,
+            download=settings.download_models,
+        )
+
 
 def find(
     kind: str,
     ref: str,
+    search: Search,
     *,
-    models_dir: Path | None = None,
     dirs: Sequence[Path] | None = None,
     files: Sequence[Path] | None = None,
-    allow_pickle: bool = False,
     build: bool = True,
-    download: bool = False,
 ) -> Path:
     """The file or folder `ref` names as a model of `kind` (a key of :data:`KINDS`), or the
     hub id's folder in the local cache (``build=False``: the id itself, its shape checked).
 
     Recursive kinds search `dirs` when given (``lora_dirs`` in the config), else their A1111
     folders; `files` is those folders already walked (:func:`walk_weight_files`), so a job
-    naming several LoRAs walks them once. ``download``: the config's ``download_models``.
-    Raises ModelNotFound, saying where it looked, or PickleRefused.
+    naming several LoRAs walks them once. Raises ModelNotFound, saying where it looked, or
+    PickleRefused.
     """
     row = KINDS[kind]
+    models_dir = search.models_dir
     ref = ref.strip()
     if row.recursive:
         searched = list(dirs) if dirs is not None else kind_folders(kind, models_dir)
@@ -59,10 +92,10 @@ def find(
         searched = [path.parent for path in tried_paths]
         tried = [path.name for path in tried_paths]
     if found is not None:
-        check_pickle(kind, ref, found, allowed=allow_pickle)
+        check_pickle(kind, ref, found, allowed=search.allow_pickle)
         return found
     if row.hub is not None and looks_like_repo_id(ref):
-        return locate(ref, row.hub, what=row.name, download=download) if build else Path(ref)
+        return locate(ref, row.hub, what=row.name, download=search.download) if build else Path(ref)
     home = home_of(searched if row.recursive else kind_folders(kind, models_dir), models_dir)
     raise not_found(kind, ref, tried, searched, models_dir=models_dir, home=home)
 
