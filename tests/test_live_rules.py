@@ -161,7 +161,7 @@ def test_a_live_input_becomes_a_job_once_quiet_and_only_when_changed(
     clocks.wall = image.stat().st_mtime + 0.2
     waiting = live.turn(image, Companions(), settings)
     assert not waiting.renders and waiting.again_in == pytest.approx(0.3, abs=0.01)
-    clocks.wall += 0.3
+    clocks.wall = image.stat().st_mtime + 0.51  # quiet (st_mtime is rounded: not exactly 0.5)
     assert live.turn(image, Companions(), settings) is RENDERS
     assert live.turn(image, Companions(), settings) is NOTHING, "a rescan's second look"
     assert live.turn(image, Companions(), profile()) is RENDERS, "not live: no quiet time"
