@@ -12,7 +12,7 @@ EXTRAS ?= dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: venv run once check-config test test-slow lint typecheck check bench bench-detail bench-media bench-prompts bench-ray soak clean help
+.PHONY: venv run once check-config test test-slow lint typecheck check bench bench-detail bench-media bench-prompts bench-ray bench-gpu soak clean help
 
 help:
 	@echo "make run      set up .venv and start the daemon on ./inbox with ./profiles"
@@ -25,6 +25,8 @@ help:
 	@echo "make bench-media  interrogation, clips and videos: the daemon's cost per image or frame"
 	@echo "make bench-prompts  prompt editing, alternation and AND: time and encoder calls"
 	@echo "make bench-ray  executor: ray, 16 frames on one worker then two (a local Ray cluster)"
+	@echo "make bench-gpu  on a CUDA GPU: full-size random SD 1.5 and SDXL, img2imgd once vs a plain script"
+	@echo "               (BENCH_GPU_ARGS=--quick: SD 1.5 only, 8 images); without CUDA it says so and stops"
 	@echo "make soak     drop files for a while, killing and restarting the daemon; check nothing is lost or duplicated"
 
 venv: $(STAMP)
@@ -70,6 +72,11 @@ bench-media: venv
 
 bench-prompts: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/prompt_bench.py
+
+# Full-size random checkpoints are built once into state/real-models (SD 1.5 2.1 GB, SDXL 7 GB).
+BENCH_GPU_ARGS ?=
+bench-gpu: venv
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python bench/gpu.py $(BENCH_GPU_ARGS)
 
 bench-ray:
 	$(MAKE) venv EXTRAS=dev,ray
