@@ -5,6 +5,11 @@ since, or when its size and mtime have not changed for ``delay`` seconds (pollin
 shares, files present at start-up). A file that keeps changing is never given up on. The
 clock and ``lstat`` are injected so tests can drive time; ``lstat`` because symlinks are
 reported as they are (the job refuses them) and never followed.
+
+A file found by a rescan whose size and mtime are already older than the delay, and that no
+process holds open for writing, has already waited: it is complete at the first poll that
+finds it unchanged (:func:`already_settled`). Where the platform cannot tell who holds a
+file open (see ``open_files``), it waits the delay like any other.
 """
 
 from __future__ import annotations
@@ -13,9 +18,11 @@ import os
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from daemon.intake.open_files import PROC, not_open_for_writing
 
 DEFAULT_DELAY = 2.0  # seconds of unchanged size and mtime
 
@@ -70,6 +77,15 @@ class StabilityTracker:
                 entry.changed_at = now
             entry.not_before = max(entry.not_before, not_before)
 
+    def settled(self, path: Path, size: int, mtime_ns: int) -> None:
+        """Start tracking ``path`` as unchanged for the delay already (see
+        :func:`already_settled`): the first poll that finds this size and mtime reports it,
+        any other starts the wait afresh. A path tracked already is left as it is."""
+        with self._lock:
+            if path not in self._watched:
+                changed_at = self._clock() - self.delay
+                self._watched[path] = _Watched(size, mtime_ns, changed_at, False, 0.0)
+
     def forget(self, path: Path) -> None:
         with self._lock:
             self._watched.pop(path, None)
@@ -104,3 +120,22 @@ class StabilityTracker:
                     ready.append(path)
                     del self._watched[path]
         return ready
+
+
+def already_settled(
+    paths: Iterable[Path], delay: float, *, now: float, proc_root: Path = PROC
+) -> dict[Path, tuple[int, int]]:
+    """Size and mtime of the ``paths`` whose mtime is at least ``delay`` seconds before
+    ``now`` (wall clock) and that no process holds open for writing; one /proc walk for all.
+    A writer that paused longer than the delay is caught by the open-file check; a future
+    mtime (another host's clock) is not old."""
+    aged: dict[Path, tuple[int, int]] = {}
+    for path in paths:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if now - st.st_mtime >= delay:
+            aged[path] = (st.st_size, st.st_mtime_ns)
+    closed = not_open_for_writing(aged, proc_root=proc_root) if aged else set()
+    return {path: aged[path] for path in closed}

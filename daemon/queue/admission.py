@@ -23,7 +23,7 @@ from daemon.errors import ConfigError
 from daemon.intake.jobs import Job
 from daemon.intake.names import accepted_kinds
 from daemon.intake.pairing import Kind, classify, companions_on_disk, route
-from daemon.intake.stability import StabilityTracker
+from daemon.intake.stability import StabilityTracker, already_settled
 from daemon.intake.watcher import walk_files
 from daemon.live.live import Live
 from daemon.paths import escaped, shown
@@ -112,10 +112,17 @@ class Admission:
         in_hand = self.ledger.in_hand()
         with self._lock:
             in_hand.update(self._waiting)
-        for path in walk_files(self.settings.inbox):
-            if path not in in_hand and path not in self.tracker:
+        found = [p for p in walk_files(self.settings.inbox) if p not in in_hand]
+        found = [p for p in found if p not in self.tracker]
+        # Files that stopped changing long ago and that no process is writing have waited
+        # already (start-up after a while, a missed event): one /proc walk for all of them.
+        settled = already_settled(found, self.tracker.delay, now=time.time())
+        for path in found:
+            if path in settled:
+                self.tracker.settled(path, *settled[path])
+            else:
                 self.tracker.touch(path)
-                self._arrived(path)
+            self._arrived(path)
 
     def profile_added(self, name: str) -> None:
         """A profile appeared: the files that waited for it go now, not at the next rescan."""
