@@ -26,28 +26,10 @@ PROC = Path("/proc")
 # The initial PID namespace's inode number: fixed in the kernel (PROC_PID_INIT_INO).
 INIT_PID_NAMESPACE = "pid:[4026531836]"
 # Filesystems whose writers are all processes of this machine.
-LOCAL_FILESYSTEMS = frozenset(
-    [
-        "ext2",
-        "ext3",
-        "ext4",
-        "xfs",
-        "btrfs",
-        "f2fs",
-        "jfs",
-        "reiserfs",
-        "bcachefs",
-        "zfs",
-        "tmpfs",
-        "ramfs",
-        "overlay",
-        "vfat",
-        "exfat",
-        "ntfs3",
-        "hfsplus",
-        "apfs",
-    ]
-)
+LOCAL_FILESYSTEMS = frozenset({
+    "ext2", "ext3", "ext4", "xfs", "btrfs", "f2fs", "jfs", "reiserfs", "bcachefs", "zfs",
+    "tmpfs", "ramfs", "overlay", "vfat", "exfat", "ntfs3", "hfsplus", "apfs",
+})  # fmt: skip
 WRITE_ACCESS = 0o3  # O_ACCMODE bits of fdinfo's octal "flags": O_WRONLY 1, O_RDWR 2
 
 
