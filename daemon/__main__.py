@@ -1,5 +1,3 @@
-import sys
+from daemon.cli import entry
 
-from daemon.cli import main
-
-sys.exit(main())
+entry()

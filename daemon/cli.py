@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from loguru import logger
 from tqdm import tqdm
@@ -32,6 +32,7 @@ from daemon.errors import ConfigError, Img2ImgdError
 from daemon.intake.jobs import Job
 from daemon.libraries import quiet_libraries
 from daemon.ops.pull import pull_models
+from daemon.ops.quick_exit import end_process
 from daemon.ops.service import JOURNAL_NAME, Daemon, Observers
 from daemon.ops.status import status_report
 from daemon.ops.unit import enable_hint, install_unit, unit_file, writable_dirs
@@ -52,6 +53,12 @@ LOG_FORMAT = "<green>{time:HH:mm:ss}</green> <level>{level: <7}</level> {message
 # too) and SIGBREAK (Windows' Ctrl-Break to a console process group). Looked up by name, since
 # each platform has only some of them.
 STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGBREAK")
+
+
+def entry() -> NoReturn:
+    """The process's entry point (the ``img2imgd`` command, ``python -m daemon``): ``main``,
+    then an exit that skips tearing torch and the rest down, once all is written."""
+    end_process(main())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -452,4 +459,4 @@ def cmd_once(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -27,6 +27,7 @@ from daemon.engines.interrogators import Interrogators
 from daemon.engines.prompt_cache import PromptCache
 from daemon.errors import ConfigError, TransientError, is_out_of_memory
 from daemon.models.builtin import BUILTIN_PREFIX
+from daemon.models.folder_pipeline import load_folder_pipeline
 from daemon.models.hashes import HashCache
 from daemon.models.hub_cache import HubRef
 from daemon.models.resolve import ModelSource, Search, kind_folders, resolve_model, resolve_vae
@@ -220,7 +221,6 @@ class ModelCache:
         return loaded
 
     def _load(self, source: ModelSource, vae: str | None) -> Any:
-        from diffusers import AutoPipelineForImage2Image
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()
@@ -241,9 +241,7 @@ class ModelCache:
             pipe = load_single_file(source.location, dtype=dtype, cache_dir=self.state_dir)
         else:
             # A folder, or a hub model's folder in the local cache: never the network.
-            pipe = AutoPipelineForImage2Image.from_pretrained(
-                source.location, local_files_only=True, **options
-            )
+            pipe = load_folder_pipeline(source.location, **options)
         if vae is not None:
             path = self.vae_source(vae)
             logger.info("using VAE {} for model {}", vae_name(vae, path), source.name)
