@@ -44,9 +44,16 @@ def not_open_for_writing(paths: Iterable[Path], *, proc_root: Path = PROC) -> se
             continue
         if st.st_nlink == 1 and (st.st_mode & 0o170000) == 0o100000:  # one name, regular
             wanted[(st.st_dev, st.st_ino)] = path
-    if not wanted or not _sees_every_process(proc_root):
+    if not wanted:
         return set()
-    local = _local_devices(proc_root)
+    try:
+        namespace = os.readlink(proc_root / "self" / "ns" / "pid")
+        mounts = (proc_root / "self" / "mountinfo").read_text()
+    except OSError:
+        return set()
+    if not _sees_every_process(namespace, mounts):
+        return set()
+    local = _local_devices(mounts)
     wanted = {key: path for key, path in wanted.items() if key[0] in local}
     writing = _held_for_writing(proc_root, wanted)
     if writing is None:
@@ -54,22 +61,20 @@ def not_open_for_writing(paths: Iterable[Path], *, proc_root: Path = PROC) -> se
     return {path for key, path in wanted.items() if key not in writing}
 
 
-def _sees_every_process(proc_root: Path) -> bool:
-    try:
-        namespace = os.readlink(proc_root / "self" / "ns" / "pid")
-        mounts = (proc_root / "self" / "mountinfo").read_text()
-    except OSError:
-        return False
+def _sees_every_process(namespace: str, mounts: str) -> bool:
+    """Whether this process's /proc lists every process of the machine: it is in the
+    initial PID namespace (`namespace`, its ns/pid link) and no proc mount in `mounts` (its
+    mountinfo) hides other users' processes."""
     if namespace != INIT_PID_NAMESPACE:
         return False
     proc_options = [line.split(" - ", 1)[1] for line in mounts.splitlines() if " - proc " in line]
     return not any("hidepid=" in o and "hidepid=0" not in o for o in proc_options)
 
 
-def _local_devices(proc_root: Path) -> set[int]:
-    """Device numbers (``st_dev``) of the mounted filesystems of a local kind."""
+def _local_devices(mounts: str) -> set[int]:
+    """Device numbers (``st_dev``) of the filesystems of a local kind in `mounts` (mountinfo)."""
     devices = set()
-    for line in (proc_root / "self" / "mountinfo").read_text().splitlines():
+    for line in mounts.splitlines():
         fields, _, rest = line.partition(" - ")
         parts, kind = fields.split(), rest.split(" ", 1)[0]
         if len(parts) > 2 and kind in LOCAL_FILESYSTEMS:
