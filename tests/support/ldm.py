@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+
+from tests.support.safetensors_stream import save_streaming
 
 Tensors = dict[str, torch.Tensor]
 
@@ -154,7 +155,9 @@ def write_ldm_checkpoint(pipe: Any, path: Path, *, open_clip: bool = False) -> P
     state: Tensors = {}
 
     def add(prefix: str, tensors: Tensors) -> None:
-        state.update({prefix + k: v.detach().clone().contiguous() for k, v in tensors.items()})
+        # No copies: the streaming writer reads each tensor where it lies (at SDXL size a
+        # clone of everything would be a second 7 GB).
+        state.update({prefix + k: v.detach() for k, v in tensors.items()})
 
     add("model.diffusion_model.", unet_to_ldm(pipe.unet))
     add("first_stage_model.", vae_to_ldm(pipe.vae))
@@ -167,5 +170,4 @@ def write_ldm_checkpoint(pipe: Any, path: Path, *, open_clip: bool = False) -> P
         add("cond_stage_model.transformer.", clip_to_ldm(pipe.text_encoder))
     # Real files also carry the training noise schedule; loaders must ignore it.
     state["alphas_cumprod"] = torch.linspace(1, 0, 1000)
-    save_file(state, str(path))
-    return path
+    return save_streaming(state, path)
