@@ -65,3 +65,22 @@ def test_loading_does_not_import_auto_pipeline(tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("plain_vae", [False, True], ids=["fp16 only", "mixed"])
+def test_a_folder_of_fp16_variant_files_loads(tmp_path, plain_vae):
+    """As a folder downloaded with ``--include "*.fp16.safetensors"``: every component (or
+    all but one) has only ``<name>.fp16.safetensors``; the weights load, as the dtype asked."""
+    import torch
+
+    pipe = load_folder_pipeline(ensure_builtin("tiny-sd", tmp_path / "cache"))
+    folder = tmp_path / "downloaded"
+    pipe.to(torch.float16).save_pretrained(folder, variant="fp16")
+    if plain_vae:
+        for file in (folder / "vae").glob("*.fp16.safetensors"):
+            file.rename(file.with_name(file.name.replace(".fp16", "")))
+    assert not list(folder.glob("unet/diffusion_pytorch_model.safetensors"))
+    loaded = load_folder_pipeline(folder, dtype=torch.float32)
+    assert loaded.unet.dtype == torch.float32
+    expected = pipe.unet.state_dict()["conv_in.weight"].float()
+    assert loaded.unet.state_dict()["conv_in.weight"].equal(expected)
