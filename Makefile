@@ -12,13 +12,16 @@ EXTRAS ?= dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: venv run once check-config test test-slow lint typecheck check bench bench-detail bench-media bench-prompts bench-ray bench-gpu soak clean help
+.PHONY: venv run once check-config test test-slow test-real lint typecheck check bench bench-detail bench-media bench-prompts bench-ray bench-gpu soak clean help
 
 help:
 	@echo "make run      set up .venv and start the daemon on ./inbox with ./profiles"
 	@echo "make once     process what is in ./inbox now, then exit"
 	@echo "make test     set up .venv and run the test suite (offline, CPU, about 7 minutes on 2 cores)"
 	@echo "make test-slow  the long tests (a 1000-file burst and its kind), left out of make test"
+	@echo "make test-real  full-size random SD 1.5, SD 2.1-v, SDXL (file and folder), LoRA, VAE"
+	@echo "               through img2imgd once offline, and memory against plain diffusers"
+	@echo "               (builds ~19 GB once into state/real-models or IMG2IMGD_REAL_MODELS; SDXL needs 20 GB RAM free)"
 	@echo "make check    ruff, mypy and the tests"
 	@echo "make bench    img2imgd once vs a plain diffusers script, whole processes, and where the time goes"
 	@echo "make bench-detail  the daemon's time per image on a warm pipeline, and drop-to-start latency"
@@ -51,6 +54,10 @@ test: venv
 
 test-slow: venv
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m slow
+
+# -s: the tests print their figures (sizes, build and load times, peak RSS, the memory table).
+test-real: venv
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(BIN)/python -m pytest -q -m real -s -rs
 
 lint: venv
 	$(BIN)/ruff check daemon tests bench

@@ -86,11 +86,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.models, args.images, args.batches, args.no_compile = "sd15", 8, "1,8", True
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.batches = [int(b) for b in args.batches.split(",")]
-    from tests.support.real_models import REAL_MODELS
+    from tests.support.real_models import CHECKPOINTS
 
-    unknown = sorted(set(args.models) - set(REAL_MODELS))
+    unknown = sorted(set(args.models) - set(CHECKPOINTS))
     if unknown:
-        parser.error(f"unknown model {', '.join(unknown)}; known: {', '.join(REAL_MODELS)}")
+        parser.error(f"unknown model {', '.join(unknown)}; known: {', '.join(CHECKPOINTS)}")
     return args
 
 

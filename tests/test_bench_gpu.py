@@ -107,7 +107,7 @@ def test_the_random_checkpoint_builder_writes_a_loadable_single_file(
 
     from daemon.models.builtin import ensure_builtin
     from daemon.models.single_file import load_single_file
-    from tests.support.real_models import build_random_checkpoint, random_modules
+    from tests.support.real_weights import build_random_checkpoint, random_modules
 
     configs = ensure_builtin("tiny-sd", state_dir / "builtin")
     file = build_random_checkpoint(configs, tmp_path / "random.safetensors")

@@ -10,7 +10,6 @@ a worker process or machine later); nothing in it knows about inboxes, outboxes 
 
 from __future__ import annotations
 
-import gc
 import json
 import time
 from collections.abc import Callable
@@ -33,6 +32,7 @@ from daemon.models.hub_cache import HubRef
 from daemon.models.resolve import ModelSource, Search, kind_folders, resolve_model, resolve_vae
 from daemon.models.single_file import load_single_file, load_vae
 from daemon.paths import shown
+from daemon.render.memory import release_memory
 from daemon.tasks.task import Pipeline
 
 if TYPE_CHECKING:
@@ -212,7 +212,7 @@ class ModelCache:
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
             seconds = time.monotonic() - started
-            logger.info("loaded model {} in {:.1f} s", source.name, seconds)
+            logger.info("loaded model {} in {:.1f} s ({})", source.name, seconds, _prediction(pipe))
             self.on_load(source.ref, seconds)  # as profiles name it
             loaded = self._loaded[key] = _Loaded(source, {"img2img": pipe}, pipe.scheduler.config)
             if key in self._low_memory:
@@ -300,6 +300,13 @@ def vae_name(ref: str, path: Path) -> str:
     return HubRef.parse(ref).name if path.parent.name == "snapshots" else path.name
 
 
+def _prediction(pipe: Any) -> str:
+    """What the model predicts, for the load line: a v-prediction model loaded as epsilon
+    (an SD 2.x 768-v file without its yaml) paints only noise, and this says which it got."""
+    kind = pipe.scheduler.config.get("prediction_type", "epsilon")
+    return "v-prediction" if kind == "v_prediction" else kind
+
+
 def _key(ref: str, vae: str | None) -> str:
     """Loaded pipelines are per model and VAE; a plain model keeps its own name as key."""
     return ref if vae is None else f"{ref} + vae {vae}"
@@ -342,8 +349,4 @@ def _has_safety_checker(folder: Path) -> bool:
 
 
 def _free_device_memory() -> None:
-    import torch
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    release_memory()  # the GPU's cache and glibc's heap too: unloading must give memory back
