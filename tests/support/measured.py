@@ -4,6 +4,11 @@ The peak is the kernel's own (``ru_maxrss`` from ``os.wait4`` for that pid), so 
 every page the process ever held, however briefly. "RSS at a moment" is ``VmRSS`` read from
 ``/proc`` as soon as a marker line (e.g. the daemon's "loaded model … in") appears in the
 child's output: its resident memory with the model loaded, before it starts painting.
+
+RSS counts the pages of a memory-mapped file too (safetensors maps the checkpoint while
+diffusers converts it): clean page cache the kernel can take back under pressure. So the
+anonymous part (``RssAnon``, the process's own allocations) is also sampled at every poll,
+and its largest value kept: a sampled peak, which can miss a spike shorter than a poll.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ class Measured:
     seconds: float  # start to exit
     peak_rss: int  # bytes
     marked_rss: int | None  # bytes, when the marker appeared; None if it never did
+    peak_anon: int  # bytes, the largest RssAnon sampled
 
     def seconds_in(self, pattern: str) -> float:
         """The number of seconds a log line reports (``pattern`` with one group)."""
@@ -49,12 +55,15 @@ def run_measured(
     with open(log, "w+b") as out:
         popen = subprocess.Popen(command, cwd=cwd, env=dict(env), stdout=out, stderr=out)
         marked: int | None = None
+        peak_anon = 0
         while True:
             pid, status, usage = os.wait4(popen.pid, os.WNOHANG)
             if pid:
                 break
+            memory = _memory(popen.pid)
+            peak_anon = max(peak_anon, memory.get("RssAnon", 0))
             if marker is not None and marked is None and marker in log.read_text(errors="replace"):
-                marked = _vm_rss(popen.pid)
+                marked = memory.get("VmRSS")
             if time.monotonic() - started > timeout:
                 popen.send_signal(signal.SIGKILL)
             time.sleep(_POLL)
@@ -65,16 +74,18 @@ def run_measured(
         seconds=time.monotonic() - started,
         peak_rss=usage.ru_maxrss * 1024,  # KiB on Linux
         marked_rss=marked,
+        peak_anon=peak_anon,
     )
 
 
-def _vm_rss(pid: int) -> int | None:
+def _memory(pid: int) -> dict[str, int]:
+    """The process's ``VmRSS``, ``RssAnon``, … in bytes; empty once it has exited."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        return None  # exited meanwhile
-    found = re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)
-    return int(found[1]) * 1024 if found else None
+        return {}
+    found = re.findall(r"^(\w+):\s+(\d+) kB", status, re.MULTILINE)
+    return {name: int(kib) * 1024 for name, kib in found}
 
 
 def mem_available() -> int:
