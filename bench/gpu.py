@@ -79,14 +79,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--batches", default="1,2,4,8", help="the max_batch sweep")
     parser.add_argument("--no-compile", action="store_true", help="leave out the compiled runs")
-    parser.add_argument("--cache", type=Path, default=ROOT / "state" / "real-models",
-                        help="where the random checkpoints are built once and kept")  # fmt: skip
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="where the random checkpoints are built once and kept "
+                             "(default: IMG2IMGD_REAL_MODELS or state/real-models)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.images, args.batches, args.no_compile = "sd15", 8, "1,8", True
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     args.batches = [int(b) for b in args.batches.split(",")]
-    from tests.support.real_models import CHECKPOINTS
+    from tests.support.real_models import CHECKPOINTS, default_folder
+
+    args.cache = args.cache or default_folder()
 
     unknown = sorted(set(args.models) - set(CHECKPOINTS))
     if unknown:
