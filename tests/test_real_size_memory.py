@@ -4,7 +4,8 @@ Marker ``real`` (``make test-real``). For SD 1.5 and SDXL single files on a CPU 
 daemon's dtype there), both sides run as whole processes on one 64-pixel image:
 
 * ``img2imgd once`` must not peak above the plain script (tests/support/plain_load.py:
-  ``from_single_file`` with the same shipped configs) plus 10 %;
+  ``from_single_file`` with the same shipped configs) plus 10 %, in its own (anonymous)
+  memory and in the kernel's peak RSS, which also counts the memory-mapped checkpoint;
 * loading must not briefly hold a second copy of the weights beyond what diffusers itself
   needs: the daemon's peak over its RSS with the model loaded is at most the script's + 0.10,
   and its anonymous memory (RSS less the memory-mapped checkpoint) peaks within 25 % of the
@@ -96,7 +97,14 @@ def test_the_daemon_needs_no_more_memory_than_plain_diffusers(
         daemon_anon=ours.peak_anon, plain_loaded=_loaded(plain), daemon_loaded=_loaded(ours),
     )  # fmt: skip
     print(f"\nREAL {model} memory: plain {_figures(plain)}; daemon {_figures(ours)}")
-    assert ours.peak_rss <= plain.peak_rss * 1.10
+    # The process's own memory (anonymous RSS): the like-for-like comparison.
+    assert ours.peak_anon <= plain.peak_anon * 1.10
+    # The kernel's peak also counts the mapped checkpoint, as much of it as the kernel kept
+    # resident, which depends on the memory pressure of the moment (an SDXL run measured
+    # 16.3 and 20.1 GiB on the same file). So the script's peak is taken as the larger of
+    # what it measured and what it would have had with the whole file kept.
+    plain_worst = max(plain.peak_rss, plain.peak_anon + checkpoint.stat().st_size)
+    assert ours.peak_rss <= plain_worst * 1.10
     # Loading's own overhead (peak over steady) is no worse than diffusers': no second copy.
     assert ours.peak_rss / _loaded(ours) <= plain.peak_rss / _loaded(plain) + 0.10
     # What lies above the loaded RSS is the mapped checkpoint (page cache): the process's own
