@@ -41,7 +41,8 @@ results.append(attempt("tcp", lambda: tcp.connect(("192.0.2.1", 9)), tcp))
 udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 results.append(attempt("udp", lambda: udp.sendto(b"x", ("8.8.8.8", 53)), udp))
 results.append(attempt("dns", lambda: socket.getaddrinfo("huggingface.co", 443)))
-results.append(attempt("http", lambda: urllib.request.urlopen("https://huggingface.co", timeout=5)))
+direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # whatever *_proxy says
+results.append(attempt("http", lambda: direct.open("https://huggingface.co", timeout=5)))
 print(json.dumps(results))
 """
 
