@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
     {"__init__", "errors", "atomic", "paths", "libraries"},  # the core every layer may use
     {"intake"},  # names, stability, watching, pairing, jobs: no image library
     {"a1111", "media"},  # A1111's behaviour as pure functions; video files in and out
+    {"controlnet"},  # the ControlNet extension's units, infotext, preprocessors (pure)
     {"tasks"},  # kinds of work, one module each: keys, companions, canvas, outputs (pure)
     {"config"},
     {"models"},

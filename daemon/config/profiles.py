@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError, field_validator
 
 from daemon.config.validation import Where, describe, not_used
 from daemon.config.yamlsafe import YamlProblem, key_lines, read_mapping
+from daemon.controlnet.units import ControlNetKeys
 from daemon.errors import ConfigError, InputError
 from daemon.intake.pairing import Kind
 from daemon.paths import shown
@@ -56,6 +57,7 @@ class Profile(
     InterrogatorKeys,
     CaptionKeys,
     PromptSourceKeys,
+    ControlNetKeys,
 ):
     """The effective settings of one job: every key group, so every key has a value (A1111's
     img2img UI defaults for those its task does not use). Profiles are validated through

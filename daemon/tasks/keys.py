@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from daemon.a1111.samplers import SamplerChoice, parse_sampler
 from daemon.a1111.sizes import ResizeMode
+from daemon.controlnet.units import ControlNetKeys
 
 Interrogator = Literal["clip", "deepbooru"]
 ClipMode = Literal["fast", "classic", "best", "negative"]
@@ -224,7 +225,13 @@ class InterrogatorKeys(Keys):
 
 
 class PaintingTaskKeys(
-    CommonKeys, PaintingKeys, MaskKeys, SequenceKeys, ImageOutputKeys, PromptSourceKeys
+    CommonKeys,
+    PaintingKeys,
+    MaskKeys,
+    SequenceKeys,
+    ImageOutputKeys,
+    PromptSourceKeys,
+    ControlNetKeys,
 ):
     """What a painting task accepts: the mask keys too, since any painting task inpaints when
     a mask comes with its input."""
