@@ -47,13 +47,16 @@ def claim_names(
 def write_image(
     image: Image.Image, path: Path, *, output_format: str, infotext: str, quality: int
 ) -> None:
-    """Save with the A1111 parameters: PNG ``parameters`` chunk, or EXIF UserComment."""
+    """Save with the A1111 parameters: PNG ``parameters`` chunk, or EXIF UserComment (none
+    when `infotext` is empty: a control image)."""
     pil_format = PIL_FORMATS[output_format]
     options: dict[str, object] = {}
     if pil_format == "PNG":
-        options["pnginfo"] = pnginfo_chunk(infotext)
+        if infotext:
+            options["pnginfo"] = pnginfo_chunk(infotext)
     else:
-        options["exif"] = exif_with_user_comment(infotext)
+        if infotext:
+            options["exif"] = exif_with_user_comment(infotext)
         options["quality"] = quality
         if image.mode not in ("RGB", "L"):
             image = image.convert("RGB")

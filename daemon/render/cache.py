@@ -22,6 +22,7 @@ from loguru import logger
 from daemon.a1111.samplers import SamplerChoice, build_scheduler
 from daemon.config.settings import Settings
 from daemon.engines.adapters import AdapterManager, AdapterState
+from daemon.engines.controlnet_models import ControlNets
 from daemon.engines.interrogators import Interrogators
 from daemon.engines.prompt_cache import PromptCache
 from daemon.errors import ConfigError, TransientError, is_out_of_memory
@@ -103,6 +104,7 @@ class ModelCache:
             device=lambda: self.device,
             on_load=on_load,
         )
+        self.controlnets = ControlNets(self.search, device=lambda: self.device, on_load=on_load)
 
     @classmethod
     def from_settings(
@@ -280,6 +282,7 @@ class ModelCache:
         idle = [ref for ref, item in self._loaded.items() if now - item.last_used >= max_idle]
         names = [self._loaded.pop(ref).source.name for ref in idle]
         names += self.interrogators.unload_idle(max_idle, now=now)
+        names += self.controlnets.unload_idle(max_idle, now=now)
         if names:
             _free_device_memory()
         return names
@@ -287,11 +290,12 @@ class ModelCache:
     def unload_all(self) -> None:
         self._loaded.clear()
         self.interrogators.unload_all()
+        self.controlnets.unload_all()
         _free_device_memory()
 
     @property
     def loaded(self) -> list[str]:
-        return list(self._loaded) + self.interrogators.loaded
+        return list(self._loaded) + self.interrogators.loaded + self.controlnets.loaded
 
 
 def vae_name(ref: str, path: Path) -> str:

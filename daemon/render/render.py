@@ -15,7 +15,7 @@ defers its input. Every other error is raised as it is, for :func:`daemon.errors
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import TypeVar
 
@@ -25,6 +25,7 @@ from PIL import Image
 from daemon.a1111.color import apply_color_correction
 from daemon.a1111.pnginfo import model_note
 from daemon.config.profiles import Profile
+from daemon.engines.controlnet_step import ControlNetStep, infotext_params, ready_units
 from daemon.engines.diffusion import Canvas, DiffusionEngine, Painting, batchable
 from daemon.errors import Superseded, TransientError, is_out_of_memory
 from daemon.render.cache import ModelCache
@@ -113,12 +114,20 @@ def _paint(
         if stop is not None and stop():
             raise Superseded(f"{request.label}: stopped for a newer version")
 
-    painting = DiffusionEngine(models).paint(
+    # ControlNet units: their control images come from the input, as the extension's do.
+    units = ready_units(settings, request.image, request.size, models.controlnets)
+    engine = DiffusionEngine(models, steps=[ControlNetStep(units)] if units else [])
+    painting = engine.paint(
         Canvas(request.image, request.mask), settings, width=width, height=height,
         seed=request.seed, prompt=settings.prompt, negative_prompt=settings.negative_prompt,
         correct=_correction(request), on_step=at_step if stop is not None else None,
     )  # fmt: skip
-    return _result(request, settings, painting, _ModelInfo.of(settings, models))
+    controls: tuple[Image.Image, ...] = ()
+    if units:
+        painting = replace(painting, params={**painting.params, **infotext_params(units)})
+        if settings.save_control:
+            controls = tuple(Image.fromarray(ready.control) for ready in units)
+    return _result(request, settings, painting, _ModelInfo.of(settings, models), controls)
 
 
 def share_a_call(first: RenderRequest, other: RenderRequest) -> bool:
@@ -133,6 +142,7 @@ def share_a_call(first: RenderRequest, other: RenderRequest) -> bool:
         and first.parameters_model_hash == other.parameters_model_hash
         and not (first.alone or other.alone)  # so that a newer version can stop it
         and task_of(first.settings).pipeline is not None  # painted (an interrogator: alone)
+        and not first.settings.enabled_units  # control images are per input: one call each
         and batchable(first.settings, has_mask=False)
     )
 
@@ -177,7 +187,11 @@ class _ModelInfo:
 
 
 def _result(
-    request: RenderRequest, settings: Profile, painting: Painting, model: _ModelInfo
+    request: RenderRequest,
+    settings: Profile,
+    painting: Painting,
+    model: _ModelInfo,
+    controls: tuple[Image.Image, ...] = (),
 ) -> RenderResult:
     """The painting with A1111's parameters, and what the user should know about it."""
     mismatch = model_note(request.parameters_model_hash, model.hash, model.name)
@@ -191,6 +205,7 @@ def _result(
         request.settings,
         images=tuple(painting.images),
         infotexts=tuple(texts),
+        controls=controls,
         seeds=tuple(painting.seeds),
         prompt=settings.prompt,
         negative_prompt=settings.negative_prompt,

@@ -43,6 +43,7 @@ class RenderResult:
     settings: Profile  # the request's (its task says what the result delivers)
     images: tuple[Image.Image, ...] = ()
     infotexts: tuple[str, ...] = ()  # A1111's parameters, one per image
+    controls: tuple[Image.Image, ...] = ()  # save_control: each enabled unit's control image
     seeds: tuple[int, ...] = ()
     prompt: str = ""  # the prompts as painted ({interrogate}/{tags} filled in)
     negative_prompt: str = ""

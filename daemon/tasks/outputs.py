@@ -65,17 +65,26 @@ def image_group(
     *,
     output_format: str,
     quality: int,
+    controls: Sequence[Image.Image] = (),
 ) -> OutputGroup:
-    """Each image, and its parameters again in ``<stem>.txt``."""
+    """Each image, and its parameters again in ``<stem>.txt``; each control image beside it
+    as ``<stem>.control.png`` (unit 0) and ``<stem>.control-<n>.png``, the names a control
+    image dropped beside an input has."""
     stems = output_stems(portable_name(source.stem), len(images))
+    control_files = tuple(ImageFile(control, "", "png", quality) for control in controls)
     return OutputGroup(
         stems=tuple(stems),
-        suffixes=(f".{output_format}", ".txt"),
+        suffixes=(f".{output_format}", ".txt", *map(control_suffix, range(len(controls)))),
         contents=tuple(
-            (ImageFile(image, text, output_format, quality), TextFile(text + "\n"))
+            (ImageFile(image, text, output_format, quality), TextFile(text + "\n"), *control_files)
             for image, text in zip(images, infotexts, strict=True)
         ),
     )
+
+
+def control_suffix(unit: int) -> str:
+    """How the control image of the `unit`-th enabled ControlNet unit is named."""
+    return ".control.png" if unit == 0 else f".control-{unit}.png"
 
 
 def caption_group(

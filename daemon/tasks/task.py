@@ -87,6 +87,9 @@ class Rendered(Protocol):
     def infotexts(self) -> tuple[str, ...]: ...
 
     @property
+    def controls(self) -> tuple[Image.Image, ...]: ...
+
+    @property
     def interrogation(self) -> Described | None: ...
 
 
@@ -160,9 +163,10 @@ class Painting(Task):
         return self.layout(image, sketch, mask, settings)
 
     def outputs(self, result: Rendered, source: Path, settings: ImageOutputKeys) -> OutputGroup:
-        """Each image with its parameters in the file and in ``<stem>.txt``."""
+        """Each image with its parameters in the file and in ``<stem>.txt``; the control
+        images the render kept (``save_control``) beside each."""
         return image_group(
-            source, result.images, result.infotexts,
+            source, result.images, result.infotexts, controls=result.controls,
             output_format=settings.output_format, quality=settings.output_quality,
         )  # fmt: skip
 

@@ -41,6 +41,7 @@ from daemon.errors import ConfigError
 from daemon.models.builtin import (
     BUILTIN_MODELS,
     BUILTIN_PREFIX,
+    CONTROLNET_BUILTINS,
     INTERROGATION_BUILTINS,
     ensure_builtin,
     is_builtin,
@@ -108,7 +109,12 @@ def resolve_model(ref: str, search: Search, *, build: bool = True) -> ModelSourc
                 f"model '{ref}' is an interrogation model: use it with `task: interrogate`, "
                 "or as interrogate_model / tagger_model"
             )
-        folder = _builtin(ref, search, BUILTIN_MODELS.keys() - INTERROGATION_BUILTINS, build=build)
+        if name in CONTROLNET_BUILTINS:
+            raise ConfigError(
+                f"model '{ref}' is a ControlNet: use it as a `controlnet:` unit's model"
+            )
+        pipelines = BUILTIN_MODELS.keys() - INTERROGATION_BUILTINS - CONTROLNET_BUILTINS
+        folder = _builtin(ref, search, pipelines, build=build)
         return ModelSource(ref, "folder", str(folder), f"builtin-{name}")
     found = find("model", ref, search, build=build)
     if found not in candidates(ref, search.models_dir, "model"):  # not on disk: a hub id
@@ -116,6 +122,23 @@ def resolve_model(ref: str, search: Search, *, build: bool = True) -> ModelSourc
     if found.is_dir():
         return ModelSource(ref, "folder", str(found.resolve()), found.name)
     return ModelSource(ref, "single_file", str(found.resolve()), found.stem)
+
+
+def resolve_controlnet(ref: str, search: Search, *, build: bool = True) -> Path:
+    """A ControlNet: a built-in, or a diffusers folder (``config.json`` and its weights).
+    Single files and names looked up in the model folders come with issue 24's next part."""
+    ref = ref.strip()
+    if is_builtin(ref):
+        return _builtin(ref, search, CONTROLNET_BUILTINS, build=build)
+    folder = Path(ref).expanduser()
+    if not folder.is_absolute() and search.models_dir is not None:
+        folder = search.models_dir / "ControlNet" / folder
+    if not (folder / "config.json").is_file():
+        raise ConfigError(
+            f"ControlNet '{ref}': no diffusers ControlNet folder (config.json) at {folder}; "
+            "for now a unit's model is builtin:tiny-controlnet or such a folder"
+        )
+    return folder.resolve()
 
 
 def resolve_vae(ref: str, search: Search, *, build: bool = True) -> Path:

@@ -1,0 +1,164 @@
+"""ControlNet through the real daemon: profiles with ``controlnet:`` units paint the real
+tiny pipeline with the built-in tiny ControlNet (random weights, its zero convolutions
+included), the input being the control image.
+
+All cases are painted by one daemon run (one inbox folder per profile, the same picture in
+each, the same seed), so that each test compares outputs pixel for pixel."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from daemon.a1111.infotext import parse_infotext
+from daemon.config.profiles import load_profile
+from daemon.controlnet.infotext import units_from_params
+from daemon.errors import ConfigError
+from daemon.models.resolve import Search, resolve_controlnet, resolve_model
+from daemon.ops.service import Daemon
+from daemon.render.cache import ModelCache
+from tests.conftest import DATA, Workspace
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CANNY = {"enabled": True, "module": "canny", "model": "builtin:tiny-controlnet"}
+LINES = {"enabled": True, "module": "lineart_standard", "model": "builtin:tiny-controlnet"}
+CASES: dict[str, list[dict[str, Any]]] = {
+    "plain": [],
+    "canny": [CANNY],
+    "lines": [LINES],
+    "both": [CANNY, LINES],
+    "weight0": [{**CANNY, "weight": 0}],
+    "ends_first": [{**CANNY, "guidance_end": 0.0}],
+    "starts_late": [{**CANNY, "guidance_start": 0.5}],
+    "disabled": [{**CANNY, "enabled": False}],
+    "prompt_mode": [{**CANNY, "control_mode": "My prompt is more important"}],
+    "control_mode": [{**CANNY, "control_mode": "ControlNet is more important"}],
+    "pixel_perfect": [{**CANNY, "pixel_perfect": True}],
+    "saved": [CANNY, LINES],
+}
+"""Profile name → its units. 4 steps at strength 1.0: 4 model calls each run."""
+
+
+@pytest.fixture(scope="module")
+def painted(
+    tmp_path_factory: pytest.TempPathFactory, state_dir: Path, models: ModelCache
+) -> dict[str, tuple[np.ndarray, str]]:
+    """Each case's result: its pixels and its parameters text."""
+    workspace = Workspace(tmp_path_factory.mktemp("controlnet"), state_dir).create()
+    for name, units in CASES.items():
+        saved = name == "saved"
+        workspace.profile(name, controlnet=units, denoising_strength=1.0, save_control=saved)
+        workspace.drop(DATA / "chelsea.png", f"{name}/cat.png")
+    Daemon(workspace.settings(), models=models, watch=False).run_once(tick=0.01)
+    results = {}
+    for name in CASES:
+        for output in workspace.outputs(name):
+            if output.suffix == ".png":
+                with Image.open(output) as image:
+                    text = image.info.get("parameters", "")
+                    results[output.name.replace("cat", name)] = (np.asarray(image), text)
+    return results
+
+
+def pixels(painted: dict[str, tuple[np.ndarray, str]], name: str) -> np.ndarray:
+    return painted[f"{name}.png"][0]
+
+
+def test_a_control_image_changes_the_pixels(painted):
+    assert not np.array_equal(pixels(painted, "canny"), pixels(painted, "plain"))
+    assert not np.array_equal(pixels(painted, "lines"), pixels(painted, "plain"))
+
+
+@pytest.mark.parametrize("name", ["weight0", "ends_first", "disabled"])
+def test_a_unit_that_never_acts_is_pixel_identical_to_none(painted, name):
+    assert np.array_equal(pixels(painted, name), pixels(painted, "plain"))
+
+
+def test_a_unit_that_starts_halfway_acts_on_the_last_calls_only(painted):
+    late = pixels(painted, "starts_late")
+    assert not np.array_equal(late, pixels(painted, "plain"))
+    assert not np.array_equal(late, pixels(painted, "canny"))
+
+
+def test_two_units_combine(painted):
+    both = pixels(painted, "both")
+    for single in ("canny", "lines", "plain"):
+        assert not np.array_equal(both, pixels(painted, single)), single
+
+
+def test_each_control_mode_paints_its_own_way(painted):
+    modes = [pixels(painted, name) for name in ("canny", "prompt_mode", "control_mode")]
+    assert not np.array_equal(modes[0], modes[1])
+    assert not np.array_equal(modes[0], modes[2])
+    assert not np.array_equal(modes[1], modes[2])
+
+
+def test_the_infotext_has_one_entry_per_enabled_unit_as_the_extension_writes_it(painted):
+    params = parse_infotext(painted["both.png"][1]).params
+    assert params["ControlNet 0"] == (
+        "Module: canny, Model: tiny-controlnet [e3b0c442], Weight: 1.0, "
+        "Resize Mode: Crop and Resize, Processor Res: 512, Threshold A: 100.0, "
+        "Threshold B: 200.0, Guidance Start: 0.0, Guidance End: 1.0, Pixel Perfect: False, "
+        "Control Mode: Balanced"
+    )
+    assert params["ControlNet 1"].startswith("Module: lineart_standard, ")
+    assert [unit["module"] for unit in units_from_params(params)] == ["canny", "lineart_standard"]
+    assert 'ControlNet 0: "Module: canny, ' in painted["both.png"][1]
+    for name in ("plain", "disabled"):
+        assert "ControlNet" not in painted[f"{name}.png"][1]
+
+
+def test_save_control_writes_each_units_control_image_beside_the_result(painted):
+    assert np.array_equal(pixels(painted, "saved"), pixels(painted, "both"))
+    assert "saved.control.png" in painted and "saved.control-1.png" in painted
+    assert not [name for name in painted if ".control" in name and not name.startswith("saved")]
+    size = pixels(painted, "saved").shape  # the painting's: the control image is fitted to it
+    edges, text = painted["saved.control.png"]
+    assert edges.shape == size and set(np.unique(edges)) <= {0, 255} and not text
+    lines = painted["saved.control-1.png"][0]
+    assert lines.shape == size and not np.array_equal(lines, edges)
+
+
+def write(folder: Path, data: dict[str, Any]) -> Path:
+    folder.mkdir(exist_ok=True)
+    path = folder / "p.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def problems(folder: Path) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        load_profile(folder, "p")
+    return list(caught.value.problems)
+
+
+def test_a_mistake_in_a_unit_names_the_file_the_line_and_the_unit(tmp_path):
+    unit = {**CANNY, "module": "cany", "guidance_start": 0.9, "guidance_end": 0.1}
+    path = write(tmp_path, {"model": "builtin:tiny-sd", "steps": 4, "controlnet": [unit]})
+    found = problems(tmp_path)
+    assert any(
+        line.startswith(f"{path}:3: controlnet.0.module: unknown ControlNet preprocessor 'cany'")
+        for line in found
+    ), found
+
+
+def test_an_interrogation_task_refuses_controlnet_units(tmp_path):
+    path = write(tmp_path, {"task": "interrogate", "model": "builtin:tiny-interrogator",
+                            "controlnet": [CANNY]})  # fmt: skip
+    assert problems(tmp_path) == [f"{path}:3: `controlnet` is not used by task `interrogate`"]
+
+
+def test_a_controlnet_is_not_a_checkpoint_and_a_checkpoint_not_a_controlnet(tmp_path, state_dir):
+    search = Search(None, state_dir)
+    with pytest.raises(ConfigError, match="is a ControlNet: use it as a `controlnet:` unit"):
+        resolve_model("builtin:tiny-controlnet", search)
+    with pytest.raises(ConfigError, match="the built-in model for this is builtin:tiny-controlnet"):
+        resolve_controlnet("builtin:tiny-sd", search)
+    with pytest.raises(ConfigError, match="no diffusers ControlNet folder"):
+        resolve_controlnet(str(tmp_path), search)
