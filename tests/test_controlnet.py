@@ -16,12 +16,16 @@ import yaml
 from PIL import Image
 
 from daemon.a1111.infotext import parse_infotext
-from daemon.config.profiles import load_profile
+from daemon.config.profiles import Profile, load_profile
 from daemon.controlnet.infotext import units_from_params
-from daemon.errors import ConfigError
+from daemon.engines.controlnet_models import legacy_hash
+from daemon.errors import ConfigError, Fault, InputError, classify
+from daemon.models.builtin import ensure_builtin
 from daemon.models.resolve import Search, resolve_controlnet, resolve_model
 from daemon.ops.service import Daemon
 from daemon.render.cache import ModelCache
+from daemon.render.render import render
+from daemon.render.values import RenderRequest
 from tests.conftest import DATA, Workspace
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -99,10 +103,12 @@ def test_each_control_mode_paints_its_own_way(painted):
     assert not np.array_equal(modes[1], modes[2])
 
 
-def test_the_infotext_has_one_entry_per_enabled_unit_as_the_extension_writes_it(painted):
+def test_the_infotext_has_one_entry_per_enabled_unit_as_the_extension_writes_it(painted, state_dir):
     params = parse_infotext(painted["both.png"][1]).params
+    weights = ensure_builtin("tiny-controlnet", state_dir / "builtin")
+    digest = legacy_hash(weights / "diffusion_pytorch_model.safetensors")
     assert params["ControlNet 0"] == (
-        "Module: canny, Model: tiny-controlnet [e3b0c442], Weight: 1.0, "
+        f"Module: canny, Model: tiny-controlnet [{digest}], Weight: 1.0, "
         "Resize Mode: Crop and Resize, Processor Res: 512, Threshold A: 100.0, "
         "Threshold B: 200.0, Guidance Start: 0.0, Guidance End: 1.0, Pixel Perfect: False, "
         "Control Mode: Balanced"
@@ -162,3 +168,36 @@ def test_a_controlnet_is_not_a_checkpoint_and_a_checkpoint_not_a_controlnet(tmp_
         resolve_controlnet("builtin:tiny-sd", search)
     with pytest.raises(ConfigError, match="no diffusers ControlNet folder"):
         resolve_controlnet(str(tmp_path), search)
+
+
+def request(model: str, units: list[dict[str, Any]]) -> RenderRequest:
+    settings = Profile(model=model, steps=4, denoising_strength=1.0, sampler_name="Euler",
+                       prompt="a cat", controlnet=units)  # fmt: skip
+    image = Image.open(DATA / "chelsea.png").convert("RGB")
+    return RenderRequest("cat.png", settings, image, size=(64, 64), seed=7)
+
+
+def test_a_controlnet_for_another_architecture_is_a_configuration_error(models):
+    sdxl_net = {**CANNY, "model": "builtin:tiny-controlnet-sdxl"}
+    with pytest.raises(ConfigError) as caught:
+        render(request("builtin:tiny-sd", [sdxl_net]), models)
+    assert str(caught.value) == (
+        "ControlNet builtin:tiny-controlnet-sdxl is for cross-attention width 96, but model "
+        "builtin:tiny-sd is cross-attention width 32: use a ControlNet made for it"
+    )
+    assert classify(caught.value).fault is Fault.CONFIG  # the input waits; it is not failed
+
+
+def test_the_sdxl_variant_steers_the_sdxl_model(models):
+    plain = render(request("builtin:tiny-sdxl", []), models).images[0]
+    unit = {**CANNY, "model": "builtin:tiny-controlnet-sdxl", "control_mode": 1}
+    steered = render(request("builtin:tiny-sdxl", [unit]), models)
+    assert not np.array_equal(np.asarray(plain), np.asarray(steered.images[0]))
+    assert "Model: tiny-controlnet-sdxl [" in steered.infotexts[0]
+
+
+def test_a_per_image_yaml_may_not_choose_a_controlnet(tmp_path):
+    write(tmp_path, {"model": "builtin:tiny-sd", "controlnet": [CANNY]})
+    loaded = load_profile(tmp_path, "p")
+    with pytest.raises(InputError, match=r"cat\.yaml sets 'controlnet', which only a profile may"):
+        loaded.with_overrides({"controlnet": [{**CANNY, "model": "/elsewhere"}]}, Path("cat.yaml"))

@@ -4,6 +4,8 @@ real infotexts (sd-webui-controlnet 1.1.455)."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,7 @@ from daemon.controlnet.infotext import infotext_entries, parse, serialize, units
 from daemon.controlnet.preprocessors import PREPROCESSORS, preprocess
 from daemon.controlnet.schedule import conditional_only, control_scales, is_active
 from daemon.controlnet.units import ControlMode, ControlNetUnit, ControlResize
+from daemon.engines.controlnet_models import legacy_hash
 
 REAL_ENTRY = (
     "Module: canny, Model: control_v11p_sd15_canny [d14c016b], Weight: 1.0, "
@@ -95,7 +98,7 @@ def test_control_mode_labels_and_integers(given: Any, expected: ControlMode) -> 
     ],
 )
 def test_mistakes_are_named(keys: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ValidationError, match=re.escape(message)):
         unit(**keys)
 
 
@@ -231,3 +234,13 @@ def test_control_mode_scales() -> None:
     assert soft[-1] == 1.0 and round(soft[0], 4) == 0.0994 and round(soft[11], 3) == 0.825
     assert round(control_scales(ControlMode.CONTROL, 1.0, 10)[-1], 4) == 0.5615  # SDXL's mid
     assert conditional_only(ControlMode.CONTROL) and not conditional_only(ControlMode.PROMPT)
+
+
+def test_the_model_label_hash_is_a1111s_old_one(tmp_path) -> None:
+    small = tmp_path / "small.safetensors"
+    small.write_bytes(b"x" * 10)
+    assert legacy_hash(small) == "e3b0c442"  # under 1 MiB: the hash of nothing
+    data = bytes(range(256)) * 5000
+    big = tmp_path / "big.safetensors"
+    big.write_bytes(data)
+    assert legacy_hash(big) == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]

@@ -43,8 +43,10 @@ from daemon.tasks.registry import DEFAULT_TASK, TASKS, task_of
 MAX_EXTENDS_DEPTH = 8
 # Per-image YAML sits in the inbox, which anyone who can drop a file can write: it may tune
 # the generation but never choose which files are loaded.
+# ControlNet units name models too: only a profile sets them (for now; a per-image YAML may
+# later tune the profile's own units).
 NOT_PER_IMAGE = frozenset(
-    {"model", "vae", "extends", "interrogate_model", "tagger_model", "labels_dir"}
+    {"model", "vae", "extends", "interrogate_model", "tagger_model", "labels_dir", "controlnet"}
 )
 
 

@@ -11,10 +11,11 @@ error, as everywhere in a profile.
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationInfo,
@@ -35,29 +36,29 @@ class ControlMode(str, Enum):
     """How a unit weighs against the prompt (the extension's labels are the values)."""
 
     BALANCED = "Balanced"
-    PROMPT = "My prompt is more important"
-    CONTROL = "ControlNet is more important"
-
-    @classmethod
-    def parse(cls, value: Any) -> ControlMode:
-        """A label (any case), or the API's integer 0..2."""
-        return _parse_enum(cls, value, {})
+    PROMPT = "My prompt is more important"  # soft scales on every row
+    CONTROL = "ControlNet is more important"  # soft scales, conditional rows only
 
 
 class ControlResize(str, Enum):
     """How a control image of another size is fitted (the extension's ``ResizeMode``)."""
 
-    RESIZE = "Just Resize"
-    INNER_FIT = "Crop and Resize"
-    OUTER_FIT = "Resize and Fill"
+    RESIZE = "Just Resize"  # stretched
+    INNER_FIT = "Crop and Resize"  # scaled to cover, the middle kept
+    OUTER_FIT = "Resize and Fill"  # scaled to fit, the rest filled
 
-    @classmethod
-    def parse(cls, value: Any) -> ControlResize:
-        """A label, one of the extension's old labels, or the API's integer 0..2 (3, A1111's
-        latent upscale, is Just Resize)."""
-        if isinstance(value, int) and not isinstance(value, bool) and value == 3:
-            return cls.RESIZE
-        return _parse_enum(cls, value, _RESIZE_ALIASES)
+
+def parse_control_mode(value: Any) -> ControlMode:
+    """A label (any case), or the API's integer 0..2."""
+    return _parse_enum(ControlMode, value, {})
+
+
+def parse_control_resize(value: Any) -> ControlResize:
+    """A label, one of the extension's old labels, or the API's integer 0..2 (3, A1111's
+    latent upscale, is Just Resize)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value == 3:
+        return ControlResize.RESIZE
+    return _parse_enum(ControlResize, value, _RESIZE_ALIASES)
 
 
 _RESIZE_ALIASES = {
@@ -102,14 +103,16 @@ class ControlNetUnit(BaseModel):
     module: str = "none"  # the preprocessor: its name or its label
     model: str = NO_MODEL  # a ControlNet: builtin:tiny-controlnet, or a diffusers folder
     weight: float = Field(1.0, ge=0.0, le=2.0)
-    resize_mode: ControlResize = ControlResize.INNER_FIT
+    resize_mode: Annotated[ControlResize, BeforeValidator(parse_control_resize)] = (
+        ControlResize.INNER_FIT
+    )
     processor_res: int | float = -1  # float only where the slider is hidden (0.5)
     threshold_a: float = -1.0
     threshold_b: float = -1.0
     guidance_start: float = Field(0.0, ge=0.0, le=1.0)
     guidance_end: float = Field(1.0, ge=0.0, le=1.0)
     pixel_perfect: bool = False
-    control_mode: ControlMode = ControlMode.BALANCED
+    control_mode: Annotated[ControlMode, BeforeValidator(parse_control_mode)] = ControlMode.BALANCED
 
     @field_validator("module")
     @classmethod
@@ -117,23 +120,11 @@ class ControlNetUnit(BaseModel):
         module_named(value)  # raises, listing the known names
         return value
 
-    @field_validator("resize_mode", mode="before")
-    @classmethod
-    def _resize_mode(cls, value: Any) -> ControlResize:
-        return ControlResize.parse(value)
-
-    @field_validator("control_mode", mode="before")
-    @classmethod
-    def _control_mode(cls, value: Any) -> ControlMode:
-        return ControlMode.parse(value)
-
     @model_validator(mode="after")
     def _consistent(self) -> ControlNetUnit:
-        if self.guidance_start > self.guidance_end:
-            raise ValueError(
-                f"guidance_start ({self.guidance_start}) is after guidance_end "
-                f"({self.guidance_end})"
-            )
+        start, end = self.guidance_start, self.guidance_end
+        if start > end:
+            raise ValueError(f"guidance_start ({start}) is after guidance_end ({end})")
         if self.enabled and self.model.strip() in ("", NO_MODEL):
             raise ValueError("an enabled unit needs a `model` (e.g. builtin:tiny-controlnet)")
         return self

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,20 +55,19 @@ class LoadedControlNet:
     last_used: float = 0.0
 
 
-class ControlNets:
-    """Loaded ControlNets by reference. Used by the thread that renders."""
+def _not_timed(_name: str, _seconds: float) -> None:
+    return None
 
-    def __init__(
-        self,
-        search: Search,
-        *,
-        device: Callable[[], tuple[str, torch.dtype]],
-        on_load: Callable[[str, float], None] = lambda name, seconds: None,
-    ) -> None:
-        self.search = search
-        self.device = device
-        self.on_load = on_load
-        self._loaded: dict[str, LoadedControlNet] = {}
+
+@dataclass
+class ControlNets:
+    """Loaded ControlNets by reference. Used by the thread that renders. `device` is asked
+    on the first load (picking it imports torch); `on_load` hears each load's time."""
+
+    search: Search
+    device: Callable[[], tuple[str, torch.dtype]]
+    on_load: Callable[[str, float], None] = _not_timed
+    _loaded: dict[str, LoadedControlNet] = field(default_factory=dict)
 
     def get(self, ref: str) -> LoadedControlNet:
         """ControlNet `ref`, loaded on first use. One that cannot be found or loaded is not

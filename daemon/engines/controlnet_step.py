@@ -31,6 +31,7 @@ from daemon.controlnet.schedule import conditional_only, control_scales, is_acti
 from daemon.controlnet.units import ControlNetUnit, ControlResize
 from daemon.engines.call_steps import CallContext, removed_after
 from daemon.engines.controlnet_models import ControlNets
+from daemon.errors import ConfigError
 
 _INPUT_RESIZE = {
     ResizeMode.JUST_RESIZE: ControlResize.RESIZE,
@@ -67,13 +68,34 @@ def control_map(
     return fit_control(detected, mode, size)
 
 
+ARCHITECTURES = {768: "SD 1.x", 1024: "SD 2.x", 2048: "SDXL"}
+"""Cross-attention widths of the real architectures, for messages."""
+
+
+def architecture(width: int) -> str:
+    return ARCHITECTURES.get(width, f"cross-attention width {width}")
+
+
 def ready_units(
-    settings: Profile, image: Image.Image, size: tuple[int, int], nets: ControlNets
+    settings: Profile,
+    image: Image.Image,
+    size: tuple[int, int],
+    nets: ControlNets,
+    *,
+    unet_width: int,
 ) -> list[ReadyUnit]:
-    """The profile's enabled units, each with its net (loaded once) and control image."""
+    """The profile's enabled units, each with its net (loaded once) and control image.
+    A net made for another architecture than the model's (`unet_width`: its UNet's
+    cross-attention width) is a configuration error that names both."""
     ready = []
     for unit in settings.enabled_units:
         loaded = nets.get(unit.model)
+        width = loaded.net.config.cross_attention_dim
+        if width != unet_width:
+            raise ConfigError(
+                f"ControlNet {unit.model} is for {architecture(width)}, but model "
+                f"{settings.model} is {architecture(unet_width)}: use a ControlNet made for it"
+            )
         control = control_map(unit, image, size, settings.resize_mode)
         ready.append(ReadyUnit(unit, loaded.net, control, loaded.label))
     return ready

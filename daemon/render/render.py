@@ -115,7 +115,13 @@ def _paint(
             raise Superseded(f"{request.label}: stopped for a newer version")
 
     # ControlNet units: their control images come from the input, as the extension's do.
-    units = ready_units(settings, request.image, request.size, models.controlnets)
+    units = []
+    if settings.enabled_units:
+        unet = models.pipeline(settings.model, "img2img", vae=settings.vae).unet
+        units = ready_units(
+            settings, request.image, request.size, models.controlnets,
+            unet_width=unet.config.cross_attention_dim,
+        )  # fmt: skip
     engine = DiffusionEngine(models, steps=[ControlNetStep(units)] if units else [])
     painting = engine.paint(
         Canvas(request.image, request.mask), settings, width=width, height=height,
