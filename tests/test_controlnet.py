@@ -45,8 +45,17 @@ CASES: dict[str, list[dict[str, Any]]] = {
     "control_mode": [{**CANNY, "control_mode": "ControlNet is more important"}],
     "pixel_perfect": [{**CANNY, "pixel_perfect": True}],
     "saved": [CANNY, LINES],
+    "inpaint_plain": [],
+    "inpaint": [{**CANNY, "control_mode": "ControlNet is more important"}],
+    "and_plain": [],
+    "and": [CANNY],
 }
 """Profile name → its units. 4 steps at strength 1.0: 4 model calls each run."""
+OWN_KEYS: dict[str, dict[str, Any]] = {
+    "inpaint": {"task": "inpaint"},  # the mask is astronaut's (another size: resized)
+    "and": {"prompt": "a cat AND a dog:0.5"},  # three rows a call: uncond, cat, dog
+}
+"""Keys of the cases that are not plain img2img (``<name>_plain``: the same, no unit)."""
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +65,11 @@ def painted(
     """Each case's result: its pixels and its parameters text."""
     workspace = Workspace(tmp_path_factory.mktemp("controlnet"), state_dir).create()
     for name, units in CASES.items():
-        saved = name == "saved"
-        workspace.profile(name, controlnet=units, denoising_strength=1.0, save_control=saved)
+        keys = {**OWN_KEYS.get(name.removesuffix("_plain"), {}), "save_control": name == "saved"}
+        workspace.profile(name, controlnet=units, denoising_strength=1.0, **keys)
         workspace.drop(DATA / "chelsea.png", f"{name}/cat.png")
+        if keys.get("task") == "inpaint":
+            workspace.drop(DATA / "astronaut.mask.png", f"{name}/cat.mask.png")
     Daemon(workspace.settings(), models=models, watch=False).run_once(tick=0.01)
     results = {}
     for name in CASES:
@@ -88,6 +99,14 @@ def test_a_unit_that_starts_halfway_acts_on_the_last_calls_only(painted):
     late = pixels(painted, "starts_late")
     assert not np.array_equal(late, pixels(painted, "plain"))
     assert not np.array_equal(late, pixels(painted, "canny"))
+
+
+@pytest.mark.parametrize("name", ["inpaint", "and"])
+def test_inpainting_and_composable_prompts_are_steered_too(painted, name, models):
+    assert not np.array_equal(pixels(painted, name), pixels(painted, f"{name}_plain"))
+    assert "ControlNet 0" in painted[f"{name}.png"][1]
+    unet = models.pipeline("builtin:tiny-sd", "img2img").unet
+    assert not unet._forward_pre_hooks and not unet._forward_hooks  # all removed after use
 
 
 def test_two_units_combine(painted):
