@@ -16,6 +16,7 @@ import yaml
 from PIL import Image
 
 from daemon.a1111.infotext import parse_infotext
+from daemon.cli import check_problems
 from daemon.config.profiles import Profile, load_profile
 from daemon.controlnet.infotext import units_from_params
 from daemon.engines.controlnet_models import legacy_hash
@@ -23,6 +24,7 @@ from daemon.errors import ConfigError, Fault, InputError, classify
 from daemon.models.builtin import ensure_builtin
 from daemon.models.resolve import Search, resolve_controlnet, resolve_model
 from daemon.ops.service import Daemon
+from daemon.paths import shown
 from daemon.render.cache import ModelCache
 from daemon.render.render import render
 from daemon.render.values import RenderRequest
@@ -220,3 +222,16 @@ def test_a_per_image_yaml_may_not_choose_a_controlnet(tmp_path):
     loaded = load_profile(tmp_path, "p")
     with pytest.raises(InputError, match=r"cat\.yaml sets 'controlnet', which only a profile may"):
         loaded.with_overrides({"controlnet": [{**CANNY, "model": "/elsewhere"}]}, Path("cat.yaml"))
+
+
+def test_check_names_a_controlnet_that_is_not_there(tmp_path, state_dir):
+    workspace = Workspace(tmp_path, state_dir).create()
+    missing = tmp_path / "no-such-controlnet"
+    workspace.profile("p", controlnet=[CANNY, {**CANNY, "model": str(missing)}])
+    settings = workspace.settings()
+    [problem] = check_problems(settings)
+    assert problem == (
+        f"{shown(workspace.profiles / 'p.yaml')}: ControlNet '{missing}': no diffusers "
+        f"ControlNet folder (config.json) at {missing}; for now a unit's model is "
+        "builtin:tiny-controlnet or such a folder"
+    )

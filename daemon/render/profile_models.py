@@ -25,6 +25,7 @@ from daemon.models.resolve import (
     Search,
     find,
     resolve_clip,
+    resolve_controlnet,
     resolve_model,
     resolve_tagger,
     resolve_vae,
@@ -68,6 +69,7 @@ def named_models(profile: Profile, settings: Settings) -> list[NamedModel]:
 
             named.append(NamedModel("vae", "vae", vae, vae_file, "model"))
         named += [_lora(name, search, settings) for name in _profile_loras(profile)]
+        named += [_controlnet(unit.model, search) for unit in profile.enabled_units]
     if "clip" in kinds:
         clip = profile.interrogation_model("clip")
         labels_dir = Path(profile.labels_dir).expanduser() if profile.labels_dir else None
@@ -114,3 +116,10 @@ def _lora(name: str, search: Search, settings: Settings) -> NamedModel:
             raise exc.noted("named in the profile's prompt") from exc
 
     return NamedModel("prompt", "LoRA", name, lookup)
+
+
+def _controlnet(ref: str, search: Search) -> NamedModel:
+    def folder() -> Path:
+        return resolve_controlnet(ref, search, build=False)
+
+    return NamedModel("controlnet", "ControlNet", ref, folder)
