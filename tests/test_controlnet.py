@@ -7,6 +7,8 @@ each, the same seed), so that each test compares outputs pixel for pixel."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,10 @@ from daemon.a1111.infotext import parse_infotext
 from daemon.cli import check_problems
 from daemon.config.profiles import Profile, load_profile
 from daemon.controlnet.infotext import units_from_params
+from daemon.engines.call_steps import removed_after
 from daemon.engines.controlnet_models import legacy_hash
+from daemon.engines.controlnet_step import ControlNetStep, ready_units
+from daemon.engines.diffusion import Canvas, DiffusionEngine
 from daemon.errors import ConfigError, Fault, InputError, classify
 from daemon.models.builtin import ensure_builtin
 from daemon.models.resolve import Search, resolve_controlnet, resolve_model
@@ -235,3 +240,70 @@ def test_check_names_a_controlnet_that_is_not_there(tmp_path, state_dir):
         f"ControlNet folder (config.json) at {missing}; for now a unit's model is "
         "builtin:tiny-controlnet or such a folder"
     )
+
+
+def test_pixel_perfect_preprocesses_at_the_paintings_own_resolution(painted):
+    assert not np.array_equal(pixels(painted, "pixel_perfect"), pixels(painted, "canny"))
+
+
+class ResidualSpy:
+    """A call step after the ControlNet step: which UNet calls got residuals, and how
+    many rows had any."""
+
+    def __init__(self) -> None:
+        self.calls: list[bool] = []
+        self.rows_steered: list[int] = []
+
+    def prepare(self, call: dict[str, Any], context: Any) -> dict[str, Any]:
+        return call
+
+    @contextmanager
+    def hooked(self, pipe: Any, context: Any) -> Iterator[None]:
+        def spy(_module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
+            mid = kwargs.get("mid_block_additional_residual")
+            self.calls.append(mid is not None)
+            if mid is not None:
+                self.rows_steered.append(int((mid.flatten(1).abs().sum(1) > 0).sum()))
+
+        with removed_after(pipe.unet.register_forward_pre_hook(spy, with_kwargs=True)):
+            yield
+
+
+@pytest.mark.parametrize(
+    ("strength", "start", "end", "expected"),
+    [
+        (0.5, 0.0, 1.0, [True, True]),  # 2 of 4 steps run: both controlled
+        (0.5, 0.5, 1.0, [False, True]),  # halfway through the calls that run
+        (0.5, 0.0, 0.5, [True, False]),
+        (1.0, 0.0, 0.5, [True, True, False, False]),
+        (0.5, 0.0, 0.0, [False, False]),  # ends before the first call that runs
+    ],
+)
+def test_guidance_start_and_end_count_over_the_calls_that_run(
+    models, strength, start, end, expected
+):
+    settings = request("builtin:tiny-sd", [{**CANNY, "guidance_start": start,
+                                           "guidance_end": end}]).settings  # fmt: skip
+    settings = settings.model_copy(update={"denoising_strength": strength})
+    image = Image.open(DATA / "chelsea.png").convert("RGB")
+    units = ready_units(settings, image, (64, 64), models.controlnets, unet_width=32)
+    spy = ResidualSpy()
+    engine = DiffusionEngine(models, steps=[ControlNetStep(units), spy])
+    engine.paint(Canvas(image, None), settings, width=64, height=64, seed=1, prompt="a cat",
+                 negative_prompt="")  # fmt: skip
+    assert spy.calls == expected
+
+
+def test_controlnet_is_more_important_leaves_the_unconditional_rows_alone(models):
+    image = Image.open(DATA / "chelsea.png").convert("RGB")
+    rows = {}
+    for mode in ("Balanced", "ControlNet is more important"):
+        settings = request("builtin:tiny-sd", [{**CANNY, "control_mode": mode}]).settings
+        units = ready_units(settings, image, (64, 64), models.controlnets, unet_width=32)
+        spy = ResidualSpy()
+        DiffusionEngine(models, steps=[ControlNetStep(units), spy]).paint(
+            Canvas(image, None), settings, width=64, height=64, seed=1, prompt="a cat",
+            negative_prompt="",
+        )  # fmt: skip
+        rows[mode] = set(spy.rows_steered)
+    assert rows == {"Balanced": {2}, "ControlNet is more important": {1}}  # of [uncond, cond]
