@@ -14,13 +14,14 @@ from pydantic import ValidationError
 
 from daemon.a1111.infotext import format_parameters, parse_parameters
 from daemon.controlnet.images import (
+    area_resize,
     fit_control,
     hwc3,
     pixel_perfect_resolution,
     resize_with_pad,
 )
 from daemon.controlnet.infotext import infotext_entries, parse, serialize, units_from_params
-from daemon.controlnet.preprocessors import PREPROCESSORS, preprocess
+from daemon.controlnet.preprocessors import PREPROCESSORS, opencv_canny, preprocess
 from daemon.controlnet.schedule import conditional_only, control_scales, is_active
 from daemon.controlnet.units import ControlMode, ControlNetUnit, ControlResize
 from daemon.engines.controlnet_models import legacy_hash
@@ -244,3 +245,23 @@ def test_the_model_label_hash_is_a1111s_old_one(tmp_path) -> None:
     big = tmp_path / "big.safetensors"
     big.write_bytes(data)
     assert legacy_hash(big) == hashlib.sha256(data[0x100000:0x110000]).hexdigest()[:8]
+
+
+def test_canny_is_opencvs_thin_edges_on_any_channel() -> None:
+    # Two colours of the same luma (38): a grey-level Canny would see no edge at all.
+    image = np.zeros((64, 64, 3), np.uint8)
+    image[:, :32] = (128, 0, 0)
+    image[:, 32:] = (0, 65, 0)
+    edges = opencv_canny(image, 100, 200)
+    assert edges[:, 31].all() and edges.sum() == 64  # one column: non-maximum suppression
+    faint = np.full((64, 64, 3), 100, np.uint8)
+    faint[:, 32:] = 130  # |gx| + |gy| = 4·30 = 120: over the low threshold, not the high
+    assert not opencv_canny(faint, 100, 200).any()
+    assert opencv_canny(faint, 100, 110).sum() == 64
+
+
+def test_area_resize_is_the_mean_of_the_area_each_pixel_covers() -> None:
+    blocks = np.arange(16, dtype=np.uint8).reshape(4, 4, 1) * 10
+    assert area_resize(blocks, (2, 2))[:, :, 0].tolist() == [[25, 45], [105, 125]]
+    row = np.array([[[30], [60], [90]]], np.uint8)  # 3 → 2: the middle pixel split in half
+    assert area_resize(row, (2, 1))[0, :, 0].tolist() == [40, 80]  # (30+30)/1.5, (30+90)/1.5
