@@ -325,3 +325,47 @@ def test_walking_a_real_inbox_skips_junk_and_ignored_folders(tmp_path):
     found = sorted(str(p.relative_to(inbox)) for p in walk_files(inbox))
     assert found == sorted(keep)
     assert all(route(inbox, inbox / relative) is not None for relative in keep)
+
+
+# ------------------------------------------------------------ control images
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("p/a.control.png", Kind.CONTROL),
+        ("p/a.control-2.PNG", Kind.CONTROL),
+        ("p/clip/control/f_0001.png", Kind.CONTROL),
+        ("p/clip/control-1/f_0001.png", Kind.CONTROL),
+        ("p/a.controls.png", Kind.IMAGE),
+        ("p/clip/controls/f_0001.png", Kind.IMAGE),
+    ],
+)
+def test_control_images_are_companions_never_inputs(path, kind):
+    assert classify(where(path)) is kind
+
+
+def test_each_units_control_image_pairs_beside_the_image_then_in_its_folder_by_number():
+    beside = {"frame_7.control.png", "frame_7.control-2.jpg", "frame_8.control-1.png", "control"}
+    folders = {"control": {"c_7.png"}, "control-1": {"other_7.png"}, "control-3": {"x_9.png"}}
+    found = find_companions(FOLDER / "frame_7.png", beside, set(), folders)
+    assert found.controls == (
+        (0, FOLDER / "frame_7.control.png"),  # beside wins over control/
+        (1, FOLDER / "control-1/other_7.png"),  # by its frame number
+        (2, FOLDER / "frame_7.control-2.jpg"),
+    )
+    assert found.control(3) is None
+    assert FOLDER / "control-1/other_7.png" in found.paths(), "archived with its input"
+
+
+def test_control_folders_hold_no_inputs(tmp_path):
+    from daemon.intake.pairing import image_of_companion, pending_images
+
+    (tmp_path / "control").mkdir()
+    (tmp_path / "control/f_1.png").write_bytes(b"x")
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "a.control-1.png").write_bytes(b"x")
+    assert list(pending_images(tmp_path / "control")) == []
+    assert list(pending_images(tmp_path)) == [tmp_path / "a.png"]
+    assert image_of_companion(tmp_path / "a.control-1.png") == tmp_path / "a.png"
+    assert companions_on_disk(tmp_path / "a.png").control(1) == tmp_path / "a.control-1.png"

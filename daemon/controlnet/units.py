@@ -113,6 +113,9 @@ class ControlNetUnit(BaseModel):
     guidance_end: float = Field(1.0, ge=0.0, le=1.0)
     pixel_perfect: bool = False
     control_mode: Annotated[ControlMode, BeforeValidator(parse_control_mode)] = ControlMode.BALANCED
+    # img2imgd's own: the unit paints only with its own control image (<stem>.control.png,
+    # control/<frame>), so an input waits up to pairing_window for it and fails without one.
+    own_image: bool = False
 
     @field_validator("module")
     @classmethod
@@ -157,3 +160,9 @@ class ControlNetKeys(BaseModel):
     @property
     def enabled_units(self) -> tuple[ControlNetUnit, ...]:
         return tuple(unit for unit in self.controlnet if unit.enabled)
+
+    @property
+    def awaited_controls(self) -> tuple[int, ...]:
+        """The units (positions in ``controlnet:``) that an input waits for the control
+        image of: the enabled ones with ``own_image``."""
+        return tuple(n for n, unit in enumerate(self.controlnet) if unit.enabled and unit.own_image)

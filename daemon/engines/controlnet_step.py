@@ -8,8 +8,9 @@ together and hands the sum to the UNet as ``down_block_additional_residuals`` an
 ``mid_block_additional_residual``. A call on which no unit is active (weight 0, outside its
 guidance start and end) gets no residuals at all: it is exactly the call without ControlNet.
 
-A unit with no image of its own (all of them, until per-file control images come) uses the
-input, fitted as the input is (the img2img resize mode), as the extension does.
+A unit with an image of its own (``<stem>.control.png``, ``control/<frame>``) has it
+preprocessed and fitted to the painting by the unit's ``resize_mode``; a unit without uses
+the input, fitted as the input is (the img2img resize mode), as the extension does.
 """
 
 from __future__ import annotations
@@ -54,13 +55,18 @@ class ReadyUnit:
 
 
 def control_map(
-    unit: ControlNetUnit, image: Image.Image, size: tuple[int, int], input_mode: ResizeMode
+    unit: ControlNetUnit,
+    image: Image.Image,
+    size: tuple[int, int],
+    input_mode: ResizeMode,
+    *,
+    own: bool = False,
 ) -> Pixels:
-    """The unit's control image for a painting of `size` (width, height), from the input
-    `image`: preprocessed at the unit's resolution (pixel perfect: the one that maps it one
-    to one), then fitted as the input is fitted."""
+    """The unit's control image for a painting of `size` (width, height): preprocessed at
+    the unit's resolution (pixel perfect: the one that maps it one to one), then fitted by
+    the unit's resize mode when `image` is the unit's `own`, else as the input is fitted."""
     raw = np.asarray(image.convert("RGB"))
-    mode = _INPUT_RESIZE[input_mode]
+    mode = unit.resize_mode if own else _INPUT_RESIZE[input_mode]
     resolution = unit.processor_res
     if unit.pixel_perfect:
         resolution = pixel_perfect_resolution(image.size, size, mode)
@@ -83,12 +89,16 @@ def ready_units(
     nets: ControlNets,
     *,
     unet_width: int,
+    controls: Sequence[Image.Image | None] = (),
 ) -> list[ReadyUnit]:
-    """The profile's enabled units, each with its net (loaded once) and control image.
+    """The profile's enabled units, each with its net (loaded once) and control image: its
+    own from `controls` (by position in ``controlnet:``), else the input `image`.
     A net made for another architecture than the model's (`unet_width`: its UNet's
     cross-attention width) is a configuration error that names both."""
     ready = []
-    for unit in settings.enabled_units:
+    for position, unit in enumerate(settings.controlnet):
+        if not unit.enabled:
+            continue
         loaded = nets.get(unit.model)
         width = loaded.net.config.cross_attention_dim
         if width != unet_width:
@@ -96,7 +106,10 @@ def ready_units(
                 f"ControlNet {unit.model} is for {architecture(width)}, but model "
                 f"{settings.model} is {architecture(unet_width)}: use a ControlNet made for it"
             )
-        control = control_map(unit, image, size, settings.resize_mode)
+        own = controls[position] if position < len(controls) else None
+        control = control_map(
+            unit, image if own is None else own, size, settings.resize_mode, own=own is not None
+        )
         ready.append(ReadyUnit(unit, loaded.net, control, loaded.label))
     return ready
 

@@ -20,6 +20,10 @@ PARAMETERS_EXTENSION = ".txt"
 MASK_FOLDER = "masks"
 MASK_MARK = ".mask"  # <stem>.mask.<image extension>
 SKETCH_ENDING = ".sketch.png"
+CONTROL_MARK = ".control"  # <stem>.control.png: ControlNet unit 0's image; .control-<n>: unit n's
+CONTROL_FOLDER = "control"  # control/ (unit 0) and control-<n>/ (unit n): a clip's, by frame
+_CONTROL_STEM = re.compile(r"^(.*)\.control(?:-(\d{1,3}))?$", re.IGNORECASE)
+_CONTROL_FOLDER = re.compile(r"^control(?:-(\d{1,3}))?$", re.IGNORECASE)
 
 # Names that are never inputs: partial downloads and uploads, editor and sync temporaries,
 # OS metadata (RELIABILITY.md). Dotfiles and `._*` resource forks are covered by the dot rule.
@@ -58,8 +62,30 @@ def is_input_name(name: str) -> bool:
     stem, suffix = os.path.splitext(name.lower())
     if suffix in VIDEO_EXTENSIONS:
         return True
-    is_companion = stem.endswith(MASK_MARK) or f"{stem}{suffix}".endswith(SKETCH_ENDING)
+    is_companion = (
+        stem.endswith(MASK_MARK)
+        or f"{stem}{suffix}".endswith(SKETCH_ENDING)
+        or _CONTROL_STEM.match(stem) is not None
+    )
     return suffix in IMAGE_EXTENSIONS and not is_companion
+
+
+def control_of_stem(stem: str) -> tuple[str, int] | None:
+    """``a.control`` → (``a``, 0), ``a.control-2`` → (``a``, 2): whose control image a stem
+    names, for which unit; None for any other stem."""
+    match = _CONTROL_STEM.match(stem)
+    return (match[1], int(match[2] or 0)) if match else None
+
+
+def control_folder_unit(name: str) -> int | None:
+    """``control`` → 0, ``control-2`` → 2: the unit a clip's control folder is for."""
+    match = _CONTROL_FOLDER.match(name)
+    return int(match[1] or 0) if match else None
+
+
+def is_companion_folder(name: str) -> bool:
+    """A clip's ``masks/`` or ``control[-<n>]/`` folder: companions, never inputs."""
+    return name == MASK_FOLDER or control_folder_unit(name) is not None
 
 
 def image_kinds() -> str:
@@ -75,7 +101,9 @@ def accepted_kinds() -> str:
     return (
         f"images ({image_kinds()}) and videos ({videos}); beside an image, its mask "
         f"(<name>{MASK_MARK}.png or {MASK_FOLDER}/<name>.png, any image extension), its sketch "
-        f"(<name>{SKETCH_ENDING}), its settings ({settings}) and its parameters or caption "
+        f"(<name>{SKETCH_ENDING}), its ControlNet images (<name>{CONTROL_MARK}.png, "
+        f"<name>{CONTROL_MARK}-<n>.png, or {CONTROL_FOLDER}/ by frame), its settings "
+        f"({settings}) and its parameters or caption "
         f"(<name>{PARAMETERS_EXTENSION})"
     )
 

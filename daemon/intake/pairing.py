@@ -6,6 +6,8 @@ lists one folder. The folder contract:
 * ``inbox/<profile>/<sub-path>/<stem>.<image ext>`` is a job for ``profiles/<profile>.yaml``;
 * ``<stem>.mask.<image ext>`` or ``masks/<stem>.<image ext>`` is its inpaint mask;
 * ``<stem>.sketch.png`` is its scribble layer; ``<stem>.yaml`` its per-image settings;
+* ``<stem>.control.png`` / ``<stem>.control-<n>.png`` is ControlNet unit 0's / n's image; in
+  a clip folder, ``control/`` / ``control-<n>/`` hold them by stem or by frame number;
 * folders starting with ``_`` or ``.`` (``_done``, ``_failed``) are never profiles or jobs;
 * temporaries and junk that editors and sync tools leave are ignored.
 """
@@ -26,7 +28,10 @@ from daemon.intake.names import (
     SETTINGS_EXTENSIONS,
     SKETCH_ENDING,
     VIDEO_EXTENSIONS,
+    control_folder_unit,
+    control_of_stem,
     frame_number,
+    is_companion_folder,
     is_ignored_dir,
     is_ignored_name,
     is_input_name,
@@ -38,6 +43,7 @@ class Kind(enum.Enum):
     IMAGE = "image"
     MASK = "mask"
     SKETCH = "sketch"
+    CONTROL = "control"  # a ControlNet unit's own control image
     SETTINGS = "settings"
     PARAMETERS = "parameters"  # <stem>.txt: an infotext or a caption, for use_png_info
     UNSUPPORTED = "unsupported"
@@ -84,6 +90,10 @@ def classify(where: Route) -> Kind:
         return Kind.MASK
     if name.endswith(SKETCH_ENDING):
         return Kind.SKETCH
+    if control_folder_unit(where.sub_dir.name) is not None:
+        return Kind.CONTROL
+    if control_of_stem(PurePosixPath(name).stem) is not None:
+        return Kind.CONTROL
     return Kind.IMAGE
 
 
@@ -91,7 +101,7 @@ def pending_images(folder: Path, *, exclude: Path | None = None) -> Iterator[Pat
     """The inputs (images and videos, not companions) waiting in `folder` itself, lazily:
     ``any(pending_images(f))`` stops at the first one. Called after every frame of a clip
     of thousands, so names are checked as strings, without building paths."""
-    if folder.name == MASK_FOLDER:
+    if is_companion_folder(folder.name):
         return
     skip = str(exclude) if exclude is not None else None
     try:
@@ -111,6 +121,11 @@ class Companions:
     settings: Path | None = None
     parameters: Path | None = None  # <stem>.txt
     mask_shared: bool = False  # the only file in masks/: it serves every image of the folder
+    controls: tuple[tuple[int, Path], ...] = ()  # (unit, its control image), by unit
+
+    def control(self, unit: int) -> Path | None:
+        """Unit `unit`'s own control image, if one came."""
+        return next((path for n, path in self.controls if n == unit), None)
 
     def has(self, kind: Kind) -> bool:
         """Whether the companion of `kind` (a mask, a sketch …) is among these."""
@@ -123,17 +138,24 @@ class Companions:
         stays for the folder's other images."""
         mask = None if self.mask_shared else self.mask
         found = (mask, self.sketch, self.settings, self.parameters)
-        return tuple(p for p in found if p is not None)
+        return (*(p for p in found if p is not None), *(path for _, path in self.controls))
 
 
-def find_companions(image: Path, names: set[str], mask_names: set[str]) -> Companions:
+def find_companions(
+    image: Path,
+    names: set[str],
+    mask_names: set[str],
+    control_names: dict[str, set[str]] | None = None,
+) -> Companions:
     """Companions of ``image`` among the names in its folder and in its ``masks/`` folder.
 
     A mask next to the image wins over one in ``masks/``. In ``masks/`` (A1111's batch mask
     folder) the mask is the file with the image's stem; else, when the folder holds a single
     image, that one for every image; else the one with the same trailing frame number
     (``frame_0012.png`` ↔ ``mask_12.png``). Matching is case-insensitive on the extension
-    because Windows tools write ``.PNG``.
+    because Windows tools write ``.PNG``. Control images pair the same way, per unit
+    (`control_names`: the names in each ``control[-<n>]/`` folder, by folder name), except
+    that a lone one is never shared: each frame has its own.
     """
     stem = job_stem(image.name)
     folder = image.parent
@@ -153,6 +175,7 @@ def find_companions(image: Path, names: set[str], mask_names: set[str]) -> Compa
     settings = first([f"{stem.lower()}{ext}" for ext in sorted(SETTINGS_EXTENSIONS)], by_lower)
     parameters = by_lower.get(f"{stem.lower()}{PARAMETERS_EXTENSION}")
     return Companions(
+        controls=_controls(stem, folder, names, control_names or {}),
         mask_shared=shared,
         mask=mask_path,
         sketch=folder / sketch if sketch else None,
@@ -179,9 +202,34 @@ def _mask_in_folder(stem: str, mask_names: set[str], names: set[str]) -> tuple[s
     return (same_number[0] if same_number else None), False
 
 
+def _controls(
+    stem: str, folder: Path, names: set[str], control_names: dict[str, set[str]]
+) -> tuple[tuple[int, Path], ...]:
+    """Each unit's control image: ``<stem>.control[-<n>].<ext>`` beside the image first, then
+    the one in ``control[-<n>]/`` with the image's stem, then with its frame number."""
+    found: dict[int, Path] = {}
+    for name in sorted(names):
+        whose = control_of_stem(job_stem(name))
+        suffix = PurePosixPath(name.lower()).suffix
+        if whose and whose[0].lower() == stem.lower() and suffix in IMAGE_EXTENSIONS:
+            found.setdefault(whose[1], folder / name)
+    number = frame_number(stem)
+    for folder_name, in_folder in sorted(control_names.items()):
+        unit = control_folder_unit(folder_name)
+        if unit is None or unit in found:
+            continue
+        images = sorted(n for n in in_folder if PurePosixPath(n.lower()).suffix in IMAGE_EXTENSIONS)
+        match = next((n for n in images if job_stem(n).lower() == stem.lower()), None)
+        if match is None and number is not None:
+            match = next((n for n in images if frame_number(n) == number), None)
+        if match is not None:
+            found[unit] = folder / folder_name / match
+    return tuple(sorted(found.items()))
+
+
 def image_of_companion(companion: Path) -> Path | None:
-    """The image beside `companion` (``a.mask.png``, ``a.sketch.png``, ``a.yaml``,
-    ``a.txt`` → ``a.png`` or another image type), if there is one."""
+    """The image beside `companion` (``a.mask.png``, ``a.sketch.png``, ``a.control-1.png``,
+    ``a.yaml``, ``a.txt`` → ``a.png`` or another image type), if there is one."""
     name = companion.name.lower()
     for ending in (".mask", ".sketch"):
         stem = PurePosixPath(name).stem
@@ -190,6 +238,8 @@ def image_of_companion(companion: Path) -> Path | None:
             break
     else:
         name = PurePosixPath(name).stem
+        whose = control_of_stem(name)
+        name = whose[0] if whose else name
     try:
         beside = {entry.name.lower(): entry for entry in _files(companion.parent)}
     except OSError:
@@ -204,12 +254,18 @@ def image_of_companion(companion: Path) -> Path | None:
 def companions_on_disk(image: Path) -> Companions:
     folder = image.parent
     try:
-        names = {entry.name for entry in _files(folder)}
+        entries = _files(folder)
+        names = {entry.name for entry in entries}
         mask_names = {entry.name for entry in _files(folder / MASK_FOLDER)}
+        control_names = {
+            entry.name: {found.name for found in _files(entry)}
+            for entry in entries
+            if control_folder_unit(entry.name) is not None and entry.is_dir()
+        }
     except OSError:
         return Companions()
     names.discard(image.name)
-    return find_companions(image, names, mask_names)
+    return find_companions(image, names, mask_names, control_names)
 
 
 def _files(folder: Path) -> list[Path]:

@@ -35,6 +35,7 @@ from daemon.live.live import in_place
 from daemon.media.video import VideoInfo, probe, read_frames
 from daemon.paths import output_folder, portable_name
 from daemon.prepare.canvas import aspect_note, processing_size
+from daemon.prepare.controls import read_controls
 from daemon.prepare.inputs import check_regular_file, merge_settings, storage_safe
 from daemon.render.values import RenderRequest
 from daemon.tasks.registry import task_of
@@ -52,6 +53,7 @@ class VideoPlan:
     work: Path  # where the painted frames go
     base_seed: int
     notes: tuple[str, ...] = ()
+    controls: tuple[Image.Image | None, ...] = ()  # <stem>.control[-<n>].png: every frame's
 
     @property
     def state(self) -> Path:
@@ -88,6 +90,9 @@ def plan_video(
             f"{cap:,} pixel limit (max_image_pixels)"
         )
     mask, notes = _shared_mask(job, profile, (info.width, info.height), settings)
+    controls = read_controls(
+        job, profile, max_pixels=settings.max_image_pixels, max_bytes=settings.max_input_bytes
+    )
     identity = _video_id(job)
     state = settings.state_dir / "videos" / identity
     folder = output_folder(settings.outbox, job.profile, job.sub_dir)
@@ -98,7 +103,10 @@ def plan_video(
         base_seed = clip.base_seed(profile.seed, rng)
     except OSError as exc:
         raise TransientError(f"could not prepare the work folder: {exc}") from exc
-    return VideoPlan(job, profile, info, mask, clip, work, base_seed, (*merged.notes, *notes))
+    return VideoPlan(
+        job, profile, info, mask, clip, work, base_seed,
+        (*merged.notes, *notes, *controls.notes), controls.images,
+    )  # fmt: skip
 
 
 def decoded_frames(plan: VideoPlan) -> Iterator[tuple[int, Image.Image]]:
@@ -130,6 +138,7 @@ def frame_request(
         size=processing_size(settings, *frame.size),
         seed=frame_seed(settings.seed_mode, plan.base_seed, index, rng),
         colors=colors,
+        controls=plan.controls,
         prompt_image=prompt_image,
         alone=in_place(plan.job),  # a live profile's video: painted frame by frame
     )

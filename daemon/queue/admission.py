@@ -226,7 +226,9 @@ class Admission:
         now = time.monotonic() if now is None else now
         shared = (companions.mask,) if companions.mask_shared else ()
         still_writing = [c for c in (*companions.paths(), *shared) if c in self.tracker]
-        missing = task_of(profile).companions.missing(companions) is not None
+        missing = task_of(profile).companions.missing(companions) is not None or any(
+            companions.control(unit) is None for unit in profile.awaited_controls
+        )
         if still_writing or missing:
             deadline = deadline if deadline is not None else now + self.settings.pairing_window
             if still_writing or now < deadline:

@@ -114,13 +114,13 @@ def _paint(
         if stop is not None and stop():
             raise Superseded(f"{request.label}: stopped for a newer version")
 
-    # ControlNet units: their control images come from the input, as the extension's do.
+    # ControlNet units: each with its own control image, or the input, as the extension's.
     units = []
     if settings.enabled_units:
         unet = models.pipeline(settings.model, "img2img", vae=settings.vae).unet
         units = ready_units(
             settings, request.image, request.size, models.controlnets,
-            unet_width=unet.config.cross_attention_dim,
+            unet_width=unet.config.cross_attention_dim, controls=request.controls,
         )  # fmt: skip
     engine = DiffusionEngine(models, steps=[ControlNetStep(units)] if units else [])
     painting = engine.paint(

@@ -29,6 +29,9 @@ class RenderRequest:
     size: tuple[int, int] = (0, 0)  # the processing size (A1111's "Size")
     seed: int = 0  # drawn already (never -1)
     colors: Colors | None = None  # colour correction towards these (a clip's reference)
+    # Per unit of ``settings.controlnet``, its own control image (RGB, any size); None or
+    # past the end: the unit uses the input.
+    controls: tuple[Image.Image | None, ...] = ()
     prompt_image: Image.Image | None = None  # what {interrogate}/{tags} describe (None: image)
     parameters_model_hash: str | None = None  # use_png_info: the model the parameters name
     alone: bool = False  # never in a batch: a live input, which a newer version may stop
