@@ -195,6 +195,12 @@ def test_ordinary_folders_are_entered(folder):
         ("p/a.psd", Kind.UNSUPPORTED),
         ("p/README", Kind.UNSUPPORTED),
         ("p/a.png.zip", Kind.UNSUPPORTED),
+        ("p/a.control.png", Kind.CONTROL),  # ControlNet images: companions, never inputs
+        ("p/a.control-2.PNG", Kind.CONTROL),
+        ("p/clip/control/f_0001.png", Kind.CONTROL),
+        ("p/clip/control-1/f_0001.png", Kind.CONTROL),
+        ("p/a.controls.png", Kind.IMAGE),
+        ("p/clip/controls/f_0001.png", Kind.IMAGE),
     ],
 )
 def test_classify(relative, kind):
@@ -328,21 +334,6 @@ def test_walking_a_real_inbox_skips_junk_and_ignored_folders(tmp_path):
 
 
 # ------------------------------------------------------------ control images
-
-
-@pytest.mark.parametrize(
-    ("path", "kind"),
-    [
-        ("p/a.control.png", Kind.CONTROL),
-        ("p/a.control-2.PNG", Kind.CONTROL),
-        ("p/clip/control/f_0001.png", Kind.CONTROL),
-        ("p/clip/control-1/f_0001.png", Kind.CONTROL),
-        ("p/a.controls.png", Kind.IMAGE),
-        ("p/clip/controls/f_0001.png", Kind.IMAGE),
-    ],
-)
-def test_control_images_are_companions_never_inputs(path, kind):
-    assert classify(where(path)) is kind
 
 
 def test_each_units_control_image_pairs_beside_the_image_then_in_its_folder_by_number():
