@@ -159,3 +159,28 @@ def test_a_clips_control_folder_pairs_frames_by_number_one_arriving_late(
         saved = workspace.outbox / f"clip/shot/frame_{number:04d}.control.png"
         assert np.array_equal(read(saved), np.asarray(control)), number
         assert (workspace.inbox / f"_done/clip/shot/control/edges_{number:04d}.png").exists()
+
+
+def test_a_control_image_beside_a_video_steers_every_frame(workspace: Workspace, running):
+    from daemon.media.video import read_frames
+    from tests.support.media import make_test_clip
+
+    make_test_clip(workspace.root / "v.mp4", frames=3)
+    for name in ("with", "without"):
+        workspace.profile(name, controlnet=[AS_IS], **FIXED)
+    running()
+    noise(3).save(workspace.inbox / "with/v.control.png")
+    for name in ("with", "without"):
+        workspace.drop(workspace.root / "v.mp4", f"{name}/v.mp4")
+    wait_for(lambda: len(workspace.done("with")) == 2 and len(workspace.done("without")) == 1)
+    steered, plain = (
+        [
+            np.asarray(frame)
+            for _, frame in zip(
+                range(3), read_frames(workspace.outbox / f"{name}/v.mp4"), strict=False
+            )
+        ]
+        for name in ("with", "without")
+    )
+    assert len(steered) == len(plain) == 3
+    assert all(not np.array_equal(a, b) for a, b in zip(steered, plain, strict=True))
