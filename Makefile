@@ -17,7 +17,7 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 help:
 	@echo "make run      set up .venv and start the daemon on ./inbox with ./profiles"
 	@echo "make once     process what is in ./inbox now, then exit"
-	@echo "make test     set up .venv and run the test suite (offline, CPU, about 8 minutes on 2 cores)"
+	@echo "make test     set up .venv and run the test suite (offline, CPU, about 9 minutes on 2 cores)"
 	@echo "make test-slow  the long tests (a 1000-file burst and its kind), left out of make test"
 	@echo "make test-real  full-size random SD 1.5, SD 2.1-v, SDXL (file and folder), LoRA, VAE"
 	@echo "               through img2imgd once offline, and memory against plain diffusers"
