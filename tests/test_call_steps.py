@@ -92,7 +92,7 @@ def test_a_step_hooks_a_batch_with_one_prompt_row_per_image(models: ModelCache):
     images = [IMAGE.resize((64, 64)), IMAGE.rotate(90).resize((64, 64))]
     DiffusionEngine(models, steps=[step]).paint_batch(
         images, profile, width=64, height=64, seeds=[1, 2], prompt="a fox",
-        negative_prompt="", corrects=[None, None],
+        negative_prompt="",
     )  # fmt: skip
     assert step.calls == STEPS and step.batches == [4] * STEPS  # 2 images, guided
     assert step.contexts == [CallContext(images=2, per_prompt=1)]

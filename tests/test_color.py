@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from daemon.a1111.color import _luminosity, apply_color_correction, color_reference
+from daemon.a1111.color import _luminosity, apply_color_correction, color_reference, to_lab
 from tests.conftest import DATA
 
 
@@ -24,7 +24,7 @@ def test_colours_move_towards_the_reference_and_luminosity_stays() -> None:
 
     def chroma(image: Image.Image) -> np.ndarray:
         """Mean a* and b* (LAB): the colour, apart from the lightness."""
-        return color_reference(image)[..., 1:].reshape(-1, 2).mean(axis=0)
+        return to_lab(image)[..., 1:].reshape(-1, 2).mean(axis=0)
 
     before = np.abs(chroma(tinted) - chroma(photo)).sum()
     assert np.abs(chroma(corrected) - chroma(photo)).sum() < 0.2 * before
@@ -46,3 +46,16 @@ def test_flat_and_extreme_images_stay_in_range() -> None:
         reference = color_reference(Image.new("RGB", (16, 16), (20, 200, 90)))
         out = np.asarray(apply_color_correction(reference, flat))
         assert out.dtype == np.uint8 and out.shape == (16, 16, 3)
+
+
+def test_matching_against_a_prepared_reference_is_scikit_images_arithmetic() -> None:
+    """The reference's side of the histogram matching is worked out once per clip; the
+    result is exactly what scikit-image's ``match_histograms`` gives."""
+    from skimage.exposure import match_histograms as skimage_match
+
+    from daemon.a1111.color import match_histograms
+
+    cat = Image.open(DATA / "chelsea.png").convert("RGB").resize((80, 60))
+    astronaut = Image.open(DATA / "astronaut.png").convert("RGB").resize((80, 60))
+    expected = skimage_match(to_lab(astronaut), to_lab(cat), channel_axis=-1)
+    assert np.array_equal(match_histograms(to_lab(astronaut), color_reference(cat)), expected)

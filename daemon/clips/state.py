@@ -36,7 +36,7 @@ from typing import Any
 from loguru import logger
 from PIL import Image
 
-from daemon.a1111.color import Colors, color_reference
+from daemon.a1111.color import ColorReference, color_reference
 from daemon.a1111.seeds import draw_seed
 from daemon.atomic import atomic_writer, write_text
 from daemon.clips.progress import Pace
@@ -95,7 +95,7 @@ class Clip:
             self._keys_on_their_way = max(0, self._keys_on_their_way - 1)
             self._key.notify_all()
 
-    def colors(self) -> Colors | None:
+    def colors(self) -> ColorReference | None:
         """The key frame's colours, once a key frame on its way is written; None before
         there is one (the frame asking becomes the key frame)."""
         with self._key:
@@ -131,7 +131,7 @@ class ClipFrame:
 
     clip: Clip
     seed: int
-    colors: Colors | None  # the key frame's, None until it is written
+    colors: ColorReference | None  # the key frame's, None until it is written
     leads: bool  # the key frame: painted alone, its result the reference of the frames after
 
 
@@ -144,7 +144,7 @@ class ClipStore:
         self._lock = threading.Lock()
         self._saving = threading.Lock()  # one temporary name per file and process
         self._clips: dict[Path, Clip] = {}
-        self._colors: tuple[Path, int, Colors] | None = None  # one clip paints at a time
+        self._colors: tuple[Path, int, ColorReference] | None = None  # one clip paints at a time
 
     def folder(self, profile: str, sub_dir: PurePosixPath) -> Path:
         """The state folder of the clip in `sub_dir` of `profile`'s inbox."""
@@ -188,7 +188,7 @@ class ClipStore:
         with self._saving:
             write_text(folder / "state.json", text + "\n", durable=durable)
 
-    def colors(self, reference: Path) -> Colors | None:
+    def colors(self, reference: Path) -> ColorReference | None:
         """The colours of the key frame kept at `reference`, read once per clip."""
         try:
             stamp = reference.stat().st_mtime_ns

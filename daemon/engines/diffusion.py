@@ -311,7 +311,6 @@ class DiffusionEngine:
         seeds: list[int],
         prompt: str,
         negative_prompt: str,
-        corrects: list[Callable[[Image.Image], Image.Image] | None],
     ) -> list[Painting]:
         """Paint several images that share every setting but their seed in one pipeline call,
         each with its own generator: what :meth:`paint` gives each alone, to within float
@@ -327,9 +326,8 @@ class DiffusionEngine:
         painted = self._call(conditioned, settings, context, (), _generators(seeds), inputs)
         params = conditioned.applied.infotext_params()
         paintings = []
-        for image, seed, correct in zip(painted, seeds, corrects, strict=True):
-            result = correct(image) if correct else image
-            paintings.append(Painting([result], [seed], width, height, inpainted=False,
+        for image, seed in zip(painted, seeds, strict=True):
+            paintings.append(Painting([image], [seed], width, height, inpainted=False,
                                       notes=tuple(notes), params=params))  # fmt: skip
         return paintings
 

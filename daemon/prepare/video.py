@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from daemon.a1111.color import Colors
+from daemon.a1111.color import ColorReference
 from daemon.a1111.imaging import load_mask
 from daemon.a1111.seeds import frame_seed
 from daemon.atomic import write_text
@@ -124,7 +124,7 @@ def frame_request(
     index: int,
     frame: Image.Image,
     settings: Profile,
-    colors: Colors | None,
+    colors: ColorReference | None,
     rng: random.Random,
     *,
     prompt_image: Image.Image | None = None,

@@ -28,7 +28,7 @@ from daemon.queue.job_queue import JobQueue
 from daemon.queue.ledger import Ledger
 from daemon.queue.writer import Writer
 from daemon.render.executor import Dispatched, Outcome
-from daemon.render.values import RenderResult
+from daemon.render.values import RenderResult, colors_corrected
 
 Prepare = Callable[[Job], Prepared | None]
 """A job prepared, or None when it could not be (and was settled then)."""
@@ -119,6 +119,7 @@ class Deliveries:
             try:
                 if isinstance(outcome, Exception):
                     raise outcome
+                outcome = colors_corrected(outcome)
                 delivered = self.deliverer.deliver(
                     job, outcome, on_planned=partial(self.ledger.planned, job)
                 )

@@ -3,18 +3,19 @@
 A video differs from a clip folder only in how its frames are read and written
 (:mod:`.frames`): :class:`VideoFrames` decodes them in order, skipping those painted before a
 restart, and stops between two frames when the daemon stops or the processing hours end;
-:class:`FrameFiles` writes each result into the video's work folder by its index (on this
-thread, a call or two behind the painting), so a video is resumable at any frame. The frames
+:class:`FrameFiles` writes each result into the video's work folder by its index (on a
+thread of the video's own, a frame or two behind the painting), so a video is resumable at
+any frame. The frames
 are joined (the H.264 encode) on the writer's thread, while the next job paints.
 """
 
 from __future__ import annotations
 
-import contextlib
 import random
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,8 +33,10 @@ from daemon.intake.jobs import Job
 from daemon.prepare.video import VideoPlan, decoded_frames, frame_notes, frame_request, plan_video
 from daemon.queue.frames import Frame, FramePipeline
 from daemon.render.executor import Outcome
+from daemon.render.values import colors_corrected
 
 PROGRESS_SECONDS = 10.0  # a progress line at most this often (and for the first frames)
+WRITING = 2  # painted frames waiting to be written at most (each holds decoded images)
 
 Picture = tuple[int, Image.Image]  # a video frame: its number (from 1) and its pixels
 
@@ -153,9 +156,10 @@ class VideoFrames:
 
 
 class FrameFiles:
-    """A video's painted frames into its work folder, on the worker's thread: each call
-    written once `lag` more were sent after it (so that every render worker paints), and
-    at once after a key frame, whose result the next frame's request needs."""
+    """A video's painted frames into its work folder, on a thread of their own, in order, so
+    that the next frame paints while one is colour-corrected and PNG-encoded. Each call is
+    handed over once `lag` more were sent after it (so that every render worker paints),
+    and a key frame's at once and waited for: the next frame's request needs its result."""
 
     def __init__(self, plan: VideoPlan, *, lag: int) -> None:
         self.plan = plan
@@ -163,6 +167,8 @@ class FrameFiles:
         self.painted = 0
         self.notes: list[str] = list(plan.notes)
         self._calls: deque[Callable[[], None]] = deque()
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="img2imgd-frames")
+        self._writing: deque[Future[None]] = deque()
         self._said = 0.0  # when the last progress line was said
         self._index = 0  # the last frame written
 
@@ -171,24 +177,31 @@ class FrameFiles:
 
     def later(self, write: Callable[[], None], *, leads: bool) -> None:
         self._calls.append(write)
-        self._write(keep=0 if leads else self.lag)
+        self._hand_over(keep=0 if leads else self.lag)
+        # A key frame is waited for; else at most WRITING frames (decoded images) wait.
+        self._settle(keep=0 if leads else WRITING)
 
     def finish(self, *, quietly: bool = False) -> None:
         """Write every call sent; `quietly`: a failure is on its way already, keep it."""
-        if quietly:
-            while self._calls:
-                with contextlib.suppress(Exception):
-                    self._calls.popleft()()
-        self._write(keep=0)
+        try:
+            self._hand_over(keep=0)
+            self._settle(keep=0, quietly=quietly)
+        finally:
+            self._thread.shutdown(wait=True)
 
-    def _write(self, *, keep: int) -> None:
+    def _hand_over(self, *, keep: int) -> None:
         while len(self._calls) > keep:
-            write = self._calls.popleft()
-            try:
-                write()
-            except Exception:
-                self.finish(quietly=True)  # the frames sent after it are kept for the resume
-                raise
+            self._writing.append(self._thread.submit(self._calls.popleft()))
+
+    def _settle(self, *, keep: int, quietly: bool = False) -> None:
+        """Wait for all but the last `keep` writes; a failed one fails the video, once the
+        frames sent after it are written too (they are kept for the resume)."""
+        while len(self._writing) > keep:
+            failed = self._writing.popleft().exception()
+            if failed is not None and not quietly:
+                self._hand_over(keep=0)
+                self._settle(keep=0, quietly=True)
+                raise failed
 
     def write(self, frames: list[Frame[Picture]], outcomes: list[Outcome], seconds: float) -> None:
         plan, clip = self.plan, self.plan.clip
@@ -200,7 +213,7 @@ class FrameFiles:
                 clip.prompts = (outcome.prompt, outcome.negative_prompt)
             if not self.painted:  # said once, not for every frame
                 self.notes.extend([*frame_notes(plan, picture), *outcome.notes])
-            write_frame(plan.frame_path(index), outcome)
+            write_frame(plan.frame_path(index), colors_corrected(outcome))
             self.painted += 1
             self._index = index
         self._progress(clip.paced(len(frames), seconds * len(frames)))

@@ -126,7 +126,8 @@ def _paint(
     painting = engine.paint(
         Canvas(request.image, request.mask), settings, width=width, height=height,
         seed=request.seed, prompt=settings.prompt, negative_prompt=settings.negative_prompt,
-        correct=_correction(request), on_step=at_step if stop is not None else None,
+        correct=_correction(request) if request.mask is not None else None,
+        on_step=at_step if stop is not None else None,
     )  # fmt: skip
     controls: tuple[Image.Image, ...] = ()
     if units:
@@ -163,7 +164,6 @@ def render_batch(requests: Sequence[RenderRequest], models: ModelCache) -> list[
         [request.image for request in requests], settings, width=width, height=height,
         seeds=[request.seed for request in requests], prompt=settings.prompt,
         negative_prompt=settings.negative_prompt,
-        corrects=[_correction(request) for request in requests],
     )  # fmt: skip
     model = _ModelInfo.of(settings, models)
     return [
@@ -173,6 +173,8 @@ def render_batch(requests: Sequence[RenderRequest], models: ModelCache) -> list[
 
 
 def _correction(request: RenderRequest) -> Callable[[Image.Image], Image.Image] | None:
+    """An inpainting's colour correction, which comes before the original is laid back
+    over the unmasked part; any other painting's is left to deliver (:func:`_result`)."""
     if request.colors is None:
         return None
     return partial(apply_color_correction, request.colors)
@@ -216,6 +218,7 @@ def _result(
         prompt=settings.prompt,
         negative_prompt=settings.negative_prompt,
         notes=(*request.notes, *([mismatch] if mismatch else []), *painting.notes),
+        colors=request.colors if request.mask is None else None,
     )
 
 

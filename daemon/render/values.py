@@ -8,11 +8,11 @@ call can run in this process, in another one, or on another machine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from PIL import Image
 
-from daemon.a1111.color import Colors
+from daemon.a1111.color import ColorReference, apply_color_correction
 from daemon.config.profiles import Profile
 from daemon.engines.interrogators import Interrogation
 
@@ -28,7 +28,7 @@ class RenderRequest:
     mask: Image.Image | None = None  # L at the image's size; white = repaint
     size: tuple[int, int] = (0, 0)  # the processing size (A1111's "Size")
     seed: int = 0  # drawn already (never -1)
-    colors: Colors | None = None  # colour correction towards these (a clip's reference)
+    colors: ColorReference | None = None  # colour correction towards these (a clip's reference)
     # Per unit of ``settings.controlnet``, its own control image (RGB, any size); None or
     # past the end: the unit uses the input.
     controls: tuple[Image.Image | None, ...] = ()
@@ -52,3 +52,14 @@ class RenderResult:
     negative_prompt: str = ""
     interrogation: Interrogation | None = None
     notes: tuple[str, ...] = ()  # the request's notes, then the render's: for the log
+    # Colour correction still to do, towards this reference: deliver does it (on the writer's
+    # thread), so that the renderer paints the next frame meanwhile.
+    colors: ColorReference | None = None
+
+
+def colors_corrected(result: RenderResult) -> RenderResult:
+    """`result` with its colour correction done, if it has one to do."""
+    if result.colors is None:
+        return result
+    images = tuple(apply_color_correction(result.colors, image) for image in result.images)
+    return replace(result, images=images, colors=None)
