@@ -90,7 +90,10 @@ def test_control_mode_labels_and_integers(given: Any, expected: ControlMode) -> 
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
-        ({"module": "depth_midas"}, "unknown ControlNet preprocessor 'depth_midas'; known: none"),
+        (
+            {"module": "depth_anything"},
+            "unknown ControlNet preprocessor 'depth_anything'; known: none",
+        ),
         ({"guidance_start": 0.6, "guidance_end": 0.4}, "guidance_start (0.6) is after"),
         ({"model": "None"}, "an enabled unit needs a `model`"),
         ({"weight": 2.5}, "less than or equal to 2"),

@@ -49,6 +49,20 @@ MODULES: tuple[Module, ...] = (
     Module("binary", "binary", slider_1=Slider(0, 255, 0)),
     Module("threshold", "threshold", slider_1=Slider(0, 255, 127)),
     Module("blur_gaussian", "blur_gaussian", slider_1=Slider(0.01, 64.0, 9.0)),
+    # Those that need annotator weights (daemon.controlnet.annotators): name, then the
+    # label the extension shows (global_state.py's preprocessor_aliases).
+    Module("lineart", "lineart_realistic"),
+    Module("lineart_coarse", "lineart_coarse"),
+    Module("lineart_anime", "lineart_anime"),
+    Module("hed", "softedge_hed"),
+    Module("hed_safe", "softedge_hedsafe"),
+    Module("pidinet", "softedge_pidinet"),
+    Module("pidinet_safe", "softedge_pidisafe"),
+    Module("depth", "depth_midas"),
+    Module("normal_bae", "normal_bae"),
+    Module("openpose", "openpose"),
+    Module("openpose_full", "openpose_full"),
+    Module("mlsd", "mlsd", slider_1=Slider(0.01, 2.0, 0.1), slider_2=Slider(0.01, 20.0, 0.1)),
 )
 
 _BY_NAME = {module.name: module for module in MODULES}

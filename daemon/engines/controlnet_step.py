@@ -25,11 +25,14 @@ from PIL import Image
 
 from daemon.a1111.sizes import ResizeMode
 from daemon.config.profiles import Profile
+from daemon.controlnet.annotators import annotator_of
 from daemon.controlnet.images import Pixels, fit_control, pixel_perfect_resolution
 from daemon.controlnet.infotext import infotext_entries
+from daemon.controlnet.modules import module_named
 from daemon.controlnet.preprocessors import preprocess
 from daemon.controlnet.schedule import conditional_only, control_scales, is_active
 from daemon.controlnet.units import ControlNetUnit, ControlResize
+from daemon.engines.annotator_models import Annotators
 from daemon.engines.call_steps import CallContext, removed_after
 from daemon.engines.controlnet_models import ControlNets
 from daemon.errors import ConfigError
@@ -61,16 +64,26 @@ def control_map(
     input_mode: ResizeMode,
     *,
     own: bool = False,
+    annotators: Annotators | None = None,
 ) -> Pixels:
     """The unit's control image for a painting of `size` (width, height): preprocessed at
     the unit's resolution (pixel perfect: the one that maps it one to one), then fitted by
-    the unit's resize mode when `image` is the unit's `own`, else as the input is fitted."""
+    the unit's resize mode when `image` is the unit's `own`, else as the input is fitted.
+    A preprocessor with annotator weights runs on `annotators` (the warm ones)."""
     raw = np.asarray(image.convert("RGB"))
     mode = unit.resize_mode if own else _INPUT_RESIZE[input_mode]
     resolution = unit.processor_res
     if unit.pixel_perfect:
         resolution = pixel_perfect_resolution(image.size, size, mode)
-    detected = preprocess(unit.module, raw, resolution, unit.threshold_a, unit.threshold_b)
+    module = module_named(unit.module).name
+    if annotator_of(module) is not None:
+        if annotators is None:
+            raise ValueError(f"preprocessor {module} needs the annotators' cache")
+        detected = annotators.detect(
+            module, raw, int(resolution), unit.threshold_a, unit.threshold_b
+        )
+    else:
+        detected = preprocess(module, raw, resolution, unit.threshold_a, unit.threshold_b)
     return fit_control(detected, mode, size)
 
 
@@ -90,6 +103,7 @@ def ready_units(
     *,
     unet_width: int,
     controls: Sequence[Image.Image | None] = (),
+    annotators: Annotators | None = None,
 ) -> list[ReadyUnit]:
     """The profile's enabled units, each with its net (loaded once) and control image: its
     own from `controls` (by position in ``controlnet:``), else the input `image`.
@@ -108,8 +122,9 @@ def ready_units(
             )
         own = controls[position] if position < len(controls) else None
         control = control_map(
-            unit, image if own is None else own, size, settings.resize_mode, own=own is not None
-        )
+            unit, image if own is None else own, size, settings.resize_mode,
+            own=own is not None, annotators=annotators,
+        )  # fmt: skip
         ready.append(ReadyUnit(unit, loaded.net, control, loaded.label))
     return ready
 

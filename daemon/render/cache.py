@@ -22,6 +22,7 @@ from loguru import logger
 from daemon.a1111.samplers import SamplerChoice, build_scheduler
 from daemon.config.settings import Settings
 from daemon.engines.adapters import AdapterManager, AdapterState
+from daemon.engines.annotator_models import Annotators
 from daemon.engines.controlnet_models import ControlNets
 from daemon.engines.interrogators import Interrogators
 from daemon.engines.prompt_cache import PromptCache
@@ -105,6 +106,7 @@ class ModelCache:
             on_load=on_load,
         )
         self.controlnets = ControlNets(self.search, device=lambda: self.device, on_load=on_load)
+        self.annotators = Annotators(models_dir, device=lambda: self.device[0], on_load=on_load)
 
     @classmethod
     def from_settings(
@@ -285,6 +287,7 @@ class ModelCache:
         names = [self._loaded.pop(ref).source.name for ref in idle]
         names += self.interrogators.unload_idle(max_idle, now=now)
         names += self.controlnets.unload_idle(max_idle, now=now)
+        names += self.annotators.unload_idle(max_idle, now=now)
         if names:
             _free_device_memory()
         return names
@@ -293,11 +296,15 @@ class ModelCache:
         self._loaded.clear()
         self.interrogators.unload_all()
         self.controlnets.unload_all()
+        self.annotators.unload_all()
         _free_device_memory()
 
     @property
     def loaded(self) -> list[str]:
-        return list(self._loaded) + self.interrogators.loaded + self.controlnets.loaded
+        return [
+            *self._loaded, *self.interrogators.loaded, *self.controlnets.loaded,
+            *self.annotators.loaded,
+        ]  # fmt: skip
 
 
 def vae_name(ref: str, path: Path) -> str:

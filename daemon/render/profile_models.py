@@ -17,6 +17,8 @@ from pathlib import Path
 from daemon.a1111.prompts import extract_extra_networks
 from daemon.config.profiles import Profile
 from daemon.config.settings import Settings
+from daemon.controlnet.annotators import annotator_of, check_annotator
+from daemon.controlnet.modules import module_named
 from daemon.engines.labels import load_label_lists
 from daemon.models.checkpoints import detect_architecture
 from daemon.models.hub_cache import HubRole
@@ -70,6 +72,7 @@ def named_models(profile: Profile, settings: Settings) -> list[NamedModel]:
             named.append(NamedModel("vae", "vae", vae, vae_file, "model"))
         named += [_lora(name, search, settings) for name in _profile_loras(profile)]
         named += [_controlnet(unit.model, search) for unit in profile.enabled_units]
+        named += _annotators(profile, settings)
     if "clip" in kinds:
         clip = profile.interrogation_model("clip")
         labels_dir = Path(profile.labels_dir).expanduser() if profile.labels_dir else None
@@ -123,3 +126,23 @@ def _controlnet(ref: str, search: Search) -> NamedModel:
         return resolve_controlnet(ref, search, build=False)
 
     return NamedModel("controlnet", "ControlNet", ref, folder)
+
+
+def _annotators(profile: Profile, settings: Settings) -> list[NamedModel]:
+    """The annotator files the enabled units' preprocessors need, each file set once (hed
+    and hed_safe share one), named by the first module that needs it."""
+    needing: dict[object, str] = {}
+    for unit in profile.enabled_units:
+        module = module_named(unit.module).name
+        annotator = annotator_of(module)
+        if annotator is not None:
+            needing.setdefault(annotator, module)
+    models_dir = settings.models_dir
+
+    def entry(module: str) -> NamedModel:
+        def folder() -> Path:
+            return check_annotator(module, models_dir)
+
+        return NamedModel("controlnet", "annotator", module, folder)
+
+    return [entry(module) for module in needing.values()]

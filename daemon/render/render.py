@@ -121,6 +121,7 @@ def _paint(
         units = ready_units(
             settings, request.image, request.size, models.controlnets,
             unet_width=unet.config.cross_attention_dim, controls=request.controls,
+            annotators=models.annotators,
         )  # fmt: skip
     engine = DiffusionEngine(models, steps=[ControlNetStep(units)] if units else [])
     painting = engine.paint(
