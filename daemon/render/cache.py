@@ -276,7 +276,7 @@ class ModelCache:
 
     def unload(self, ref: str, *, vae: str | None = None) -> None:
         if self._loaded.pop(_key(ref, vae), None) is not None:
-            _free_device_memory()
+            release_memory()
 
     def unload_idle(self, max_idle: float, *, now: float | None = None) -> list[str]:
         """Drop models unused for ``max_idle`` seconds; returns their names.
@@ -289,7 +289,7 @@ class ModelCache:
         names += self.controlnets.unload_idle(max_idle, now=now)
         names += self.annotators.unload_idle(max_idle, now=now)
         if names:
-            _free_device_memory()
+            release_memory()
         return names
 
     def unload_all(self) -> None:
@@ -297,7 +297,7 @@ class ModelCache:
         self.interrogators.unload_all()
         self.controlnets.unload_all()
         self.annotators.unload_all()
-        _free_device_memory()
+        release_memory()
 
     @property
     def loaded(self) -> list[str]:
@@ -368,7 +368,3 @@ def _has_safety_checker(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     return bool(index.get("safety_checker") and index["safety_checker"][0])
-
-
-def _free_device_memory() -> None:
-    release_memory()  # the GPU's cache and glibc's heap too: unloading must give memory back
