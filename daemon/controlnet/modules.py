@@ -26,6 +26,7 @@ class Slider:
 
 HIDDEN = Slider(0.0, 1.0, 0.5)
 RESOLUTION = Slider(64, 2048, 512)
+FIDELITY = Slider(0.0, 1.0, 0.5)  # a reference's "Style Fidelity (only for Balanced mode)"
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,9 @@ class Module:
     resolution: Slider = RESOLUTION
     slider_1: Slider = HIDDEN  # threshold_a
     slider_2: Slider = HIDDEN  # threshold_b
+    # False: the unit acts by itself, with no ControlNet `model` (the extension's
+    # ``model_free``; reference_only). Not about annotator weights (controlnet.annotators).
+    uses_controlnet: bool = True
 
 
 MODULES: tuple[Module, ...] = (
@@ -63,6 +67,8 @@ MODULES: tuple[Module, ...] = (
     Module("openpose", "openpose"),
     Module("openpose_full", "openpose_full"),
     Module("mlsd", "mlsd", slider_1=Slider(0.01, 2.0, 0.1), slider_2=Slider(0.01, 20.0, 0.1)),
+    # The reference image itself steers self-attention; threshold_a is its Style Fidelity.
+    Module("reference_only", "reference_only", HIDDEN, FIDELITY, uses_controlnet=False),
 )
 
 _BY_NAME = {module.name: module for module in MODULES}

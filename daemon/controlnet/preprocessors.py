@@ -154,6 +154,7 @@ def blur_gaussian(image: Pixels, res: float, sigma: float, _b: float) -> Pixels:
 
 PREPROCESSORS: dict[str, Preprocess] = {
     "none": none,
+    "reference_only": none,  # the reference as it is: encoded by the VAE, not detected
     "invert": invert,
     "canny": canny,
     "tile_resample": tile_resample,

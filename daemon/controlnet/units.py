@@ -102,6 +102,7 @@ class ControlNetUnit(BaseModel):
     enabled: bool = False
     module: str = "none"  # the preprocessor: its name or its label
     model: str = NO_MODEL  # a ControlNet: builtin:tiny-controlnet, or a diffusers folder
+    # (none for reference_only, which needs no ControlNet)
     weight: float = Field(1.0, ge=0.0, le=2.0)
     resize_mode: Annotated[ControlResize, BeforeValidator(parse_control_resize)] = (
         ControlResize.INNER_FIT
@@ -128,9 +129,17 @@ class ControlNetUnit(BaseModel):
         start, end = self.guidance_start, self.guidance_end
         if start > end:
             raise ValueError(f"guidance_start ({start}) is after guidance_end ({end})")
-        if self.enabled and self.model.strip() in ("", NO_MODEL):
+        no_model = self.model.strip() in ("", NO_MODEL)
+        if self.enabled and no_model and self.needs_model:
             raise ValueError("an enabled unit needs a `model` (e.g. builtin:tiny-controlnet)")
+        if not (no_model or self.needs_model):
+            raise ValueError(f"{self.module} uses no ControlNet: remove the unit's `model`")
         return self
+
+    @property
+    def needs_model(self) -> bool:
+        """Whether the unit acts through a ControlNet (not a model-free ``reference_only``)."""
+        return module_named(self.module).uses_controlnet
 
     @field_validator("processor_res", "threshold_a", "threshold_b")
     @classmethod

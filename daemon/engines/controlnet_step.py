@@ -31,7 +31,7 @@ from daemon.controlnet.infotext import infotext_entries
 from daemon.controlnet.modules import module_named
 from daemon.controlnet.preprocessors import preprocess
 from daemon.controlnet.schedule import conditional_only, control_scales, is_active
-from daemon.controlnet.units import ControlNetUnit, ControlResize
+from daemon.controlnet.units import NO_MODEL, ControlNetUnit, ControlResize
 from daemon.engines.annotator_models import Annotators
 from daemon.engines.call_steps import CallContext, removed_after
 from daemon.engines.controlnet_models import ControlNets
@@ -52,7 +52,7 @@ class ReadyUnit:
     """An enabled unit with its net and its control image, fitted to the painting."""
 
     unit: ControlNetUnit
-    net: Any  # diffusers' ControlNetModel
+    net: Any  # diffusers' ControlNetModel; None for reference_only (no ControlNet)
     control: Pixels  # uint8 (height, width, 3): what ``save_control`` shows
     label: str  # the model as the infotext names it
 
@@ -105,13 +105,22 @@ def ready_units(
     controls: Sequence[Image.Image | None] = (),
     annotators: Annotators | None = None,
 ) -> list[ReadyUnit]:
-    """The profile's enabled units, each with its net (loaded once) and control image: its
-    own from `controls` (by position in ``controlnet:``), else the input `image`.
+    """The profile's enabled units, each with its net (loaded once; none for a unit that
+    needs none) and control image: its own from `controls` (by position in ``controlnet:``), else
+    the input `image`.
     A net made for another architecture than the model's (`unet_width`: its UNet's
     cross-attention width) is a configuration error that names both."""
     ready = []
     for position, unit in enumerate(settings.controlnet):
         if not unit.enabled:
+            continue
+        own = controls[position] if position < len(controls) else None
+        control = control_map(
+            unit, image if own is None else own, size, settings.resize_mode,
+            own=own is not None, annotators=annotators,
+        )  # fmt: skip
+        if not unit.needs_model:  # reference_only: no net (daemon.engines.reference_step)
+            ready.append(ReadyUnit(unit, None, control, NO_MODEL))
             continue
         loaded = nets.get(unit.model)
         width = loaded.net.config.cross_attention_dim
@@ -120,11 +129,6 @@ def ready_units(
                 f"ControlNet {unit.model} is for {architecture(width)}, but model "
                 f"{settings.model} is {architecture(unet_width)}: use a ControlNet made for it"
             )
-        own = controls[position] if position < len(controls) else None
-        control = control_map(
-            unit, image if own is None else own, size, settings.resize_mode,
-            own=own is not None, annotators=annotators,
-        )  # fmt: skip
         ready.append(ReadyUnit(unit, loaded.net, control, loaded.label))
     return ready
 
@@ -138,7 +142,9 @@ class ControlNetStep:
     """The units' residuals added to every UNet call of a pipeline call on which they act."""
 
     def __init__(self, units: Sequence[ReadyUnit]) -> None:
-        self.units = tuple(ready for ready in units if ready.unit.weight > 0)
+        self.units = tuple(
+            ready for ready in units if ready.unit.weight > 0 and ready.net is not None
+        )
 
     def prepare(self, call: dict[str, Any], context: CallContext) -> dict[str, Any]:
         return call

@@ -71,7 +71,9 @@ def named_models(profile: Profile, settings: Settings) -> list[NamedModel]:
 
             named.append(NamedModel("vae", "vae", vae, vae_file, "model"))
         named += [_lora(name, search, settings) for name in _profile_loras(profile)]
-        named += [_controlnet(unit.model, search) for unit in profile.enabled_units]
+        named += [
+            _controlnet(unit.model, search) for unit in profile.enabled_units if unit.needs_model
+        ]
         named += _annotators(profile, settings)
     if "clip" in kinds:
         clip = profile.interrogation_model("clip")

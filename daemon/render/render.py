@@ -25,8 +25,10 @@ from PIL import Image
 from daemon.a1111.color import apply_color_correction
 from daemon.a1111.pnginfo import model_note
 from daemon.config.profiles import Profile
+from daemon.engines.call_steps import CallStep
 from daemon.engines.controlnet_step import ControlNetStep, infotext_params, ready_units
 from daemon.engines.diffusion import Canvas, DiffusionEngine, Painting, batchable
+from daemon.engines.reference_step import ReferenceStep
 from daemon.errors import Superseded, TransientError, is_out_of_memory
 from daemon.render.cache import ModelCache
 from daemon.render.parameters import infotext
@@ -123,7 +125,8 @@ def _paint(
             unet_width=unet.config.cross_attention_dim, controls=request.controls,
             annotators=models.annotators,
         )  # fmt: skip
-    engine = DiffusionEngine(models, steps=[ControlNetStep(units)] if units else [])
+    steps: list[CallStep] = [ControlNetStep(units), ReferenceStep(units)] if units else []
+    engine = DiffusionEngine(models, steps=steps)
     painting = engine.paint(
         Canvas(request.image, request.mask), settings, width=width, height=height,
         seed=request.seed, prompt=settings.prompt, negative_prompt=settings.negative_prompt,
