@@ -7,6 +7,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from daemon.cli import check_problems
 from daemon.controlnet.modules import module_named
 from daemon.controlnet.reference import attention_weights, style_fidelity, writes_to
 from daemon.controlnet.units import ControlMode, ControlNetUnit
@@ -17,6 +18,7 @@ from daemon.engines.attention_bank import (
     self_attention_blocks,
 )
 from daemon.render.cache import ModelCache
+from tests.conftest import Workspace
 
 BALANCED, PROMPT, CONTROL = ControlMode.BALANCED, ControlMode.PROMPT, ControlMode.CONTROL
 
@@ -107,3 +109,9 @@ def test_every_self_attention_is_banked_and_given_back(models: ModelCache):
         assert len(bank.processors) == len(blocks)
         assert all(block.attn1.processor in bank.processors for block in blocks)
     assert unet.attn_processors == before
+
+
+def test_check_finds_nothing_to_load_for_a_reference_unit(tmp_path, state_dir):
+    workspace = Workspace(tmp_path, state_dir).create()
+    workspace.profile("p", controlnet=[{"enabled": True, "module": "reference_only"}])
+    assert check_problems(workspace.settings()) == []
