@@ -138,7 +138,7 @@ class ControlNetUnit(BaseModel):
 
     @property
     def needs_model(self) -> bool:
-        """Whether the unit acts through a ControlNet (not a model-free ``reference_only``)."""
+        """Whether the unit acts through a ControlNet (``reference_only`` does not)."""
         return module_named(self.module).uses_controlnet
 
     @field_validator("processor_res", "threshold_a", "threshold_b")
