@@ -30,6 +30,7 @@ from typing import Any
 
 from PIL import Image
 
+from daemon.controlnet.modules import module_named
 from daemon.controlnet.reference import is_reference, style_fidelity
 from daemon.controlnet.schedule import is_active
 from daemon.engines.attention_bank import AttentionBank, banked
@@ -52,7 +53,9 @@ class ReferenceStep:
 
     def __init__(self, units: Sequence[ReadyUnit]) -> None:
         self.units = tuple(
-            ready for ready in units if is_reference(ready.unit.module) and ready.unit.weight > 0
+            ready
+            for ready in units
+            if is_reference(module_named(ready.unit.module).name) and ready.unit.weight > 0
         )
         self.seeds: list[int] = []
         self.latents: dict[int, Any] = {}  # unit position → its reference's latent (1, c, h, w)
