@@ -170,7 +170,7 @@ class ControlNetStep:
         ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
             nonlocal calls
             call, calls = calls, calls + 1
-            total = _model_calls(pipe.scheduler)
+            total = model_calls(pipe.scheduler)
             active = [
                 (ready, control)
                 for ready, control in zip(self.units, controls, strict=True)
@@ -224,6 +224,6 @@ class ControlNetStep:
             yield
 
 
-def _model_calls(scheduler: Any) -> int:
+def model_calls(scheduler: Any) -> int:
     """UNet calls in this pipeline call: the schedule less the steps img2img skips."""
     return len(scheduler.timesteps) - (getattr(scheduler, "begin_index", None) or 0)

@@ -35,7 +35,7 @@ from daemon.controlnet.reference import is_reference, style_fidelity
 from daemon.controlnet.schedule import is_active
 from daemon.engines.attention_bank import AttentionBank, banked
 from daemon.engines.call_steps import CallContext, removed_after
-from daemon.engines.controlnet_step import ReadyUnit
+from daemon.engines.controlnet_step import ReadyUnit, model_calls
 
 _PASSED_ON = (
     "encoder_hidden_states",
@@ -86,7 +86,7 @@ class ReferenceStep:
         def write_references(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             nonlocal calls, bank
             call, calls = calls, calls + 1
-            total = len(scheduler.timesteps) - (getattr(scheduler, "begin_index", None) or 0)
+            total = model_calls(scheduler)
             active = [
                 (position, ready.unit)
                 for position, ready in enumerate(self.units)
