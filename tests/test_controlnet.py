@@ -192,7 +192,7 @@ def test_a_controlnet_is_not_a_checkpoint_and_a_checkpoint_not_a_controlnet(tmp_
         resolve_model("builtin:tiny-controlnet", search)
     with pytest.raises(ConfigError, match="the built-in model for this is builtin:tiny-controlnet"):
         resolve_controlnet("builtin:tiny-sd", search)
-    with pytest.raises(ConfigError, match="no diffusers ControlNet folder"):
+    with pytest.raises(ConfigError, match="no ControlNet file or diffusers ControlNet folder"):
         resolve_controlnet(str(tmp_path), search)
 
 
@@ -236,9 +236,8 @@ def test_check_names_a_controlnet_that_is_not_there(tmp_path, state_dir):
     settings = workspace.settings()
     [problem] = check_problems(settings)
     assert problem == (
-        f"{shown(workspace.profiles / 'p.yaml')}: ControlNet '{missing}': no diffusers "
-        f"ControlNet folder (config.json) at {missing}; for now a unit's model is "
-        "builtin:tiny-controlnet or such a folder"
+        f"{shown(workspace.profiles / 'p.yaml')}: ControlNet '{missing}': no ControlNet file "
+        f"or diffusers ControlNet folder (config.json) at {missing}"
     )
 
 

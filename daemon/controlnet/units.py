@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from daemon.controlnet.modules import module_named
+from daemon.controlnet.union import UnionControlType, parse_union_control_type
 
 _E = TypeVar("_E", bound=Enum)
 
@@ -117,6 +118,11 @@ class ControlNetUnit(BaseModel):
     # img2imgd's own: the unit paints only with its own control image (<stem>.control.png,
     # control/<frame>), so an input waits up to pairing_window for it and fails without one.
     own_image: bool = False
+    # A ControlNet Union's kind of control image; Unknown: the one the module says
+    # (daemon.controlnet.union). Not in the infotext, as in the extension.
+    union_control_type: Annotated[UnionControlType, BeforeValidator(parse_union_control_type)] = (
+        UnionControlType.UNKNOWN
+    )
 
     @field_validator("module")
     @classmethod

@@ -35,6 +35,7 @@ from daemon.controlnet.units import NO_MODEL, ControlNetUnit, ControlResize
 from daemon.engines.annotator_models import Annotators
 from daemon.engines.call_steps import CallContext, removed_after
 from daemon.engines.controlnet_models import ControlNets
+from daemon.engines.controlnet_union import UnionInput, union_input
 from daemon.errors import ConfigError
 
 _INPUT_RESIZE = {
@@ -52,9 +53,10 @@ class ReadyUnit:
     """An enabled unit with its net and its control image, fitted to the painting."""
 
     unit: ControlNetUnit
-    net: Any  # diffusers' ControlNetModel; None for reference_only (no ControlNet)
+    net: Any  # diffusers' ControlNetModel or ControlNetUnionModel; None for reference_only
     control: Pixels  # uint8 (height, width, 3): what ``save_control`` shows
     label: str  # the model as the infotext names it
+    union: UnionInput | None = None  # a union net's control type
 
 
 def control_map(
@@ -122,14 +124,15 @@ def ready_units(
         if not unit.needs_model:  # reference_only: no net (daemon.engines.reference_step)
             ready.append(ReadyUnit(unit, None, control, NO_MODEL))
             continue
-        loaded = nets.get(unit.model)
-        width = loaded.net.config.cross_attention_dim
+        width = nets.width(unit.model)  # before loading: a wrong net's weights stay unread
         if width != unet_width:
             raise ConfigError(
                 f"ControlNet {unit.model} is for {architecture(width)}, but model "
                 f"{settings.model} is {architecture(unet_width)}: use a ControlNet made for it"
             )
-        ready.append(ReadyUnit(unit, loaded.net, control, loaded.label))
+        loaded = nets.get(unit.model)
+        union = union_input(unit, loaded.control_types)
+        ready.append(ReadyUnit(unit, loaded.net, control, loaded.label, union))
     return ready
 
 
@@ -188,13 +191,14 @@ class ControlNetStep:
             summed: list[Any] | None = None
             for ready, control in active:
                 net = ready.net
+                cond = control.expand(rows, -1, -1, -1)
                 down, mid = net(
                     sample[:, : net.config.in_channels],
                     timestep,
                     encoder_hidden_states=kwargs["encoder_hidden_states"],
-                    controlnet_cond=control.expand(rows, -1, -1, -1),
                     added_cond_kwargs=kwargs.get("added_cond_kwargs"),
                     return_dict=False,
+                    **(ready.union.call(cond) if ready.union else {"controlnet_cond": cond}),
                 )
                 residuals = [*down, mid]
                 scales = control_scales(ready.unit.control_mode, ready.unit.weight, len(residuals))

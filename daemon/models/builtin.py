@@ -22,7 +22,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from daemon.atomic import build_folder
-from daemon.models.tiny_controlnet import build_tiny_controlnet, build_tiny_controlnet_sdxl
+from daemon.models.tiny_controlnet import (
+    build_tiny_controlnet,
+    build_tiny_controlnet_sdxl,
+    build_tiny_controlnet_union,
+)
 from daemon.models.tiny_interrogator import build_tiny_interrogator
 from daemon.models.tiny_sd import build_tiny_sd, build_tiny_sdxl
 from daemon.models.tiny_tagger import build_tiny_tagger
@@ -37,12 +41,15 @@ BUILTIN_MODELS: dict[str, str] = {
     "tiny-tagger": "tiny random WD14-style ONNX tagger with a short tag list (tags are noise)",
     "tiny-controlnet": "tiny random ControlNet for tiny-sd (a control image moves the noise)",
     "tiny-controlnet-sdxl": "tiny random ControlNet for tiny-sdxl",
+    "tiny-controlnet-union": "tiny random ControlNet Union (ProMax's 8 types) for tiny-sdxl",
 }
 
 INTERROGATION_BUILTINS = frozenset({"tiny-interrogator", "tiny-tagger"})
 """Built-ins that are interrogation models, not diffusion pipelines."""
 
-CONTROLNET_BUILTINS = frozenset({"tiny-controlnet", "tiny-controlnet-sdxl"})
+CONTROLNET_BUILTINS = frozenset(
+    {"tiny-controlnet", "tiny-controlnet-sdxl", "tiny-controlnet-union"}
+)
 """Built-ins that are ControlNets (a ``controlnet:`` unit's model), not pipelines."""
 
 BUILD_VERSION = 1
@@ -117,4 +124,5 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-tagger": build_tiny_tagger,
     "tiny-controlnet": build_tiny_controlnet,
     "tiny-controlnet-sdxl": build_tiny_controlnet_sdxl,
+    "tiny-controlnet-union": build_tiny_controlnet_union,
 }

@@ -36,6 +36,8 @@ def _randomised_zero_convs(net: Any) -> Any:
 
     zero_convs = [*net.controlnet_down_blocks, net.controlnet_mid_block]
     zero_convs.append(net.controlnet_cond_embedding.conv_out)
+    if hasattr(net, "spatial_ch_projs"):  # a union net's control-type projection
+        zero_convs.append(net.spatial_ch_projs)
     with torch.no_grad():
         for conv in zero_convs:
             conv.weight.normal_(0.0, _ZERO_CONV_STD)
@@ -43,13 +45,15 @@ def _randomised_zero_convs(net: Any) -> Any:
     return net
 
 
-def _build(folder: Path, **architecture: Any) -> None:
+def _build(folder: Path, *, union: bool = False, **architecture: Any) -> None:
     import torch
     from diffusers.models.controlnets.controlnet import ControlNetModel
+    from diffusers.models.controlnets.controlnet_union import ControlNetUnionModel
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_SEED)
-        net = _randomised_zero_convs(ControlNetModel(**_LAYOUT, **architecture))
+        net = (ControlNetUnionModel if union else ControlNetModel)(**_LAYOUT, **architecture)
+        net = _randomised_zero_convs(net)
     net.save_pretrained(folder, safe_serialization=True)
 
 
@@ -58,17 +62,35 @@ def build_tiny_controlnet(folder: Path) -> None:
     _build(folder, cross_attention_dim=32, attention_head_dim=8)
 
 
+def _sdxl_architecture() -> dict[str, Any]:
+    time_embed_dim, pooled_dim = 8, 16  # tiny_sd's _SDXL_TIME_EMBED_DIM, _SDXL_POOLED_DIM
+    return {
+        "cross_attention_dim": 32 + 64,
+        "transformer_layers_per_block": (1, 2),
+        "attention_head_dim": (4, 8),
+        "use_linear_projection": True,
+        "addition_embed_type": "text_time",
+        "addition_time_embed_dim": time_embed_dim,
+        "projection_class_embeddings_input_dim": 6 * time_embed_dim + pooled_dim,
+    }
+
+
 def build_tiny_controlnet_sdxl(folder: Path) -> None:
     """The SDXL variant: cross-attention 96 wide, pooled text and size conditioning, as
     ``tiny-sdxl``."""
-    time_embed_dim, pooled_dim = 8, 16  # tiny_sd's _SDXL_TIME_EMBED_DIM, _SDXL_POOLED_DIM
+    _build(folder, **_sdxl_architecture())
+
+
+def build_tiny_controlnet_union(folder: Path) -> None:
+    """A ControlNet Union for ``tiny-sdxl``, with ProMax's eight control types; its
+    control-type transformer as wide as the first block."""
+    width = _LAYOUT["block_out_channels"][0]
     _build(
         folder,
-        cross_attention_dim=32 + 64,
-        transformer_layers_per_block=(1, 2),
-        attention_head_dim=(4, 8),
-        use_linear_projection=True,
-        addition_embed_type="text_time",
-        addition_time_embed_dim=time_embed_dim,
-        projection_class_embeddings_input_dim=6 * time_embed_dim + pooled_dim,
+        union=True,
+        **_sdxl_architecture(),
+        num_control_type=8,
+        num_trans_channel=width,
+        num_trans_head=4,
+        num_proj_channel=width,
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,6 +83,7 @@ class ModelCache:
         compile_unet: bool = False,
         download_models: bool = False,
         on_load: Callable[[str, float], None] = lambda name, seconds: None,
+        controlnet_configs: Mapping[str, Path] | None = None,
     ) -> None:
         self.compile_unet = compile_unet
         self.search = Search(
@@ -107,6 +108,8 @@ class ModelCache:
         )
         self.controlnets = ControlNets(self.search, device=lambda: self.device, on_load=on_load)
         self.annotators = Annotators(models_dir, device=lambda: self.device[0], on_load=on_load)
+        if controlnet_configs is not None:  # single files' configs other than the shipped
+            self.controlnets.configs = controlnet_configs
 
     @classmethod
     def from_settings(

@@ -21,6 +21,7 @@ from daemon.controlnet.annotators import annotator_of, check_annotator
 from daemon.controlnet.modules import module_named
 from daemon.engines.labels import load_label_lists
 from daemon.models.checkpoints import detect_architecture
+from daemon.models.controlnet_layout import controlnet_layout
 from daemon.models.hub_cache import HubRole
 from daemon.models.resolve import (
     ModelNotFound,
@@ -125,7 +126,10 @@ def _lora(name: str, search: Search, settings: Settings) -> NamedModel:
 
 def _controlnet(ref: str, search: Search) -> NamedModel:
     def folder() -> Path:
-        return resolve_controlnet(ref, search, build=False)
+        found = resolve_controlnet(ref, search, build=False)
+        if found.is_file():
+            controlnet_layout(found)  # reads the key layout only: is it a ControlNet?
+        return found
 
     return NamedModel("controlnet", "ControlNet", ref, folder)
 

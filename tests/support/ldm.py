@@ -171,3 +171,43 @@ def write_ldm_checkpoint(pipe: Any, path: Path, *, open_clip: bool = False) -> P
     # Real files also carry the training noise schedule; loaders must ignore it.
     state["alphas_cumprod"] = torch.linspace(1, 0, 1000)
     return save_streaming(state, path)
+
+
+def controlnet_to_ldm(net: Any) -> Tensors:
+    """A diffusers ControlNet's weights under lllyasviel's names (``control_model.`` added by
+    the caller where a file has it): the inverse of diffusers' ``convert_controlnet_checkpoint``
+    (the encoder as the UNet's, a zero convolution per residual, the hint block's convs at
+    even indices from 0 to 14), and the SDXL size embedding under ``label_emb``."""
+    config = net.config
+    per = config.layers_per_block + 1
+    prefixes: dict[str, str] = {
+        "time_embedding.linear_1.": "time_embed.0.",
+        "time_embedding.linear_2.": "time_embed.2.",
+        "add_embedding.linear_1.": "label_emb.0.0.",
+        "add_embedding.linear_2.": "label_emb.0.2.",
+        "conv_in.": "input_blocks.0.0.",
+        "mid_block.resnets.0.": "middle_block.0.",
+        "mid_block.attentions.0.": "middle_block.1.",
+        "mid_block.resnets.1.": "middle_block.2.",
+        "controlnet_mid_block.": "middle_block_out.0.",
+        "controlnet_cond_embedding.conv_in.": "input_hint_block.0.",
+        "controlnet_cond_embedding.conv_out.": "input_hint_block.14.",
+    }
+    for j in range(2 * (len(config.conditioning_embedding_out_channels) - 1)):
+        prefixes[f"controlnet_cond_embedding.blocks.{j}."] = f"input_hint_block.{2 * (j + 1)}."
+    for i in range(len(config.down_block_types)):
+        for j in range(config.layers_per_block):
+            prefixes[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{1 + i * per + j}.0."
+            prefixes[f"down_blocks.{i}.attentions.{j}."] = f"input_blocks.{1 + i * per + j}.1."
+        prefixes[f"down_blocks.{i}.downsamplers.0.conv."] = f"input_blocks.{(i + 1) * per}.0.op."
+    for i in range(len(net.controlnet_down_blocks)):
+        prefixes[f"controlnet_down_blocks.{i}."] = f"zero_convs.{i}.0."
+    out: Tensors = {}
+    for key, value in net.state_dict().items():
+        prefix = max((p for p in prefixes if key.startswith(p)), key=len)
+        rest = key[len(prefix) :]
+        if ".resnets." in prefix:
+            for hf, sd in _RESNET:
+                rest = re.sub(rf"^{hf}\.", f"{sd}.", rest)
+        out[prefixes[prefix] + rest] = value
+    return out

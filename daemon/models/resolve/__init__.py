@@ -33,6 +33,7 @@ only add what is special to four kinds: built-ins, the ``<blip> + <clip>`` pair,
 from __future__ import annotations
 
 import contextlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -67,8 +68,8 @@ from daemon.models.resolve.search import (
 __all__ = [
     "ALLOW_PICKLE_SETTING", "KINDS", "WEIGHT_SUFFIXES", "Kind", "ModelNotFound", "ModelSource",
     "PickleRefused", "Search", "candidates", "check_pickle", "files_by_stem", "find",
-    "kind_folders", "looks_like_repo_id", "resolve_clip", "resolve_model", "resolve_tagger",
-    "resolve_vae", "walk_weight_files",
+    "kind_folders", "looks_like_repo_id", "resolve_clip", "resolve_controlnet", "resolve_model",
+    "resolve_tagger", "resolve_vae", "walk_weight_files", "without_hash",
 ]  # fmt: skip
 
 SourceKind = Literal["folder", "single_file", "hub"]
@@ -125,20 +126,45 @@ def resolve_model(ref: str, search: Search, *, build: bool = True) -> ModelSourc
 
 
 def resolve_controlnet(ref: str, search: Search, *, build: bool = True) -> Path:
-    """A ControlNet: a built-in, or a diffusers folder (``config.json`` and its weights).
-    Single files and names looked up in the model folders come with issue 24's next part."""
+    """A ControlNet: a built-in, a diffusers folder (``config.json`` and its weights) or a
+    single file (``.safetensors``; ``.pth`` and other pickles only with ``allow_pickle``).
+
+    A path (absolute, or relative to the working folder) names one; so does a folder's name
+    in one of the ControlNet folders (``models_dir/ControlNet``, ComfyUI's
+    ``models_dir/controlnet``, and the extension's ``extensions/sd-webui-controlnet/models``
+    beside an A1111 ``models`` folder); any other name is a file's stem, looked up through
+    those folders and their sub-folders, as the extension does. A trailing `` [hash]``, as
+    infotexts write the model (``control_v11p_sd15_canny [d14c016b]``), is not part of the
+    name."""
     ref = ref.strip()
     if is_builtin(ref):
         return _builtin(ref, search, CONTROLNET_BUILTINS, build=build)
-    folder = Path(ref).expanduser()
-    if not folder.is_absolute() and search.models_dir is not None:
-        folder = search.models_dir / "ControlNet" / folder
-    if not (folder / "config.json").is_file():
-        raise ConfigError(
-            f"ControlNet '{ref}': no diffusers ControlNet folder (config.json) at {folder}; "
-            "for now a unit's model is builtin:tiny-controlnet or such a folder"
+    name = without_hash(ref)
+    given = Path(name).expanduser()
+    places = [given] if given.is_absolute() else [Path.cwd() / given]
+    if not given.is_absolute():
+        places += [folder / given for folder in kind_folders("controlnet", search.models_dir)]
+    for place in places:
+        if (place / "config.json").is_file() or place.is_file():
+            check_pickle("controlnet", ref, place, allowed=search.allow_pickle)
+            return place.resolve()
+    if given.is_dir() or given.is_absolute():
+        raise ModelNotFound(
+            f"ControlNet '{ref}': no ControlNet file or diffusers ControlNet folder "
+            f"(config.json) at {given}",
+            what="ControlNet",
+            ref=ref,
+            by_name=False,
         )
-    return folder.resolve()
+    return find("controlnet", name, search)
+
+
+_HASH = re.compile(r"\s+\[[0-9a-fA-F]{8,12}\]$")
+
+
+def without_hash(ref: str) -> str:
+    """``control_v11p_sd15_canny [d14c016b]`` → ``control_v11p_sd15_canny``."""
+    return _HASH.sub("", ref.strip())
 
 
 def resolve_vae(ref: str, search: Search, *, build: bool = True) -> Path:

@@ -102,6 +102,13 @@ KINDS: dict[str, Kind] = {
         hub="model",
         accepts=_model_folder,
     ),
+    "controlnet": Kind(
+        "ControlNet",
+        "a ControlNet file (a diffusers folder is found by its path or folder name)",
+        # A1111's folder, ComfyUI's, and the extension's own (beside an A1111 `models`).
+        ("ControlNet", "controlnet", f"{BESIDE}extensions/sd-webui-controlnet/models"),
+        recursive=True,
+    ),
     "tagger": Kind(
         "tagger",
         "a WD14 folder (model.onnx + selected_tags.csv) or A1111's DeepDanbooru .pt file (or "
