@@ -30,6 +30,19 @@ _RESNET = [
 ]
 
 
+_ENCODER = {
+    "time_embedding.linear_1.": "time_embed.0.",
+    "time_embedding.linear_2.": "time_embed.2.",
+    "add_embedding.linear_1.": "label_emb.0.0.",
+    "add_embedding.linear_2.": "label_emb.0.2.",
+    "conv_in.": "input_blocks.0.0.",
+    "mid_block.resnets.0.": "middle_block.0.",
+    "mid_block.attentions.0.": "middle_block.1.",
+    "mid_block.resnets.1.": "middle_block.2.",
+}
+"""What a UNet and a ControlNet name alike, besides the down blocks (:func:`_down_block`)."""
+
+
 def unet_to_ldm(unet: Any) -> Tensors:
     """UNet weights under their LDM names (``model.diffusion_model.`` added by the caller).
 
@@ -40,23 +53,9 @@ def unet_to_ldm(unet: Any) -> Tensors:
     """
     config = unet.config
     per = config.layers_per_block + 1
-    prefixes: dict[str, str] = {
-        "time_embedding.linear_1.": "time_embed.0.",
-        "time_embedding.linear_2.": "time_embed.2.",
-        "add_embedding.linear_1.": "label_emb.0.0.",
-        "add_embedding.linear_2.": "label_emb.0.2.",
-        "conv_in.": "input_blocks.0.0.",
-        "conv_norm_out.": "out.0.",
-        "conv_out.": "out.2.",
-        "mid_block.resnets.0.": "middle_block.0.",
-        "mid_block.attentions.0.": "middle_block.1.",
-        "mid_block.resnets.1.": "middle_block.2.",
-    }
+    prefixes = {**_ENCODER, "conv_norm_out.": "out.0.", "conv_out.": "out.2."}
     for i, up_type in enumerate(config.up_block_types):
-        for j in range(config.layers_per_block):
-            prefixes[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{1 + i * per + j}.0."
-            prefixes[f"down_blocks.{i}.attentions.{j}."] = f"input_blocks.{1 + i * per + j}.1."
-        prefixes[f"down_blocks.{i}.downsamplers.0.conv."] = f"input_blocks.{(i + 1) * per}.0.op."
+        prefixes.update(_down_block(i, config.layers_per_block))
         for j in range(per):
             prefixes[f"up_blocks.{i}.resnets.{j}."] = f"output_blocks.{i * per + j}.0."
             prefixes[f"up_blocks.{i}.attentions.{j}."] = f"output_blocks.{i * per + j}.1."
@@ -64,8 +63,13 @@ def unet_to_ldm(unet: Any) -> Tensors:
         prefixes[f"up_blocks.{i}.upsamplers.0."] = (
             f"output_blocks.{i * per + per - 1}.{upsampler_index}."
         )
+    return _renamed(unet.state_dict(), prefixes)
+
+
+def _renamed(state: Tensors, prefixes: dict[str, str]) -> Tensors:
+    """Each key under the LDM name of its longest diffusers prefix (resnet layers renamed)."""
     out: Tensors = {}
-    for key, value in unet.state_dict().items():
+    for key, value in state.items():
         prefix = max((p for p in prefixes if key.startswith(p)), key=len)
         rest = key[len(prefix) :]
         if ".resnets." in prefix:
@@ -73,6 +77,18 @@ def unet_to_ldm(unet: Any) -> Tensors:
                 rest = re.sub(rf"^{hf}\.", f"{sd}.", rest)
         out[prefixes[prefix] + rest] = value
     return out
+
+
+def _down_block(i: int, layers: int) -> dict[str, str]:
+    """Down block `i`'s prefixes: its resnets, attentions and downsampler among LDM's
+    ``input_blocks`` (each block holds `layers` layers and a downsampler)."""
+    per = layers + 1
+    prefixes = {}
+    for j in range(layers):
+        prefixes[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{1 + i * per + j}.0."
+        prefixes[f"down_blocks.{i}.attentions.{j}."] = f"input_blocks.{1 + i * per + j}.1."
+    prefixes[f"down_blocks.{i}.downsamplers.0.conv."] = f"input_blocks.{(i + 1) * per}.0.op."
+    return prefixes
 
 
 def vae_to_ldm(vae: Any) -> Tensors:
@@ -179,16 +195,8 @@ def controlnet_to_ldm(net: Any) -> Tensors:
     (the encoder as the UNet's, a zero convolution per residual, the hint block's convs at
     even indices from 0 to 14), and the SDXL size embedding under ``label_emb``."""
     config = net.config
-    per = config.layers_per_block + 1
-    prefixes: dict[str, str] = {
-        "time_embedding.linear_1.": "time_embed.0.",
-        "time_embedding.linear_2.": "time_embed.2.",
-        "add_embedding.linear_1.": "label_emb.0.0.",
-        "add_embedding.linear_2.": "label_emb.0.2.",
-        "conv_in.": "input_blocks.0.0.",
-        "mid_block.resnets.0.": "middle_block.0.",
-        "mid_block.attentions.0.": "middle_block.1.",
-        "mid_block.resnets.1.": "middle_block.2.",
+    prefixes = {
+        **_ENCODER,
         "controlnet_mid_block.": "middle_block_out.0.",
         "controlnet_cond_embedding.conv_in.": "input_hint_block.0.",
         "controlnet_cond_embedding.conv_out.": "input_hint_block.14.",
@@ -196,18 +204,7 @@ def controlnet_to_ldm(net: Any) -> Tensors:
     for j in range(2 * (len(config.conditioning_embedding_out_channels) - 1)):
         prefixes[f"controlnet_cond_embedding.blocks.{j}."] = f"input_hint_block.{2 * (j + 1)}."
     for i in range(len(config.down_block_types)):
-        for j in range(config.layers_per_block):
-            prefixes[f"down_blocks.{i}.resnets.{j}."] = f"input_blocks.{1 + i * per + j}.0."
-            prefixes[f"down_blocks.{i}.attentions.{j}."] = f"input_blocks.{1 + i * per + j}.1."
-        prefixes[f"down_blocks.{i}.downsamplers.0.conv."] = f"input_blocks.{(i + 1) * per}.0.op."
+        prefixes.update(_down_block(i, config.layers_per_block))
     for i in range(len(net.controlnet_down_blocks)):
         prefixes[f"controlnet_down_blocks.{i}."] = f"zero_convs.{i}.0."
-    out: Tensors = {}
-    for key, value in net.state_dict().items():
-        prefix = max((p for p in prefixes if key.startswith(p)), key=len)
-        rest = key[len(prefix) :]
-        if ".resnets." in prefix:
-            for hf, sd in _RESNET:
-                rest = re.sub(rf"^{hf}\.", f"{sd}.", rest)
-        out[prefixes[prefix] + rest] = value
-    return out
+    return _renamed(net.state_dict(), prefixes)
