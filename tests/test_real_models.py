@@ -20,10 +20,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from daemon.engines.controlnet_models import legacy_hash
 from tests.support.real_models import REAL_MODELS, default_folder
 from tests.support.real_runs import GIB, LOAD_SECONDS, Built, build, enough_memory_for, run_once
 
 pytestmark = [pytest.mark.real, pytest.mark.timeout(3600)]
+CONTROLNET_SECONDS = r"loaded ControlNet \S+ \(.*?\) in ([\d.]+) s"
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Case:
     model: str  # a key of REAL_MODELS
     lora: str | None = None
     vae: str | None = None
+    controlnet: str | None = None
 
 
 CASES = {
@@ -38,6 +41,7 @@ CASES = {
     "sd21-v single file + yaml": Case("sd21v"),
     "sd15 + LoRA r128": Case("sd15", lora="lora"),
     "sd15 + VAE file": Case("sd15", vae="vae"),
+    "sd15 + ControlNet 1.1 file": Case("sd15", controlnet="controlnet-sd15"),
     "sdxl single file": Case("sdxl"),
     "sdxl diffusers folder": Case("sdxl-folder"),
 }
@@ -70,7 +74,7 @@ def shared_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_real_size_model_paints_offline(
     case: Case, built: dict[str, Built], models: Path, shared_state: Path, tmp_path: Path
 ) -> None:
-    for name in filter(None, (case.model, case.lora, case.vae)):
+    for name in filter(None, (case.model, case.lora, case.vae, case.controlnet)):
         if reason := enough_memory_for(name):
             pytest.skip(reason)
     checkpoint = built[case.model]
@@ -79,6 +83,9 @@ def test_a_real_size_model_paints_offline(
         profile["prompt"] = f"a test <lora:{built[case.lora].path.stem}:0.8>"
     if case.vae:
         profile["vae"] = built[case.vae].path.name
+    if case.controlnet:
+        net = built[case.controlnet].path.stem
+        profile["controlnet"] = [{"enabled": True, "module": "canny", "model": net}]
     run = run_once(tmp_path, models, shared_state, **profile)
     measured, workspace = run.measured, run.workspace
     assert measured.returncode == 0, measured.output[-4000:]
@@ -104,16 +111,21 @@ def test_a_real_size_model_paints_offline(
     if case.lora:
         lora = built[case.lora].path
         assert fields["Lora hashes"] == f'"{lora.stem}: {_addnet_hash(lora)}"'
+    if case.controlnet:
+        net_file = built[case.controlnet].path
+        assert f"Model: {net_file.stem} [{legacy_hash(net_file)}]," in fields["ControlNet 0"]
+        print(f"\nREAL ControlNet loaded in {measured.seconds_in(CONTROLNET_SECONDS):.1f} s")
     loaded = re.search(r"loaded model \S+ in [\d.]+ s \(([\w-]+)\)", measured.output)
     assert loaded, measured.output[-3000:]
     expected = "v-prediction" if REAL_MODELS[case.model].architecture == "sd2-v" else "epsilon"
     assert loaded[1] == expected
 
-    extras = [built[n] for n in (case.lora, case.vae) if n]
+    extra = case.lora or case.vae or case.controlnet
+    extras = [built[extra]] if extra else []
     size = sum(b.size for b in [checkpoint, *extras])
     build_seconds = sum(b.seconds for b in [checkpoint, *extras])
     print(
-        f"\nREAL {case.model}{' + ' + (case.lora or case.vae) if extras else ''}: "
+        f"\nREAL {case.model}{' + ' + extra if extra else ''}: "
         f"{size / 1e9:.2f} GB on disk, built in {build_seconds:.0f} s "
         f"(build peak {max(b.peak_rss for b in [checkpoint, *extras]) / GIB:.1f} GiB; 0 s: "
         f"cached), loaded in {measured.seconds_in(LOAD_SECONDS):.1f} s, whole run "

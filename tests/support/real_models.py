@@ -11,7 +11,9 @@ them from the configs the daemon ships (``daemon/data/configs``), offline
 * ``sdxl``: SDXL base, one fp16 file (about 7 GB);
 * ``sdxl-folder``: SDXL base as a diffusers folder of fp16 files (the hub's fp16 download);
 * ``lora``: a kohya LoRA of rank 128 for SD 1.5 (about 150 MB), as civitai ships them;
-* ``vae``: SD's VAE as one fp32 file in the original layout (335 MB).
+* ``vae``: SD's VAE as one fp32 file in the original layout (335 MB);
+* ``controlnet-sd15``: a ControlNet 1.1 for SD 1.5 as lllyasviel's files, one fp16 file in
+  the original layout (723 MB), in ``ControlNet/``.
 
 Each is built once into ``<folder>/<A1111 sub-folder>/<name>`` (so the folder works as the
 daemon's ``models_dir``) and reused; bump :data:`BUILD_VERSION` when a recipe changes, so an
@@ -37,12 +39,13 @@ from tests.support import real_weights
 
 BUILD_VERSION = 2
 ROOT = Path(__file__).resolve().parent.parent.parent
-Kind = Literal["checkpoint", "folder", "lora", "vae"]
+Kind = Literal["checkpoint", "folder", "lora", "vae", "controlnet"]
 _SUBFOLDER: dict[Kind, str] = {
     "checkpoint": "Stable-diffusion",
     "folder": "Stable-diffusion",
     "lora": "Lora",
     "vae": "VAE",
+    "controlnet": "ControlNet",
 }
 
 
@@ -61,6 +64,9 @@ REAL_MODELS = {
     "sdxl-folder": RealModel("random-sdxl-base-diffusers", "sdxl", 1024, kind="folder"),
     "lora": RealModel("random-sd15-lora-r128", "sd1", 512, kind="lora"),
     "vae": RealModel("random-vae-ft-mse", "sd1", 512, kind="vae"),
+    "controlnet-sd15": RealModel(
+        "random-control_v11p_sd15", "controlnet-sd1", 512, kind="controlnet"
+    ),
 }
 CHECKPOINTS = [name for name, model in REAL_MODELS.items() if model.kind == "checkpoint"]
 
@@ -112,6 +118,8 @@ def _build(name: str, folder: Path, target: Path) -> None:
         real_weights.build_diffusers_folder(complete, target)
     elif model.kind == "lora":
         real_weights.build_lora_file(configs, target)
+    elif model.kind == "controlnet":
+        real_weights.build_controlnet_file(configs, target)
     else:
         real_weights.build_vae_file(configs, target)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from tests.support.ldm import vae_to_ldm, write_ldm_checkpoint
+from tests.support.ldm import controlnet_to_ldm, vae_to_ldm, write_ldm_checkpoint
 from tests.support.safetensors_stream import save_streaming
 
 SEED = 0
@@ -144,6 +144,22 @@ def build_vae_file(config_dir: Path, path: Path) -> Path:
         torch.manual_seed(SEED + 1)
         vae = AutoencoderKL.from_config(AutoencoderKL.load_config(config_dir / "vae")).eval()
     return save_streaming(vae_to_ldm(vae), path)
+
+
+def build_controlnet_file(config_dir: Path, path: Path) -> Path:
+    """A ControlNet of `config_dir`'s architecture (the shipped ``controlnet-sd1``: 361 M
+    parameters) as lllyasviel's files: the original layout under ``control_model.``, fp16.
+    Its zero convolutions are random too, so that it steers (a real one's are trained)."""
+    from diffusers.models.controlnets.controlnet import ControlNetModel
+
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(SEED + 2)
+        net = ControlNetModel.from_config(ControlNetModel.load_config(config_dir)).eval()
+        for conv in [*net.controlnet_down_blocks, net.controlnet_mid_block]:
+            conv.weight.normal_(0.0, 0.01)
+        net = net.half()
+    state = {f"control_model.{k}": v for k, v in controlnet_to_ldm(net).items()}
+    return save_streaming(state, path)
 
 
 def build_lora_file(config_dir: Path, path: Path, *, rank: int = 128) -> Path:
