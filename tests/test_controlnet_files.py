@@ -8,6 +8,7 @@ shipped full-size ones would be: so a file must paint exactly as its built-in fo
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +23,16 @@ from PIL import Image
 from daemon.a1111.infotext import parse_infotext
 from daemon.cli import check_problems
 from daemon.config.profiles import Profile
+from daemon.controlnet.union import union_control_type
 from daemon.engines.controlnet_models import legacy_hash
 from daemon.errors import ConfigError, Fault, classify
 from daemon.models.controlnet_layout import SHIPPED_CONFIGS, controlnet_layout
-from daemon.models.controlnet_loading import net_class, read_config
+from daemon.models.controlnet_loading import (
+    load_controlnet_file,
+    load_controlnet_folder,
+    net_class,
+    read_config,
+)
 from daemon.models.resolve import (
     ModelNotFound,
     PickleRefused,
@@ -269,3 +276,37 @@ def test_the_shipped_configs_build_the_full_size_nets(config, width, parameters)
     with torch.device("meta"):  # the architecture only: no memory, no time
         net = net_class(settings["_class_name"]).from_config(settings)
     assert sum(p.numel() for p in net.parameters()) == parameters
+
+
+def test_an_sdxl_file_loads_with_the_transformer_depths_its_weights_have(webui, state_dir):
+    """SDXL ControlNets come "full", "mid" and "small" (10, 1, 0 transformer blocks deep):
+    one shipped config serves them all, its depths taken from the weights."""
+    config = tiny_configs(state_dir)["controlnet-sdxl"]
+    shallower = state_dir / "shallow-sdxl-config"
+    shallower.mkdir(exist_ok=True)
+    settings = read_config(config) | {"transformer_layers_per_block": [1, 1]}
+    (shallower / "config.json").write_text(json.dumps(settings))
+    file = webui / "models" / XL_FILE
+    net = load_controlnet_file(file, controlnet_layout(file), config_dir=shallower,
+                               dtype=torch.float32)  # fmt: skip
+    assert list(net.config.transformer_layers_per_block) == [1, 2]
+    expected = load_controlnet_folder(config, dtype=torch.float32).state_dict()
+    assert all(torch.equal(net.state_dict()[key], value) for key, value in expected.items())
+
+
+@pytest.mark.parametrize(
+    ("module", "given", "expected"),
+    [
+        ("canny", "Unknown", "Hard Edge"),
+        ("lineart_standard", "Unknown", "Hard Edge"),
+        ("tile_resample", "Unknown", "Tile"),
+        ("blur_gaussian", "Unknown", "Tile"),
+        ("none", "Unknown", "Unknown"),
+        ("canny", "depth", "Depth"),  # the unit's own, in any case, wins
+        ("none", 6, "Tile"),  # the extension's index
+    ],
+)
+def test_a_union_units_control_type_comes_from_the_unit_or_its_module(module, given, expected):
+    settings = unit("union", module=module, union_control_type=given)
+    parsed = Profile(model="builtin:tiny-sdxl", controlnet=[settings]).controlnet[0]
+    assert union_control_type(parsed.union_control_type, parsed.module).value == expected
