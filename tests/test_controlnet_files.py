@@ -26,7 +26,7 @@ from daemon.config.profiles import Profile
 from daemon.controlnet.union import union_control_type
 from daemon.engines.controlnet_models import legacy_hash
 from daemon.errors import ConfigError, Fault, classify
-from daemon.models.controlnet_layout import SHIPPED_CONFIGS, controlnet_layout
+from daemon.models.controlnet_layout import SHIPPED_CONFIGS, controlnet_layout, layout_of
 from daemon.models.controlnet_loading import (
     load_controlnet_file,
     load_controlnet_folder,
@@ -310,3 +310,33 @@ def test_a_union_units_control_type_comes_from_the_unit_or_its_module(module, gi
     settings = unit("union", module=module, union_control_type=given)
     parsed = Profile(model="builtin:tiny-sdxl", controlnet=[settings]).controlnet[0]
     assert union_control_type(parsed.union_control_type, parsed.module).value == expected
+
+
+def header(*keys: tuple[str, list[int]]) -> dict[str, Any]:
+    return {key: {"dtype": "F16", "shape": shape} for key, shape in keys}
+
+
+HINT = ("input_hint_block.0.weight", [16, 3, 3, 3])
+LDM_TEXT = "input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"
+TEXT = "down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.weight"
+
+
+@pytest.mark.parametrize(
+    ("keys", "config"),
+    [
+        ([HINT, (LDM_TEXT, [320, 768])], "controlnet-sd1"),  # lllyasviel's 1.1
+        ([HINT, (LDM_TEXT, [320, 1024])], "controlnet-sd2"),  # thibaud's SD 2.1
+        ([HINT, (LDM_TEXT, [640, 2048]), ("label_emb.0.0.weight", [1280, 2816])],
+         "controlnet-sdxl"),
+        ([("controlnet_cond_embedding.conv_in.weight", [16, 3, 3, 3]), (TEXT, [640, 2048]),
+          ("add_embedding.linear_1.weight", [1280, 2816]), ("task_embedding", [8, 320])],
+         "controlnet-sdxl-union"),
+    ],
+)  # fmt: skip
+def test_the_config_a_file_loads_with_is_chosen_from_its_keys_and_shapes(keys, config):
+    assert layout_of(Path("x.safetensors"), header(*keys)).config_name == config
+
+
+def test_a_controlnet_1_0_difference_model_is_refused_saying_so():
+    with pytest.raises(ConfigError, match=r"1\.0 'difference' model, which img2imgd cannot"):
+        layout_of(Path("old.pth"), header(("difference", [1]), ("control_model.x", [1])))

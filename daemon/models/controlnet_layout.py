@@ -72,8 +72,13 @@ def layout_of(path: Path, header: Mapping[str, Any]) -> ControlNetLayout:
     names = {k[len(prefix) :]: header[k] for k in keys if k.startswith(prefix)}
     ldm = "input_hint_block.0.weight" in names
     diffusers = "controlnet_cond_embedding.conv_in.weight" in names
+    if "difference" in keys:  # its weights are added to SD 1.5's own: diffusers has no way
+        raise ConfigError(
+            f"{path}: a ControlNet 1.0 'difference' model, which img2imgd cannot load; use "
+            "the ControlNet 1.1 file of the same kind"
+        )
     if not (ldm or diffusers):
-        raise ConfigError(f"{path}: not a ControlNet{_what_else(names)}")
+        raise ConfigError(f"{path}: not a ControlNet{_what_else(keys)}")
     union = "task_embedding" in names
     if union and ldm:
         raise ConfigError(
@@ -99,17 +104,13 @@ def _shape(entry: Any) -> list[int]:
     return [int(n) for n in shape] if isinstance(shape, list) else [0, 0]
 
 
-def _what_else(names: Mapping[str, Any]) -> str:
+def _what_else(keys: list[str]) -> str:
     """What a file that is no ControlNet looks like, as a hint."""
-    if "difference" in names:
-        return (
-            " img2imgd can load: a ControlNet 1.0 'difference' model; use its ControlNet 1.1 file"
-        )
-    if any(k.startswith(("model.diffusion_model.", "cond_stage_model.")) for k in names):
+    if any(k.startswith(("model.diffusion_model.", "cond_stage_model.")) for k in keys):
         return " (it is a Stable Diffusion checkpoint: use it as `model:`)"
-    if any("lora" in k for k in names):
+    if any("lora" in k for k in keys):
         return " (it looks like a LoRA or a Control-LoRA, which img2imgd does not load)"
-    if any(k.startswith(("adapter.", "body.", "conv_in.weight")) for k in names):
+    if any(k.startswith(("adapter.", "body.")) for k in keys):
         return " (it looks like a T2I-Adapter, which img2imgd does not load)"
-    sample = ", ".join(sorted(names)[:3]) or "no tensors"
+    sample = ", ".join(sorted(keys)[:3]) or "no tensors"
     return f": no conditioning embedding (input_hint_block.*); first keys: {sample}"
