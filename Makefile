@@ -19,7 +19,7 @@ help:
 	@echo "make once     process what is in ./inbox now, then exit"
 	@echo "make test     set up .venv and run the test suite (offline, CPU, about 9 minutes on 2 cores)"
 	@echo "make test-slow  the long tests (a 1000-file burst and its kind), left out of make test"
-	@echo "make test-real  full-size random SD 1.5, SD 2.1-v, SDXL (file and folder), LoRA, VAE"
+	@echo "make test-real  full-size random SD 1.5, SD 2.1-v, SDXL (file and folder), LoRA, VAE, ControlNet"
 	@echo "               through img2imgd once offline, and memory against plain diffusers"
 	@echo "               (builds ~19 GB once into state/real-models or IMG2IMGD_REAL_MODELS; SDXL needs 20 GB RAM free)"
 	@echo "make check    ruff, mypy and the tests"
