@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,7 @@ from daemon.render.render import render
 from daemon.render.values import RenderRequest
 from tests.conftest import DATA, Workspace
 from tests.support.controlnet_files import tiny_configs, write_controlnet
+from tests.support.netguard_env import guarded_env
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -340,3 +343,36 @@ def test_the_config_a_file_loads_with_is_chosen_from_its_keys_and_shapes(keys, c
 def test_a_controlnet_1_0_difference_model_is_refused_saying_so():
     with pytest.raises(ConfigError, match=r"1\.0 'difference' model, which img2imgd cannot"):
         layout_of(Path("old.pth"), header(("difference", [1]), ("control_model.x", [1])))
+
+
+LOAD_IN_A_CHILD = """
+import sys
+from pathlib import Path
+
+import torch
+
+from daemon.engines.controlnet_models import ControlNets
+from daemon.models.resolve import Search
+from tests.support.controlnet_files import tiny_configs
+
+models, state = Path(sys.argv[1]), Path(sys.argv[2])
+nets = ControlNets(Search(models, state), device=lambda: ("cpu", torch.float32),
+                   configs=tiny_configs(state))
+for ref in sys.argv[3:]:
+    print(nets.get(ref).label)
+"""
+
+
+def test_loading_single_files_tries_no_network(webui, state_dir, tmp_path):
+    """In a process of its own behind the network guard (tests/support/netguard), as the
+    real-size runs are: nothing even tries to reach the hub."""
+    refs = ["control_v11p_sd15_tiny", "xl_tiny", "union_promax_tiny"]
+    log = tmp_path / "network.log"
+    done = subprocess.run(
+        [sys.executable, "-c", LOAD_IN_A_CHILD, str(webui / "models"), str(state_dir), *refs],
+        cwd=tmp_path, env=guarded_env(log, base=os.environ), capture_output=True, text=True,
+        timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [line.split(" [")[0] for line in done.stdout.splitlines()] == refs
+    assert log.read_text() == ""
