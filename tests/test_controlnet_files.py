@@ -212,6 +212,7 @@ def test_names_are_found_in_every_controlnet_folder_by_stem_and_paths_as_given(w
     assert resolve_controlnet("control_v11p_sd15_tiny", search) == models / SD15_FILE
     assert resolve_controlnet("CONTROL_V11P_SD15_TINY [d14c016b]", search) == models / SD15_FILE
     assert resolve_controlnet("xl_tiny", search) == models / XL_FILE
+    assert resolve_controlnet("control_v11p_sd15_tiny.safetensors", search) == models / SD15_FILE
     assert resolve_controlnet("control_ext_tiny", search) == webui / EXTENSION_FILE
     assert resolve_controlnet(str(models / XL_FILE), search) == models / XL_FILE
     assert without_hash("control_v11p_sd15_canny [d14c016b]") == "control_v11p_sd15_canny"

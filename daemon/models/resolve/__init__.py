@@ -156,7 +156,8 @@ def resolve_controlnet(ref: str, search: Search, *, build: bool = True) -> Path:
             ref=ref,
             by_name=False,
         )
-    return find("controlnet", name, search)
+    stem = given.stem if given.suffix.lower() in WEIGHT_SUFFIXES else name  # x.pth: by x
+    return find("controlnet", stem, search)
 
 
 _HASH = re.compile(r"\s+\[[0-9a-fA-F]{8,12}\]$")
