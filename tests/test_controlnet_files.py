@@ -298,20 +298,22 @@ def test_an_sdxl_file_loads_with_the_transformer_depths_its_weights_have(webui, 
     assert all(torch.equal(net.state_dict()[key], value) for key, value in expected.items())
 
 
-@pytest.mark.parametrize(
-    ("module", "given", "expected"),
-    [
-        ("canny", "Unknown", "Hard Edge"),
-        ("lineart_standard", "Unknown", "Hard Edge"),
-        ("tile_resample", "Unknown", "Tile"),
-        ("blur_gaussian", "Unknown", "Tile"),
-        ("none", "Unknown", "Unknown"),
-        ("canny", "depth", "Depth"),  # the unit's own, in any case, wins
-        ("none", 6, "Tile"),  # the extension's index
-    ],
-)
-def test_a_union_units_control_type_comes_from_the_unit_or_its_module(module, given, expected):
-    settings = unit("union", module=module, union_control_type=given)
+UNION_TYPES: dict[tuple[str, str | int], str] = {
+    ("canny", "Unknown"): "Hard Edge",
+    ("lineart_standard", "Unknown"): "Hard Edge",
+    ("tile_resample", "Unknown"): "Tile",
+    ("blur_gaussian", "Unknown"): "Tile",
+    ("none", "Unknown"): "Unknown",
+    ("canny", "depth"): "Depth",  # the unit's own, in any case, wins
+    ("none", 6): "Tile",  # the extension's index
+}
+"""(module, the unit's union_control_type) → the type the net is told."""
+
+
+@pytest.mark.parametrize(("case", "expected"), UNION_TYPES.items())
+def test_a_union_units_control_type_comes_from_the_unit_or_its_module(case, expected):
+    module, own = case
+    settings = unit("union", module=module, union_control_type=own)
     parsed = Profile(model="builtin:tiny-sdxl", controlnet=[settings]).controlnet[0]
     assert union_control_type(parsed.union_control_type, parsed.module).value == expected
 
