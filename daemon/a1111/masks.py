@@ -125,6 +125,17 @@ def expand_to_aspect(
     return x1, y1, x2, y2
 
 
+def only_masked_region(mask: Image.Image, padding: int, width: int, height: int) -> Region | None:
+    """The part of the picture "only masked" inpainting paints: the prepared (inverted,
+    blurred) `mask`'s bounding box plus `padding`, grown to the processing size's aspect
+    (`width` x `height`). None for an empty mask (A1111 then paints the whole picture).
+    The engine crops the painting to it, and ControlNet its control images."""
+    box = mask_bbox(mask, padding)
+    if box is None:
+        return None
+    return expand_to_aspect(box, width, height, mask.width, mask.height)
+
+
 def _grow_span(start: int, end: int, diff: int, limit: int) -> tuple[int, int]:
     """Widen [start, end) by ``diff`` around its centre, then shift/clamp into [0, limit]."""
     start -= diff // 2

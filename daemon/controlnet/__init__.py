@@ -4,7 +4,9 @@ The unit's keys (:mod:`.units`), its infotext entry (:mod:`.infotext`), the cont
 geometry (:mod:`.images`) and the model-free preprocessors (:mod:`.modules` names them and
 their sliders, :mod:`.preprocessors` runs them; :mod:`.annotators` says which weight files
 the other preprocessors need and where they are found; :mod:`.union` which kind of control
-image a ControlNet Union is told a unit's is). Nothing here loads a model or imports
+image a ControlNet Union is told a unit's is; :mod:`.masked` crops control images for "only
+masked" inpainting and marks the mask for the inpaint preprocessors). Nothing here loads a
+model or imports
 torch:
 the call step that adds a ControlNet's residuals to the UNet is
 :mod:`daemon.engines.controlnet_step`, above the model layer.

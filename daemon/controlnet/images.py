@@ -118,12 +118,15 @@ def high_quality_resize(image: Pixels, size: tuple[int, int]) -> Pixels:
     return np.stack([edges] * 3, axis=2)
 
 
-def fit_control(image: Pixels, mode: ControlResize, size: tuple[int, int]) -> Pixels:
+def fit_control(
+    image: Pixels, mode: ControlResize, size: tuple[int, int], *, fill: int | None = None
+) -> Pixels:
     """A (preprocessed) control map fitted to the painting's `size` (width, height) by the
     unit's resize mode: the extension's ``detectmap_proc``.
 
     Just Resize stretches; Crop and Resize scales to cover and crops the middle; Resize and
-    Fill scales to fit and fills the rest with the median colour of the map's border."""
+    Fill scales to fit and fills the rest with the median colour of the map's border (or
+    `fill`: an inpaint mask's bands are masked, 255)."""
     image = hwc3(image)
     width, height = size
     if mode is ControlResize.RESIZE:
@@ -137,8 +140,8 @@ def fit_control(image: Pixels, mode: ControlResize, size: tuple[int, int]) -> Pi
         top, left = max(0, (new_h - height) // 2), max(0, (new_w - width) // 2)
         return scaled[top : top + height, left : left + width]
     borders = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]], axis=0)
-    fill = np.median(borders, axis=0).astype(np.uint8)
-    canvas = np.tile(fill[None, None], (height, width, 1))
+    color = np.median(borders, axis=0) if fill is None else np.full(3, fill)
+    canvas = np.tile(color.astype(np.uint8)[None, None], (height, width, 1))
     top, left = max(0, (height - new_h) // 2), max(0, (width - new_w) // 2)
     canvas[top : top + new_h, left : left + new_w] = scaled
     return canvas

@@ -69,7 +69,16 @@ MODULES: tuple[Module, ...] = (
     Module("mlsd", "mlsd", slider_1=Slider(0.01, 2.0, 0.1), slider_2=Slider(0.01, 20.0, 0.1)),
     # The reference image itself steers self-attention; threshold_a is its Style Fidelity.
     Module("reference_only", "reference_only", HIDDEN, FIDELITY, uses_controlnet=False),
+    # The input with the inpaint mask marked (daemon.controlnet.masked), for inpaint models.
+    Module("inpaint", "inpaint_global_harmonious", resolution=HIDDEN),
+    Module("inpaint_only", "inpaint_only", resolution=HIDDEN),
 )
+
+UNSUPPORTED = {
+    "inpaint_only+lama": "it fills the mask with the LaMa inpainting network, whose weights "
+    "img2imgd does not run; use inpaint_only (or inpaint_global_harmonious) instead",
+}
+"""Preprocessors of the extension that img2imgd knows but does not run, and why."""
 
 _BY_NAME = {module.name: module for module in MODULES}
 _BY_LABEL = {module.label: module for module in MODULES}
@@ -79,6 +88,8 @@ def module_named(name: str) -> Module:
     """The preprocessor `name` or `label` names (as the extension, either is accepted);
     ValueError listing the known names otherwise."""
     found = _BY_NAME.get(name) or _BY_LABEL.get(name)
+    if found is None and name in UNSUPPORTED:
+        raise ValueError(f"ControlNet preprocessor {name} is not supported: {UNSUPPORTED[name]}")
     if found is None:
         known = ", ".join(module.name for module in MODULES)
         raise ValueError(f"unknown ControlNet preprocessor {name!r}; known: {known}")

@@ -115,6 +115,8 @@ class ControlNetUnit(BaseModel):
     guidance_end: float = Field(1.0, ge=0.0, le=1.0)
     pixel_perfect: bool = False
     control_mode: Annotated[ControlMode, BeforeValidator(parse_control_mode)] = ControlMode.BALANCED
+    # "Only masked" inpainting crops the control image to the painted region (not reference*).
+    inpaint_crop_input_image: bool = True
     # img2imgd's own: the unit paints only with its own control image (<stem>.control.png,
     # control/<frame>), so an input waits up to pairing_window for it and fails without one.
     own_image: bool = False

@@ -11,6 +11,8 @@ guidance start and end) gets no residuals at all: it is exactly the call without
 A unit with an image of its own (``<stem>.control.png``, ``control/<frame>``) has it
 preprocessed and fitted to the painting by the unit's ``resize_mode``; a unit without uses
 the input, fitted as the input is (the img2img resize mode), as the extension does.
+With "only masked" inpainting both are cropped to the painting's region first, and the
+inpaint preprocessors mark the mask in the input (:mod:`daemon.controlnet.masked`).
 """
 
 from __future__ import annotations
@@ -23,11 +25,21 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from daemon.a1111.masks import Region, only_masked_region, prepare_mask
 from daemon.a1111.sizes import ResizeMode
 from daemon.config.profiles import Profile
 from daemon.controlnet.annotators import annotator_of
 from daemon.controlnet.images import Pixels, fit_control, pixel_perfect_resolution
 from daemon.controlnet.infotext import infotext_entries
+from daemon.controlnet.masked import (
+    crop_to_region,
+    fit_hint,
+    inpaint_hint,
+    is_cropped,
+    marks_mask,
+    net_input,
+    preview,
+)
 from daemon.controlnet.modules import module_named
 from daemon.controlnet.preprocessors import preprocess
 from daemon.controlnet.schedule import conditional_only, control_scales, is_active
@@ -36,7 +48,7 @@ from daemon.engines.annotator_models import Annotators
 from daemon.engines.call_steps import CallContext, removed_after
 from daemon.engines.controlnet_models import ControlNets
 from daemon.engines.controlnet_union import UnionInput, union_input
-from daemon.errors import ConfigError
+from daemon.errors import ConfigError, InputError
 
 _INPUT_RESIZE = {
     ResizeMode.JUST_RESIZE: ControlResize.RESIZE,
@@ -54,9 +66,14 @@ class ReadyUnit:
 
     unit: ControlNetUnit
     net: Any  # diffusers' ControlNetModel or ControlNetUnionModel; None for reference_only
-    control: Pixels  # uint8 (height, width, 3): what ``save_control`` shows
+    control: Pixels  # uint8 (height, width, 3); 4 channels for an inpaint hint (the mask)
     label: str  # the model as the infotext names it
     union: UnionInput | None = None  # a union net's control type
+
+    @property
+    def picture(self) -> Pixels:
+        """What ``save_control`` shows: the map (an inpaint hint's mask half transparent)."""
+        return preview(self.control)
 
 
 def control_map(
@@ -67,17 +84,33 @@ def control_map(
     *,
     own: bool = False,
     annotators: Annotators | None = None,
+    mask: Pixels | None = None,
+    region: Region | None = None,
+    input_size: tuple[int, int] | None = None,
 ) -> Pixels:
     """The unit's control image for a painting of `size` (width, height): preprocessed at
     the unit's resolution (pixel perfect: the one that maps it one to one), then fitted by
     the unit's resize mode when `image` is the unit's `own`, else as the input is fitted.
-    A preprocessor with annotator weights runs on `annotators` (the warm ones)."""
+    A preprocessor with annotator weights runs on `annotators` (the warm ones).
+
+    Inpainting: `mask` is the prepared mask (the input's size, 255 = repaint), which the
+    inpaint preprocessors lay on the input; `region` the "only masked" crop, which every
+    unit but ``reference*`` takes of its image fitted to `input_size` (the input's), unless
+    its ``inpaint_crop_input_image`` is off."""
     raw = np.asarray(image.convert("RGB"))
     mode = unit.resize_mode if own else _INPUT_RESIZE[input_mode]
+    module = module_named(unit.module).name
+    if marks_mask(module):
+        if mask is None:
+            raise ValueError(f"preprocessor {module} needs the inpaint mask")
+        raw = inpaint_hint(raw, mask)
+    if region is not None and unit.inpaint_crop_input_image and is_cropped(module):
+        raw = crop_to_region(raw, region, mode, input_size or image.size, size)
+    if marks_mask(module):
+        return fit_hint(raw, mode, size)
     resolution = unit.processor_res
     if unit.pixel_perfect:
-        resolution = pixel_perfect_resolution(image.size, size, mode)
-    module = module_named(unit.module).name
+        resolution = pixel_perfect_resolution((raw.shape[1], raw.shape[0]), size, mode)
     if annotator_of(module) is not None:
         if annotators is None:
             raise ValueError(f"preprocessor {module} needs the annotators' cache")
@@ -106,20 +139,26 @@ def ready_units(
     unet_width: int,
     controls: Sequence[Image.Image | None] = (),
     annotators: Annotators | None = None,
+    mask: Image.Image | None = None,
 ) -> list[ReadyUnit]:
     """The profile's enabled units, each with its net (loaded once; none for a unit that
-    needs none) and control image: its own from `controls` (by position in ``controlnet:``), else
-    the input `image`.
+    needs none) and control image: its own from `controls` (by position in ``controlnet:``),
+    else the input `image`; with an inpainting's raw `mask`, cropped as the painting is and
+    marked by inpaint units.
     A net made for another architecture than the model's (`unet_width`: its UNet's
     cross-attention width) is a configuration error that names both."""
+    prepared, region = _masked_area(settings, mask, size)
     ready = []
     for position, unit in enumerate(settings.controlnet):
         if not unit.enabled:
             continue
         own = controls[position] if position < len(controls) else None
+        if marks_mask(unit.module):
+            _check_inpaint_unit(settings, position, unit, has_own=own is not None, mask=mask)
         control = control_map(
             unit, image if own is None else own, size, settings.resize_mode,
-            own=own is not None, annotators=annotators,
+            own=own is not None, annotators=annotators, mask=prepared, region=region,
+            input_size=image.size,
         )  # fmt: skip
         if not unit.needs_model:  # reference_only: no net (daemon.engines.reference_step)
             ready.append(ReadyUnit(unit, None, control, NO_MODEL))
@@ -134,6 +173,43 @@ def ready_units(
         union = union_input(unit, loaded.control_types)
         ready.append(ReadyUnit(unit, loaded.net, control, loaded.label, union))
     return ready
+
+
+def _masked_area(
+    settings: Profile, mask: Image.Image | None, size: tuple[int, int]
+) -> tuple[Pixels | None, Region | None]:
+    """The mask as the painting uses it (inverted, blurred), and the "only masked" region
+    (None: the whole picture), by the rule the engine crops the painting with."""
+    if mask is None:
+        return None, None
+    prepared = prepare_mask(mask, invert=settings.inpainting_mask_invert, blur=settings.mask_blur)
+    region = None
+    if settings.inpaint_full_res:
+        region = only_masked_region(prepared, settings.inpaint_full_res_padding, *size)
+    return np.asarray(prepared), region
+
+
+def _check_inpaint_unit(
+    settings: Profile,
+    position: int,
+    unit: ControlNetUnit,
+    *,
+    has_own: bool,
+    mask: Image.Image | None,
+) -> None:
+    """An inpaint preprocessor marks the task's mask on the input: a task without masks is
+    the profile's mistake; a control image of its own, the input's (it would be ignored)."""
+    name = f"ControlNet unit {position} ({unit.module})"
+    if mask is None:
+        raise ConfigError(
+            f"{name} marks the inpaint mask on the input, but task {settings.task} has no "
+            "mask: use it in an inpaint or inpaint_sketch profile, or choose another module"
+        )
+    if has_own:
+        raise InputError(
+            f"{name} reads the input and its mask, not a control image of its own: remove "
+            "the unit's control image, or give it another module"
+        )
 
 
 def infotext_params(units: Sequence[ReadyUnit]) -> dict[str, str]:
@@ -161,7 +237,7 @@ class ControlNetStep:
 
         unet = pipe.unet
         controls = [
-            torch.from_numpy(ready.control.astype(np.float32) / 255.0)
+            torch.from_numpy(net_input(ready.control))
             .permute(2, 0, 1)[None]
             .to(device=unet.device, dtype=unet.dtype)
             for ready in self.units

@@ -17,9 +17,8 @@ from PIL import Image
 
 from daemon.a1111.imaging import resize_image
 from daemon.a1111.masks import (
-    expand_to_aspect,
     fill_masked,
-    mask_bbox,
+    only_masked_region,
     overlay_original,
     paste_back,
     prepare_mask,
@@ -131,11 +130,11 @@ class DiffusionEngine:
                 canvas.mask, invert=settings.inpainting_mask_invert, blur=settings.mask_blur
             )
             if settings.inpaint_full_res:
-                box = mask_bbox(blurred, settings.inpaint_full_res_padding)
-                if box is None:
+                padding = settings.inpaint_full_res_padding
+                region = only_masked_region(blurred, padding, width, height)
+                if region is None:
                     notes.append("the mask is empty, so 'only masked' fell back to plain img2img")
                 else:
-                    region = expand_to_aspect(box, width, height, image.width, image.height)
                     mask = resize_image(
                         blurred.crop(region), ResizeMode.RESIZE_AND_FILL, width, height
                     )

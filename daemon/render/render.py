@@ -123,7 +123,7 @@ def _paint(
         units = ready_units(
             settings, request.image, request.size, models.controlnets,
             unet_width=unet.config.cross_attention_dim, controls=request.controls,
-            annotators=models.annotators,
+            annotators=models.annotators, mask=request.mask,
         )  # fmt: skip
     steps: list[CallStep] = [ControlNetStep(units), ReferenceStep(units)] if units else []
     engine = DiffusionEngine(models, steps=steps)
@@ -137,7 +137,7 @@ def _paint(
     if units:
         painting = replace(painting, params={**painting.params, **infotext_params(units)})
         if settings.save_control:
-            controls = tuple(Image.fromarray(ready.control) for ready in units)
+            controls = tuple(Image.fromarray(ready.picture) for ready in units)
     return _result(request, settings, painting, _ModelInfo.of(settings, models), controls)
 
 
