@@ -20,7 +20,7 @@ from daemon.controlnet.masked import fit_hint, net_input, preview
 from daemon.controlnet.modules import module_named
 from daemon.controlnet.units import ControlNetUnit, ControlResize
 from daemon.engines.controlnet_step import control_map, ready_units
-from daemon.errors import ConfigError, Fault, classify
+from daemon.errors import Fault, InputError, classify
 from daemon.ops.service import Daemon
 from daemon.render.cache import ModelCache
 from tests.conftest import DATA, Workspace
@@ -41,6 +41,7 @@ CASES: dict[str, dict[str, Any]] = {
     "uncropped": {"controlnet": [{**AS_IS, "inpaint_crop_input_image": False}]},
     "marked": {"controlnet": [INPAINT_ONLY], "inpaint_full_res": False},
     "marked_cropped": {"controlnet": [INPAINT_ONLY]},
+    "unmasked": {"controlnet": [INPAINT_ONLY], "task": "img2img"},  # and no mask dropped
 }
 
 
@@ -58,7 +59,8 @@ def inbox_run(
     size = Image.open(DATA / "chelsea.png").size
     for name, keys in CASES.items():
         workspace.profile(name, **{**ONLY_MASKED, **keys})
-        corner_mask(size).save(workspace.inbox / name / "cat.mask.png")
+        if name != "unmasked":
+            corner_mask(size).save(workspace.inbox / name / "cat.mask.png")
         workspace.drop(DATA / "chelsea.png", f"{name}/cat.png")
     Daemon(workspace.settings(), models=models, watch=False).run_once(tick=0.01)
     return workspace
@@ -99,6 +101,12 @@ def test_inpaint_only_paints_with_the_mask_marked_and_names_its_module(inbox_run
     assert cropped[40, 40] == 128 and cropped[50, 50] == 255
 
 
+def test_an_input_without_its_mask_fails_an_inpaint_unit_with_a_report(inbox_run):
+    report = (inbox_run.inbox / "_failed/unmasked/cat.error.txt").read_text()
+    assert "no mask for this input: ControlNet unit 0 (inpaint_only)" in report, report
+    assert not inbox_run.outputs("unmasked")
+
+
 def test_the_masked_pixels_reach_the_net_as_minus_one():
     color = np.full((4, 4, 3), 51, dtype=np.uint8)
     mask = np.zeros((4, 4), dtype=np.uint8)
@@ -135,9 +143,9 @@ def test_the_inpaint_modules_are_named_as_the_extension_and_lama_is_refused():
         module_named("inpaint_only+lama")
 
 
-def test_an_inpaint_unit_without_a_mask_is_a_configuration_error(models):
+def test_an_input_without_a_mask_fails_an_inpaint_unit_with_a_reason(models):
     settings = Profile(model="builtin:tiny-sd", controlnet=[INPAINT_ONLY])
     image = Image.open(DATA / "chelsea.png").convert("RGB")
-    with pytest.raises(ConfigError, match="task img2img has no mask") as caught:
+    with pytest.raises(InputError, match=r"no mask for this input: .*\.mask\.png") as caught:
         ready_units(settings, image, (64, 64), models.controlnets, unet_width=32)
-    assert classify(caught.value).fault is Fault.CONFIG  # the input waits; it is not failed
+    assert classify(caught.value).fault is Fault.INPUT

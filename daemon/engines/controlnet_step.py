@@ -154,7 +154,7 @@ def ready_units(
             continue
         own = controls[position] if position < len(controls) else None
         if marks_mask(unit.module):
-            _check_inpaint_unit(settings, position, unit, has_own=own is not None, mask=mask)
+            _check_inpaint_unit(position, unit, has_own=own is not None, mask=mask)
         control = control_map(
             unit, image if own is None else own, size, settings.resize_mode,
             own=own is not None, annotators=annotators, mask=prepared, region=region,
@@ -190,20 +190,21 @@ def _masked_area(
 
 
 def _check_inpaint_unit(
-    settings: Profile,
     position: int,
     unit: ControlNetUnit,
     *,
     has_own: bool,
     mask: Image.Image | None,
 ) -> None:
-    """An inpaint preprocessor marks the task's mask on the input: a task without masks is
-    the profile's mistake; a control image of its own, the input's (it would be ignored)."""
+    """An inpaint preprocessor marks the input's mask on it. Any painting task takes a mask
+    when one comes with the input, so an input without one is at fault (an inpaint profile
+    waits for its mask); so is a control image of its own (it would go unused)."""
     name = f"ControlNet unit {position} ({unit.module})"
     if mask is None:
-        raise ConfigError(
-            f"{name} marks the inpaint mask on the input, but task {settings.task} has no "
-            "mask: use it in an inpaint or inpaint_sketch profile, or choose another module"
+        raise InputError(
+            f"no mask for this input: {name} marks the inpaint mask on it; drop "
+            "<stem>.mask.png beside it (an inpaint profile waits for it), or give the unit "
+            "another module"
         )
     if has_own:
         raise InputError(
