@@ -16,6 +16,7 @@ from PIL import Image
 from daemon.a1111.infotext import parse_infotext
 from daemon.a1111.sizes import ResizeMode
 from daemon.config.profiles import Profile
+from daemon.controlnet.images import color_count
 from daemon.controlnet.masked import fit_hint, net_input, preview
 from daemon.controlnet.modules import module_named
 from daemon.controlnet.units import ControlNetUnit, ControlResize
@@ -149,3 +150,11 @@ def test_an_input_without_a_mask_fails_an_inpaint_unit_with_a_reason(models):
     with pytest.raises(InputError, match=r"no mask for this input: .*\.mask\.png") as caught:
         ready_units(settings, image, (64, 64), models.controlnets, unet_width=32)
     assert classify(caught.value).fault is Fault.INPUT
+
+
+@pytest.mark.parametrize(("levels", "channels"), [(256, 3), (7, 3), (3, 4), (256, 1)])
+def test_the_colour_count_that_picks_the_resize_filter_is_exact(levels, channels):
+    rng = np.random.default_rng(levels)
+    image = rng.integers(0, levels, (40, 30, channels), dtype=np.uint8)
+    expected = len(np.unique(image.reshape(-1, channels), axis=0))
+    assert color_count(image) == expected
