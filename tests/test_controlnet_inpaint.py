@@ -20,7 +20,9 @@ from daemon.controlnet.images import color_count
 from daemon.controlnet.masked import fit_hint, net_input, preview
 from daemon.controlnet.modules import module_named
 from daemon.controlnet.units import ControlNetUnit, ControlResize
-from daemon.engines.controlnet_step import control_map, ready_units
+from daemon.engines.call_steps import removed_after
+from daemon.engines.controlnet_step import ControlNetStep, control_map, ready_units
+from daemon.engines.diffusion import Canvas, DiffusionEngine
 from daemon.errors import Fault, InputError, classify
 from daemon.ops.service import Daemon
 from daemon.render.cache import ModelCache
@@ -118,6 +120,28 @@ def test_the_masked_pixels_reach_the_net_as_minus_one():
     # Any other map: its colours in 0..1, exactly as before.
     assert np.array_equal(net_input(color), color.astype(np.float32) / 255.0)
     assert preview(color) is color
+
+
+def test_the_net_itself_gets_minus_one_where_the_inpainting_is_masked(models):
+    settings = Profile(model="builtin:tiny-sd", task="inpaint", steps=2, mask_blur=0,
+                       sampler_name="Euler", controlnet=[INPAINT_ONLY])  # fmt: skip
+    image = Image.open(DATA / "chelsea.png").convert("RGB")
+    mask = corner_mask(image.size)
+    units = ready_units(settings, image, (64, 64), models.controlnets, unet_width=32, mask=mask)
+    seen: list[Any] = []
+
+    def spy(_module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
+        seen.append(kwargs["controlnet_cond"])
+
+    with removed_after(units[0].net.register_forward_pre_hook(spy, with_kwargs=True)):
+        DiffusionEngine(models, steps=[ControlNetStep(units)]).paint(
+            Canvas(image, mask), settings, width=64, height=64, seed=1, prompt="a cat",
+            negative_prompt="",
+        )  # fmt: skip
+    assert seen, "the net ran"
+    masked = units[0].control[:, :, 3] == 255
+    cond = seen[0][0].permute(1, 2, 0).numpy()
+    assert masked.any() and (cond[masked] == -1.0).all() and (cond[~masked] >= 0).all()
 
 
 def test_an_inpaint_hint_is_fitted_with_its_mask_and_the_fill_counts_as_masked():
