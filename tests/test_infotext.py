@@ -229,29 +229,26 @@ def test_inpaint_defaults_are_not_filled_by_parse() -> None:
 
 # --- files ------------------------------------------------------------------------------
 
-SD_TEXT = format_infotext(
-    "a red fox in the snow, (masterpiece:1.2)",
-    "blurry, lowres",
-    {
-        "Steps": 28,
-        "Sampler": "DPM++ 2M",
-        "Schedule type": "Karras",
-        "CFG scale": 6.5,
-        "Seed": 123456789,
-        "Size": "64x64",
-        "Model hash": "7234b76e42",
-        "Model": "dreamshaper_8",
-        "Denoising strength": 0.75,
-        "Version": "img2imgd 0.1.0",
-    },
-)
+SD_PARAMS = {
+    "Steps": 28,
+    "Sampler": "DPM++ 2M",
+    "Schedule type": "Karras",
+    "CFG scale": 6.5,
+    "Seed": 123456789,
+    "Size": "64x64",
+    "Model hash": "7234b76e42",
+    "Model": "dreamshaper_8",
+    "Denoising strength": 0.75,
+    "Version": "img2imgd 0.1.0",
+}
+SD_TEXT = format_infotext("a red fox in the snow, (masterpiece:1.2)", "blurry, lowres", SD_PARAMS)
 
 
 def small_image() -> Image.Image:
     return Image.new("RGB", (64, 64), (200, 40, 40))
 
 
-def check_sd_parsers(image: Image.Image) -> None:
+def check_sd_parsers(image: Image.Image, *, model: bool = True) -> None:
     result = ParserManager().parse(image)
     assert result is not None
     assert result.full_prompt == "a red fox in the snow, (masterpiece:1.2)"
@@ -262,6 +259,8 @@ def check_sd_parsers(image: Image.Image) -> None:
     assert sampler.parameters["steps"] == "28"
     assert sampler.parameters["cfg_scale"] == "6.5"
     assert sampler.parameters["scheduler"] == "Karras"
+    if not model:
+        return
     assert sampler.model is not None
     assert sampler.model.name == "dreamshaper_8"
     assert sampler.model.hash == "7234b76e42"
@@ -380,3 +379,32 @@ def test_lora_hash_is_addnet_hash_for_safetensors(tmp_path: Path) -> None:
     stored = tmp_path / "c.safetensors"
     write_safetensors(stored, {"sshs_model_hash": "abcdef0123456789"}, payload)
     assert lora_hash(stored) == "abcdef012345"
+
+
+def test_controlnet_entries_leave_the_file_readable_by_both_readers(tmp_path: Path) -> None:
+    """The extension's ``ControlNet N`` entries are quoted values full of commas and colons:
+    sd-parsers and img2imgd's own reader (A1111's PNG Info rules) still read the prompts and
+    the sampler, and the entries come back whole. sd-parsers 0.6 does not know quoted values
+    and takes the last ``Model:`` inside an entry for the model, as it does with A1111's own
+    files from the extension, so its model is not checked here."""
+    from daemon.controlnet.infotext import infotext_entries, parse
+    from daemon.controlnet.units import ControlNetUnit
+
+    units = (
+        ControlNetUnit(enabled=True, module="canny", model="control_v11p_sd15_canny", weight=0.8),
+        ControlNetUnit(enabled=True, module="reference_only", guidance_end=0.5),
+    )
+    entries = infotext_entries(units, ("control_v11p_sd15_canny [d14c016b]", "None"))
+    text = format_infotext(
+        "a red fox in the snow, (masterpiece:1.2)", "blurry, lowres", {**SD_PARAMS, **entries}
+    )
+    path = tmp_path / "out.png"
+    small_image().save(path, pnginfo=pnginfo_chunk(text))
+    with Image.open(path) as image:
+        check_sd_parsers(image, model=False)
+        read = parse_infotext(png_info(image) or "")
+    assert read.params["Sampler"] == "DPM++ 2M" and read.params["Version"] == "img2imgd 0.1.0"
+    assert read.params["Model"] == "dreamshaper_8"
+    first, second = parse(read.params["ControlNet 0"]), parse(read.params["ControlNet 1"])
+    assert first["model"] == "control_v11p_sd15_canny [d14c016b]" and first["weight"] == 0.8
+    assert second["module"] == "reference_only" and second["guidance_end"] == 0.5
