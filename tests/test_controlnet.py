@@ -222,10 +222,10 @@ def test_the_sdxl_variant_steers_the_sdxl_model(models):
     assert "Model: tiny-controlnet-sdxl [" in steered.infotexts[0]
 
 
-def test_a_per_image_yaml_may_not_choose_a_controlnet(tmp_path):
+def test_a_per_image_yaml_may_not_choose_a_controlnet_by_path(tmp_path):
     write(tmp_path, {"model": "builtin:tiny-sd", "controlnet": [CANNY]})
     loaded = load_profile(tmp_path, "p")
-    with pytest.raises(InputError, match=r"cat\.yaml sets 'controlnet', which only a profile may"):
+    with pytest.raises(InputError, match=r"cat\.yaml: controlnet\.0\.model: '/elsewhere' is a"):
         loaded.with_overrides({"controlnet": [{**CANNY, "model": "/elsewhere"}]}, Path("cat.yaml"))
 
 

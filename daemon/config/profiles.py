@@ -21,8 +21,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError, field_validator
 
-from daemon.config.validation import Where, describe, not_used
+from daemon.config.validation import Where, describe, located, not_used
 from daemon.config.yamlsafe import YamlProblem, key_lines, read_mapping
+from daemon.controlnet.per_image import unit_from_input_problem
 from daemon.controlnet.units import ControlNetKeys
 from daemon.errors import ConfigError, InputError
 from daemon.intake.pairing import Kind
@@ -43,10 +44,10 @@ from daemon.tasks.registry import DEFAULT_TASK, TASKS, task_of
 MAX_EXTENDS_DEPTH = 8
 # Per-image YAML sits in the inbox, which anyone who can drop a file can write: it may tune
 # the generation but never choose which files are loaded.
-# ControlNet units name models too: only a profile sets them (for now; a per-image YAML may
-# later tune the profile's own units).
+# ControlNet units name models too: an input's own units name them by name only
+# (daemon/controlnet/per_image.py).
 NOT_PER_IMAGE = frozenset(
-    {"model", "vae", "extends", "interrogate_model", "tagger_model", "labels_dir", "controlnet"}
+    {"model", "vae", "extends", "interrogate_model", "tagger_model", "labels_dir"}
 )
 
 
@@ -200,6 +201,11 @@ class LoadedProfile:
             settings = task_settings(merged, source.name, where=where, reported=overrides.keys())
         except KeyProblems as exc:
             raise InputError(exc.problems[0]) from exc
+        if "controlnet" in overrides or "controlnet" in parameters:
+            own_models = {unit.model.strip() for unit in self.settings.controlnet}
+            problem = unit_from_input_problem(settings.controlnet, own_models)
+            if problem is not None:
+                raise InputError(f"{located('controlnet', source, where)}: {problem}")
         if settings.interrogating != self.settings.interrogating:
             raise InputError(
                 f"{source.name} turns this {self.settings.task} profile into another kind of "

@@ -94,11 +94,16 @@ def parse(text: str) -> dict[str, Any]:
     return fields
 
 
-def units_from_params(params: Mapping[str, str]) -> list[dict[str, Any]]:
-    """The ``ControlNet N`` entries of a parsed parameter line, in N's order, as unit keys."""
+def numbered_entries(params: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The ``ControlNet N`` entries of a parsed parameter line, ``(key, text)`` in N's order."""
     numbered = sorted(
-        (int(found.group(1)), value)
+        (int(found.group(1)), key, value)
         for key, value in params.items()
         if (found := _KEY.fullmatch(key.strip()))
     )
-    return [parse(value) for _, value in numbered]
+    return [(key, value) for _, key, value in numbered]
+
+
+def units_from_params(params: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The ``ControlNet N`` entries of a parsed parameter line, in N's order, as unit keys."""
+    return [parse(value) for _, value in numbered_entries(params)]

@@ -20,6 +20,7 @@ from daemon.a1111.infotext import png_info
 from daemon.a1111.pnginfo import settings_from_infotext
 from daemon.config.profiles import LoadedProfile, Profile
 from daemon.config.yamlsafe import YamlProblem, read_mapping
+from daemon.controlnet.per_image import units_from_infotext
 from daemon.errors import (
     InputError,
     TransientError,
@@ -28,6 +29,7 @@ from daemon.errors import (
     storage_reason,
 )
 from daemon.intake.jobs import Job
+from daemon.models.builtin import CONTROLNET_BUILTINS
 
 _T = TypeVar("_T")
 PER_IMAGE_YAML_BYTES = 64 * 1024
@@ -100,7 +102,10 @@ def merge_settings(
         if text is not None:
             found = settings_from_infotext(text)
             parameters.update(found.overrides)
-            notes += [f"{where}: {note}" for note in found.notes]
+            units, unit_notes = units_from_infotext(text, CONTROLNET_BUILTINS)
+            if units:  # they replace the profile's, as pasting the infotext does
+                parameters["controlnet"] = units
+            notes += [f"{where}: {note}" for note in (*found.notes, *unit_notes)]
             sources.append(where)
             model_hash = found.model_hash  # (only a painting task reads PNG info)
     yaml_path = job.companions.settings
