@@ -225,6 +225,18 @@ class ControlNetStep:
         self.units = tuple(
             ready for ready in units if ready.unit.weight > 0 and ready.net is not None
         )
+        # Per unit, one control image per image of the call (several in a batch).
+        self.maps: tuple[tuple[Pixels, ...], ...] = tuple((r.control,) for r in self.units)
+
+    @classmethod
+    def batched(cls, per_image: Sequence[Sequence[ReadyUnit]]) -> ControlNetStep:
+        """One step for a call that paints several images with the same units (their
+        settings are equal), each image with its own control images: stacked in the order
+        of the call's images, one row each."""
+        step = cls(per_image[0])
+        kept = [i for i, r in enumerate(per_image[0]) if r.unit.weight > 0 and r.net is not None]
+        step.maps = tuple(tuple(units[i].control for units in per_image) for i in kept)
+        return step
 
     def prepare(self, call: dict[str, Any], context: CallContext) -> dict[str, Any]:
         return call
@@ -237,11 +249,11 @@ class ControlNetStep:
         import torch
 
         unet = pipe.unet
-        controls = [
-            torch.from_numpy(net_input(ready.control))
-            .permute(2, 0, 1)[None]
+        controls = [  # per unit: (images, 3, height, width), in the call's image order
+            torch.from_numpy(np.stack([net_input(control) for control in maps]))
+            .permute(0, 3, 1, 2)
             .to(device=unet.device, dtype=unet.dtype)
-            for ready in self.units
+            for maps in self.maps
         ]
         calls = 0
 
@@ -268,7 +280,7 @@ class ControlNetStep:
             summed: list[Any] | None = None
             for ready, control in active:
                 net = ready.net
-                cond = control.expand(rows, -1, -1, -1)
+                cond = _per_row(control, rows)
                 down, mid = net(
                     sample[:, : net.config.in_channels],
                     timestep,
@@ -308,3 +320,13 @@ class ControlNetStep:
 def model_calls(scheduler: Any) -> int:
     """UNet calls in this pipeline call: the schedule less the steps img2img skips."""
     return len(scheduler.timesteps) - (getattr(scheduler, "begin_index", None) or 0)
+
+
+def _per_row(control: Any, rows: int) -> Any:
+    """The control images for each UNet row. The rows come in blocks of one row per image
+    (unconditional block, then one per prompt: ``AND`` adds blocks), so the images repeat
+    once per block."""
+    images = control.shape[0]
+    if rows % images:
+        raise AssertionError(f"{rows} UNet rows are not blocks of {images} images")
+    return control.repeat(rows // images, 1, 1, 1)

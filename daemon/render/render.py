@@ -25,8 +25,15 @@ from PIL import Image
 from daemon.a1111.color import apply_color_correction
 from daemon.a1111.pnginfo import model_note
 from daemon.config.profiles import Profile
+from daemon.controlnet.modules import module_named
+from daemon.controlnet.reference import is_reference
 from daemon.engines.call_steps import CallStep
-from daemon.engines.controlnet_step import ControlNetStep, infotext_params, ready_units
+from daemon.engines.controlnet_step import (
+    ControlNetStep,
+    ReadyUnit,
+    infotext_params,
+    ready_units,
+)
 from daemon.engines.diffusion import Canvas, DiffusionEngine, Painting, batchable
 from daemon.engines.reference_step import ReferenceStep
 from daemon.errors import Superseded, TransientError, is_out_of_memory
@@ -116,15 +123,7 @@ def _paint(
         if stop is not None and stop():
             raise Superseded(f"{request.label}: stopped for a newer version")
 
-    # ControlNet units: each with its own control image, or the input, as the extension's.
-    units = []
-    if settings.enabled_units:
-        unet = models.pipeline(settings.model, "img2img", vae=settings.vae).unet
-        units = ready_units(
-            settings, request.image, request.size, models.controlnets,
-            unet_width=unet.config.cross_attention_dim, controls=request.controls,
-            annotators=models.annotators, mask=request.mask,
-        )  # fmt: skip
+    units = _ready_units(request, settings, models)
     steps: list[CallStep] = [ControlNetStep(units), ReferenceStep(units)] if units else []
     engine = DiffusionEngine(models, steps=steps)
     painting = engine.paint(
@@ -133,12 +132,31 @@ def _paint(
         correct=_correction(request) if request.mask is not None else None,
         on_step=at_step if stop is not None else None,
     )  # fmt: skip
-    controls: tuple[Image.Image, ...] = ()
-    if units:
-        painting = replace(painting, params={**painting.params, **infotext_params(units)})
-        if settings.save_control:
-            controls = tuple(Image.fromarray(ready.picture) for ready in units)
-    return _result(request, settings, painting, _ModelInfo.of(settings, models), controls)
+    painted, controls = _with_units(painting, units, settings)
+    return _result(request, settings, painted, controls, model=_ModelInfo.of(settings, models))
+
+
+def _ready_units(request: RenderRequest, settings: Profile, models: ModelCache) -> list[ReadyUnit]:
+    """ControlNet units: each with its own control image, or the input, as the extension's."""
+    if not settings.enabled_units:
+        return []
+    unet = models.pipeline(settings.model, "img2img", vae=settings.vae).unet
+    return ready_units(
+        settings, request.image, request.size, models.controlnets,
+        unet_width=unet.config.cross_attention_dim, controls=request.controls,
+        annotators=models.annotators, mask=request.mask,
+    )  # fmt: skip
+
+
+def _with_units(
+    painting: Painting, units: Sequence[ReadyUnit], settings: Profile
+) -> tuple[Painting, tuple[Image.Image, ...]]:
+    """The painting with its units' infotext entries, and the control images to save."""
+    if not units:
+        return painting, ()
+    painting = replace(painting, params={**painting.params, **infotext_params(units)})
+    saved = tuple(Image.fromarray(r.picture) for r in units) if settings.save_control else ()
+    return painting, saved
 
 
 def share_a_call(first: RenderRequest, other: RenderRequest) -> bool:
@@ -153,9 +171,13 @@ def share_a_call(first: RenderRequest, other: RenderRequest) -> bool:
         and first.parameters_model_hash == other.parameters_model_hash
         and not (first.alone or other.alone)  # so that a newer version can stop it
         and task_of(first.settings).pipeline is not None  # painted (an interrogator: alone)
-        and not first.settings.enabled_units  # control images are per input: one call each
+        and not _has_reference_unit(first.settings)  # its step paints one image a call
         and batchable(first.settings, has_mask=False)
     )
+
+
+def _has_reference_unit(settings: Profile) -> bool:
+    return any(is_reference(module_named(u.module).name) for u in settings.enabled_units)
 
 
 def render_batch(requests: Sequence[RenderRequest], models: ModelCache) -> list[RenderResult]:
@@ -164,15 +186,18 @@ def render_batch(requests: Sequence[RenderRequest], models: ModelCache) -> list[
     first = requests[0]
     settings = first.settings
     width, height = first.size
-    paintings = DiffusionEngine(models).paint_batch(
+    # The same units for every request, each with its own control images (stacked by the step).
+    units = [_ready_units(request, settings, models) for request in requests]
+    steps = [ControlNetStep.batched(units)] if units[0] else []
+    paintings = DiffusionEngine(models, steps=steps).paint_batch(
         [request.image for request in requests], settings, width=width, height=height,
         seeds=[request.seed for request in requests], prompt=settings.prompt,
         negative_prompt=settings.negative_prompt,
     )  # fmt: skip
     model = _ModelInfo.of(settings, models)
     return [
-        _result(request, settings, painting, model)
-        for request, painting in zip(requests, paintings, strict=True)
+        _result(request, settings, *_with_units(painting, own, settings), model=model)
+        for request, painting, own in zip(requests, paintings, units, strict=True)
     ]
 
 
@@ -202,8 +227,9 @@ def _result(
     request: RenderRequest,
     settings: Profile,
     painting: Painting,
-    model: _ModelInfo,
     controls: tuple[Image.Image, ...] = (),
+    *,
+    model: _ModelInfo,
 ) -> RenderResult:
     """The painting with A1111's parameters, and what the user should know about it."""
     mismatch = model_note(request.parameters_model_hash, model.hash, model.name)
