@@ -200,6 +200,9 @@ def test_ordinary_folders_are_entered(folder):
         ("p/clip/control/f_0001.png", Kind.CONTROL),
         ("p/clip/control-1/f_0001.png", Kind.CONTROL),
         ("p/a.controls.png", Kind.IMAGE),
+        ("p/a.control.mp4", Kind.CONTROL),  # a video's control video
+        ("p/a.control-1.webm", Kind.CONTROL),
+        ("p/control.mp4", Kind.IMAGE),
         ("p/clip/controls/f_0001.png", Kind.IMAGE),
     ],
 )
@@ -360,3 +363,16 @@ def test_control_folders_hold_no_inputs(tmp_path):
     assert list(pending_images(tmp_path)) == [tmp_path / "a.png"]
     assert image_of_companion(tmp_path / "a.control-1.png") == tmp_path / "a.png"
     assert companions_on_disk(tmp_path / "a.png").control(1) == tmp_path / "a.control-1.png"
+
+
+def test_a_control_video_pairs_with_its_video(tmp_path):
+    from daemon.intake.pairing import image_of_companion, pending_images
+
+    for name in ("v.mp4", "v.control.mp4", "v.control-2.webm", "v.png"):
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(pending_images(tmp_path)) == [tmp_path / "v.mp4", tmp_path / "v.png"]
+    assert image_of_companion(tmp_path / "v.control.mp4") == tmp_path / "v.mp4"
+    assert companions_on_disk(tmp_path / "v.mp4").controls == (
+        (0, tmp_path / "v.control.mp4"),
+        (2, tmp_path / "v.control-2.webm"),
+    )

@@ -60,8 +60,8 @@ def is_video(name: str | os.PathLike[str]) -> bool:
 def is_input_name(name: str) -> bool:
     """An image or video name that is not a companion (``.mask.``, ``.sketch.png``)."""
     stem, suffix = os.path.splitext(name.lower())
-    if suffix in VIDEO_EXTENSIONS:
-        return True
+    if suffix in VIDEO_EXTENSIONS:  # <stem>.control.mp4: a video's control video
+        return _CONTROL_STEM.match(stem) is None
     is_companion = (
         stem.endswith(MASK_MARK)
         or f"{stem}{suffix}".endswith(SKETCH_ENDING)

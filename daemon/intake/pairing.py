@@ -82,8 +82,8 @@ def classify(where: Route) -> Kind:
         return Kind.SETTINGS
     if suffix == PARAMETERS_EXTENSION:
         return Kind.PARAMETERS
-    if suffix in VIDEO_EXTENSIONS:
-        return Kind.IMAGE  # a job of its own, like an image
+    if suffix in VIDEO_EXTENSIONS:  # a job of its own, like an image; or a control video
+        return Kind.CONTROL if control_of_stem(PurePosixPath(name).stem) else Kind.IMAGE
     if suffix not in IMAGE_EXTENSIONS:
         return Kind.UNSUPPORTED
     if where.sub_dir.name == MASK_FOLDER or PurePosixPath(name).stem.endswith(MASK_MARK):
@@ -202,6 +202,10 @@ def _mask_in_folder(stem: str, mask_names: set[str], names: set[str]) -> tuple[s
     return (same_number[0] if same_number else None), False
 
 
+# Beside a video, <stem>.control.mp4 is a control video: frame i steers frame i.
+_CONTROL_EXTENSIONS = IMAGE_EXTENSIONS | frozenset(VIDEO_EXTENSIONS)
+
+
 def _controls(
     stem: str, folder: Path, names: set[str], control_names: dict[str, set[str]]
 ) -> tuple[tuple[int, Path], ...]:
@@ -211,7 +215,7 @@ def _controls(
     for name in sorted(names):
         whose = control_of_stem(job_stem(name))
         suffix = PurePosixPath(name.lower()).suffix
-        if whose and whose[0].lower() == stem.lower() and suffix in IMAGE_EXTENSIONS:
+        if whose and whose[0].lower() == stem.lower() and suffix in _CONTROL_EXTENSIONS:
             found.setdefault(whose[1], folder / name)
     number = frame_number(stem)
     for folder_name, in_folder in sorted(control_names.items()):
@@ -244,7 +248,10 @@ def image_of_companion(companion: Path) -> Path | None:
         beside = {entry.name.lower(): entry for entry in _files(companion.parent)}
     except OSError:
         return None
-    for extension in sorted(IMAGE_EXTENSIONS):
+    # A control video (a.control.mp4) steers a video's frames; other companions an image's.
+    suffix = PurePosixPath(companion.name.lower()).suffix
+    extensions = VIDEO_EXTENSIONS if suffix in VIDEO_EXTENSIONS else IMAGE_EXTENSIONS
+    for extension in sorted(extensions):
         found = beside.get(f"{name}{extension}")
         if found is not None:
             return found

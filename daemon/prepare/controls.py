@@ -18,6 +18,7 @@ from daemon.a1111.imaging import flatten_on_white, load_image
 from daemon.config.profiles import Profile
 from daemon.errors import InputError
 from daemon.intake.jobs import Job
+from daemon.intake.names import is_video
 from daemon.prepare.inputs import check_regular_file, storage_safe
 
 
@@ -43,13 +44,20 @@ def read_controls(job: Job, settings: Profile, *, max_pixels: int, max_bytes: in
             notes.append(f"{path.name}: the profile has no enabled ControlNet unit {unit}: unused")
             continue
         check_regular_file(path, max_bytes=max_bytes)
+        if is_video(path):  # a control video: read frame by frame (prepare/control_video.py)
+            if not is_video(job.image):
+                raise InputError(
+                    f"{path.name} is a control video, which steers a video's frames; "
+                    f"{job.image.name} is an image: give it a control image"
+                )
+            continue
         try:
             image = storage_safe(load_image, path, max_pixels=max_pixels)
         except InputError as exc:  # same class: an unreadable one gets the same retries
             raise type(exc)(f"ControlNet unit {unit}'s control image: {exc}") from exc
         images[unit] = flatten_on_white(image)  # the extension's HWC3: RGBA on white
     for unit in settings.awaited_controls:
-        if images[unit] is None:
+        if images[unit] is None and job.companions.control(unit) is None:
             raise InputError(missing_control(job, unit))
     return JobControls(tuple(images) if any(images) else (), tuple(notes))
 

@@ -35,6 +35,7 @@ from daemon.live.live import in_place
 from daemon.media.video import VideoInfo, probe, read_frames
 from daemon.paths import output_folder, portable_name
 from daemon.prepare.canvas import aspect_note, processing_size
+from daemon.prepare.control_video import ControlVideos, control_videos
 from daemon.prepare.controls import read_controls
 from daemon.prepare.inputs import check_regular_file, merge_settings, storage_safe
 from daemon.render.values import RenderRequest
@@ -54,6 +55,7 @@ class VideoPlan:
     base_seed: int
     notes: tuple[str, ...] = ()
     controls: tuple[Image.Image | None, ...] = ()  # <stem>.control[-<n>].png: every frame's
+    control_videos: ControlVideos = ()  # <stem>.control[-<n>].mp4: frame i's control is its i
 
     @property
     def state(self) -> Path:
@@ -93,6 +95,7 @@ def plan_video(
     controls = read_controls(
         job, profile, max_pixels=settings.max_image_pixels, max_bytes=settings.max_input_bytes
     )
+    videos = control_videos(job, profile, info, probe=_probe)
     identity = _video_id(job)
     state = settings.state_dir / "videos" / identity
     folder = output_folder(settings.outbox, job.profile, job.sub_dir)
@@ -105,7 +108,7 @@ def plan_video(
         raise TransientError(f"could not prepare the work folder: {exc}") from exc
     return VideoPlan(
         job, profile, info, mask, clip, work, base_seed,
-        (*merged.notes, *notes, *controls.notes), controls.images,
+        (*merged.notes, *notes, *controls.notes), controls.images, videos,
     )  # fmt: skip
 
 
@@ -128,8 +131,10 @@ def frame_request(
     rng: random.Random,
     *,
     prompt_image: Image.Image | None = None,
+    controls: tuple[Image.Image | None, ...] | None = None,
 ) -> RenderRequest:
-    """Frame `index` as a request; `settings` are the plan's with the prompts once filled."""
+    """Frame `index` as a request; `settings` are the plan's with the prompts once filled;
+    `controls`: the frame's own control images (its control videos'), else the plan's."""
     return RenderRequest(
         label=f"{plan.job.label} frame {index}",
         settings=settings,
@@ -138,7 +143,7 @@ def frame_request(
         size=processing_size(settings, *frame.size),
         seed=frame_seed(settings.seed_mode, plan.base_seed, index, rng),
         colors=colors,
-        controls=plan.controls,
+        controls=plan.controls if controls is None else controls,
         prompt_image=prompt_image,
         alone=in_place(plan.job),  # a live profile's video: painted frame by frame
     )

@@ -30,6 +30,7 @@ from daemon.deliver.results import Delivered, Planned
 from daemon.deliver.video import join_video, write_frame
 from daemon.errors import InputError, TransientError
 from daemon.intake.jobs import Job
+from daemon.prepare.control_video import frame_controls
 from daemon.prepare.video import VideoPlan, decoded_frames, frame_notes, frame_request, plan_video
 from daemon.queue.frames import Frame, FramePipeline
 from daemon.render.executor import Outcome
@@ -111,12 +112,14 @@ class VideoFrames:
         self.frames: list[Path] = []  # every frame's PNG, painted or to be
         self.stopped_at: int | None = None  # the frame where a stop came
         self._decoded: Iterator[Picture] = decoded_frames(plan)
+        self._controls = frame_controls(plan.controls, plan.control_videos)  # in step
         self._first: Image.Image | None = None  # what {interrogate}/{tags} describe
 
     def next(self) -> Frame[Picture] | None:
         if self.stopped_at is not None:
             return None
         for index, picture in self._decoded:
+            controls = next(self._controls)
             self._first = self._first or picture
             self.frames.append(self.plan.frame_path(index))
             if self.frames[-1].exists():  # painted before a restart
@@ -124,7 +127,7 @@ class VideoFrames:
             if self.should_stop():
                 self.stopped_at = index
                 return None
-            return self._frame(index, picture)
+            return self._frame(index, picture, controls)
         return None
 
     def ready(self, head: Frame[Picture]) -> int:
@@ -139,7 +142,9 @@ class VideoFrames:
     def read_ahead(self) -> None:
         pass  # the next frame is decoded when its turn comes: decoding is quick
 
-    def _frame(self, index: int, picture: Image.Image) -> Frame[Picture]:
+    def _frame(
+        self, index: int, picture: Image.Image, controls: tuple[Image.Image | None, ...]
+    ) -> Frame[Picture]:
         plan, clip = self.plan, self.plan.clip
         correct = plan.settings.color_correction is not False
         colors = clip.colors() if correct else None
@@ -149,7 +154,8 @@ class VideoFrames:
             settings = settings.model_copy(update={"prompt": prompt, "negative_prompt": negative})
         fills = bool(settings.prompt_sources)
         request = frame_request(plan, index, picture, settings, colors, self.rng,
-                                prompt_image=self._first if fills else None)  # fmt: skip
+                                prompt_image=self._first if fills else None,
+                                controls=controls)  # fmt: skip
         # The key frame: the next frame's request needs its result (its colours, its prompts).
         leads = fills or (correct and colors is None)
         return Frame(request, (index, picture), clip, leads=leads)
