@@ -9,6 +9,9 @@ so the pictures and words are noise, but every byte goes through the real code.
 2. Repaint per frame: the render function called directly on decoded frames, vs the daemon on
    the same frames as a folder (a clip: one job per frame, colour correction, progress) and
    as a video (decode, paint, write PNG frames, encode H.264 + AAC).
+3. ControlNet per image: the render function and the daemon with no unit, one unit (canny)
+   and two (canny + lineart_standard), each with the built-in tiny ControlNet, and the ratio
+   of each to no unit.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_media.py [--images N] [--frames N]
 """
@@ -147,6 +150,41 @@ def repaint(bench: Bench, frames: int) -> list[tuple[str, float, float]]:
     ]
 
 
+CANNY = {"enabled": True, "module": "canny", "model": "builtin:tiny-controlnet"}
+LINES = {"enabled": True, "module": "lineart_standard", "model": "builtin:tiny-controlnet"}
+UNITS = (("no unit", []), ("one unit (canny)", [CANNY]), ("two units (+ lineart)", [CANNY, LINES]))
+
+
+def controlnet(bench: Bench, images: int) -> list[tuple[str, float, float]]:
+    sources = [DATA / "chelsea.png", DATA / "astronaut.png"]
+    decoded = [flatten_on_white(load_image(p, max_pixels=2**26)) for p in sources]
+    rows = []
+    for label, units in UNITS:
+        settings = Profile.model_validate({**PAINT, "controlnet": units})
+
+        def request(image: Image.Image, settings: Profile = settings) -> RenderRequest:
+            size = processing_size(settings, *image.size)
+            return RenderRequest("image", settings, image, size=size, seed=1234)
+
+        render(request(decoded[0]), bench.models)  # warm: the model and the ControlNet
+        index = iter(range(images))
+        direct = timed(lambda: render(request(decoded[next(index) % 2]), bench.models), images)  # noqa: B023
+        run = bench.workspace(f"controlnet-{len(units)}")
+        run.profile("p", **PAINT, controlnet=units)
+        for i in range(images):
+            run.drop(sources[i % 2], f"p/img{i:03d}.png")
+        rows.append((label, direct, bench.once(run) / images))
+    return rows
+
+
+def print_ratios(title: str, rows: list[tuple[str, float, float]]) -> None:
+    print(f"\n{title}")
+    print(f"{'':36} {'direct':>10} {'daemon':>10} {'x no unit':>10}")
+    base = rows[0][2]
+    for label, direct, daemon in rows:
+        print(f"{label:36} {direct * 1000:>8.0f}ms {daemon * 1000:>8.0f}ms {daemon / base:>9.2f}x")
+
+
 def print_table(title: str, unit: str, rows: list[tuple[str, float, float]]) -> None:
     print(f"\n{title}")
     print(f"{'':36} {'direct':>10} {'daemon':>10} {'overhead':>10}")
@@ -171,6 +209,8 @@ def main() -> None:
         bench = Bench(Path(tmp))
         print_table("Interrogation", "image", interrogation(bench, args.images))
         print_table("Repaint (tiny-sd, 128x96, 4 steps)", "frame", repaint(bench, args.frames))
+        title = "ControlNet per image (tiny-sd + tiny-controlnet, up to 128x128 px, 4 model calls)"
+        print_ratios(title, controlnet(bench, args.images))
 
 
 if __name__ == "__main__":
