@@ -55,7 +55,11 @@ def save_random_weights(models_dir: Path, module: str, *, seed: int = 0) -> Path
     network = annotator_nets.NETWORKS[annotator.folder]()
     path = models_dir / "annotators" / annotator.folder / annotator.files[0]
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.half() for k, v in network.state_dict().items()}, path)
+    # Written aside and renamed in, as a finished download appears: a daemon that read it
+    # half-written would wait and retry, with a back-off longer than this test's patience.
+    partial = path.with_name(path.name + ".part")
+    torch.save({k: v.half() for k, v in network.state_dict().items()}, partial)
+    partial.replace(path)
     return path
 
 
