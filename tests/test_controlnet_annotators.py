@@ -55,11 +55,7 @@ def save_random_weights(models_dir: Path, module: str, *, seed: int = 0) -> Path
     network = annotator_nets.NETWORKS[annotator.folder]()
     path = models_dir / "annotators" / annotator.folder / annotator.files[0]
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Written aside and renamed in, as a finished download appears: a daemon that read it
-    # half-written would wait and retry, with a back-off longer than this test's patience.
-    partial = path.with_name(path.name + ".part")
-    torch.save({k: v.half() for k, v in network.state_dict().items()}, partial)
-    partial.replace(path)
+    torch.save({k: v.half() for k, v in network.state_dict().items()}, path)
     return path
 
 
@@ -180,12 +176,18 @@ def test_an_input_waits_for_a_missing_annotator_then_its_map_steers_and_is_saved
     models_dir.mkdir()
     workspace.profile("lines", controlnet=[LINEART], **FIXED)
     models = ModelCache(models_dir=models_dir, state_dir=state_dir, device="cpu")
+    # Made before the daemon starts: a module built while diffusers loads a model on another
+    # thread gets meta tensors (accelerate's init_empty_weights patches every module), and the
+    # file appears whole when renamed in, as a finished download does.
+    made = save_random_weights(workspace.root / "made", "lineart")
+    weights = models_dir / made.relative_to(workspace.root / "made")
     with daemon_with(workspace.settings(models_dir=models_dir), models):
         image = workspace.drop(DATA / "chelsea.png", "lines/cat.png")
         wait_for(lambda: any(MISSING in line for line in logs))
         assert image.exists(), "the input waits in the inbox"
         assert not workspace.outputs("lines") and not workspace.failed("lines")
-        weights = save_random_weights(models_dir, "lineart")
+        weights.parent.mkdir(parents=True)
+        made.replace(weights)
         wait_for(lambda: len(workspace.done("lines")) == 1, timeout=60)
     assert not workspace.failed("lines")
     with Image.open(workspace.outbox / "lines/cat.control.png") as saved:
