@@ -204,6 +204,10 @@ def test_ordinary_folders_are_entered(folder):
         ("p/a.control-1.webm", Kind.CONTROL),
         ("p/control.mp4", Kind.IMAGE),
         ("p/clip/controls/f_0001.png", Kind.IMAGE),
+        ("p/a.reference.png", Kind.REFERENCE),  # IP-Adapter references: never inputs
+        ("p/clip/reference/key.JPG", Kind.REFERENCE),
+        ("p/reference.png", Kind.IMAGE),  # a name like any other
+        ("p/references/a.png", Kind.IMAGE),
     ],
 )
 def test_classify(relative, kind):
@@ -376,3 +380,31 @@ def test_a_control_video_pairs_with_its_video(tmp_path):
         (0, tmp_path / "v.control.mp4"),
         (2, tmp_path / "v.control-2.webm"),
     )
+
+
+# ------------------------------------------------------------ reference images
+
+
+def test_an_images_own_reference_wins_over_its_folders():
+    names = {"f_1.reference.png", "reference", "f_2.png"}
+    key = {"key_frame.png", "notes.txt"}
+    own = find_companions(FOLDER / "f_1.png", names, set(), reference_names=key)
+    assert own.reference == FOLDER / "f_1.reference.png" and not own.reference_shared
+    assert own.reference in own.paths(), "archived with its input"
+    shared = find_companions(FOLDER / "f_2.png", names, set(), reference_names=key)
+    assert shared.reference == FOLDER / "reference/key_frame.png" and shared.reference_shared
+    assert shared.reference not in shared.paths() and shared.shared == (shared.reference,)
+
+
+def test_reference_images_are_no_inputs(tmp_path):
+    from daemon.intake.pairing import image_of_companion, pending_images
+
+    (tmp_path / "reference").mkdir()
+    for name in ("a.png", "a.reference.png", "reference/key.png"):
+        (tmp_path / name).write_bytes(b"x")
+    assert list(pending_images(tmp_path)) == [tmp_path / "a.png"]
+    assert list(pending_images(tmp_path / "reference")) == []
+    assert image_of_companion(tmp_path / "a.reference.png") == tmp_path / "a.png"
+    assert image_of_companion(tmp_path / "reference/key.png") is None
+    (tmp_path / "a.reference.png").unlink()
+    assert companions_on_disk(tmp_path / "a.png").reference == tmp_path / "reference/key.png"

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ValidationError, field_validator
 
 from daemon.config.validation import Where, describe, located, not_used
 from daemon.config.yamlsafe import YamlProblem, key_lines, read_mapping
+from daemon.controlnet.ip_adapter_keys import IPAdapterKeys
 from daemon.controlnet.per_image import unit_from_input_problem
 from daemon.controlnet.units import ControlNetKeys
 from daemon.errors import ConfigError, InputError
@@ -47,7 +48,7 @@ MAX_EXTENDS_DEPTH = 8
 # ControlNet units name models too: an input's own units name them by name only
 # (daemon/controlnet/per_image.py).
 NOT_PER_IMAGE = frozenset(
-    {"model", "vae", "extends", "interrogate_model", "tagger_model", "labels_dir"}
+    {"model", "vae", "extends", "interrogate_model", "tagger_model", "labels_dir", "ip_adapter"}
 )
 
 
@@ -61,6 +62,7 @@ class Profile(
     CaptionKeys,
     PromptSourceKeys,
     ControlNetKeys,
+    IPAdapterKeys,
 ):
     """The effective settings of one job: every key group, so every key has a value (A1111's
     img2img UI defaults for those its task does not use). Profiles are validated through

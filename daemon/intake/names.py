@@ -22,6 +22,8 @@ MASK_MARK = ".mask"  # <stem>.mask.<image extension>
 SKETCH_ENDING = ".sketch.png"
 CONTROL_MARK = ".control"  # <stem>.control.png: ControlNet unit 0's image; .control-<n>: unit n's
 CONTROL_FOLDER = "control"  # control/ (unit 0) and control-<n>/ (unit n): a clip's, by frame
+REFERENCE_MARK = ".reference"  # <stem>.reference.png: the input's IP-Adapter reference image
+REFERENCE_FOLDER = "reference"  # reference/<one image> in a clip folder: every frame's
 _CONTROL_STEM = re.compile(r"^(.*)\.control(?:-(\d{1,3}))?$", re.IGNORECASE)
 _CONTROL_FOLDER = re.compile(r"^control(?:-(\d{1,3}))?$", re.IGNORECASE)
 
@@ -66,8 +68,14 @@ def is_input_name(name: str) -> bool:
         stem.endswith(MASK_MARK)
         or f"{stem}{suffix}".endswith(SKETCH_ENDING)
         or _CONTROL_STEM.match(stem) is not None
+        or is_reference_stem(stem)
     )
     return suffix in IMAGE_EXTENSIONS and not is_companion
+
+
+def is_reference_stem(stem: str) -> bool:
+    """``a.reference``: the reference image of input ``a``."""
+    return stem.lower().endswith(REFERENCE_MARK)
 
 
 def control_of_stem(stem: str) -> tuple[str, int] | None:
@@ -84,8 +92,9 @@ def control_folder_unit(name: str) -> int | None:
 
 
 def is_companion_folder(name: str) -> bool:
-    """A clip's ``masks/`` or ``control[-<n>]/`` folder: companions, never inputs."""
-    return name == MASK_FOLDER or control_folder_unit(name) is not None
+    """A clip's ``masks/``, ``control[-<n>]/`` or ``reference/`` folder: companions, never
+    inputs."""
+    return name in (MASK_FOLDER, REFERENCE_FOLDER) or control_folder_unit(name) is not None
 
 
 def image_kinds() -> str:
@@ -102,7 +111,9 @@ def accepted_kinds() -> str:
         f"images ({image_kinds()}) and videos ({videos}); beside an image, its mask "
         f"(<name>{MASK_MARK}.png or {MASK_FOLDER}/<name>.png, any image extension), its sketch "
         f"(<name>{SKETCH_ENDING}), its ControlNet images (<name>{CONTROL_MARK}.png, "
-        f"<name>{CONTROL_MARK}-<n>.png, or {CONTROL_FOLDER}/ by frame), its settings "
+        f"<name>{CONTROL_MARK}-<n>.png, or {CONTROL_FOLDER}/ by frame), its IP-Adapter "
+        f"reference (<name>{REFERENCE_MARK}.png, or {REFERENCE_FOLDER}/ for the folder), "
+        f"its settings "
         f"({settings}) and its parameters or caption "
         f"(<name>{PARAMETERS_EXTENSION})"
     )

@@ -8,6 +8,8 @@ lists one folder. The folder contract:
 * ``<stem>.sketch.png`` is its scribble layer; ``<stem>.yaml`` its per-image settings;
 * ``<stem>.control.png`` / ``<stem>.control-<n>.png`` is ControlNet unit 0's / n's image; in
   a clip folder, ``control/`` / ``control-<n>/`` hold them by stem or by frame number;
+* ``<stem>.reference.png`` is its IP-Adapter reference image; the image in a folder's
+  ``reference/`` is the reference of every image (every frame of a clip) without its own;
 * folders starting with ``_`` or ``.`` (``_done``, ``_failed``) are never profiles or jobs;
 * temporaries and junk that editors and sync tools leave are ignored.
 """
@@ -25,6 +27,7 @@ from daemon.intake.names import (
     MASK_FOLDER,
     MASK_MARK,
     PARAMETERS_EXTENSION,
+    REFERENCE_FOLDER,
     SETTINGS_EXTENSIONS,
     SKETCH_ENDING,
     VIDEO_EXTENSIONS,
@@ -35,6 +38,7 @@ from daemon.intake.names import (
     is_ignored_dir,
     is_ignored_name,
     is_input_name,
+    is_reference_stem,
     job_stem,
 )
 
@@ -44,6 +48,7 @@ class Kind(enum.Enum):
     MASK = "mask"
     SKETCH = "sketch"
     CONTROL = "control"  # a ControlNet unit's own control image
+    REFERENCE = "reference"  # an IP-Adapter reference image (<stem>.reference, reference)
     SETTINGS = "settings"
     PARAMETERS = "parameters"  # <stem>.txt: an infotext or a caption, for use_png_info
     UNSUPPORTED = "unsupported"
@@ -94,6 +99,8 @@ def classify(where: Route) -> Kind:
         return Kind.CONTROL
     if control_of_stem(PurePosixPath(name).stem) is not None:
         return Kind.CONTROL
+    if where.sub_dir.name == REFERENCE_FOLDER or is_reference_stem(PurePosixPath(name).stem):
+        return Kind.REFERENCE
     return Kind.IMAGE
 
 
@@ -122,6 +129,16 @@ class Companions:
     parameters: Path | None = None  # <stem>.txt
     mask_shared: bool = False  # the only file in masks/: it serves every image of the folder
     controls: tuple[tuple[int, Path], ...] = ()  # (unit, its control image), by unit
+    reference: Path | None = None  # <stem>.reference.png, else the one in reference/
+    reference_shared: bool = False  # the folder's: it stays for the folder's other images
+
+    @property
+    def shared(self) -> tuple[Path, ...]:
+        """The folder's files among these (a lone mask, ``reference/``'s): they serve its
+        other images too, so they stay until its clip ends."""
+        mask = (self.mask,) if self.mask_shared and self.mask else ()
+        reference = (self.reference,) if self.reference_shared and self.reference else ()
+        return (*mask, *reference)
 
     def control(self, unit: int) -> Path | None:
         """Unit `unit`'s own control image, if one came."""
@@ -137,7 +154,8 @@ class Companions:
         """The files that belong to this image alone (they move with it); a shared mask
         stays for the folder's other images."""
         mask = None if self.mask_shared else self.mask
-        found = (mask, self.sketch, self.settings, self.parameters)
+        reference = None if self.reference_shared else self.reference
+        found = (mask, self.sketch, self.settings, self.parameters, reference)
         return (*(p for p in found if p is not None), *(path for _, path in self.controls))
 
 
@@ -146,6 +164,7 @@ def find_companions(
     names: set[str],
     mask_names: set[str],
     control_names: dict[str, set[str]] | None = None,
+    reference_names: set[str] | frozenset[str] = frozenset(),
 ) -> Companions:
     """Companions of ``image`` among the names in its folder and in its ``masks/`` folder.
 
@@ -155,7 +174,9 @@ def find_companions(
     (``frame_0012.png`` ↔ ``mask_12.png``). Matching is case-insensitive on the extension
     because Windows tools write ``.PNG``. Control images pair the same way, per unit
     (`control_names`: the names in each ``control[-<n>]/`` folder, by folder name), except
-    that a lone one is never shared: each frame has its own.
+    that a lone one is never shared: each frame has its own. The reference image is
+    ``<stem>.reference.<ext>`` beside the image, else the (first) image in ``reference/``
+    (`reference_names`), which every image of the folder shares.
     """
     stem = job_stem(image.name)
     folder = image.parent
@@ -174,7 +195,15 @@ def find_companions(
     sketch = by_lower.get(f"{stem.lower()}.sketch.png")
     settings = first([f"{stem.lower()}{ext}" for ext in sorted(SETTINGS_EXTENSIONS)], by_lower)
     parameters = by_lower.get(f"{stem.lower()}{PARAMETERS_EXTENSION}")
+    own_reference = first([f"{stem.lower()}.reference{ext}" for ext in image_exts], by_lower)
+    in_folder = sorted(
+        n for n in reference_names if PurePosixPath(n.lower()).suffix in IMAGE_EXTENSIONS
+    )
+    shared_reference = REFERENCE_FOLDER + "/" + in_folder[0] if in_folder else None
+    reference = own_reference or shared_reference
     return Companions(
+        reference=folder / reference if reference else None,
+        reference_shared=own_reference is None and shared_reference is not None,
         controls=_controls(stem, folder, names, control_names or {}),
         mask_shared=shared,
         mask=mask_path,
@@ -235,7 +264,9 @@ def image_of_companion(companion: Path) -> Path | None:
     """The image beside `companion` (``a.mask.png``, ``a.sketch.png``, ``a.control-1.png``,
     ``a.yaml``, ``a.txt`` → ``a.png`` or another image type), if there is one."""
     name = companion.name.lower()
-    for ending in (".mask", ".sketch"):
+    if companion.parent.name == REFERENCE_FOLDER:
+        return None  # the folder's reference: no one image's
+    for ending in (".mask", ".sketch", ".reference"):
         stem = PurePosixPath(name).stem
         if stem.endswith(ending):
             name = stem[: -len(ending)]
@@ -269,10 +300,15 @@ def companions_on_disk(image: Path) -> Companions:
             for entry in entries
             if control_folder_unit(entry.name) is not None and entry.is_dir()
         }
+        reference_names = (
+            {entry.name for entry in _files(folder / REFERENCE_FOLDER)}
+            if REFERENCE_FOLDER in names
+            else set()
+        )
     except OSError:
         return Companions()
     names.discard(image.name)
-    return find_companions(image, names, mask_names, control_names)
+    return find_companions(image, names, mask_names, control_names, reference_names)
 
 
 def _files(folder: Path) -> list[Path]:

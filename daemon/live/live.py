@@ -125,7 +125,7 @@ class Live:
         last job (the worker then compares content)."""
         if not self.applies(settings):
             return RENDERS
-        shared = (companions.mask,) if companions.mask_shared else ()
+        shared = companions.shared
         seen = stamps((image, *companions.paths(), *shared))
         with self._lock:
             said = turn(seen, self._last.get(image), settings.live_delay, self._wall_clock())

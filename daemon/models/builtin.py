@@ -28,6 +28,7 @@ from daemon.models.tiny_controlnet import (
     build_tiny_controlnet_union,
 )
 from daemon.models.tiny_interrogator import build_tiny_interrogator
+from daemon.models.tiny_ip_adapter import build_tiny_ip_adapter, build_tiny_ip_adapter_sdxl
 from daemon.models.tiny_sd import build_tiny_sd, build_tiny_sdxl
 from daemon.models.tiny_tagger import build_tiny_tagger
 
@@ -42,6 +43,8 @@ BUILTIN_MODELS: dict[str, str] = {
     "tiny-controlnet": "tiny random ControlNet for tiny-sd (a control image moves the noise)",
     "tiny-controlnet-sdxl": "tiny random ControlNet for tiny-sdxl",
     "tiny-controlnet-union": "tiny random ControlNet Union (ProMax's 8 types) for tiny-sdxl",
+    "tiny-ip-adapter": "tiny random IP-Adapter and CLIP vision encoder for tiny-sd",
+    "tiny-ip-adapter-sdxl": "tiny random IP-Adapter and CLIP vision encoder for tiny-sdxl",
 }
 
 INTERROGATION_BUILTINS = frozenset({"tiny-interrogator", "tiny-tagger"})
@@ -51,6 +54,9 @@ CONTROLNET_BUILTINS = frozenset(
     {"tiny-controlnet", "tiny-controlnet-sdxl", "tiny-controlnet-union"}
 )
 """Built-ins that are ControlNets (a ``controlnet:`` unit's model), not pipelines."""
+
+IP_ADAPTER_BUILTINS = frozenset({"tiny-ip-adapter", "tiny-ip-adapter-sdxl"})
+"""Built-ins that are IP-Adapters (``ip_adapter: model:``), with their image encoder."""
 
 BUILD_VERSION = 1
 """Bump when a recipe changes (configs, seed, tokenizer): the cache folder names change too.
@@ -125,4 +131,6 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-controlnet": build_tiny_controlnet,
     "tiny-controlnet-sdxl": build_tiny_controlnet_sdxl,
     "tiny-controlnet-union": build_tiny_controlnet_union,
+    "tiny-ip-adapter": build_tiny_ip_adapter,
+    "tiny-ip-adapter-sdxl": build_tiny_ip_adapter_sdxl,
 }

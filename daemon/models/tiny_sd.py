@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Callable
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,42 @@ def _tiny_vae(scaling_factor: float) -> Any:
     )
 
 
+def tiny_unet() -> Any:
+    """The tiny SD-1 UNet (random weights from torch's current state)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        **_UNET_LAYOUT, cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32
+    )
+
+
+def tiny_sdxl_unet() -> Any:
+    """The tiny SDXL UNet (random weights from torch's current state)."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        **_UNET_LAYOUT,
+        transformer_layers_per_block=(1, 2),
+        cross_attention_dim=32 + 64,
+        attention_head_dim=(4, 8),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=_SDXL_TIME_EMBED_DIM,
+        projection_class_embeddings_input_dim=6 * _SDXL_TIME_EMBED_DIM + _SDXL_POOLED_DIM,
+        norm_num_groups=32,
+    )
+
+
+def _seeded_unet_and_vae(unet: Callable[[], Any], *, scaling_factor: float) -> tuple[Any, Any]:
+    """The UNet and the VAE, each from the seed alone (neither changes with the other)."""
+    import torch
+
+    torch.manual_seed(_SEED)
+    made = unet()
+    torch.manual_seed(_SEED)
+    return made, _tiny_vae(scaling_factor=scaling_factor)
+
+
 def build_tiny_sd(folder: Path) -> None:
     """Build the tiny SD-1-style img2img pipeline and save it to `folder` (safetensors).
 
@@ -145,7 +182,7 @@ def build_tiny_sd(folder: Path) -> None:
     text encoder has 3 layers, so that clip skip 2 still leaves a layer to skip to.
     """
     import torch
-    from diffusers import DPMSolverMultistepScheduler, UNet2DConditionModel
+    from diffusers import DPMSolverMultistepScheduler
 
     # From its own module: mypy reads `from diffusers import` as diffusers' dummy placeholder
     # class (no `save_pretrained`), because diffusers' lazy __init__ defeats type checking.
@@ -159,12 +196,7 @@ def build_tiny_sd(folder: Path) -> None:
 
     # fork_rng: seeding must not disturb the random state of the process that asked for it.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_SEED)
-        unet = UNet2DConditionModel(
-            **_UNET_LAYOUT, cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32
-        )
-        torch.manual_seed(_SEED)
-        vae = _tiny_vae(scaling_factor=0.18215)
+        unet, vae = _seeded_unet_and_vae(tiny_unet, scaling_factor=0.18215)
         torch.manual_seed(_SEED)
         text_encoder = CLIPTextModel(
             CLIPTextConfig(
@@ -218,7 +250,7 @@ def build_tiny_sdxl(folder: Path) -> None:
     tokenizer pads with "!" and the scheduler is Euler with SDXL's settings.
     """
     import torch
-    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler
 
     # From its own module: see _build_tiny_sd.
     from diffusers.pipelines.stable_diffusion_xl.pipeline_stable_diffusion_xl_img2img import (
@@ -247,20 +279,7 @@ def build_tiny_sdxl(folder: Path) -> None:
         )
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_SEED)
-        unet = UNet2DConditionModel(
-            **_UNET_LAYOUT,
-            transformer_layers_per_block=(1, 2),
-            cross_attention_dim=32 + 64,
-            attention_head_dim=(4, 8),
-            use_linear_projection=True,
-            addition_embed_type="text_time",
-            addition_time_embed_dim=_SDXL_TIME_EMBED_DIM,
-            projection_class_embeddings_input_dim=6 * _SDXL_TIME_EMBED_DIM + _SDXL_POOLED_DIM,
-            norm_num_groups=32,
-        )
-        torch.manual_seed(_SEED)
-        vae = _tiny_vae(scaling_factor=0.13025)
+        unet, vae = _seeded_unet_and_vae(tiny_sdxl_unet, scaling_factor=0.13025)
         torch.manual_seed(_SEED)
         text_encoder = CLIPTextModel(text_config(32, "quick_gelu"))
         torch.manual_seed(_SEED)

@@ -25,6 +25,7 @@ from daemon.live.live import Live
 from daemon.prepare.canvas import aspect_note, build_canvas, processing_size
 from daemon.prepare.controls import read_controls
 from daemon.prepare.inputs import check_regular_file, merge_settings, storage_safe
+from daemon.prepare.reference import read_reference
 from daemon.render.values import RenderRequest
 from daemon.tasks.registry import task_of
 from daemon.tasks.task import Painting
@@ -69,6 +70,9 @@ class Preparer:
         controls = read_controls(
             job, settings, max_pixels=limits.max_image_pixels, max_bytes=limits.max_input_bytes
         )
+        reference, reference_notes = read_reference(
+            job, settings, max_pixels=limits.max_image_pixels, max_bytes=limits.max_input_bytes
+        )
         size = processing_size(settings, *canvas.image.size)
         note = aspect_note(settings, canvas.image.size, size)
         frame = (
@@ -90,10 +94,17 @@ class Preparer:
             seed=seed,
             colors=colors,
             controls=controls.images,
+            reference=reference,
             # {interrogate}/{tags} describe the input as dropped, without the sketch
             prompt_image=flat if settings.prompt_sources and canvas.image is not flat else None,
             parameters_model_hash=merged.parameters_model_hash,
-            notes=(*merged.notes, *canvas.notes, *controls.notes, *([note] if note else [])),
+            notes=(
+                *merged.notes,
+                *canvas.notes,
+                *controls.notes,
+                *reference_notes,
+                *([note] if note else []),
+            ),
         )
         return Prepared(job, self.live.request(job, request), frame)
 

@@ -38,6 +38,7 @@ from daemon.prepare.canvas import aspect_note, processing_size
 from daemon.prepare.control_video import ControlVideos, control_videos
 from daemon.prepare.controls import read_controls
 from daemon.prepare.inputs import check_regular_file, merge_settings, storage_safe
+from daemon.prepare.reference import read_reference
 from daemon.render.values import RenderRequest
 from daemon.tasks.registry import task_of
 
@@ -56,6 +57,7 @@ class VideoPlan:
     notes: tuple[str, ...] = ()
     controls: tuple[Image.Image | None, ...] = ()  # <stem>.control[-<n>].png: every frame's
     control_videos: ControlVideos = ()  # <stem>.control[-<n>].mp4: frame i's control is its i
+    reference: Image.Image | None = None  # ip_adapter's: every frame's (encoded once)
 
     @property
     def state(self) -> Path:
@@ -96,6 +98,9 @@ def plan_video(
         job, profile, max_pixels=settings.max_image_pixels, max_bytes=settings.max_input_bytes
     )
     videos = control_videos(job, profile, info, probe=_probe)
+    reference, reference_notes = read_reference(
+        job, profile, max_pixels=settings.max_image_pixels, max_bytes=settings.max_input_bytes
+    )
     identity = _video_id(job)
     state = settings.state_dir / "videos" / identity
     folder = output_folder(settings.outbox, job.profile, job.sub_dir)
@@ -108,7 +113,8 @@ def plan_video(
         raise TransientError(f"could not prepare the work folder: {exc}") from exc
     return VideoPlan(
         job, profile, info, mask, clip, work, base_seed,
-        (*merged.notes, *notes, *controls.notes), controls.images, videos,
+        (*merged.notes, *notes, *controls.notes, *reference_notes), controls.images, videos,
+        reference,
     )  # fmt: skip
 
 
@@ -144,6 +150,7 @@ def frame_request(
         seed=frame_seed(settings.seed_mode, plan.base_seed, index, rng),
         colors=colors,
         controls=plan.controls if controls is None else controls,
+        reference=plan.reference,
         prompt_image=prompt_image,
         alone=in_place(plan.job),  # a live profile's video: painted frame by frame
     )

@@ -224,10 +224,12 @@ class Admission:
             return
         companions = companions_on_disk(path)
         now = time.monotonic() if now is None else now
-        shared = (companions.mask,) if companions.mask_shared else ()
+        shared = companions.shared
         still_writing = [c for c in (*companions.paths(), *shared) if c in self.tracker]
-        missing = task_of(profile).companions.missing(companions) is not None or any(
-            companions.control(unit) is None for unit in profile.awaited_controls
+        missing = (
+            task_of(profile).companions.missing(companions) is not None
+            or any(companions.control(unit) is None for unit in profile.awaited_controls)
+            or (profile.awaits_reference and companions.reference is None)
         )
         if still_writing or missing:
             deadline = deadline if deadline is not None else now + self.settings.pairing_window

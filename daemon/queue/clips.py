@@ -56,12 +56,15 @@ class ClipEnds:
                 self._end(job)
 
     def _end(self, job: Job) -> None:
-        shared = job.companions.mask if job.companions.mask_shared else None
-        if shared is not None and shared.exists():
+        shared = [path for path in job.companions.shared if path.exists()]
+        if shared:
             try:
-                archive_inputs([shared], job.profile, self.inbox)
+                archive_inputs(shared, job.profile, self.inbox)
             except OSError as exc:
-                logger.warning("{}: could not archive the shared mask: {}", job.label, exc)
+                logger.warning(
+                    "{}: could not archive the folder's shared mask or reference: {}",
+                    job.label, exc,
+                )  # fmt: skip
         state = self.clips.folder(job.profile, job.sub_dir)
         if job.sub_dir.parts and state.exists():
             done = self.clips.close(state)

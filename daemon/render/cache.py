@@ -25,6 +25,7 @@ from daemon.engines.adapters import AdapterManager, AdapterState
 from daemon.engines.annotator_models import Annotators
 from daemon.engines.controlnet_models import ControlNets
 from daemon.engines.interrogators import Interrogators
+from daemon.engines.ip_adapters import IPAdapters
 from daemon.engines.prompt_cache import PromptCache
 from daemon.errors import ConfigError, TransientError, is_out_of_memory
 from daemon.models.builtin import BUILTIN_PREFIX
@@ -110,6 +111,7 @@ class ModelCache:
         self.annotators = Annotators(models_dir, device=lambda: self.device[0], on_load=on_load)
         if controlnet_configs is not None:  # single files' configs other than the shipped
             self.controlnets.configs = controlnet_configs
+        self.ip_adapters = IPAdapters(self.search, device=lambda: self.device, on_load=on_load)
 
     @classmethod
     def from_settings(
@@ -291,6 +293,7 @@ class ModelCache:
         names += self.interrogators.unload_idle(max_idle, now=now)
         names += self.controlnets.unload_idle(max_idle, now=now)
         names += self.annotators.unload_idle(max_idle, now=now)
+        names += self.ip_adapters.unload_idle(max_idle, now=now)
         if names:
             release_memory()
         return names
@@ -300,6 +303,7 @@ class ModelCache:
         self.interrogators.unload_all()
         self.controlnets.unload_all()
         self.annotators.unload_all()
+        self.ip_adapters.unload_all()
         release_memory()
 
     @property
@@ -307,6 +311,7 @@ class ModelCache:
         return [
             *self._loaded, *self.interrogators.loaded, *self.controlnets.loaded,
             *self.annotators.loaded,
+            *self.ip_adapters.loaded,
         ]  # fmt: skip
 
 

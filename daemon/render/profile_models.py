@@ -18,8 +18,10 @@ from daemon.a1111.prompts import extract_extra_networks
 from daemon.config.profiles import Profile
 from daemon.config.settings import Settings
 from daemon.controlnet.annotators import annotator_of, check_annotator
+from daemon.controlnet.ip_adapter_keys import IPAdapterSettings
 from daemon.controlnet.modules import module_named
 from daemon.engines.labels import load_label_lists
+from daemon.models.builtin import is_builtin
 from daemon.models.checkpoints import detect_architecture
 from daemon.models.controlnet_layout import controlnet_layout
 from daemon.models.hub_cache import HubRole
@@ -29,6 +31,8 @@ from daemon.models.resolve import (
     find,
     resolve_clip,
     resolve_controlnet,
+    resolve_image_encoder,
+    resolve_ip_adapter,
     resolve_model,
     resolve_tagger,
     resolve_vae,
@@ -76,6 +80,8 @@ def named_models(profile: Profile, settings: Settings) -> list[NamedModel]:
             _controlnet(unit.model, search) for unit in profile.enabled_units if unit.needs_model
         ]
         named += _annotators(profile, settings)
+        if profile.ip_adapter is not None:
+            named.append(_ip_adapter(profile.ip_adapter, search))
     if "clip" in kinds:
         clip = profile.interrogation_model("clip")
         labels_dir = Path(profile.labels_dir).expanduser() if profile.labels_dir else None
@@ -152,3 +158,13 @@ def _annotators(profile: Profile, settings: Settings) -> list[NamedModel]:
         return NamedModel("controlnet", "annotator", module, folder)
 
     return [entry(module) for module in needing.values()]
+
+
+def _ip_adapter(adapter: IPAdapterSettings, search: Search) -> NamedModel:
+    def files() -> tuple[Path, Path | None]:
+        file = resolve_ip_adapter(adapter.model, search, build=False)
+        if is_builtin(adapter.model) and adapter.image_encoder is None:
+            return file, None  # its own encoder, made with it
+        return file, resolve_image_encoder(adapter.image_encoder, file, search)
+
+    return NamedModel("ip_adapter", "IP-Adapter", adapter.model, files)

@@ -31,12 +31,14 @@ from daemon.engines.call_steps import CallStep
 from daemon.engines.controlnet_step import (
     ControlNetStep,
     ReadyUnit,
+    architecture,
     infotext_params,
     ready_units,
 )
 from daemon.engines.diffusion import Canvas, DiffusionEngine, Painting, batchable
+from daemon.engines.ip_adapter_step import IPAdapterStep, infotext_entry
 from daemon.engines.reference_step import ReferenceStep
-from daemon.errors import Superseded, TransientError, is_out_of_memory
+from daemon.errors import ConfigError, Superseded, TransientError, is_out_of_memory
 from daemon.render.cache import ModelCache
 from daemon.render.parameters import infotext
 from daemon.render.values import RenderRequest, RenderResult
@@ -125,6 +127,9 @@ def _paint(
 
     units = _ready_units(request, settings, models)
     steps: list[CallStep] = [ControlNetStep(units), ReferenceStep(units)] if units else []
+    ip_adapter = _ip_adapter_step(request, settings, models)
+    if ip_adapter is not None:
+        steps.append(ip_adapter)
     engine = DiffusionEngine(models, steps=steps)
     painting = engine.paint(
         Canvas(request.image, request.mask), settings, width=width, height=height,
@@ -133,6 +138,9 @@ def _paint(
         on_step=at_step if stop is not None else None,
     )  # fmt: skip
     painted, controls = _with_units(painting, units, settings)
+    if ip_adapter is not None:
+        entry = infotext_entry(ip_adapter.adapter, ip_adapter.scale, len(units))
+        painted = replace(painted, params={**painted.params, **entry})
     return _result(request, settings, painted, controls, model=_ModelInfo.of(settings, models))
 
 
@@ -159,6 +167,27 @@ def _with_units(
     return painting, saved
 
 
+def _ip_adapter_step(
+    request: RenderRequest, settings: Profile, models: ModelCache
+) -> IPAdapterStep | None:
+    """The IP-Adapter step of a request with ``ip_adapter``: its reference encoded once
+    (per image content, for every frame of a clip)."""
+    adapter = settings.ip_adapter
+    if adapter is None or request.reference is None:
+        return None
+    loaded = models.ip_adapters.get(adapter.model, adapter.image_encoder)
+    unet = models.pipeline(settings.model, "img2img", vae=settings.vae).unet
+    if loaded.width != unet.config.cross_attention_dim:
+        raise ConfigError(
+            f"IP-Adapter {adapter.model} is for {architecture(loaded.width)}, but model "
+            f"{settings.model} is {architecture(unet.config.cross_attention_dim)}: use an "
+            "IP-Adapter made for it"
+        )
+    return IPAdapterStep(
+        loaded, models.ip_adapters.embedding(loaded, request.reference), adapter.scale
+    )
+
+
 def share_a_call(first: RenderRequest, other: RenderRequest) -> bool:
     """Whether two requests differ only in their input image, seed and colour reference, so
     that one pipeline call can paint both (see :meth:`DiffusionEngine.paint_batch`)."""
@@ -172,6 +201,7 @@ def share_a_call(first: RenderRequest, other: RenderRequest) -> bool:
         and not (first.alone or other.alone)  # so that a newer version can stop it
         and task_of(first.settings).pipeline is not None  # painted (an interrogator: alone)
         and not _has_reference_unit(first.settings)  # its step paints one image a call
+        and first.settings.ip_adapter is None  # its reference is per input: one call each
         and batchable(first.settings, has_mask=False)
     )
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from daemon.a1111.samplers import SamplerChoice, parse_sampler
 from daemon.a1111.sizes import ResizeMode
+from daemon.controlnet.ip_adapter_keys import IPAdapterKeys
 from daemon.controlnet.units import ControlNetKeys
 
 Interrogator = Literal["clip", "deepbooru"]
@@ -232,6 +233,7 @@ class PaintingTaskKeys(
     ImageOutputKeys,
     PromptSourceKeys,
     ControlNetKeys,
+    IPAdapterKeys,
 ):
     """What a painting task accepts: the mask keys too, since any painting task inpaints when
     a mask comes with its input."""

@@ -44,6 +44,7 @@ from daemon.models.builtin import (
     BUILTIN_PREFIX,
     CONTROLNET_BUILTINS,
     INTERROGATION_BUILTINS,
+    IP_ADAPTER_BUILTINS,
     ensure_builtin,
     is_builtin,
     model_hash_file,
@@ -64,12 +65,14 @@ from daemon.models.resolve.search import (
     looks_like_repo_id,
     walk_weight_files,
 )
+from daemon.models.tiny_ip_adapter import ADAPTER_FILE, ENCODER_FOLDER
 
 __all__ = [
     "ALLOW_PICKLE_SETTING", "KINDS", "WEIGHT_SUFFIXES", "Kind", "ModelNotFound", "ModelSource",
     "PickleRefused", "Search", "candidates", "check_pickle", "files_by_stem", "find",
-    "kind_folders", "looks_like_repo_id", "resolve_clip", "resolve_controlnet", "resolve_model",
-    "resolve_tagger", "resolve_vae", "walk_weight_files", "without_hash",
+    "kind_folders", "looks_like_repo_id", "resolve_clip", "resolve_controlnet",
+    "resolve_image_encoder", "resolve_ip_adapter", "resolve_model", "resolve_tagger",
+    "resolve_vae", "walk_weight_files", "without_hash",
 ]  # fmt: skip
 
 SourceKind = Literal["folder", "single_file", "hub"]
@@ -114,7 +117,11 @@ def resolve_model(ref: str, search: Search, *, build: bool = True) -> ModelSourc
             raise ConfigError(
                 f"model '{ref}' is a ControlNet: use it as a `controlnet:` unit's model"
             )
-        pipelines = BUILTIN_MODELS.keys() - INTERROGATION_BUILTINS - CONTROLNET_BUILTINS
+        if name in IP_ADAPTER_BUILTINS:
+            raise ConfigError(f"model '{ref}' is an IP-Adapter: use it as `ip_adapter: model:`")
+        pipelines = (
+            BUILTIN_MODELS.keys() - INTERROGATION_BUILTINS - CONTROLNET_BUILTINS
+        ) - IP_ADAPTER_BUILTINS
         folder = _builtin(ref, search, pipelines, build=build)
         return ModelSource(ref, "folder", str(folder), f"builtin-{name}")
     found = find("model", ref, search, build=build)
@@ -166,6 +173,34 @@ _HASH = re.compile(r"\s+\[[0-9a-fA-F]{8,12}\]$")
 def without_hash(ref: str) -> str:
     """``control_v11p_sd15_canny [d14c016b]`` → ``control_v11p_sd15_canny``."""
     return _HASH.sub("", ref.strip())
+
+
+def resolve_ip_adapter(ref: str, search: Search, *, build: bool = True) -> Path:
+    """An IP-Adapter's weight file: a built-in's, a path, or a name (its stem) in the
+    adapter folders (:data:`KINDS` ``ip_adapter``)."""
+    ref = ref.strip()
+    if is_builtin(ref):
+        return _builtin(ref, search, IP_ADAPTER_BUILTINS, build=build) / ADAPTER_FILE
+    given = Path(ref).expanduser()
+    if given.is_file():
+        check_pickle("ip_adapter", ref, given, allowed=search.allow_pickle)
+        return given.resolve()
+    return find("ip_adapter", ref, search, build=build)
+
+
+def resolve_image_encoder(ref: str | None, adapter: Path, search: Search) -> Path:
+    """The CLIP vision folder an IP-Adapter encodes its reference with: `ref` (a path, or a
+    name in ``models_dir/clip_vision``), else ``image_encoder/`` beside the adapter's file."""
+    if ref is None:
+        beside = adapter.parent / ENCODER_FOLDER
+        if not (beside / "config.json").is_file():
+            raise ConfigError(
+                f"IP-Adapter {adapter.name}: no image_encoder set, and no {beside} with a "
+                "config.json beside it; set ip_adapter.image_encoder to a CLIP vision folder "
+                "(e.g. h94/IP-Adapter's models/image_encoder, in models_dir/clip_vision)"
+            )
+        return beside
+    return find("image_encoder", ref, search)
 
 
 def resolve_vae(ref: str, search: Search, *, build: bool = True) -> Path:

@@ -46,6 +46,10 @@ def _model_folder(path: Path) -> bool:
     return (path / "config.json").is_file()
 
 
+def _folder_or_weight_file(path: Path) -> bool:
+    return _model_folder(path) or _weight_file(path)
+
+
 def _tagger(path: Path) -> bool:
     # WD14's folder, A1111's DeepDanbooru .pt, or its torch_deepdanbooru folder holding one.
     return (
@@ -116,6 +120,23 @@ KINDS: dict[str, Kind] = {
         INTERROGATOR_FOLDERS,
         hub="tagger",
         accepts=_tagger,
+    ),
+    "ip_adapter": Kind(
+        "IP-Adapter",
+        "an IP-Adapter weight file (ip-adapter_sd15.safetensors)",
+        # ComfyUI's folder, A1111's ControlNet folder and the extension's own, where it keeps
+        # its ip-adapter_*.safetensors / .bin (a .bin only with allow_pickle).
+        ("ipadapter", "ControlNet", f"{BESIDE}extensions/sd-webui-controlnet/models"),
+        recursive=True,
+    ),
+    "image_encoder": Kind(
+        "image encoder",
+        "a CLIP vision model: a folder with config.json (h94/IP-Adapter's "
+        "models/image_encoder) or its weights as one file (ComfyUI's clip_vision, the "
+        "extension's clip_h.pth)",
+        # ComfyUI's folder, then where the extension downloads clip_h.pth / clip_g.pth.
+        ("clip_vision", f"{BESIDE}extensions/sd-webui-controlnet/annotator/downloads/clip_vision"),
+        accepts=_folder_or_weight_file,
     ),
 }
 """Every kind of model, by the name callers use (``find("lora", …)``)."""

@@ -1,0 +1,54 @@
+"""Reading a job's IP-Adapter reference image, at prepare, so that the render side gets
+pixels and an image that does not decode fails its input (with its companions).
+
+In order: ``<stem>.reference.png`` beside the input, the image in its folder's ``reference/`` (a
+clip's key frame for every frame), else the profile's ``ip_adapter.reference`` path. The
+profile's path missing is the profile's problem, not the input's: the input waits.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image
+
+from daemon.a1111.imaging import flatten_on_white, load_image
+from daemon.config.profiles import Profile
+from daemon.errors import InputError, TransientError
+from daemon.intake.jobs import Job
+from daemon.intake.names import REFERENCE_MARK
+from daemon.prepare.inputs import check_regular_file, storage_safe
+
+
+def read_reference(
+    job: Job, settings: Profile, *, max_pixels: int, max_bytes: int
+) -> tuple[Image.Image | None, tuple[str, ...]]:
+    """The reference image for `job` (None without ``ip_adapter``), and notes."""
+    adapter = settings.ip_adapter
+    found = job.companions.reference
+    if adapter is None:
+        unused = f"{found.name}: the profile has no ip_adapter: unused" if found else None
+        return None, (unused,) if unused and not job.companions.reference_shared else ()
+    if found is not None:
+        check_regular_file(found, max_bytes=max_bytes)
+        try:
+            image = storage_safe(load_image, found, max_pixels=max_pixels)
+        except InputError as exc:  # same class: an unreadable one gets the same retries
+            raise type(exc)(f"the IP-Adapter reference image: {exc}") from exc
+        return flatten_on_white(image), ()
+    if adapter.reference is None:
+        raise InputError(
+            f"no reference image for {job.image.name}: the profile's ip_adapter has no "
+            f"reference: path, so it needs {job.image.stem}{REFERENCE_MARK}.png beside it "
+            "(or one image in a reference/ folder beside it)"
+        )
+    path = Path(adapter.reference).expanduser()
+    if not path.is_file():
+        raise TransientError(
+            f"the profile's ip_adapter.reference {path} is not a file; put the reference "
+            "image there or fix the path (the input waits in the inbox)"
+        )
+    try:
+        return flatten_on_white(load_image(path, max_pixels=max_pixels)), ()
+    except InputError as exc:
+        raise TransientError(f"the profile's ip_adapter.reference {path}: {exc}") from exc
