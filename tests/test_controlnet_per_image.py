@@ -140,6 +140,18 @@ def test_an_infotext_names_its_models_without_hash_and_builtins_without_prefix()
     assert notes == ["ignored ControlNet 1: not a ControlNet entry ('Key: value, …'): 'legacy'"]
 
 
+def test_an_ip_adapter_entry_is_not_read_back_as_a_controlnet_unit():
+    """The extension writes an IP-Adapter as a ``ControlNet N`` entry; img2imgd's adapter is
+    the profile's ``ip_adapter:``, so use_png_info leaves the entry out, and says so."""
+    text = (
+        'a cat\nSteps: 4, ControlNet 0: "Module: canny, Model: x", ControlNet 1: "Module: '
+        'ip-adapter_clip_sd15, Model: ip-adapter_sd15 [0123abcd], Weight: 0.8"'
+    )
+    units, notes = units_from_infotext(text, ())
+    assert units == [{"enabled": True, "module": "canny", "model": "x"}]
+    assert notes == ["ignored ControlNet 1: an IP-Adapter is set by the profile's ip_adapter:"]
+
+
 def test_a_unit_read_back_naming_a_missing_controlnet_is_not_the_inputs_fault(models):
     units: list[dict[str, Any]] = [{**CANNY, "model": "control_v11p_sd15_canny"}]
     settings = Profile(model="builtin:tiny-sd", steps=4, prompt="a cat", controlnet=units)

@@ -69,6 +69,10 @@ def units_from_infotext(
         except ValueError as exc:
             notes.append(f"ignored {key}: {exc}")
             continue
+        if str(fields.get("module", "")).startswith("ip-adapter"):
+            # The extension's IP-Adapter unit: img2imgd's `ip_adapter:` is a profile key.
+            notes.append(f"ignored {key}: an IP-Adapter is set by the profile's ip_adapter:")
+            continue
         if "model" in fields:  # (a name of digits parses as a number)
             fields["model"] = model_ref(str(fields["model"]), builtins)
         units.append(fields)
