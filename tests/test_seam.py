@@ -40,7 +40,13 @@ def test_requests_and_results_pickle(workspace: Workspace, models) -> None:
     assert again.image.tobytes() == request.image.tobytes()
     assert again.mask is not None and request.mask is not None
     assert again.mask.tobytes() == request.mask.tobytes()
-    assert request.colors is not None and np.array_equal(again.colors, request.colors)
+    assert request.colors is not None and again.colors is not None
+    for mine, theirs in zip(
+        (*request.colors.values, *request.colors.quantiles),
+        (*again.colors.values, *again.colors.quantiles),
+        strict=True,
+    ):
+        assert np.array_equal(mine, theirs)
 
     (result,) = InProcessExecutor(models).render([again])
     assert isinstance(result, RenderResult)
