@@ -335,6 +335,38 @@ def test_a_job_that_kills_its_worker_every_time_fails_with_a_report(
     assert "render worker died 3 times" in report
 
 
+def test_controlnet_units_paint_on_the_workers_as_on_the_local_executor(
+    cluster: Any, workspace: Workspace, tmp_path: Path
+):
+    """Each input's own control image travels in its request: the worker's unit used it
+    (the saved control image is it), and the result equals the local executor's."""
+    units = [
+        {"enabled": True, "module": "none", "model": "builtin:tiny-controlnet",
+         "resize_mode": "Just Resize", "own_image": True},
+        {"enabled": True, "module": "canny", "model": "builtin:tiny-controlnet"},
+    ]  # fmt: skip
+    local = Workspace(tmp_path / "local", workspace.state_dir).create()
+    names = []
+    for place in (workspace, local):
+        place.profile("p", controlnet=units, save_control=True, width=64, height=64)
+        names = drop_images(place, "p", 2)
+        for index, name in enumerate(names):  # each its own: another input's picture
+            place.drop(IMAGES[(index + 1) % len(IMAGES)], f"p/{name[:-4]}.control.png")
+    run_once(workspace, **ray_settings(cluster))
+    run_once(local)
+    for name in names:
+        # unit 0's control image as the worker fitted it: the input's own, as locally (the
+        # input itself, had the control image not travelled, would give another picture)
+        control = name.replace(".png", ".control.png")
+        assert np.array_equal(pixels(workspace.outbox / "p" / control),
+                              pixels(local.outbox / "p" / control))  # fmt: skip
+        ours, theirs = pixels(workspace.outbox / "p" / name), pixels(local.outbox / "p" / name)
+        assert np.abs(ours - theirs).max() <= 2, f"{name}: differs from the local executor's"
+        text = (workspace.outbox / "p" / name).with_suffix(".txt").read_text()
+        assert text == (local.outbox / "p" / name).with_suffix(".txt").read_text()
+        assert "ControlNet 1: " in text
+
+
 def test_status_lists_the_workers(cluster: Any, workspace: Workspace):
     workspace.profile("p")
     drop_images(workspace, "p", 2)
@@ -383,6 +415,8 @@ def test_the_daemon_killed_with_jobs_in_flight_does_each_exactly_once_after_a_re
     assert_exactly_once(workspace, "slow", names)
 
 
+# The tests on the module's cluster come before this one: it starts a cluster of its own and
+# ends with every Ray process gone, the module's cluster's too.
 def test_a_node_removed_and_another_added_loses_nothing(workspace: Workspace):
     slow_profile(workspace)
     names = drop_images(workspace, "slow", 10)  # enough to outlast the new node's start
@@ -426,35 +460,3 @@ def test_an_error_that_does_not_pickle_travels_as_its_kind():
     assert "the mask is empty" in str(pickle.loads(pickle.dumps(sent)))
     plain = InputError("not an image")
     assert _portable(plain) is plain
-
-
-def test_controlnet_units_paint_on_the_workers_as_on_the_local_executor(
-    cluster: Any, workspace: Workspace, tmp_path: Path
-):
-    """Each input's own control image travels in its request: the worker's unit used it
-    (the saved control image is it), and the result equals the local executor's."""
-    units = [
-        {"enabled": True, "module": "none", "model": "builtin:tiny-controlnet",
-         "resize_mode": "Just Resize", "own_image": True},
-        {"enabled": True, "module": "canny", "model": "builtin:tiny-controlnet"},
-    ]  # fmt: skip
-    local = Workspace(tmp_path / "local", workspace.state_dir).create()
-    names = []
-    for place in (workspace, local):
-        place.profile("p", controlnet=units, save_control=True, width=64, height=64)
-        names = drop_images(place, "p", 2)
-        for index, name in enumerate(names):  # each its own: another input's picture
-            place.drop(IMAGES[(index + 1) % len(IMAGES)], f"p/{name[:-4]}.control.png")
-    run_once(workspace, **ray_settings(cluster))
-    run_once(local)
-    for name in names:
-        # unit 0's control image as the worker fitted it: the input's own, as locally (the
-        # input itself, had the control image not travelled, would give another picture)
-        control = name.replace(".png", ".control.png")
-        assert np.array_equal(pixels(workspace.outbox / "p" / control),
-                              pixels(local.outbox / "p" / control))  # fmt: skip
-        ours, theirs = pixels(workspace.outbox / "p" / name), pixels(local.outbox / "p" / name)
-        assert np.abs(ours - theirs).max() <= 2, f"{name}: differs from the local executor's"
-        text = (workspace.outbox / "p" / name).with_suffix(".txt").read_text()
-        assert text == (local.outbox / "p" / name).with_suffix(".txt").read_text()
-        assert "ControlNet 1: " in text
