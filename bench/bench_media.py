@@ -12,6 +12,9 @@ so the pictures and words are noise, but every byte goes through the real code.
 3. ControlNet per image: the render function and the daemon with no unit, one unit (canny)
    and two (canny + lineart_standard), each with the built-in tiny ControlNet, and the ratio
    of each to no unit.
+4. Reference per image: the same, with a ``reference_only`` unit (attention injection, no
+   model: the input is its own reference) and an IP-Adapter (``builtin:tiny-ip-adapter``,
+   the profile's ``reference:`` image, encoded once), against no unit.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_media.py [--images N] [--frames N]
 """
@@ -25,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -152,25 +156,42 @@ def repaint(bench: Bench, frames: int) -> list[tuple[str, float, float]]:
 
 CANNY = {"enabled": True, "module": "canny", "model": "builtin:tiny-controlnet"}
 LINES = {"enabled": True, "module": "lineart_standard", "model": "builtin:tiny-controlnet"}
-UNITS = (("no unit", []), ("one unit (canny)", [CANNY]), ("two units (+ lineart)", [CANNY, LINES]))
+REFERENCE = DATA / "astronaut.png"  # the reference image of the IP-Adapter row
+Case = tuple[str, dict[str, Any]]  # a row's label and the profile keys that guide it
+UNITS: tuple[Case, ...] = (
+    ("no unit", {}),
+    ("one unit (canny)", {"controlnet": [CANNY]}),
+    ("two units (+ lineart)", {"controlnet": [CANNY, LINES]}),
+)
+REFERENCES: tuple[Case, ...] = (
+    ("no unit", {}),
+    ("reference_only unit", {"controlnet": [{"enabled": True, "module": "reference_only"}]}),
+    ("IP-Adapter (tiny-ip-adapter)",
+     {"ip_adapter": {"model": "builtin:tiny-ip-adapter", "reference": str(REFERENCE)}}),
+)  # fmt: skip
 
 
-def controlnet(bench: Bench, images: int) -> list[tuple[str, float, float]]:
+def guided(bench: Bench, images: int, cases: tuple[Case, ...]) -> list[tuple[str, float, float]]:
+    """Each case's cost per image: the render function, and the daemon over the same files."""
     sources = [DATA / "chelsea.png", DATA / "astronaut.png"]
     decoded = [flatten_on_white(load_image(p, max_pixels=2**26)) for p in sources]
+    reference = flatten_on_white(load_image(REFERENCE, max_pixels=2**26))
     rows = []
-    for label, units in UNITS:
-        settings = Profile.model_validate({**PAINT, "controlnet": units})
+    for number, (label, keys) in enumerate(cases):
+        settings = Profile.model_validate({**PAINT, **keys})
+        adapter = reference if settings.ip_adapter is not None else None
 
-        def request(image: Image.Image, settings: Profile = settings) -> RenderRequest:
+        def request(
+            image: Image.Image, settings: Profile = settings, adapter: Image.Image | None = adapter
+        ) -> RenderRequest:
             size = processing_size(settings, *image.size)
-            return RenderRequest("image", settings, image, size=size, seed=1234)
+            return RenderRequest("image", settings, image, size=size, seed=1234, reference=adapter)
 
-        render(request(decoded[0]), bench.models)  # warm: the model and the ControlNet
+        render(request(decoded[0]), bench.models)  # warm: the model, its ControlNet or adapter
         index = iter(range(images))
         direct = timed(lambda: render(request(decoded[next(index) % 2]), bench.models), images)  # noqa: B023
-        run = bench.workspace(f"controlnet-{len(units)}")
-        run.profile("p", **PAINT, controlnet=units)
+        run = bench.workspace(f"guided-{id(cases)}-{number}")
+        run.profile("p", **PAINT, **keys)
         for i in range(images):
             run.drop(sources[i % 2], f"p/img{i:03d}.png")
         rows.append((label, direct, bench.once(run) / images))
@@ -210,7 +231,9 @@ def main() -> None:
         print_table("Interrogation", "image", interrogation(bench, args.images))
         print_table("Repaint (tiny-sd, 128x96, 4 steps)", "frame", repaint(bench, args.frames))
         title = "ControlNet per image (tiny-sd + tiny-controlnet, up to 128x128 px, 4 model calls)"
-        print_ratios(title, controlnet(bench, args.images))
+        print_ratios(title, guided(bench, args.images, UNITS))
+        title = "Reference per image (tiny-sd, up to 128x128 px, 4 model calls; the same input)"
+        print_ratios(title, guided(bench, args.images, REFERENCES))
 
 
 if __name__ == "__main__":

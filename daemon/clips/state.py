@@ -5,7 +5,9 @@ A clip's frames share one base seed (the profile's, or one drawn for the clip wh
 first finished frame, whose colours every later frame is corrected towards (``color_correction``,
 see :mod:`daemon.a1111.color`) and, for a video, whose filled-in prompts every later frame
 uses. The key frame is painted first and alone, and a frame after it is prepared only once it
-is written (:meth:`Clip.colors` waits for it). Key-frame attention (cross-frame attention to
+is written (:meth:`Clip.colors` waits for it). With ``ip_adapter: {reference: key_frame}``
+the same kept image, as painted, is the IP-Adapter reference of every frame after it
+(:meth:`Clip.key_frame`). Key-frame attention (cross-frame attention to
 a key frame) is the next thing a key frame will settle for the frames after it.
 
 One lifetime: a clip is opened by its first frame (:meth:`ClipStore.open`) and kept on disk in
@@ -98,9 +100,18 @@ class Clip:
     def colors(self) -> ColorReference | None:
         """The key frame's colours, once a key frame on its way is written; None before
         there is one (the frame asking becomes the key frame)."""
+        self._wait_for_key()
+        return self._store.colors(self.reference)
+
+    def key_frame(self) -> Image.Image | None:
+        """The key frame as painted (``ip_adapter: {reference: key_frame}``), once a key
+        frame on its way is written; None before there is one, as for :meth:`colors`."""
+        self._wait_for_key()
+        return self._store.key_frame(self.reference)
+
+    def _wait_for_key(self) -> None:
         with self._key:
             self._key.wait_for(lambda: not self._keys_on_their_way)
-        return self._store.colors(self.reference)
 
     def keep_reference(self, image: Image.Image) -> None:
         """Keep the key frame's image, as painted (a clip folder's outputs may be lossy)."""
@@ -132,6 +143,7 @@ class ClipFrame:
     clip: Clip
     seed: int
     colors: ColorReference | None  # the key frame's, None until it is written
+    key_frame: Image.Image | None = None  # as painted, for reference: key_frame (else None)
     leads: bool  # the key frame: painted alone, its result the reference of the frames after
 
 
@@ -145,6 +157,7 @@ class ClipStore:
         self._saving = threading.Lock()  # one temporary name per file and process
         self._clips: dict[Path, Clip] = {}
         self._colors: tuple[Path, int, ColorReference] | None = None  # one clip paints at a time
+        self._key_frame: tuple[Path, int, Image.Image] | None = None  # the same, its pixels
 
     def folder(self, profile: str, sub_dir: PurePosixPath) -> Path:
         """The state folder of the clip in `sub_dir` of `profile`'s inbox."""
@@ -190,22 +203,43 @@ class ClipStore:
 
     def colors(self, reference: Path) -> ColorReference | None:
         """The colours of the key frame kept at `reference`, read once per clip."""
-        try:
-            stamp = reference.stat().st_mtime_ns
-        except OSError:
-            return None
+        stamp = _stamp(reference)
         with self._lock:
             cached = self._colors
         if cached is not None and cached[:2] == (reference, stamp):
             return cached[2]
-        try:
-            with Image.open(reference) as image:
-                colors = color_reference(image)
-        except (OSError, ValueError):
+        image = self.key_frame(reference)
+        if image is None or stamp is None:
             return None
+        colors = color_reference(image)
         with self._lock:
             self._colors = (reference, stamp, colors)
         return colors
+
+    def key_frame(self, reference: Path) -> Image.Image | None:
+        """The key frame kept at `reference` (RGB), read once per clip; None: none there."""
+        stamp = _stamp(reference)
+        if stamp is None:
+            return None
+        with self._lock:
+            cached = self._key_frame
+        if cached is not None and cached[:2] == (reference, stamp):
+            return cached[2]
+        try:
+            with Image.open(reference) as opened:
+                image = opened.convert("RGB")
+        except (OSError, ValueError):
+            return None
+        with self._lock:
+            self._key_frame = (reference, stamp, image)
+        return image
+
+
+def _stamp(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None
 
 
 def read_record(folder: Path) -> ClipRecord:

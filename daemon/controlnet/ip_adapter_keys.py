@@ -11,11 +11,23 @@ left out, the folder ``image_encoder/`` beside the adapter's file (the built-in'
 ``scale`` is diffusers' and the extension's weight (1.0). The reference image, in order:
 ``<stem>.reference.png`` beside the input, the image in a clip folder's ``reference/``, else the
 profile's ``reference:`` path.
+
+``reference: key_frame`` (a reserved value; a file of that name is ``./key_frame``) refers every
+frame of a clip folder or a video to the clip's key frame as painted (the image its colour
+correction matches to, kept by the clip's state): the key frame itself paints without the
+adapter (there is nothing to refer to yet), every frame after it with the key frame as its
+reference, encoded once. A reference image that comes with the input still wins, for every
+frame. A single image (not in a clip) has no key frame: it paints without the adapter, with
+a note saying why (the input is not at fault, and failing it would lose nothing but time).
 """
 
 from __future__ import annotations
 
+import re
+
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+KEY_FRAME = "key_frame"  # `reference:`'s reserved value: a clip's key frame, as painted
 
 
 class IPAdapterSettings(BaseModel):
@@ -34,6 +46,26 @@ class IPAdapterSettings(BaseModel):
         if not value.strip():
             raise ValueError("ip_adapter needs a `model` (e.g. builtin:tiny-ip-adapter)")
         return value.strip()
+
+    @field_validator("reference")
+    @classmethod
+    def _key_frame_spelled_right(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError("ip_adapter.reference is empty: give an image's path or key_frame")
+        # `key-frame`, `KeyFrame`, `keyframe`: meant as the reserved value, not as a file name
+        if value != KEY_FRAME and re.fullmatch(r"key[-_ ]?frame", value.strip(), re.IGNORECASE):
+            raise ValueError(
+                f"ip_adapter.reference {value!r}: write {KEY_FRAME} for the clip's key frame "
+                f"(or ./{value} for a file of that name)"
+            )
+        return value
+
+    @property
+    def refers_to_key_frame(self) -> bool:
+        """Whether a clip's frames take the clip's key frame, as painted, as their reference."""
+        return self.reference == KEY_FRAME
 
 
 class IPAdapterKeys(BaseModel):

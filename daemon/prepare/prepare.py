@@ -16,7 +16,7 @@ from daemon.a1111.color import color_reference
 from daemon.a1111.imaging import flatten_on_white, load_image
 from daemon.a1111.seeds import draw_seed, frame_seed
 from daemon.clips.state import ClipFrame, ClipStore
-from daemon.config.profiles import ProfileStore
+from daemon.config.profiles import Profile, ProfileStore
 from daemon.config.settings import Settings
 from daemon.errors import TransientError
 from daemon.intake.jobs import Job
@@ -25,7 +25,7 @@ from daemon.live.live import Live
 from daemon.prepare.canvas import aspect_note, build_canvas, processing_size
 from daemon.prepare.controls import read_controls
 from daemon.prepare.inputs import check_regular_file, merge_settings, storage_safe
-from daemon.prepare.reference import read_reference
+from daemon.prepare.reference import key_frame_reference, read_reference, refers_to_key_frame
 from daemon.render.values import RenderRequest
 from daemon.tasks.registry import task_of
 from daemon.tasks.task import Painting
@@ -78,7 +78,10 @@ class Preparer:
         frame = (
             None  # a live sub-folder is an editor's export folder (`<document>-assets/`)
             if self.live.in_place(job)
-            else self._frame_plan(job, settings.seed, settings.seed_mode, settings.color_correction)
+            else self._frame_plan(job, settings)
+        )
+        reference, key_notes = key_frame_reference(
+            settings, reference, frame.key_frame if frame else None, in_clip=frame is not None
         )
         if frame is not None:
             seed, colors = frame.seed, frame.colors
@@ -103,27 +106,30 @@ class Preparer:
                 *canvas.notes,
                 *controls.notes,
                 *reference_notes,
+                *key_notes,
                 *([note] if note else []),
             ),
         )
         return Prepared(job, self.live.request(job, request), frame)
 
-    def _frame_plan(
-        self, job: Job, seed: int, seed_mode: str, correction: bool | None
-    ) -> ClipFrame | None:
-        """Frames of a clip (images in a sub-folder) share a seed and a colour reference:
-        the key frame's, once it is written (the first frame without one is the key frame)."""
+    def _frame_plan(self, job: Job, settings: Profile) -> ClipFrame | None:
+        """Frames of a clip (images in a sub-folder) share a seed, and a colour reference
+        and (``ip_adapter: {reference: key_frame}``) an IP-Adapter reference: the key
+        frame's, once it is written (the first frame without one is the key frame)."""
         if not job.sub_dir.parts:
             return None
         state = self.clips.folder(job.profile, job.sub_dir)
         try:
             clip = self.clips.open(state, job.image.parent)
-            base = clip.base_seed(seed, self.rng)
+            base = clip.base_seed(settings.seed, self.rng)
         except OSError as exc:
             raise TransientError(f"could not keep the clip's state in {state}: {exc}") from exc
         number = frame_number(job.image.name) or 0
-        correct_colors = correction is not False
+        correct_colors = settings.color_correction is not False
         colors = clip.colors() if correct_colors else None
-        leads = correct_colors and colors is None  # the key frame
-        seed = frame_seed(seed_mode, base, number, self.rng)
-        return ClipFrame(clip=clip, seed=seed, colors=colors, leads=leads)
+        refers = refers_to_key_frame(settings, job)
+        key_frame = clip.key_frame() if refers else None
+        # the key frame: the frames after it need its result, so it is painted first and alone
+        leads = (correct_colors and colors is None) or (refers and key_frame is None)
+        seed = frame_seed(settings.seed_mode, base, number, self.rng)
+        return ClipFrame(clip=clip, seed=seed, colors=colors, key_frame=key_frame, leads=leads)

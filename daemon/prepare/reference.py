@@ -4,6 +4,8 @@ pixels and an image that does not decode fails its input (with its companions).
 In order: ``<stem>.reference.png`` beside the input, the image in its folder's ``reference/`` (a
 clip's key frame for every frame), else the profile's ``ip_adapter.reference`` path. The
 profile's path missing is the profile's problem, not the input's: the input waits.
+``reference: key_frame`` reads nothing here: the clip's key frame is the clip state's
+(:func:`key_frame_reference`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ def read_reference(
         except InputError as exc:  # same class: an unreadable one gets the same retries
             raise type(exc)(f"the IP-Adapter reference image: {exc}") from exc
         return flatten_on_white(image), ()
+    if adapter.refers_to_key_frame:
+        return None, ()  # the clip's key frame, once painted: see key_frame_reference
     if adapter.reference is None:
         raise InputError(
             f"no reference image for {job.image.name}: the profile's ip_adapter has no "
@@ -52,3 +56,31 @@ def read_reference(
         return flatten_on_white(load_image(path, max_pixels=max_pixels)), ()
     except InputError as exc:
         raise TransientError(f"the profile's ip_adapter.reference {path}: {exc}") from exc
+
+
+def key_frame_reference(
+    settings: Profile, found: Image.Image | None, key_frame: Image.Image | None, *, in_clip: bool
+) -> tuple[Image.Image | None, tuple[str, ...]]:
+    """The reference of a frame under ``reference: key_frame``: the image that came with the
+    input (`found`) wins; else the clip's `key_frame` as painted (None for the key frame
+    itself, which paints without the adapter); and a note where the adapter sits out."""
+    adapter = settings.ip_adapter
+    if adapter is None or not adapter.refers_to_key_frame or found is not None:
+        return found, ()
+    if key_frame is not None:
+        return key_frame, ()
+    if in_clip:
+        return None, ("the clip's key frame: painted without the IP-Adapter (reference: "
+                      "key_frame), it is the reference of the frames after it",)  # fmt: skip
+    return None, (
+        "painted without the IP-Adapter: reference: key_frame refers to a clip's key frame "
+        "and this image is not in a clip (a sub-folder or a video); give it a "
+        f"<stem>{REFERENCE_MARK}.png or a reference: path for single images",
+    )
+
+
+def refers_to_key_frame(settings: Profile, job: Job) -> bool:
+    """Whether `job`'s frames take their clip's key frame as reference: an image that comes
+    with the input (``<stem>.reference.png``, a ``reference/`` folder's) wins over it."""
+    adapter = settings.ip_adapter
+    return adapter is not None and adapter.refers_to_key_frame and job.companions.reference is None

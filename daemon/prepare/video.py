@@ -1,7 +1,8 @@
 """Preparing a video: probe it, find its mask and work folder, and turn frames into requests.
 
 ``inbox/<profile>/clip.mp4`` is painted frame by frame as a clip (:mod:`daemon.clips.state`:
-one seed, colours matched to its key frame, the first frame's result) into a work folder of
+one seed, colours matched to its key frame, the first frame's result; with ``ip_adapter:
+{reference: key_frame}`` that result is every later frame's reference) into a work folder of
 PNG frames: ``outbox/<profile>/clip/`` with ``keep_frames: true``, else
 ``state/videos/<id>/frames``. A frame already there is never
 painted again, so a daemon killed mid-video resumes at the first frame without a result. A
@@ -38,7 +39,7 @@ from daemon.prepare.canvas import aspect_note, processing_size
 from daemon.prepare.control_video import ControlVideos, control_videos
 from daemon.prepare.controls import read_controls
 from daemon.prepare.inputs import check_regular_file, merge_settings, storage_safe
-from daemon.prepare.reference import read_reference
+from daemon.prepare.reference import read_reference, refers_to_key_frame
 from daemon.render.values import RenderRequest
 from daemon.tasks.registry import task_of
 
@@ -58,6 +59,7 @@ class VideoPlan:
     controls: tuple[Image.Image | None, ...] = ()  # <stem>.control[-<n>].png: every frame's
     control_videos: ControlVideos = ()  # <stem>.control[-<n>].mp4: frame i's control is its i
     reference: Image.Image | None = None  # ip_adapter's: every frame's (encoded once)
+    refers_to_key_frame: bool = False  # ip_adapter's reference: the first frame as painted
 
     @property
     def state(self) -> Path:
@@ -114,7 +116,7 @@ def plan_video(
     return VideoPlan(
         job, profile, info, mask, clip, work, base_seed,
         (*merged.notes, *notes, *controls.notes, *reference_notes), controls.images, videos,
-        reference,
+        reference, refers_to_key_frame(profile, job),
     )  # fmt: skip
 
 
@@ -138,9 +140,11 @@ def frame_request(
     *,
     prompt_image: Image.Image | None = None,
     controls: tuple[Image.Image | None, ...] | None = None,
+    key_frame: Image.Image | None = None,
 ) -> RenderRequest:
     """Frame `index` as a request; `settings` are the plan's with the prompts once filled;
-    `controls`: the frame's own control images (its control videos'), else the plan's."""
+    `controls`: the frame's own control images (its control videos'), else the plan's;
+    `key_frame`: the first frame as painted, the IP-Adapter's reference (``key_frame``)."""
     return RenderRequest(
         label=f"{plan.job.label} frame {index}",
         settings=settings,
@@ -150,7 +154,7 @@ def frame_request(
         seed=frame_seed(settings.seed_mode, plan.base_seed, index, rng),
         colors=colors,
         controls=plan.controls if controls is None else controls,
-        reference=plan.reference,
+        reference=plan.reference if key_frame is None else key_frame,
         prompt_image=prompt_image,
         alone=in_place(plan.job),  # a live profile's video: painted frame by frame
     )

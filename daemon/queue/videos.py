@@ -153,11 +153,14 @@ class VideoFrames:
             prompt, negative = clip.prompts
             settings = settings.model_copy(update={"prompt": prompt, "negative_prompt": negative})
         fills = bool(settings.prompt_sources)
+        refers = plan.refers_to_key_frame  # ip_adapter's reference: the key frame as painted
+        key_frame = clip.key_frame() if refers else None
         request = frame_request(plan, index, picture, settings, colors, self.rng,
                                 prompt_image=self._first if fills else None,
-                                controls=controls)  # fmt: skip
-        # The key frame: the next frame's request needs its result (its colours, its prompts).
-        leads = fills or (correct and colors is None)
+                                controls=controls, key_frame=key_frame)  # fmt: skip
+        # The key frame: the next frame's request needs its result (its colours, its prompts,
+        # its pixels as the IP-Adapter's reference).
+        leads = fills or (correct and colors is None) or (refers and key_frame is None)
         return Frame(request, (index, picture), clip, leads=leads)
 
 
