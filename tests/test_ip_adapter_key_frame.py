@@ -149,11 +149,16 @@ def test_a_video_refers_its_frames_to_its_first_frame_as_painted(
 @pytest.mark.parametrize("value", ["key-frame", "KeyFrame", "keyframe", "Key_Frame", " "])
 def test_a_misspelt_key_frame_or_an_empty_reference_is_refused(value):
     with pytest.raises(ValidationError, match=r"ip_adapter\.reference"):
-        Profile(ip_adapter={"model": "builtin:tiny-ip-adapter", "reference": value})
+        Profile(
+            model="builtin:tiny-sd",
+            ip_adapter={"model": "builtin:tiny-ip-adapter", "reference": value},
+        )
 
 
 def test_key_frame_is_reserved_and_a_file_of_that_name_is_written_with_its_folder():
-    keyed = Profile(ip_adapter=KEYED).ip_adapter
+    keyed = Profile(model="builtin:tiny-sd", ip_adapter=KEYED).ip_adapter
     assert keyed is not None and keyed.refers_to_key_frame
-    as_file = Profile(ip_adapter={**KEYED, "reference": "./key_frame"}).ip_adapter
+    as_file = Profile(
+        model="builtin:tiny-sd", ip_adapter={**KEYED, "reference": "./key_frame"}
+    ).ip_adapter
     assert as_file is not None and not as_file.refers_to_key_frame
