@@ -12,7 +12,7 @@ EXTRAS ?= dev
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: venv run once check-config test test-slow test-real lint typecheck check bench bench-detail bench-media bench-prompts bench-ray bench-gpu soak clean help
+.PHONY: venv run once check-config test test-slow test-real lint typecheck check bench bench-detail bench-media bench-temporal bench-prompts bench-ray bench-gpu soak clean help
 
 help:
 	@echo "make run      set up .venv and start the daemon on ./inbox with ./profiles"
@@ -26,6 +26,7 @@ help:
 	@echo "make bench    img2imgd once vs a plain diffusers script, whole processes, and where the time goes"
 	@echo "make bench-detail  the daemon's time per image on a warm pipeline, and drop-to-start latency"
 	@echo "make bench-media  interrogation, clips and videos: the daemon's cost per image or frame"
+	@echo "make bench-temporal  flicker: warp error of a known-motion clip per temporal: method"
 	@echo "make bench-prompts  prompt editing, alternation and AND: time and encoder calls"
 	@echo "make bench-ray  executor: ray, 16 frames on one worker then two (a local Ray cluster)"
 	@echo "make bench-gpu  on a CUDA GPU: full-size random SD 1.5 and SDXL, img2imgd once vs a plain script"
@@ -76,6 +77,9 @@ bench-detail: venv
 
 bench-media: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_media.py
+
+bench-temporal: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/temporal_bench.py
 
 bench-prompts: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/prompt_bench.py

@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"intake"},  # names, stability, watching, pairing, jobs: no image library
     {"a1111", "media"},  # A1111's behaviour as pure functions; video files in and out
     {"controlnet"},  # the ControlNet extension's units, infotext, preprocessors (pure)
+    {"temporal"},  # a clip's frames kept consistent: keys, optical flow, warped noise (pure)
     {"tasks"},  # kinds of work, one module each: keys, companions, canvas, outputs (pure)
     {"config"},
     {"models"},

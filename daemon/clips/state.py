@@ -7,8 +7,8 @@ see :mod:`daemon.a1111.color`) and, for a video, whose filled-in prompts every l
 uses. The key frame is painted first and alone, and a frame after it is prepared only once it
 is written (:meth:`Clip.colors` waits for it). With ``ip_adapter: {reference: key_frame}``
 the same kept image, as painted, is the IP-Adapter reference of every frame after it
-(:meth:`Clip.key_frame`). Key-frame attention (cross-frame attention to
-a key frame) is the next thing a key frame will settle for the frames after it.
+(:meth:`Clip.key_frame`). With ``temporal:`` every frame leads, and the frames it kept
+(:mod:`daemon.clips.memory`) are what the next one takes from it.
 
 One lifetime: a clip is opened by its first frame (:meth:`ClipStore.open`) and kept on disk in
 its state folder (``state.json``: its source, the drawn seed, the frames done; the key frame's
@@ -41,8 +41,10 @@ from PIL import Image
 from daemon.a1111.color import ColorReference, color_reference
 from daemon.a1111.seeds import draw_seed
 from daemon.atomic import atomic_writer, write_text
+from daemon.clips.memory import FrameMemory
 from daemon.clips.progress import Pace
 from daemon.intake.pairing import pending_images
+from daemon.render.values import RenderResult, TemporalInputs
 
 REFERENCE_NAME = "reference.png"  # a clip folder's key frame, as painted (not as delivered)
 
@@ -74,6 +76,7 @@ class Clip:
         self._record = record
         self._key = threading.Condition()
         self._keys_on_their_way = 0
+        self.memory = FrameMemory(folder)  # its frames kept for the next ones (temporal:)
 
     def base_seed(self, requested: int, rng: random.Random) -> int:
         """`requested` (the profile's seed), or for -1 the seed drawn for this clip, drawn
@@ -109,6 +112,11 @@ class Clip:
         self._wait_for_key()
         return self._store.key_frame(self.reference)
 
+    def settled(self) -> None:
+        """Return once the frames sent ahead to lead (a key frame; with ``temporal:``,
+        every frame) are written."""
+        self._wait_for_key()
+
     def _wait_for_key(self) -> None:
         with self._key:
             self._key.wait_for(lambda: not self._keys_on_their_way)
@@ -117,6 +125,13 @@ class Clip:
         """Keep the key frame's image, as painted (a clip folder's outputs may be lossy)."""
         with atomic_writer(self.reference) as handle:
             image.convert("RGB").save(handle, format="PNG")
+
+    def remember(self, inputs: TemporalInputs | None, result: RenderResult) -> None:
+        """Keep a frame painted with ``temporal:`` for the frames after it, before it is
+        delivered (colour-corrected already). OSError: the state folder."""
+        if inputs is not None:
+            image = result.images[0]
+            self.memory.keep(inputs.index, inputs.source, image, result.noise, key=inputs.key)
 
     def paced(self, frames: int, seconds: float) -> float | None:
         """`frames` of the clip were written, together, after `seconds` of painting: the
@@ -144,6 +159,7 @@ class ClipFrame:
     seed: int
     colors: ColorReference | None  # the key frame's, None until it is written
     key_frame: Image.Image | None = None  # as painted, for reference: key_frame (else None)
+    number: int = 0  # the frame's number in its clip (from its name)
     leads: bool  # the key frame: painted alone, its result the reference of the frames after
 
 

@@ -41,6 +41,7 @@ from daemon.tasks.keys import (
     SequenceKeys,
 )
 from daemon.tasks.registry import DEFAULT_TASK, TASKS, task_of
+from daemon.temporal.keys import TemporalKeys
 
 MAX_EXTENDS_DEPTH = 8
 # Per-image YAML sits in the inbox, which anyone who can drop a file can write: it may tune
@@ -63,6 +64,7 @@ class Profile(
     PromptSourceKeys,
     ControlNetKeys,
     IPAdapterKeys,
+    TemporalKeys,
 ):
     """The effective settings of one job: every key group, so every key has a value (A1111's
     img2img UI defaults for those its task does not use). Profiles are validated through

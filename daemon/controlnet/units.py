@@ -120,6 +120,9 @@ class ControlNetUnit(BaseModel):
     # img2imgd's own: the unit paints only with its own control image (<stem>.control.png,
     # control/<frame>), so an input waits up to pairing_window for it and fails without one.
     own_image: bool = False
+    # The extension's "[Batch Loopback]": in a clip folder or a video, the unit's image is the
+    # previous frame's result (TemporalNet's way); on the clip's first frame it sits out.
+    loopback: bool = False
     # A ControlNet Union's kind of control image; Unknown: the one the module says
     # (daemon.controlnet.union). Not in the infotext, as in the extension.
     union_control_type: Annotated[UnionControlType, BeforeValidator(parse_union_control_type)] = (
@@ -177,6 +180,11 @@ class ControlNetKeys(BaseModel):
     @property
     def enabled_units(self) -> tuple[ControlNetUnit, ...]:
         return tuple(unit for unit in self.controlnet if unit.enabled)
+
+    @property
+    def loopback_units(self) -> tuple[int, ...]:
+        """The enabled units (positions in ``controlnet:``) that take the previous frame."""
+        return tuple(n for n, unit in enumerate(self.controlnet) if unit.enabled and unit.loopback)
 
     @property
     def awaited_controls(self) -> tuple[int, ...]:

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
-from daemon.a1111.infotext import png_info
+from daemon.a1111.infotext import parse_infotext, png_info
 from daemon.a1111.pnginfo import settings_from_infotext
 from daemon.config.profiles import LoadedProfile, Profile
 from daemon.config.yamlsafe import YamlProblem, read_mapping
@@ -30,6 +30,7 @@ from daemon.errors import (
 )
 from daemon.intake.jobs import Job
 from daemon.models.builtin import CONTROLNET_BUILTINS
+from daemon.temporal.infotext import temporal_from_infotext
 
 _T = TypeVar("_T")
 PER_IMAGE_YAML_BYTES = 64 * 1024
@@ -103,6 +104,9 @@ def merge_settings(
             found = settings_from_infotext(text)
             parameters.update(found.overrides)
             units, unit_notes = units_from_infotext(text, CONTROLNET_BUILTINS)
+            temporal, temporal_notes = temporal_from_infotext(parse_infotext(text).params, units)
+            parameters.update(temporal)
+            unit_notes += temporal_notes
             if units:  # they replace the profile's, as pasting the infotext does
                 parameters["controlnet"] = units
             notes += [f"{where}: {note}" for note in (*found.notes, *unit_notes)]

@@ -10,7 +10,9 @@ colour reference (:mod:`daemon.clips.state`). Videos are prepared frame by frame
 from __future__ import annotations
 
 import random
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, replace
+
+from PIL import Image
 
 from daemon.a1111.color import color_reference
 from daemon.a1111.imaging import flatten_on_white, load_image
@@ -26,6 +28,7 @@ from daemon.prepare.canvas import aspect_note, build_canvas, processing_size
 from daemon.prepare.controls import read_controls
 from daemon.prepare.inputs import check_regular_file, merge_settings, storage_safe
 from daemon.prepare.reference import key_frame_reference, read_reference, refers_to_key_frame
+from daemon.prepare.temporal import in_order, with_temporal
 from daemon.render.values import RenderRequest
 from daemon.tasks.registry import task_of
 from daemon.tasks.task import Painting
@@ -110,7 +113,24 @@ class Preparer:
                 *([note] if note else []),
             ),
         )
+        request = self._temporal(request, frame, canvas.image)
         return Prepared(job, self.live.request(job, request), frame)
+
+    def _temporal(
+        self, request: RenderRequest, frame: ClipFrame | None, source: Image.Image
+    ) -> RenderRequest:
+        """A clip's frame with what it takes from the frames before it (``temporal:``,
+        loopback units); a single image without them, and a note."""
+        settings = request.settings
+        if not in_order(settings):
+            return request
+        if frame is None:
+            units = tuple(u.model_copy(update={"loopback": False}) for u in settings.controlnet)
+            plain = settings.model_copy(update={"temporal": (), "controlnet": units})
+            note = ("temporal: and ControlNet loopback work across the frames of a clip "
+                    "folder or a video; this single image is painted without them")  # fmt: skip
+            return replace(request, settings=plain, notes=(*request.notes, note))
+        return with_temporal(request, frame.clip, frame.number, source)
 
     def _frame_plan(self, job: Job, settings: Profile) -> ClipFrame | None:
         """Frames of a clip (images in a sub-folder) share a seed, and a colour reference
@@ -132,4 +152,7 @@ class Preparer:
         # the key frame: the frames after it need its result, so it is painted first and alone
         leads = (correct_colors and colors is None) or (refers and key_frame is None)
         seed = frame_seed(settings.seed_mode, base, number, self.rng)
-        return ClipFrame(clip=clip, seed=seed, colors=colors, key_frame=key_frame, leads=leads)
+        return ClipFrame(
+            clip=clip, seed=seed, colors=colors, key_frame=key_frame, number=number,
+            leads=leads or in_order(settings),  # temporal: the next frame needs this one
+        )  # fmt: skip

@@ -120,6 +120,8 @@ class Deliveries:
                 if isinstance(outcome, Exception):
                     raise outcome
                 outcome = colors_corrected(outcome)
+                if frame.clip is not None:  # before delivery: a crash then repaints this frame
+                    frame.clip.remember(prepared.request.temporal, outcome)
                 delivered = self.deliverer.deliver(
                     job, outcome, on_planned=partial(self.ledger.planned, job)
                 )

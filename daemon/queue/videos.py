@@ -31,6 +31,7 @@ from daemon.deliver.video import join_video, write_frame
 from daemon.errors import InputError, TransientError
 from daemon.intake.jobs import Job
 from daemon.prepare.control_video import frame_controls
+from daemon.prepare.temporal import in_order, with_temporal
 from daemon.prepare.video import VideoPlan, decoded_frames, frame_notes, frame_request, plan_video
 from daemon.queue.frames import Frame, FramePipeline
 from daemon.render.executor import Outcome
@@ -158,10 +159,13 @@ class VideoFrames:
         request = frame_request(plan, index, picture, settings, colors, self.rng,
                                 prompt_image=self._first if fills else None,
                                 controls=controls, key_frame=key_frame)  # fmt: skip
+        ordered = in_order(settings)
+        if ordered:
+            request = with_temporal(request, clip, index, picture)
         # The key frame: the next frame's request needs its result (its colours, its prompts,
-        # its pixels as the IP-Adapter's reference).
+        # its pixels as the IP-Adapter's reference); with temporal:, every frame does.
         leads = fills or (correct and colors is None) or (refers and key_frame is None)
-        return Frame(request, (index, picture), clip, leads=leads)
+        return Frame(request, (index, picture), clip, leads=leads or ordered)
 
 
 class FrameFiles:
@@ -222,7 +226,9 @@ class FrameFiles:
                 clip.prompts = (outcome.prompt, outcome.negative_prompt)
             if not self.painted:  # said once, not for every frame
                 self.notes.extend([*frame_notes(plan, picture), *outcome.notes])
-            write_frame(plan.frame_path(index), colors_corrected(outcome))
+            outcome = colors_corrected(outcome)
+            clip.remember(frame.request.temporal, outcome)  # before the frame: see clips.memory
+            write_frame(plan.frame_path(index), outcome)
             self.painted += 1
             self._index = index
         self._progress(clip.paced(len(frames), seconds * len(frames)))

@@ -8,6 +8,7 @@ from daemon.a1111.samplers import infotext_fields
 from daemon.a1111.sizes import ResizeMode
 from daemon.config.profiles import Profile
 from daemon.engines.diffusion import Painting
+from daemon.temporal.infotext import temporal_params
 
 MASK_MODES = {False: "Inpaint masked", True: "Inpaint not masked"}
 
@@ -54,6 +55,7 @@ def infotext_params(
         "Clip skip": settings.clip_skip,
     })  # fmt: skip
     params.update(painting.params)  # Lora hashes, TI hashes
+    params.update(temporal_params(settings, settings.enabled_units))
     if painting.inpainted:
         params.update({
             "Mask blur": settings.mask_blur,

@@ -38,12 +38,14 @@ from daemon.engines.controlnet_step import (
 from daemon.engines.diffusion import Canvas, DiffusionEngine, Painting, batchable
 from daemon.engines.ip_adapter_step import IPAdapterStep, infotext_entry
 from daemon.engines.reference_step import ReferenceStep
+from daemon.engines.temporal_steps import CrossFrameStep, InitialNoise
 from daemon.errors import ConfigError, Superseded, TransientError, is_out_of_memory
 from daemon.render.cache import ModelCache
 from daemon.render.parameters import infotext
-from daemon.render.values import RenderRequest, RenderResult
+from daemon.render.values import RenderRequest, RenderResult, TemporalInputs
 from daemon.tasks.keys import PROMPT_SOURCES
 from daemon.tasks.registry import task_of
+from daemon.temporal.keys import PARTS
 
 _T = TypeVar("_T")
 
@@ -130,9 +132,13 @@ def _paint(
     ip_adapter = _ip_adapter_step(request, settings, models)
     if ip_adapter is not None:
         steps.append(ip_adapter)
+    temporal = request.temporal
+    noise = _initial_noise(temporal)
+    steps += [*_cross_frame(request), *([noise] if noise is not None else [])]
     engine = DiffusionEngine(models, steps=steps)
+    init = temporal.init if temporal is not None and temporal.init is not None else request.image
     painting = engine.paint(
-        Canvas(request.image, request.mask), settings, width=width, height=height,
+        Canvas(init, request.mask), settings, width=width, height=height,
         seed=request.seed, prompt=settings.prompt, negative_prompt=settings.negative_prompt,
         correct=_correction(request) if request.mask is not None else None,
         on_step=at_step if stop is not None else None,
@@ -141,7 +147,33 @@ def _paint(
     if ip_adapter is not None:
         entry = infotext_entry(ip_adapter.adapter, ip_adapter.scale, len(units))
         painted = replace(painted, params={**painted.params, **entry})
-    return _result(request, settings, painted, controls, model=_ModelInfo.of(settings, models))
+    result = _result(request, settings, painted, controls, model=_ModelInfo.of(settings, models))
+    return _with_noise(result, noise)
+
+
+def _cross_frame(request: RenderRequest) -> list[CallStep]:
+    """key_frame_attention: the frame's self-attention also attends to the key frame's
+    and the previous frame's results (none on the clip's first frame: painted as without)."""
+    temporal, settings = request.temporal, request.settings
+    if temporal is None or not temporal.attend_to:
+        return []
+    options = settings.key_frame_attention
+    return [CrossFrameStep(temporal.attend_to, parts=PARTS[options.blocks],
+                           strength=options.strength)]  # fmt: skip
+
+
+def _initial_noise(temporal: TemporalInputs | None) -> InitialNoise | None:
+    """warped_noise: the frame's initial noise given (warped from the previous frame's),
+    or drawn as without it (the clip's first frame, a cut); recorded for the next frame."""
+    if temporal is None or not (temporal.record_noise or temporal.noise is not None):
+        return None
+    return InitialNoise([temporal.noise], record=temporal.record_noise)
+
+
+def _with_noise(result: RenderResult, step: InitialNoise | None) -> RenderResult:
+    if step is None or not step.recorded:
+        return result
+    return replace(result, noise=step.recorded[0])
 
 
 def _ready_units(request: RenderRequest, settings: Profile, models: ModelCache) -> list[ReadyUnit]:
@@ -199,6 +231,8 @@ def share_a_call(first: RenderRequest, other: RenderRequest) -> bool:
         and not first.settings.prompt_sources
         and first.parameters_model_hash == other.parameters_model_hash
         and not (first.alone or other.alone)  # so that a newer version can stop it
+        and first.temporal is None  # painted in order: each takes the one before it
+        and other.temporal is None
         and task_of(first.settings).pipeline is not None  # painted (an interrogator: alone)
         and not _has_reference_unit(first.settings)  # its step paints one image a call
         and first.settings.ip_adapter is None  # its reference is per input: one call each

@@ -10,11 +10,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 from PIL import Image
 
 from daemon.a1111.color import ColorReference, apply_color_correction
 from daemon.config.profiles import Profile
 from daemon.engines.interrogators import Interrogation
+
+
+@dataclass(frozen=True)
+class TemporalInputs:
+    """What a frame of a clip takes from the frames before it (``temporal:``, ControlNet
+    loopback; :mod:`daemon.prepare.temporal`), as values: no clip state travels."""
+
+    index: int  # the frame's number in its clip
+    source: Image.Image  # the source frame at the processing size: the next frame's flow
+    key: bool = False  # the frame is (or becomes) the clip's key frame
+    init: Image.Image | None = None  # flow_init: the init image, the warped result blended in
+    noise: np.ndarray | None = None  # warped_noise: the initial noise, (C, h, w) float32
+    record_noise: bool = False  # warped_noise: return the initial noise used, for the next
+    attend_to: tuple[Image.Image, ...] = ()  # key_frame_attention: key and previous results
 
 
 @dataclass(frozen=True)
@@ -37,6 +52,7 @@ class RenderRequest:
     parameters_model_hash: str | None = None  # use_png_info: the model the parameters name
     alone: bool = False  # never in a batch: a live input, which a newer version may stop
     notes: tuple[str, ...] = ()  # what preparing found that the user should know
+    temporal: TemporalInputs | None = None  # a clip's frame with temporal methods
 
 
 @dataclass(frozen=True)
@@ -56,6 +72,7 @@ class RenderResult:
     # Colour correction still to do, towards this reference: deliver does it (on the writer's
     # thread), so that the renderer paints the next frame meanwhile.
     colors: ColorReference | None = None
+    noise: np.ndarray | None = None  # warped_noise: the initial noise used, (C, h, w)
 
 
 def colors_corrected(result: RenderResult) -> RenderResult:

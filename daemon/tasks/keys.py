@@ -16,6 +16,7 @@ from daemon.a1111.samplers import SamplerChoice, parse_sampler
 from daemon.a1111.sizes import ResizeMode
 from daemon.controlnet.ip_adapter_keys import IPAdapterKeys
 from daemon.controlnet.units import ControlNetKeys
+from daemon.temporal.keys import TemporalKeys
 
 Interrogator = Literal["clip", "deepbooru"]
 ClipMode = Literal["fast", "classic", "best", "negative"]
@@ -234,6 +235,21 @@ class PaintingTaskKeys(
     PromptSourceKeys,
     ControlNetKeys,
     IPAdapterKeys,
+    TemporalKeys,
 ):
     """What a painting task accepts: the mask keys too, since any painting task inpaints when
     a mask comes with its input."""
+
+    @model_validator(mode="after")
+    def _temporal_for_clips(self) -> Any:
+        if self.live and (self.temporal or self.loopback_units):
+            raise ValueError(
+                "temporal and ControlNet loopback work across the frames of a clip folder or "
+                "a video; a live profile paints each export on its own: drop them or live"
+            )
+        if self.temporal and (self.batch_size > 1 or self.n_iter > 1):
+            raise ValueError(
+                "temporal paints one image per frame (each the next frame's previous): set "
+                "batch_size and n_iter to 1"
+            )
+        return self
