@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
     {"__init__", "errors", "atomic", "paths", "libraries"},  # the core every layer may use
     {"intake"},  # names, stability, watching, pairing, jobs: no image library
     {"a1111", "media"},  # A1111's behaviour as pure functions; video files in and out
+    {"temporal"},  # optical flow, warped noise, warp error: pure numpy/Pillow functions
     {"controlnet"},  # the ControlNet extension's units, infotext, preprocessors (pure)
     {"tasks"},  # kinds of work, one module each: keys, companions, canvas, outputs (pure)
     {"config"},
@@ -41,7 +42,7 @@ LAYERS: list[set[str]] = [
 HEAVY = {
     "torch", "diffusers", "transformers", "onnxruntime", "onnx", "av", "skimage",
     "safetensors", "huggingface_hub", "peft", "scipy", "torchsde", "accelerate", "ray",
-    "controlnet_aux",
+    "controlnet_aux", "cv2",
 }  # fmt: skip
 """Libraries that take seconds to import: only inside the functions that need them, so that
 ``check``, ``status`` and the pure tests start fast."""
