@@ -84,6 +84,22 @@ def test_the_flow_is_the_same_on_every_call(clip_256) -> None:
     assert np.array_equal(first.reliable, again.reliable)
 
 
+def test_the_flow_does_not_depend_on_opencvs_thread_count(clip_256) -> None:
+    """A resumed clip on another machine must measure the same flow (pixel-identical resume)."""
+    import cv2
+
+    threads = cv2.getNumThreads()
+    try:
+        flows = []
+        for count in (1, 2, 4):
+            cv2.setNumThreads(count)
+            flows.append(measure_motion(clip_256.frames[20], clip_256.frames[21]))
+    finally:
+        cv2.setNumThreads(threads)
+    assert all(np.array_equal(flows[0].backward, other.backward) for other in flows[1:])
+    assert all(np.array_equal(flows[0].reliable, other.reliable) for other in flows[1:])
+
+
 def test_two_unrelated_photos_are_a_cut() -> None:
     frames = cut_clip(ASTRONAUT, CAT, size=(128, 128), frames=4, cut_at=2)
     across = measure_motion(frames[1], frames[2])
@@ -104,6 +120,19 @@ def test_the_entering_object_is_flagged_unreliable() -> None:
     # Measured: 0.55, 0.40, … 0.15 on what it covers or brings in; 0.94–0.99 elsewhere.
     assert np.mean(on_object) < 0.4, on_object
     assert np.mean(elsewhere) > 0.9, elsewhere
+
+
+@pytest.mark.parametrize("sprite", [None, CAT], ids=["disc", "photo"])
+def test_the_entering_object_changes_only_pixels_marked_not_visible(sprite) -> None:
+    plain = known_motion_clip(ASTRONAUT, size=(96, 64), frames=8, entering=0)
+    clip = known_motion_clip(ASTRONAUT, size=(96, 64), frames=8, entering=3, sprite=sprite)
+    assert len(clip.frames) == 8 and len(clip.backward) == len(clip.visible) == 7
+    assert all(a == b for a, b in zip(clip.frames[:5], plain.frames[:5], strict=True))
+    for t in range(5, 8):
+        changed = _mean_absolute(clip.frames[t], plain.frames[t]) > 0
+        assert changed.any() and not (changed & clip.visible[t - 1]).any()
+        # The object adds pixels that are not visible in both frames to those the pan leaves.
+        assert (~clip.visible[t - 1] & ~plain.visible[t - 1]).sum() < (~clip.visible[t - 1]).sum()
 
 
 def test_frames_of_two_sizes_are_refused() -> None:
