@@ -22,8 +22,8 @@ LAYERS: list[set[str]] = [
     {"__init__", "errors", "atomic", "paths", "libraries"},  # the core every layer may use
     {"intake"},  # names, stability, watching, pairing, jobs: no image library
     {"a1111", "media"},  # A1111's behaviour as pure functions; video files in and out
-    {"temporal"},  # optical flow, warped noise, warp error: pure numpy/Pillow functions
     {"controlnet"},  # the ControlNet extension's units, infotext, preprocessors (pure)
+    {"temporal"},  # a clip's frames kept consistent: keys, optical flow, warped noise (pure)
     {"tasks"},  # kinds of work, one module each: keys, companions, canvas, outputs (pure)
     {"config"},
     {"models"},
