@@ -73,6 +73,8 @@ def warp_image(image: Image.Image, backward: np.ndarray) -> Image.Image:
     """The previous frame (or result) brought onto the current frame by the backward flow."""
     import cv2
 
+    if image.mode not in ("RGB", "RGBA", "L"):  # palette indices must not be interpolated
+        image = image.convert("RGB")
     pixels = np.asarray(image)
     _check_shape(pixels.shape[:2], backward.shape[:2], "warp_image")
     x, y = _sample_grid(backward)
