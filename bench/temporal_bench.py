@@ -37,13 +37,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
+from daemon.temporal.known_motion import KnownMotionClip, known_motion_clip
+from daemon.temporal.metrics import distance, warp_error
 from loguru import logger
 from PIL import Image
 
 from daemon.ops.service import Daemon
 from daemon.render.cache import ModelCache
-from daemon.temporal.known_motion import KnownMotionClip, known_motion_clip
-from daemon.temporal.metrics import distance, warp_error
 from tests.support.workspace import DATA, Workspace
 
 LOOPBACK = {"enabled": True, "module": "none", "model": "builtin:tiny-controlnet",
@@ -70,14 +70,15 @@ def main() -> None:
     args = parser.parse_args()
     logger.remove()
     with Image.open(DATA / "astronaut.png") as photo, Image.open(DATA / "chelsea.png") as cat:
+        sprite = cat.convert("RGB").resize((args.size // 3, args.size // 3))
         clip = known_motion_clip(photo.convert("RGB"), size=(args.size, args.size),
                                  frames=args.frames, entering=max(2, args.frames // 4),
-                                 sprite=cat.convert("RGB").resize((args.size // 3,) * 2))  # fmt: skip
+                                 sprite=sprite)  # fmt: skip
     base = {"model": args.model, "prompt": "an astronaut, oil painting", "steps": args.steps,
             "denoising_strength": args.strength, "sampler_name": "Euler", "seed": 1234,
             "width": args.size, "height": args.size, "color_correction": False}  # fmt: skip
     print(f"# bench-temporal: {args.frames} frames at {args.size} px, {args.model}, "
-          f"{args.steps} steps, denoising {args.strength}, the same seed for every frame")  # fmt: skip
+          f"{args.steps} steps, denoising {args.strength}, one seed for every frame")  # fmt: skip
     inputs = [np.asarray(frame) for frame in clip.frames]
     floor = warp_error(inputs, clip.backward, clip.visible)
     with tempfile.TemporaryDirectory(prefix="img2imgd-bench-temporal-") as root:

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from daemon.temporal.known_motion import cut_clip, known_motion_clip
 from PIL import Image
 
 from daemon.a1111.infotext import parse_infotext
 from daemon.config.profiles import check_all
 from daemon.ops.service import Daemon
 from daemon.render.cache import ModelCache
-from daemon.temporal.known_motion import cut_clip, known_motion_clip
 from tests.conftest import DATA, Workspace
 from tests.support.media import make_test_clip
 from tests.support.workspace import wait_for

@@ -112,6 +112,11 @@ class Clip:
         self._wait_for_key()
         return self._store.key_frame(self.reference)
 
+    def frames_done(self) -> int:
+        """The clip's frames written so far, in every run."""
+        with self._key:
+            return self._record.done
+
     def settled(self) -> None:
         """Return once the frames sent ahead to lead (a key frame; with ``temporal:``,
         every frame) are written."""
@@ -159,7 +164,6 @@ class ClipFrame:
     seed: int
     colors: ColorReference | None  # the key frame's, None until it is written
     key_frame: Image.Image | None = None  # as painted, for reference: key_frame (else None)
-    number: int = 0  # the frame's number in its clip (from its name)
     leads: bool  # the key frame: painted alone, its result the reference of the frames after
 
 

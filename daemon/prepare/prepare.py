@@ -113,11 +113,11 @@ class Preparer:
                 *([note] if note else []),
             ),
         )
-        request = self._temporal(request, frame, canvas.image)
+        request = self._temporal(job, request, frame, canvas.image)
         return Prepared(job, self.live.request(job, request), frame)
 
     def _temporal(
-        self, request: RenderRequest, frame: ClipFrame | None, source: Image.Image
+        self, job: Job, request: RenderRequest, frame: ClipFrame | None, source: Image.Image
     ) -> RenderRequest:
         """A clip's frame with what it takes from the frames before it (``temporal:``,
         loopback units); a single image without them, and a note."""
@@ -130,7 +130,12 @@ class Preparer:
             note = ("temporal: and ControlNet loopback work across the frames of a clip "
                     "folder or a video; this single image is painted without them")  # fmt: skip
             return replace(request, settings=plain, notes=(*request.notes, note))
-        return with_temporal(request, frame.clip, frame.number, source)
+        # Frames paint in order, each once the one before it is written. Its place in the
+        # clip: the number in its name, else the count written so far.
+        frame.clip.settled()
+        number = frame_number(job.image.name)
+        index = frame.clip.frames_done() + 1 if number is None else number
+        return with_temporal(request, frame.clip, index, source)
 
     def _frame_plan(self, job: Job, settings: Profile) -> ClipFrame | None:
         """Frames of a clip (images in a sub-folder) share a seed, and a colour reference
@@ -153,6 +158,6 @@ class Preparer:
         leads = (correct_colors and colors is None) or (refers and key_frame is None)
         seed = frame_seed(settings.seed_mode, base, number, self.rng)
         return ClipFrame(
-            clip=clip, seed=seed, colors=colors, key_frame=key_frame, number=number,
+            clip=clip, seed=seed, colors=colors, key_frame=key_frame,
             leads=leads or in_order(settings),  # temporal: the next frame needs this one
         )  # fmt: skip

@@ -8,5 +8,6 @@ result onto the current frame and blend it into the init image where the flow is
 flow and keeps it exactly Gaussian (``warped_noise``); ``flow.is_cut`` says when the flow explains
 too little of the frame to blend anything. ``metrics`` scores a clip (warp error, distance from
 the input) and ``known_motion`` renders clips whose motion is known exactly, for the tests and
-``make bench-temporal``.
+``make bench-temporal``. ``keys`` holds the profile keys (``temporal:`` and its options) and
+``infotext`` writes them into a frame's parameters and reads them back.
 """
