@@ -5,11 +5,13 @@ and replayed pixel for pixel) and :class:`CrossFrameStep` (key-frame attention o
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from diffusers import UNet2DConditionModel
 from PIL import Image
 
 from daemon.config.profiles import Profile
@@ -19,6 +21,7 @@ from daemon.engines.attention_bank import (
     banked,
     self_attention_parts,
 )
+from daemon.engines.bank_writes import encoded, noise_generators, write_pass
 from daemon.engines.call_steps import CallStep, removed_after
 from daemon.engines.controlnet_step import ControlNetStep, ready_units
 from daemon.engines.diffusion import Canvas, DiffusionEngine
@@ -271,3 +274,23 @@ def test_cross_frame_attention_and_reference_only_are_refused_together(models):
     with banked(unet, owner="reference_only"), refused, second:  # the other way round
         pass
     assert untouched(models)
+
+
+def test_an_inpainting_unet_takes_the_frames_with_an_empty_mask(models):
+    """A 9-channel UNet (latents, mask, masked latents): the write pass fills the mask with
+    0 and the masked latents with the frame's own, as for a reference."""
+    pipe = models.pipeline("builtin:tiny-sd", "img2img")
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel.from_config({**pipe.unet.config, "in_channels": 9})
+    nine = SimpleNamespace(unet=unet, vae=pipe.vae, scheduler=pipe.scheduler,
+                           image_processor=pipe.image_processor)  # fmt: skip
+    latent = encoded(nine, KEY)
+    sample = torch.randn(2, 9, *LATENT[1:])
+    context = torch.randn(2, 7, unet.config.cross_attention_dim)
+    with torch.inference_mode(), banked(unet, owner="key_frame_attention") as bank:
+        with bank.writing(1.0, 0.0, parts=UP):
+            write_pass(nine, latent, (sample, 500), {"encoder_hidden_states": context},
+                       noise_generators([1]))  # fmt: skip
+        up = [p for p in bank.processors if p.part == "up"]
+        assert up and all(len(p.stored) == 1 for p in up)
+        assert not any(p.stored for p in bank.processors if p.part != "up")
