@@ -38,8 +38,10 @@ def known_motion_clip(
     frames: int = 24,
     entering: int = 6,
     sprite: Image.Image | None = None,
+    pan_at_512: tuple[float, float] = PAN_AT_512,
 ) -> KnownMotionClip:
-    """The photo panned (~2 px/frame at 512 px) and zoomed (~1 %/frame); an object enters.
+    """The photo panned (`pan_at_512` px/frame at 512 px, scaled to `size`) and zoomed
+    (~1 %/frame); an object enters.
 
     During the last ``entering`` frames the sprite (or a flat red disc) comes in from the right
     edge at a whole number of pixels per frame; the pixels it covers, and those whose previous
@@ -48,7 +50,7 @@ def known_motion_clip(
     if frames < 2 or not 0 <= entering < frames:
         raise ValueError(f"need frames ≥ 2 and 0 ≤ entering < frames, got {frames}, {entering}")
     width, height = size
-    pan = np.array([PAN_AT_512[0] * width / 512, PAN_AT_512[1] * height / 512])
+    pan = np.array([pan_at_512[0] * width / 512, pan_at_512[1] * height / 512])
     scales = [(1 + ZOOM) ** t for t in range(frames)]
     view = _View.fitting(photo, size, reach=pan * (frames - 1))
     rendered = [view.render(scales[t], pan * t) for t in range(frames)]
@@ -67,12 +69,18 @@ def known_motion_clip(
 
 
 def cut_clip(
-    first: Image.Image, second: Image.Image, *, size: tuple[int, int], frames: int, cut_at: int
+    first: Image.Image,
+    second: Image.Image,
+    *,
+    size: tuple[int, int],
+    frames: int,
+    cut_at: int,
+    pan_at_512: tuple[float, float] = PAN_AT_512,
 ) -> tuple[Image.Image, ...]:
-    """A gently panned clip of ``first`` that switches to ``second`` at frame ``cut_at``."""
+    """A panned clip of ``first`` that switches to ``second`` at frame ``cut_at``."""
     if not 0 < cut_at < frames:
         raise ValueError(f"cut_at must lie inside the clip (0 < cut_at < {frames}), got {cut_at}")
-    pan = np.array([PAN_AT_512[0] * size[0] / 512, PAN_AT_512[1] * size[1] / 512])
+    pan = np.array([pan_at_512[0] * size[0] / 512, pan_at_512[1] * size[1] / 512])
     clip = []
     for t in range(frames):
         photo = first if t < cut_at else second
