@@ -306,3 +306,18 @@ def test_the_sdxl_model_takes_both_steps(models):
     attending = paint(models, CrossFrameStep([KEY, PREVIOUS], parts=UP, strength=1.0), **sdxl)
     assert not np.array_equal(attending, plain)
     assert untouched(models, model="builtin:tiny-sdxl")
+
+
+def test_frames_that_attend_to_the_same_key_frame_can_share_a_call(models):
+    images, seeds = [IMAGE.resize((SIZE, SIZE)), PREVIOUS], [3, 4]
+    batch = DiffusionEngine(models, steps=[CrossFrameStep([KEY], parts=UP, strength=1.0)])
+    painted = batch.paint_batch(images, settings(), width=SIZE, height=SIZE, seeds=seeds,
+                                prompt="a fox", negative_prompt="")  # fmt: skip
+    for image, seed, together in zip(images, seeds, painted, strict=True):
+        alone = DiffusionEngine(models, steps=[CrossFrameStep([KEY], parts=UP, strength=1.0)])
+        own = alone.paint(Canvas(image, None), settings(), width=SIZE, height=SIZE, seed=seed,
+                          prompt="a fox", negative_prompt="")  # fmt: skip
+        a = np.asarray(own.images[0], dtype=np.int16)
+        b = np.asarray(together.images[0], dtype=np.int16)
+        assert np.abs(a - b).max() <= 1  # the batch sums in another order
+    assert untouched(models)
