@@ -65,9 +65,9 @@ def noise(seed: int) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(LATENT, dtype=np.float32)
 
 
-def untouched(models: ModelCache, task: str = "img2img") -> bool:
+def untouched(models: ModelCache, task: str = "img2img", model: str = "builtin:tiny-sd") -> bool:
     """Whether the pipeline is as it was: no hook, no bank, no wrapped method left."""
-    pipe = models.pipeline("builtin:tiny-sd", task)  # type: ignore[arg-type]
+    pipe = models.pipeline(model, task)  # type: ignore[arg-type]
     unet = pipe.unet
     banks = [p for p in unet.attn_processors.values() if isinstance(p, BankedSelfAttention)]
     return (
@@ -294,3 +294,30 @@ def test_an_inpainting_unet_takes_the_frames_with_an_empty_mask(models):
         up = [p for p in bank.processors if p.part == "up"]
         assert up and all(len(p.stored) == 1 for p in up)
         assert not any(p.stored for p in bank.processors if p.part != "up")
+
+
+def test_the_sdxl_model_takes_both_steps(models):
+    sdxl = {"model": "builtin:tiny-sdxl"}
+    plain = paint(models, **sdxl)
+    recorder = InitialNoise([None], record=True)
+    assert np.array_equal(paint(models, recorder, **sdxl), plain)
+    assert np.array_equal(paint(models, InitialNoise(recorder.recorded), **sdxl), plain)
+    assert not np.array_equal(paint(models, InitialNoise([-recorder.recorded[0]]), **sdxl), plain)
+    attending = paint(models, CrossFrameStep([KEY, PREVIOUS], parts=UP, strength=1.0), **sdxl)
+    assert not np.array_equal(attending, plain)
+    assert untouched(models, model="builtin:tiny-sdxl")
+
+
+def test_frames_that_attend_to_the_same_key_frame_can_share_a_call(models):
+    images, seeds = [IMAGE.resize((SIZE, SIZE)), PREVIOUS], [3, 4]
+    batch = DiffusionEngine(models, steps=[CrossFrameStep([KEY], parts=UP, strength=1.0)])
+    painted = batch.paint_batch(images, settings(), width=SIZE, height=SIZE, seeds=seeds,
+                                prompt="a fox", negative_prompt="")  # fmt: skip
+    for image, seed, together in zip(images, seeds, painted, strict=True):
+        alone = DiffusionEngine(models, steps=[CrossFrameStep([KEY], parts=UP, strength=1.0)])
+        own = alone.paint(Canvas(image, None), settings(), width=SIZE, height=SIZE, seed=seed,
+                          prompt="a fox", negative_prompt="")  # fmt: skip
+        a = np.asarray(own.images[0], dtype=np.int16)
+        b = np.asarray(together.images[0], dtype=np.int16)
+        assert np.abs(a - b).max() <= 1  # the batch sums in another order
+    assert untouched(models)

@@ -17,9 +17,10 @@
   again at every step, with the same noise, which then stays the substituted one).
 
 Batches (:meth:`~daemon.engines.diffusion.DiffusionEngine.paint_batch`): ``InitialNoise``
-takes one noise per image of the batch, in the batch's order. ``CrossFrameStep`` is for
-:meth:`~daemon.engines.diffusion.DiffusionEngine.paint` only: every image of its call
-attends to the same earlier frames, which differ from frame to frame of a clip.
+takes one noise per image of the batch, in the batch's order. Every image of a
+``CrossFrameStep``'s call attends to the same earlier frames (each noised with its own
+seed), so frames may share a call when they attend to the key frame only; a frame that
+attends to its own previous frame is painted alone (and after that frame).
 """
 
 from __future__ import annotations
