@@ -82,7 +82,7 @@ def main() -> None:
     inputs = [np.asarray(frame) for frame in clip.frames]
     floor = warp_error(inputs, clip.backward, clip.visible)
     with tempfile.TemporaryDirectory(prefix="img2imgd-bench-temporal-") as root:
-        models = ModelCache(Path(root) / "state")
+        models = ModelCache(models_dir=None, state_dir=Path(root) / "state", device="cpu")
         rows = {name: _run(Path(root) / "runs", models, name, {**base, **keys}, clip)
                 for name, keys in SETTINGS.items()}  # fmt: skip
     _table(rows, clip, floor)

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from daemon.temporal.known_motion import cut_clip, known_motion_clip
 from PIL import Image
 
 from daemon.a1111.infotext import parse_infotext
 from daemon.config.profiles import check_all
 from daemon.ops.service import Daemon
 from daemon.render.cache import ModelCache
+from daemon.temporal.known_motion import cut_clip, known_motion_clip
 from tests.conftest import DATA, Workspace
 from tests.support.media import make_test_clip
 from tests.support.workspace import wait_for
@@ -38,7 +38,10 @@ METHODS = {
     "loopback": {"controlnet": [LOOPBACK]},
 }
 FRAMES = 4
-PAN = (48.0, 16.0)  # px/frame at 512 px: 6 px at 64, so that the noise moves by most of a latent pixel
+PAN = (
+    48.0,
+    16.0,
+)  # px/frame at 512 px: 6 px at 64, so that the noise moves by most of a latent pixel
 
 
 def read(path: Path) -> np.ndarray:
@@ -176,6 +179,8 @@ def test_a_single_image_is_painted_without_temporal_with_a_note(
         ({"temporal": ["flow_init"], "live": True}, "a live profile paints each export"),
         ({"controlnet": [LOOPBACK], "live": True}, "a live profile paints each export"),
         ({"temporal": ["flow_init"], "batch_size": 2}, "set batch_size and n_iter to 1"),
+        ({"temporal": ["key_frame_attention"],
+          "controlnet": [{"enabled": True, "module": "reference_only"}]}, "remove one of them"),
         ({"task": "interrogate", "model": "builtin:tiny-tagger", "temporal": ["flow_init"]},
          "temporal"),
     ],

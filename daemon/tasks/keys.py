@@ -15,6 +15,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 from daemon.a1111.samplers import SamplerChoice, parse_sampler
 from daemon.a1111.sizes import ResizeMode
 from daemon.controlnet.ip_adapter_keys import IPAdapterKeys
+from daemon.controlnet.modules import module_named
+from daemon.controlnet.reference import is_reference
 from daemon.controlnet.units import ControlNetKeys
 from daemon.temporal.keys import TemporalKeys
 
@@ -246,6 +248,13 @@ class PaintingTaskKeys(
             raise ValueError(
                 "temporal and ControlNet loopback work across the frames of a clip folder or "
                 "a video; a live profile paints each export on its own: drop them or live"
+            )
+        if self.uses("key_frame_attention") and any(
+            is_reference(module_named(unit.module).name) for unit in self.enabled_units
+        ):
+            raise ValueError(
+                "key_frame_attention and a reference_only unit both steer the UNet's "
+                "self-attention and cannot paint together: remove one of them"
             )
         if self.temporal and (self.batch_size > 1 or self.n_iter > 1):
             raise ValueError(
