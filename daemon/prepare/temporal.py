@@ -84,10 +84,14 @@ def temporal_frame(
     interval = settings.key_frame_attention.interval
     becomes_key = key is None or (interval > 0 and index - key.index >= interval)
     motion = None
-    if previous is not None and (settings.uses("flow_init") or settings.uses("warped_noise")):
-        motion = measure_motion(previous.source, fitted)
-    cut = motion is not None and is_cut(motion)
     notes = []
+    resized = previous is not None and previous.source.size != fitted.size
+    if resized:  # frames of another size: no flow between them, as at a cut
+        notes.append(f"frame {index} has another size than the frame before it: nothing of "
+                     "that frame is blended in")  # fmt: skip
+    elif previous is not None and (settings.uses("flow_init") or settings.uses("warped_noise")):
+        motion = measure_motion(previous.source, fitted)
+    cut = resized or (motion is not None and is_cut(motion))
     if cut and motion is not None:
         notes.append(
             f"frame {index} is a cut ({motion.reliable_share:.0%} of it follows the previous "
@@ -100,7 +104,7 @@ def temporal_frame(
         init=_flow_init(settings, fitted, previous, motion, cut=cut),
         noise=_noise(settings, previous, motion, seed, index),
         record_noise=settings.uses("warped_noise"),
-        attend_to=_attend_to(settings, key, previous, cut=cut),
+        attend_to=_attend_to(settings, key, previous, cut=cut, size=fitted.size),
     )
     own, with_units = _loopback(settings, previous, controls)
     return TemporalFrame(inputs, with_units, own, tuple(notes))
@@ -116,10 +120,7 @@ def _flow_init(
 ) -> Image.Image | None:
     if not settings.uses("flow_init") or previous is None or motion is None or cut:
         return None
-    result = previous.result
-    if result.size != fitted.size:  # an "only masked" inpainting's whole canvas
-        result = result.resize(fitted.size, Image.Resampling.LANCZOS)
-    warped = warp_image(result, motion.backward)
+    warped = warp_image(_fitted(previous.result, fitted.size), motion.backward)
     return blend_init(fitted, warped, motion.reliable, settings.temporal_blend)
 
 
@@ -136,14 +137,19 @@ def _noise(
 
 
 def _attend_to(
-    settings: Profile, key: Painted | None, previous: Painted | None, *, cut: bool
+    settings: Profile,
+    key: Painted | None,
+    previous: Painted | None,
+    *,
+    cut: bool,
+    size: tuple[int, int],
 ) -> tuple[Image.Image, ...]:
     if not settings.uses("key_frame_attention") or settings.key_frame_attention.strength == 0:
         return ()
     frames = [key] if key is not None else []
     if previous is not None and not cut and (key is None or previous.index != key.index):
         frames.append(previous)
-    return tuple(frame.result for frame in frames)
+    return tuple(_fitted(frame.result, size) for frame in frames)
 
 
 def _loopback(
@@ -164,3 +170,8 @@ def _loopback(
     for position in positions:
         own[position] = previous.result
     return tuple(own), settings
+
+
+def _fitted(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """An earlier result at the painting's size (a clip whose frames change size)."""
+    return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
