@@ -79,6 +79,9 @@ def clip_run(tmp_path_factory: pytest.TempPathFactory, models: ModelCache) -> Wo
             drop_clip(workspace, copy, moving, "shot")
     for name in ("off", "flow"):
         drop_clip(workspace, name, cut, "cut")
+    every_two = {"temporal": ["key_frame_attention"], "key_frame_attention": {"interval": 2}}
+    workspace.profile("interval", **FIXED, **every_two)
+    drop_clip(workspace, "interval", moving, "shot")
     Daemon(workspace.settings(), models=models, watch=False).run_once(tick=0.01)
     return workspace
 
@@ -98,6 +101,14 @@ def test_the_frames_after_it_differ_from_off(clip_run: Workspace, method: str):
 def test_every_method_paints_the_same_frames_twice(clip_run: Workspace, method: str):
     again = outputs(clip_run, f"{method}-again")
     assert all(np.array_equal(a, b) for a, b in zip(outputs(clip_run, method), again, strict=True))
+
+
+def test_a_key_frame_interval_makes_a_later_frame_the_key(clip_run: Workspace):
+    """interval 2: frame 3 still attends to frame 1 and 2, then becomes the key frame, so
+    frame 4 attends to frame 3 alone where it attended to 1 and 3."""
+    every_two, first_only = outputs(clip_run, "interval"), outputs(clip_run, "attention")
+    assert all(np.array_equal(a, b) for a, b in zip(every_two[:3], first_only[:3], strict=True))
+    assert not np.array_equal(every_two[3], first_only[3])
 
 
 def test_every_input_is_archived_and_none_failed(clip_run: Workspace):
@@ -189,3 +200,18 @@ def test_check_refuses_bad_temporal_keys(workspace: Workspace, keys: dict, said:
     workspace.profile("bad", **keys)
     _, problems = check_all(workspace.profiles)
     assert any(said in problem for problem in problems), problems
+
+
+def test_temporal_frames_never_share_a_pipeline_call():
+    """Each takes the result of the one before it: painted one at a time, in order."""
+    from daemon.config.profiles import Profile
+    from daemon.render.render import share_a_call
+    from daemon.render.values import RenderRequest, TemporalInputs
+
+    settings = Profile.model_validate({"model": "builtin:tiny-sd", **METHODS["flow"]})
+    image = Image.new("RGB", (64, 64))
+    plain = RenderRequest("a", settings, image, size=(64, 64))
+    frame = RenderRequest("b", settings, image, size=(64, 64),
+                          temporal=TemporalInputs(index=2, source=image))  # fmt: skip
+    assert share_a_call(plain, plain)
+    assert not share_a_call(frame, frame) and not share_a_call(plain, frame)
