@@ -37,13 +37,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-from daemon.temporal.known_motion import KnownMotionClip, known_motion_clip
-from daemon.temporal.metrics import distance, warp_error
 from loguru import logger
 from PIL import Image
 
 from daemon.ops.service import Daemon
 from daemon.render.cache import ModelCache
+from daemon.temporal.known_motion import KnownMotionClip, known_motion_clip
+from daemon.temporal.metrics import distance, warp_error
 from tests.support.workspace import DATA, Workspace
 
 LOOPBACK = {"enabled": True, "module": "none", "model": "builtin:tiny-controlnet",
