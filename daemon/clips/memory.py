@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from daemon.atomic import atomic_writer, write_text
+from daemon.atomic import atomic_writer, write_bytes, write_text
 
 FOLDER = "temporal"
 KEY = "key.txt"  # the key frame's number
@@ -64,8 +64,7 @@ class FrameMemory:
             if noise is not None:
                 buffer = io.BytesIO()
                 np.save(buffer, np.asarray(noise, dtype=np.float32))
-                with atomic_writer(self._path(index, "noise.npy")) as handle:
-                    handle.write(buffer.getvalue())
+                write_bytes(self._path(index, "noise.npy"), buffer.getvalue())
             for kind, image in (("source", source), ("result", result)):
                 with atomic_writer(self._path(index, f"{kind}.png")) as handle:
                     image.convert("RGB").save(handle, format="PNG", compress_level=1)
