@@ -79,6 +79,13 @@ def clip_run(tmp_path_factory: pytest.TempPathFactory, models: ModelCache) -> Wo
             drop_clip(workspace, copy, moving, "shot")
     for name in ("off", "flow"):
         drop_clip(workspace, name, cut, "cut")
+    every = {"temporal": ["key_frame_attention", "flow_init", "warped_noise"]}
+    workspace.profile("inpaint", task="inpaint", **FIXED, **every, mask_blur=0)
+    drop_clip(workspace, "inpaint", moving, "shot")
+    (workspace.inbox / "inpaint/shot/masks").mkdir()
+    left_half = Image.new("L", (64, 64))
+    left_half.paste(255, (0, 0, 32, 64))
+    left_half.save(workspace.inbox / "inpaint/shot/masks/mask.png")
     every_two = {"temporal": ["key_frame_attention"], "key_frame_attention": {"interval": 2}}
     workspace.profile("interval", **FIXED, **every_two)
     drop_clip(workspace, "interval", moving, "shot")
@@ -109,6 +116,15 @@ def test_a_key_frame_interval_makes_a_later_frame_the_key(clip_run: Workspace):
     every_two, first_only = outputs(clip_run, "interval"), outputs(clip_run, "attention")
     assert all(np.array_equal(a, b) for a, b in zip(every_two[:3], first_only[:3], strict=True))
     assert not np.array_equal(every_two[3], first_only[3])
+
+
+def test_an_inpainted_clip_keeps_each_frames_own_unmasked_pixels(clip_run: Workspace):
+    """flow_init sits out (a blended init would show outside the mask); the unmasked half
+    of every frame is its own source, exactly."""
+    painted = outputs(clip_run, "inpaint")
+    sources = sorted((clip_run.inbox / "_done/inpaint/shot").glob("frame_*.png"))
+    for output, source in zip(painted, sources, strict=True):
+        assert np.array_equal(output[:, 40:], read(source)[:, 40:])
 
 
 def test_every_input_is_archived_and_none_failed(clip_run: Workspace):

@@ -45,8 +45,8 @@ def with_temporal(
 ) -> RenderRequest:
     """`request` for frame `index` of `clip` with what it takes from the frames before it."""
     found = temporal_frame(
-        request.settings, clip, index, source,
-        size=request.size, seed=request.seed, controls=request.controls,
+        request.settings, clip, index, source, size=request.size, seed=request.seed,
+        controls=request.controls, masked=request.mask is not None,
     )  # fmt: skip
     return replace(
         request, settings=found.settings, controls=found.controls, temporal=found.inputs,
@@ -68,6 +68,7 @@ def temporal_frame(
     size: tuple[int, int],
     seed: int,
     controls: tuple[Image.Image | None, ...],
+    masked: bool = False,
 ) -> TemporalFrame:
     """Frame `index` of `clip` (its `source` image at its own size), once the frame before
     it is written. `seed`: the frame's; its fresh noise (where the flow brings none) is drawn
@@ -97,11 +98,15 @@ def temporal_frame(
             f"frame {index} is a cut ({motion.reliable_share:.0%} of it follows the previous "
             "frame): nothing of the previous frame is blended in"
         )
+    if masked and settings.uses("flow_init") and previous is not None:
+        # An inpainting keeps the unmasked part as the frame's own: a blended init would
+        # show there. The other methods act inside the mask only by nature.
+        notes.append("flow_init does not apply to inpainting; the other methods do")
     inputs = TemporalInputs(
         index=index,
         source=fitted,
         key=becomes_key,
-        init=_flow_init(settings, fitted, previous, motion, cut=cut),
+        init=None if masked else _flow_init(settings, fitted, previous, motion, cut=cut),
         noise=_noise(settings, previous, motion, seed, index),
         record_noise=settings.uses("warped_noise"),
         attend_to=_attend_to(settings, key, previous, cut=cut, size=fitted.size),
