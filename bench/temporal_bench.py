@@ -85,7 +85,7 @@ def main() -> None:
     model, described = args.model, args.model
     if args.model == "trained":
         model = str(trained_tiny_sd(TRAINED, minutes=args.train_minutes))
-        described = (f"a tiny model trained for {args.train_minutes:g} CPU minutes on a few "
+        described = (f"a tiny model trained here for {args.train_minutes:g} minutes on a few "
                      "photos: a proxy, not a real checkpoint")  # fmt: skip
     with Image.open(DATA / "astronaut.png") as photo, Image.open(DATA / "chelsea.png") as cat:
         sprite = cat.convert("RGB").resize((args.size // 3, args.size // 3))

@@ -51,7 +51,8 @@ REPORT_EVERY_S = 15.0
 def trained_tiny_sd(folder: Path, *, minutes: float = 4.0) -> Path:
     """The trained tiny SD folder at `folder`, trained now unless one with this recipe is there.
 
-    `minutes` of CPU time, half for each model."""
+    `minutes` of wall-clock time on one CPU thread, half for each model (a busy machine
+    trains fewer steps in them)."""
     stamp = {"recipe": RECIPE, "minutes": minutes, "seed": SEED}
     stamp_file = folder / "trained-tiny.json"
     if (folder / "model_index.json").exists() and _read_json(stamp_file) == stamp:
