@@ -27,6 +27,7 @@ help:
 	@echo "make bench-detail  the daemon's time per image on a warm pipeline, and drop-to-start latency"
 	@echo "make bench-media  interrogation, clips and videos: the daemon's cost per image or frame"
 	@echo "make bench-temporal  flicker: warp error of a known-motion clip per temporal: method"
+	@echo "               (a tiny model trained here for 4 CPU minutes the first time, then cached)"
 	@echo "make bench-prompts  prompt editing, alternation and AND: time and encoder calls"
 	@echo "make bench-ray  executor: ray, 16 frames on one worker then two (a local Ray cluster)"
 	@echo "make bench-gpu  on a CUDA GPU: full-size random SD 1.5 and SDXL, img2imgd once vs a plain script"
@@ -78,8 +79,11 @@ bench-detail: venv
 bench-media: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/bench_media.py
 
+# The first run trains a tiny model for 4 CPU minutes (cached in state/bench/trained-tiny-sd);
+# BENCH_TEMPORAL_ARGS="--model builtin:tiny-sd" measures the random-weight one instead.
+BENCH_TEMPORAL_ARGS ?= --model trained
 bench-temporal: venv
-	HF_HUB_OFFLINE=1 $(BIN)/python bench/temporal_bench.py
+	HF_HUB_OFFLINE=1 $(BIN)/python bench/temporal_bench.py $(BENCH_TEMPORAL_ARGS)
 
 bench-prompts: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python bench/prompt_bench.py
