@@ -78,6 +78,9 @@ def main() -> None:
     parser.add_argument("--model", default="builtin:tiny-sd",
                         help="trained (a tiny model trained here, once), builtin:tiny-sd "
                              "(random weights), or a model name or path")  # fmt: skip
+    parser.add_argument("--pan", type=float, default=8.0,
+                        help="px per frame at 512 px (scaled to --size); the zoom is 1 %%/frame")
+    parser.add_argument("--blend", type=float, default=0.5, help="temporal_blend (flow_init)")
     parser.add_argument("--train-minutes", type=float, default=4.0,
                         help="CPU minutes to train `trained` for (once, then cached)")  # fmt: skip
     args = parser.parse_args()
@@ -91,10 +94,11 @@ def main() -> None:
         sprite = cat.convert("RGB").resize((args.size // 3, args.size // 3))
         clip = known_motion_clip(photo.convert("RGB"), size=(args.size, args.size),
                                  frames=args.frames, entering=max(2, args.frames // 4),
-                                 sprite=sprite)  # fmt: skip
+                                 sprite=sprite, pan_at_512=(args.pan, args.pan / 4))  # fmt: skip
     base = {"model": model, "prompt": "an astronaut, oil painting", "steps": args.steps,
             "denoising_strength": args.strength, "sampler_name": "Euler", "seed": 1234,
-            "width": args.size, "height": args.size, "color_correction": False}  # fmt: skip
+            "width": args.size, "height": args.size, "color_correction": False,
+            "temporal_blend": args.blend}  # fmt: skip
     print(f"# bench-temporal: {args.frames} frames at {args.size} px, model: {described}, "
           f"{args.steps} steps, denoising {args.strength}, one seed for every frame")  # fmt: skip
     inputs = [np.asarray(frame) for frame in clip.frames]
