@@ -78,8 +78,12 @@ def main() -> None:
     parser.add_argument("--model", default="builtin:tiny-sd",
                         help="trained (a tiny model trained here, once), builtin:tiny-sd "
                              "(random weights), or a model name or path")  # fmt: skip
-    parser.add_argument("--pan", type=float, default=8.0,
-                        help="px per frame at 512 px (scaled to --size); the zoom is 1 %%/frame")
+    parser.add_argument(
+        "--pan",
+        type=float,
+        default=8.0,
+        help="px per frame at 512 px (scaled to --size); the zoom is 1 %%/frame",
+    )
     parser.add_argument("--blend", type=float, default=0.5, help="temporal_blend (flow_init)")
     parser.add_argument("--train-minutes", type=float, default=4.0,
                         help="CPU minutes to train `trained` for (once, then cached)")  # fmt: skip
