@@ -62,6 +62,8 @@ def inbox_run(
     workspace.profile("bad")
     workspace.drop(DATA / "chelsea.png", "bad/cat.png")
     (inbox / "bad/cat.prompt.txt").write_bytes("caf\u00e9 au lait".encode("latin-1"))
+    workspace.drop(DATA / "chelsea.png", "bad/huge.png")
+    (inbox / "bad/huge.prompt.txt").write_text("a cat, " * 10_000)
     workspace.profile("reads", use_png_info=True)
     workspace.drop(DATA / "chelsea.png", "reads/cat.png")
     (inbox / "reads/cat.txt").write_text(OLD_PARAMETERS)
@@ -114,6 +116,13 @@ def test_a_prompt_file_that_is_not_utf8_fails_its_input_with_both_files(inbox_ru
     assert report.startswith("cat.prompt.txt is not UTF-8 text (byte 3 cannot be read)"), report
     assert (failed / "cat.png").exists() and (failed / "cat.prompt.txt").exists()
     assert not inbox_run.workspace.outputs("bad")
+
+
+def test_a_prompt_file_over_the_size_limit_fails_its_input(inbox_run):
+    failed = inbox_run.workspace.inbox / "_failed/bad"
+    report = (failed / "huge.error.txt").read_text()
+    assert report.startswith("huge.prompt.txt is larger than 64 KiB"), report
+    assert (failed / "huge.png").exists() and (failed / "huge.prompt.txt").exists()
 
 
 def test_it_wins_over_the_parameters_and_the_yaml_which_still_apply(inbox_run):
