@@ -157,11 +157,17 @@ def test_an_interrogation_ignores_it_says_so_and_archives_it(inbox_run):
                for line in inbox_run.log), inbox_run.log  # fmt: skip
 
 
-def test_a_prompt_file_written_while_its_image_settles_goes_with_it(workspace: Workspace, running):
+def test_an_image_waits_while_its_prompt_file_is_still_being_written(workspace: Workspace, running):
     workspace.profile("late")
-    running(stability_delay=1.0)  # the image is not taken before the file is written
-    workspace.drop(DATA / "chelsea.png", "late/cat.png")
-    (workspace.inbox / "late/cat.prompt.txt").write_text("late but in time")
+    # (a long quiet time: the open prompt file is complete only when its writer closes it)
+    daemon = running(stability_delay=30.0)
+    with (workspace.inbox / "late/cat.prompt.txt").open("w") as prompt:
+        prompt.write("late but ")
+        prompt.flush()
+        image = workspace.drop(DATA / "chelsea.png", "late/cat.png")  # complete: renamed in
+        wait_for(lambda: image in daemon.admission.waiting())
+        assert not workspace.outputs("late")
+        prompt.write("in time")
     wait_for(lambda: len(workspace.done("late")) == 2)
     assert painted_with(workspace.outbox / "late/cat.png").prompt == "late but in time"
 
