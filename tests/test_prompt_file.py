@@ -172,6 +172,22 @@ def test_an_image_waits_while_its_prompt_file_is_still_being_written(workspace: 
     assert painted_with(workspace.outbox / "late/cat.png").prompt == "late but in time"
 
 
+def test_a_live_input_renders_again_when_its_prompt_file_changes(workspace: Workspace, running):
+    workspace.profile("live", live=True)
+    daemon = running(rescan_interval=3600.0)  # the prompt file's own event, not a rescan
+    prompt = workspace.inbox / "live/photo.prompt.txt"
+    prompt.write_text("first words")
+    workspace.drop(DATA / "chelsea.png", "live/photo.png")
+    wait_for(lambda: daemon.tally.done >= 1, timeout=60)
+    wait_for(daemon.idle, timeout=30)
+    assert painted_with(workspace.outbox / "live/photo.png").prompt == "first words"
+    done = daemon.tally.done
+    prompt.write_text("second thoughts")  # the prompt alone, as an artist edits it
+    wait_for(lambda: daemon.tally.done == done + 1, timeout=60)
+    assert painted_with(workspace.outbox / "live/photo.png").prompt == "second thoughts"
+    assert prompt.exists(), "a live input's companions stay with it in the inbox"
+
+
 def test_names_a_prompt_file_is_the_companion_of_its_input_not_parameters(tmp_path):
     def kind(name: str) -> Kind:
         return classify(Route("p", PurePosixPath("."), name))
