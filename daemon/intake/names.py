@@ -17,6 +17,7 @@ VIDEO_EXTENSIONS: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".webm", ".gif")
 """Videos: split into frames, repainted and joined again (a .gif is a clip, not an image)."""
 SETTINGS_EXTENSIONS = frozenset({".yaml", ".yml"})
 PARAMETERS_EXTENSION = ".txt"
+PROMPT_ENDING = ".prompt.txt"  # <stem>.prompt.txt: the input's prompt (<stem>.txt: parameters)
 MASK_FOLDER = "masks"
 MASK_MARK = ".mask"  # <stem>.mask.<image extension>
 SKETCH_ENDING = ".sketch.png"
@@ -114,9 +115,15 @@ def accepted_kinds() -> str:
         f"<name>{CONTROL_MARK}-<n>.png, or {CONTROL_FOLDER}/ by frame), its IP-Adapter "
         f"reference (<name>{REFERENCE_MARK}.png, or {REFERENCE_FOLDER}/ for the folder), "
         f"its settings "
-        f"({settings}) and its parameters or caption "
+        f"({settings}), its prompt (<name>{PROMPT_ENDING}) and its parameters or caption "
         f"(<name>{PARAMETERS_EXTENSION})"
     )
+
+
+def is_prompt_name(name: str) -> bool:
+    """``a.prompt.txt``: the prompt of input ``a`` (an image named ``a.prompt.png`` cannot
+    have a ``<stem>.txt`` of parameters, then: its would be read as ``a``'s prompt)."""
+    return name.lower().endswith(PROMPT_ENDING)
 
 
 def job_stem(name: str) -> str:

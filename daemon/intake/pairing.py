@@ -6,6 +6,7 @@ lists one folder. The folder contract:
 * ``inbox/<profile>/<sub-path>/<stem>.<image ext>`` is a job for ``profiles/<profile>.yaml``;
 * ``<stem>.mask.<image ext>`` or ``masks/<stem>.<image ext>`` is its inpaint mask;
 * ``<stem>.sketch.png`` is its scribble layer; ``<stem>.yaml`` its per-image settings;
+* ``<stem>.prompt.txt`` is its prompt (``<stem>.txt``: its parameters, for use_png_info);
 * ``<stem>.control.png`` / ``<stem>.control-<n>.png`` is ControlNet unit 0's / n's image; in
   a clip folder, ``control/`` / ``control-<n>/`` hold them by stem or by frame number;
 * ``<stem>.reference.png`` is its IP-Adapter reference image; the image in a folder's
@@ -27,6 +28,7 @@ from daemon.intake.names import (
     MASK_FOLDER,
     MASK_MARK,
     PARAMETERS_EXTENSION,
+    PROMPT_ENDING,
     REFERENCE_FOLDER,
     SETTINGS_EXTENSIONS,
     SKETCH_ENDING,
@@ -38,6 +40,7 @@ from daemon.intake.names import (
     is_ignored_dir,
     is_ignored_name,
     is_input_name,
+    is_prompt_name,
     is_reference_stem,
     job_stem,
 )
@@ -50,6 +53,7 @@ class Kind(enum.Enum):
     CONTROL = "control"  # a ControlNet unit's own control image
     REFERENCE = "reference"  # an IP-Adapter reference image (<stem>.reference, reference)
     SETTINGS = "settings"
+    PROMPT = "prompt"  # <stem>.prompt.txt: the prompt, in place of the profile's
     PARAMETERS = "parameters"  # <stem>.txt: an infotext or a caption, for use_png_info
     UNSUPPORTED = "unsupported"
 
@@ -85,6 +89,8 @@ def classify(where: Route) -> Kind:
     suffix = PurePosixPath(name).suffix
     if suffix in SETTINGS_EXTENSIONS:
         return Kind.SETTINGS
+    if is_prompt_name(name):  # before any other .txt
+        return Kind.PROMPT
     if suffix == PARAMETERS_EXTENSION:
         return Kind.PARAMETERS
     if suffix in VIDEO_EXTENSIONS:  # a job of its own, like an image; or a control video
@@ -127,6 +133,7 @@ class Companions:
     sketch: Path | None = None
     settings: Path | None = None
     parameters: Path | None = None  # <stem>.txt
+    prompt: Path | None = None  # <stem>.prompt.txt
     mask_shared: bool = False  # the only file in masks/: it serves every image of the folder
     controls: tuple[tuple[int, Path], ...] = ()  # (unit, its control image), by unit
     reference: Path | None = None  # <stem>.reference.png, else the one in reference/
@@ -147,7 +154,7 @@ class Companions:
     def has(self, kind: Kind) -> bool:
         """Whether the companion of `kind` (a mask, a sketch …) is among these."""
         found = {Kind.MASK: self.mask, Kind.SKETCH: self.sketch, Kind.SETTINGS: self.settings,
-                 Kind.PARAMETERS: self.parameters}.get(kind)  # fmt: skip
+                 Kind.PARAMETERS: self.parameters, Kind.PROMPT: self.prompt}.get(kind)  # fmt: skip
         return found is not None
 
     def paths(self) -> tuple[Path, ...]:
@@ -155,7 +162,7 @@ class Companions:
         stays for the folder's other images."""
         mask = None if self.mask_shared else self.mask
         reference = None if self.reference_shared else self.reference
-        found = (mask, self.sketch, self.settings, self.parameters, reference)
+        found = (mask, self.sketch, self.settings, self.parameters, self.prompt, reference)
         return (*(p for p in found if p is not None), *(path for _, path in self.controls))
 
 
@@ -195,6 +202,7 @@ def find_companions(
     sketch = by_lower.get(f"{stem.lower()}.sketch.png")
     settings = first([f"{stem.lower()}{ext}" for ext in sorted(SETTINGS_EXTENSIONS)], by_lower)
     parameters = by_lower.get(f"{stem.lower()}{PARAMETERS_EXTENSION}")
+    prompt = by_lower.get(f"{stem.lower()}{PROMPT_ENDING}")
     own_reference = first([f"{stem.lower()}.reference{ext}" for ext in image_exts], by_lower)
     in_folder = sorted(
         n for n in reference_names if PurePosixPath(n.lower()).suffix in IMAGE_EXTENSIONS
@@ -210,6 +218,7 @@ def find_companions(
         sketch=folder / sketch if sketch else None,
         settings=folder / settings if settings else None,
         parameters=folder / parameters if parameters else None,
+        prompt=folder / prompt if prompt else None,
     )
 
 
@@ -262,10 +271,13 @@ def _controls(
 
 def image_of_companion(companion: Path) -> Path | None:
     """The image beside `companion` (``a.mask.png``, ``a.sketch.png``, ``a.control-1.png``,
-    ``a.yaml``, ``a.txt`` → ``a.png`` or another image type), if there is one."""
+    ``a.yaml``, ``a.txt``, ``a.prompt.txt`` → ``a.png`` or another image type), if there is
+    one."""
     name = companion.name.lower()
     if companion.parent.name == REFERENCE_FOLDER:
         return None  # the folder's reference: no one image's
+    if is_prompt_name(name):
+        name = name[: -len(PROMPT_ENDING)] + PARAMETERS_EXTENSION  # a.prompt.txt: as a.txt
     for ending in (".mask", ".sketch", ".reference"):
         stem = PurePosixPath(name).stem
         if stem.endswith(ending):

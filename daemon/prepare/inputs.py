@@ -30,6 +30,8 @@ from daemon.errors import (
 )
 from daemon.intake.jobs import Job
 from daemon.models.builtin import CONTROLNET_BUILTINS
+from daemon.prepare.prompt_file import prompt_from_file
+from daemon.tasks.registry import task_of
 from daemon.temporal.infotext import temporal_from_infotext
 
 _T = TypeVar("_T")
@@ -92,7 +94,8 @@ class Merged:
 def merge_settings(
     job: Job, profile: LoadedProfile, image: Image.Image | None, *, max_bytes: int
 ) -> Merged:
-    """The profile, then the input's own parameters (use_png_info), then its YAML."""
+    """The profile, then the input's own parameters (use_png_info), then its YAML, then its
+    prompt file (``<stem>.prompt.txt``)."""
     parameters: dict[str, Any] = {}
     overrides: dict[str, Any] = {}
     sources: list[str] = []
@@ -120,6 +123,14 @@ def merge_settings(
         except YamlProblem as exc:
             raise InputError(exc.at(yaml_path.name)) from exc
         sources.append(yaml_path.name)
+    prompt_path = job.companions.prompt
+    if prompt_path is not None:
+        data = _companion_bytes(prompt_path, max_bytes=max_bytes, empty_allowed=True)
+        prompt, prompt_notes = prompt_from_file(prompt_path.name, data, task_of(profile.settings))
+        if prompt is not None:
+            overrides["prompt"] = prompt
+            sources.append(prompt_path.name)
+        notes += prompt_notes
     settings = (
         profile.with_overrides(
             overrides, Path(" + ".join(sources)), yaml=yaml_path, parameters=parameters
@@ -135,11 +146,23 @@ def _parameters_text(job: Job, image: Image.Image, *, max_bytes: int) -> tuple[s
     path = job.companions.parameters
     if path is None:
         return png_info(image), job.image.name
-    check_regular_file(path, max_bytes=max_bytes)
+    data = _companion_bytes(path, max_bytes=max_bytes)
+    return data.decode("utf-8", errors="replace"), path.name
+
+
+def _companion_bytes(path: Path, *, max_bytes: int, empty_allowed: bool = False) -> bytes:
+    """A text companion's bytes, up to the per-image YAML's size limit. `empty_allowed`: an
+    empty file is b"" rather than an unreadable one (a prompt file: the empty prompt)."""
     try:
-        data = path.read_bytes()[: PER_IMAGE_YAML_BYTES + 1]
+        check_regular_file(path, max_bytes=max_bytes)
+    except UnreadableInput:  # (raised only for an empty file, after the other checks)
+        if not empty_allowed:
+            raise
+        return b""
+    try:
+        data = path.read_bytes()[: PER_IMAGE_YAML_BYTES + 1]  # (max_bytes checked above)
     except OSError as exc:
         raise TransientError(f"could not read {path.name}: {exc.strerror}") from exc
     if len(data) > PER_IMAGE_YAML_BYTES:
         raise InputError(f"{path.name} is larger than {PER_IMAGE_YAML_BYTES // 1024} KiB")
-    return data.decode("utf-8", errors="replace"), path.name
+    return data
