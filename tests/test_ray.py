@@ -367,6 +367,26 @@ def test_controlnet_units_paint_on_the_workers_as_on_the_local_executor(
         assert "ControlNet 1: " in text
 
 
+def test_a_temporal_clip_paints_on_the_workers_as_it_does_locally(
+    cluster: Any, workspace: Workspace, tmp_path: Path
+):
+    """What a frame takes from the frames before it (previous result, key frame, warped
+    noise) travels in its request as values: the workers paint what this process does."""
+    keys = {"temporal": ["key_frame_attention", "flow_init", "warped_noise"], "seed": 3,
+            "denoising_strength": 0.6, "steps": 6, "color_correction": False}  # fmt: skip
+    results = []
+    for where, settings in ((workspace, ray_settings(cluster)), (None, {})):
+        place = where or Workspace(tmp_path / "local", workspace.state_dir).create()
+        place.profile("t", **keys)
+        for number, name in enumerate(("astronaut.png", "astronaut.png", "chelsea.png")):
+            place.drop(name, f"t/shot/frame_{number + 1:04d}.png")
+        run_once(place, **settings)
+        assert len(place.done("t")) == 3 and not place.failed("t")
+        results.append([pixels(p) for p in sorted((place.outbox / "t/shot").glob("*.png"))])
+    for ours, theirs in zip(*results, strict=True):
+        assert np.abs(ours - theirs).max() <= 2
+
+
 def test_status_lists_the_workers(cluster: Any, workspace: Workspace):
     workspace.profile("p")
     drop_images(workspace, "p", 2)
@@ -460,23 +480,3 @@ def test_an_error_that_does_not_pickle_travels_as_its_kind():
     assert "the mask is empty" in str(pickle.loads(pickle.dumps(sent)))
     plain = InputError("not an image")
     assert _portable(plain) is plain
-
-
-def test_a_temporal_clip_paints_on_the_workers_as_it_does_locally(
-    cluster: Any, workspace: Workspace, tmp_path: Path
-):
-    """What a frame takes from the frames before it (previous result, key frame, warped
-    noise) travels in its request as values: the workers paint what this process does."""
-    keys = {"temporal": ["key_frame_attention", "flow_init", "warped_noise"], "seed": 3,
-            "denoising_strength": 0.6, "steps": 6, "color_correction": False}  # fmt: skip
-    results = []
-    for where, settings in ((workspace, ray_settings(cluster)), (None, {})):
-        place = where or Workspace(tmp_path / "local", workspace.state_dir).create()
-        place.profile("t", **keys)
-        for number, name in enumerate(("astronaut.png", "astronaut.png", "chelsea.png")):
-            place.drop(name, f"t/shot/frame_{number + 1:04d}.png")
-        run_once(place, **settings)
-        assert len(place.done("t")) == 3 and not place.failed("t")
-        results.append([pixels(p) for p in sorted((place.outbox / "t/shot").glob("*.png"))])
-    for ours, theirs in zip(*results, strict=True):
-        assert np.abs(ours - theirs).max() <= 2
