@@ -134,7 +134,7 @@ def _noise(
 ) -> np.ndarray | None:
     if not settings.uses("warped_noise") or previous is None or previous.noise is None:
         return None
-    if motion is None:
+    if motion is None:  # frames of another size: the frame draws its own noise
         return None
     # Fresh noise (disoccluded, or a cut) from the frame's own seed and number: the same
     # frame draws the same noise in every run.
