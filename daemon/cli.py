@@ -39,6 +39,7 @@ from daemon.ops.unit import enable_hint, install_unit, unit_file, writable_dirs
 from daemon.paths import escaped_lines, shown
 from daemon.render.availability import missing_models
 from daemon.render.cache import ModelCache
+from daemon.render.family_checks import family_problems, family_warnings, profile_family
 from daemon.render.hub_refs import hub_report
 from daemon.tasks import interrogate
 from daemon.tasks.keys import DEFAULT_INTERROGATE_MODEL
@@ -196,9 +197,9 @@ def _config_problems(settings: Settings) -> list[str]:
     return []
 
 
-def _prompt_warnings(loaded: Iterable[LoadedProfile]) -> list[str]:
+def _prompt_warnings(loaded: Iterable[LoadedProfile], settings: Settings) -> list[str]:
     """Profile prompts that look like prompt editing but are text to A1111 (and here): said,
-    not refused, since A1111 takes them too."""
+    not refused, since A1111 takes them too; and settings the model's family ignores."""
     warnings = []
     for profile in loaded:
         keys = profile.settings
@@ -210,6 +211,10 @@ def _prompt_warnings(loaded: Iterable[LoadedProfile]) -> list[str]:
         }
         warnings += [f"{profile.where(key)}: {key}: {note}" for key, notes in found.items()
                      for note in notes]  # fmt: skip
+        family = profile_family(keys, settings)
+        if family is not None:
+            warnings += [f"{profile.where(key)}: {key}: {note}"
+                         for key, note in family_warnings(keys, family)]  # fmt: skip
     return warnings
 
 
@@ -217,7 +222,7 @@ def _report_profiles(settings: Settings) -> None:
     """Log every problem of every invalid profile (file, line, problem) and every prompt
     warning. They do not stop the daemon: the service says which profiles' files wait."""
     loaded, problems = check_all(settings.profiles)
-    for warning in _prompt_warnings(loaded.values()):
+    for warning in _prompt_warnings(loaded.values(), settings):
         logger.warning(warning)
     for problem in problems:
         logger.error(problem)
@@ -237,6 +242,10 @@ def _problems_of(
     for profile in loaded.values():
         found = missing_models(profile.settings, settings)
         problems += [f"{shown(profile.files[0])}: {problem}" for problem in found]
+        family = None if found else profile_family(profile.settings, settings)
+        if family is not None and task_of(profile.settings).pipeline is not None:
+            problems += [f"{profile.where(key)}: {key}: {problem}"
+                         for key, problem in family_problems(profile.settings, family)]  # fmt: skip
     return problems
 
 
@@ -246,7 +255,7 @@ def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
     hub = hub_report(loaded.values(), settings)
     for line in hub.cached:  # the ones not cached are among the problems below
         logger.info(line)
-    for warning in _prompt_warnings(loaded.values()):
+    for warning in _prompt_warnings(loaded.values(), settings):
         logger.warning(warning)
     problems = _problems_of(settings, checked)
     for problem in problems:

@@ -132,7 +132,7 @@ def test_transparent_input_is_flattened_on_white():
 
 
 def test_vae_tiling_only_for_large_outputs_on_a_gpu_and_kept_in_low_memory_mode(models):
-    from daemon.engines.diffusion import VAE_TILING_ABOVE, vae_tiling
+    from daemon.engines.latents import VAE_TILING_ABOVE, vae_tiling
 
     pipe = models.pipeline("builtin:tiny-sd", "img2img")
     vae_tiling(pipe, VAE_TILING_ABOVE * 4, low_memory=False)

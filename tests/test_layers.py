@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"controlnet"},  # the ControlNet extension's units, infotext, preprocessors (pure)
     {"temporal"},  # a clip's frames kept consistent: keys, optical flow, warped noise (pure)
     {"tasks"},  # kinds of work, one module each: keys, companions, canvas, outputs (pure)
+    {"families"},  # model families, one module each: pipelines, guidance, what they follow
     {"config"},
     {"models"},
     {"engines"},

@@ -145,6 +145,15 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
     return [(str(t), float(w)) for t, w in res]
 
 
+def without_emphasis(text: str) -> tuple[str, bool]:
+    """`text` with A1111's emphasis brackets and ``BREAK`` taken out, for encoders that take
+    plain text (T5, Qwen), and whether any weight other than 1 was dropped."""
+    runs = parse_prompt_attention(text)
+    plain = "".join(" " if weight == -1 and run == "BREAK" else run for run, weight in runs)
+    weighted = any(weight not in (1.0, -1.0) for _, weight in runs)
+    return " ".join(plain.split()), weighted
+
+
 def is_break(chunk: tuple[str, float]) -> bool:
     """True for the BREAK marker of :func:`parse_prompt_attention` (text and weight both)."""
     return chunk[0] == BREAK_TEXT and chunk[1] == BREAK_WEIGHT

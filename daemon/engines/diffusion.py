@@ -12,7 +12,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 from PIL import Image
 
 from daemon.a1111.imaging import resize_image
@@ -29,13 +28,22 @@ from daemon.a1111.samplers import SamplerChoice, second_order
 from daemon.a1111.seeds import MAX_SEED
 from daemon.a1111.sizes import ResizeMode
 from daemon.config.profiles import Profile
-from daemon.engines.adapter_values import AppliedAdapters
 from daemon.engines.adapters import AdapterManager
 from daemon.engines.call_steps import CallContext, CallStep, Progress, run_call
 from daemon.engines.conditioning import PromptConditioning, ScheduledConditioning
+from daemon.engines.family_prompts import (
+    NO_GUIDANCE,
+    Conditioned,
+    family_conditioning,
+    fit_size,
+    followable,
+    job_params,
+)
+from daemon.engines.latents import encode_image, latent_mask, vae_tiling
 from daemon.engines.prompt_cache import PromptCache
 from daemon.engines.prompt_encoder import Embedded, PromptEncoder
 from daemon.errors import InputError
+from daemon.families import Family, family_of
 from daemon.tasks.task import Pipeline
 
 if TYPE_CHECKING:
@@ -71,15 +79,6 @@ class Painting:
     inpainted: bool
     notes: tuple[str, ...] = ()
     params: dict[str, object] = field(default_factory=dict)  # Lora hashes, TI hashes
-
-
-@dataclass(frozen=True)
-class Conditioned:
-    """A warm pipeline set up for one job, and how its prompts condition it."""
-
-    pipe: Any
-    applied: AppliedAdapters
-    prompts: PromptConditioning  # the first per-call step of every pipeline call
 
 
 def inference_steps(steps: int, strength: float, *, fix_steps: bool) -> tuple[int, float]:
@@ -121,6 +120,9 @@ class DiffusionEngine:
         ``correct`` (colour correction) applies to each sampled image before the original is
         laid back over the unmasked part, as A1111 does, so unmasked pixels stay exact."""
         notes: list[str] = []
+        family = self.family(settings)
+        width, height = fit_size(family, width, height, notes)
+        settings = followable(family, settings, notes)
         image, original = canvas.image, canvas.image
         mode = settings.resize_mode
         region: Region | None = None
@@ -160,9 +162,17 @@ class DiffusionEngine:
         conditioned = self._conditioning(
             settings, task, width * height, prompt, negative_prompt, notes
         )
-        images, seeds = self._sample(
-            conditioned, image, mask, settings, size=(width, height), seed=seed, on_step=on_step
-        )
+        pipe, flow = conditioned.pipe, conditioned.family.flow
+
+        def inputs_for(generators: list[torch.Generator]) -> dict[str, Any]:
+            if mask is None:
+                init = self._init_image(pipe, image, settings, width, height, generators)
+                # Flow pipelines paint at 1024² unless told the size, whatever the input.
+                return {"image": init, **({"width": width, "height": height} if flow else {})}
+            inputs = self._inpaint_inputs(pipe, image, mask, settings, generators)
+            return {**inputs, "width": width, "height": height}
+
+        images, seeds = self._sample(conditioned, settings, inputs_for, seed=seed, on_step=on_step)
         if correct is not None and region is not None:
             # A crop around the mask has other colours than the whole reference: matching
             # them would shift the repainted part's hue, so "only masked" is left as painted.
@@ -176,27 +186,31 @@ class DiffusionEngine:
             images = [overlay_original(result, original, overlay_mask) for result in images]
         return Painting(
             images, seeds, width, height, inpainted=mask is not None, notes=tuple(notes),
-            params=conditioned.applied.infotext_params(),
+            params=job_params(conditioned, settings),
         )  # fmt: skip
+
+    def family(self, settings: Profile) -> Family:
+        """The family of the profile's model (loading it: every job needs it loaded)."""
+        return family_of(self.models.pipeline(settings.model, "img2img", vae=settings.vae))
 
     def _sample(
         self,
         conditioned: Conditioned,
-        image: Image.Image,
-        mask: Image.Image | None,
         settings: Profile,
+        inputs_for: Callable[[list[torch.Generator]], dict[str, Any]],
         *,
-        size: tuple[int, int],
         seed: int,
         on_step: Callable[[int, int], None] | None,
+        strength: bool = True,
     ) -> tuple[list[Image.Image], list[int]]:
-        """`n_iter` pipeline calls of `batch_size` images each, seeds counting up."""
-        pipe, (width, height) = conditioned.pipe, size
+        """`n_iter` pipeline calls of `batch_size` images each, seeds counting up; each
+        call's image inputs made by `inputs_for` with its generators. ``strength=False``: a
+        pipeline that starts from noise (an edit without a mask) runs all ``steps``."""
         context = CallContext(images=settings.batch_size, per_prompt=settings.batch_size)
         steps: tuple[CallStep, ...] = ()
         if on_step is not None:
-            total = settings.n_iter * _steps_run(settings)
-            steps = (Progress(on_step, total),)  # one for the job: it counts across calls
+            each = _steps_run(conditioned.family, settings) if strength else settings.steps
+            steps = (Progress(on_step, settings.n_iter * each),)  # one count across calls
         outputs: list[Image.Image] = []
         seeds: list[int] = []
         for iteration in range(settings.n_iter):
@@ -205,14 +219,10 @@ class DiffusionEngine:
                 for k in range(settings.batch_size)
             ]
             generators = _generators(batch_seeds)
-            inputs: dict[str, Any]
-            if mask is None:
-                init = self._init_image(pipe, image, settings, width, height, generators)
-                inputs = {"image": init}
-            else:
-                inputs = self._inpaint_inputs(pipe, image, mask, settings, generators)
-                inputs.update(width=width, height=height)
-            outputs += self._call(conditioned, settings, context, steps, generators, inputs)
+            inputs = inputs_for(generators)
+            outputs += self._call(
+                conditioned, settings, context, steps, generators, inputs, strength=strength
+            )
             seeds += batch_seeds
         return outputs, seeds
 
@@ -224,17 +234,22 @@ class DiffusionEngine:
         own_steps: tuple[CallStep, ...],
         generators: list[torch.Generator],
         inputs: dict[str, Any],
+        *,
+        strength: bool = True,
     ) -> list[Image.Image]:
         """One pipeline call, through the per-call steps: the prompts' first, then the
         engine's, then this job's own (`own_steps`)."""
-        total, strength = inference_steps(
-            settings.steps, settings.denoising_strength, fix_steps=settings.img2img_fix_steps
-        )
         call: dict[str, Any] = dict(
-            **inputs, num_inference_steps=total, strength=strength,
-            guidance_scale=settings.cfg_scale, num_images_per_prompt=context.per_prompt,
-            generator=generators,
+            **inputs, num_images_per_prompt=context.per_prompt, generator=generators,
+            **conditioned.guidance.call,
         )  # fmt: skip
+        if strength:
+            total, denoising = inference_steps(
+                settings.steps, settings.denoising_strength, fix_steps=settings.img2img_fix_steps
+            )
+            call.update(num_inference_steps=total, strength=denoising)
+        else:
+            call.update(num_inference_steps=settings.steps)
         ordered = (conditioned.prompts, *self.steps, *own_steps)
         return run_call(conditioned.pipe, call, ordered, context)
 
@@ -275,6 +290,16 @@ class DiffusionEngine:
         # What makes the text encoders' output: the LoRAs on them, the texts, the clip skip.
         loras_key = tuple((lora.adapter, lora.te_weight) for lora in applied.loras)
         cache = self.models.prompts(settings.model, vae=settings.vae)
+        family = family_of(pipe)
+        if not family.a1111_prompts:
+            return family_conditioning(
+                Conditioned(pipe, family, applied, PromptConditioning({}, None), NO_GUIDANCE),
+                plan, settings, cache, loras_key, notes,
+            )  # fmt: skip
+        guidance = family.guide(
+            pipe, cfg_scale=settings.cfg_scale, negative_prompt=applied.negative_prompt,
+            distilled_cfg_scale=settings.distilled_cfg_scale,
+        )  # fmt: skip
         if plan.plain:
             prompt_text, negative_text = plan.fixed_texts
             key = (loras_key, prompt_text, negative_text, settings.clip_skip)
@@ -284,7 +309,9 @@ class DiffusionEngine:
                     prompt_text, negative_text, clip_skip=settings.clip_skip
                 ),
             )
-            return Conditioned(pipe, applied, PromptConditioning(embeddings, None))
+            return Conditioned(
+                pipe, family, applied, PromptConditioning(embeddings, None), guidance
+            )
         # Prompt editing, alternation, AND: each distinct text is encoded once (and once a
         # clip, through the cache), the UNet is steered per model call.
         scheduled = _scheduled(
@@ -298,7 +325,8 @@ class DiffusionEngine:
             counter_scale=(2 if a1111_order else 1) / pipe.scheduler.order,
             guidance=settings.cfg_scale,
         )
-        return Conditioned(pipe, applied, PromptConditioning(scheduled.call_kwargs(), scheduled))
+        prompts = PromptConditioning(scheduled.call_kwargs(), scheduled)
+        return Conditioned(pipe, family, applied, prompts, guidance)
 
     def paint_batch(
         self,
@@ -322,8 +350,10 @@ class DiffusionEngine:
         resized = [resize_image(image, settings.resize_mode, width, height) for image in images]
         context = CallContext(images=len(images), per_prompt=1)  # one prompt row per image
         inputs: dict[str, Any] = {"image": resized}
+        if conditioned.family.flow:
+            inputs.update(width=width, height=height)
         painted = self._call(conditioned, settings, context, (), _generators(seeds), inputs)
-        params = conditioned.applied.infotext_params()
+        params = job_params(conditioned, settings)
         paintings = []
         for image, seed in zip(painted, seeds, strict=True):
             paintings.append(Painting([image], [seed], width, height, inpainted=False,
@@ -346,7 +376,7 @@ class DiffusionEngine:
         # A1111 "Just resize (latent upscale)": encode at the image's own size, then
         # interpolate the latents bilinearly to the processing size.
         own = resize_image(image, ResizeMode.LATENT_UPSCALE, width, height)
-        latents = _encode(pipe, own, generators[0])
+        latents = encode_image(pipe, own, generators[0])
         factor = pipe.vae_scale_factor
         return F.interpolate(latents, size=(height // factor, width // factor), mode="bilinear")
 
@@ -365,8 +395,8 @@ class DiffusionEngine:
 
         # A1111 replaces the masked latents before sampling: seeded noise or zeros. The
         # pipeline takes ready latents when given a 4-channel tensor.
-        latents = _encode(pipe, image, generators[0])
-        keep = _latent_mask(pipe, mask, latents)
+        latents = encode_image(pipe, image, generators[0])
+        keep = latent_mask(pipe, mask, latents)
         if settings.inpainting_fill == "latent noise":
             noise = torch.randn(latents.shape, generator=generators[0]).to(latents)
             latents = latents * keep + noise * (1 - keep)
@@ -378,16 +408,16 @@ class DiffusionEngine:
         return {
             "image": latents,
             "mask_image": mask,
-            "masked_image_latents": _encode(pipe, masked, generators[0]),
+            "masked_image_latents": encode_image(pipe, masked, generators[0]),
         }
 
 
-def _steps_run(settings: Profile) -> int:
-    """Sampling steps one pipeline call runs (diffusers: int(N × strength))."""
+def _steps_run(family: Family, settings: Profile) -> int:
+    """Sampling steps one pipeline call runs."""
     steps, strength = inference_steps(
         settings.steps, settings.denoising_strength, fix_steps=settings.img2img_fix_steps
     )
-    return int(steps * strength)
+    return family.steps_run(steps, strength)
 
 
 def _generators(seeds: list[int]) -> list[torch.Generator]:
@@ -431,41 +461,6 @@ def _scheduled(
     return ScheduledConditioning(
         plan, positive, negative, empty=empty, counter_scale=counter_scale, guidance=guidance
     )
-
-
-def _encode(pipe: Any, image: Image.Image, generator: torch.Generator) -> torch.Tensor:
-    import torch
-
-    device = pipe._execution_device
-    pixels = pipe.image_processor.preprocess(image).to(device=device, dtype=pipe.vae.dtype)
-    with torch.inference_mode():
-        posterior = pipe.vae.encode(pixels).latent_dist
-        sample = posterior.sample(generator=generator)
-    return sample * pipe.vae.config.scaling_factor
-
-
-def _latent_mask(pipe: Any, mask: Image.Image, latents: torch.Tensor) -> torch.Tensor:
-    """1 where the latent is kept, 0 where it is repainted, at the latents' resolution."""
-    import torch
-
-    small = mask.resize((latents.shape[-1], latents.shape[-2]), Image.Resampling.BILINEAR)
-    repaint = torch.from_numpy(np.asarray(small, dtype=np.float32) / 255.0).round()
-    return (1 - repaint)[None, None].to(latents)
-
-
-VAE_TILING_ABOVE = 2048 * 2048
-"""Pixels above which the VAE decodes in tiles on a GPU: a 2048x2048 decode takes a few GB in
-fp16, and beyond it tiling keeps memory flat at a small cost in time (and at seams, rarely)."""
-
-
-def vae_tiling(pipe: Any, pixels: int, *, low_memory: bool) -> None:
-    """Tile the VAE for large outputs on a GPU; never on a CPU (memory is the machine's)."""
-    if low_memory:
-        return  # low-memory mode keeps tiling on for good
-    if pipe.device.type == "cuda" and pixels > VAE_TILING_ABOVE:
-        pipe.vae.enable_tiling()
-    else:
-        pipe.vae.disable_tiling()
 
 
 def batchable(settings: Profile, has_mask: bool) -> bool:

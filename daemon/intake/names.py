@@ -26,6 +26,8 @@ CONTROL_FOLDER = "control"  # control/ (unit 0) and control-<n>/ (unit n): a cli
 REFERENCE_MARK = ".reference"  # <stem>.reference.png: the input's IP-Adapter reference image
 REFERENCE_FOLDER = "reference"  # reference/<one image> in a clip folder: every frame's
 _CONTROL_STEM = re.compile(r"^(.*)\.control(?:-(\d{1,3}))?$", re.IGNORECASE)
+# <stem>.reference.png, and the edit task's further ones: <stem>.reference-<n>.png
+_REFERENCE_STEM = re.compile(r"^(.*)\.reference(?:-(\d{1,3}))?$", re.IGNORECASE)
 _CONTROL_FOLDER = re.compile(r"^control(?:-(\d{1,3}))?$", re.IGNORECASE)
 
 # Names that are never inputs: partial downloads and uploads, editor and sync temporaries,
@@ -75,8 +77,15 @@ def is_input_name(name: str) -> bool:
 
 
 def is_reference_stem(stem: str) -> bool:
-    """``a.reference``: the reference image of input ``a``."""
-    return stem.lower().endswith(REFERENCE_MARK)
+    """``a.reference``, ``a.reference-2``: a reference image of input ``a``."""
+    return _REFERENCE_STEM.match(stem) is not None
+
+
+def reference_of_stem(stem: str) -> tuple[str, int] | None:
+    """``a.reference`` → (``a``, 0), ``a.reference-2`` → (``a``, 2): whose reference image a
+    stem names, and its place; None for any other stem."""
+    match = _REFERENCE_STEM.match(stem)
+    return (match[1], int(match[2] or 0)) if match else None
 
 
 def control_of_stem(stem: str) -> tuple[str, int] | None:
@@ -112,8 +121,9 @@ def accepted_kinds() -> str:
         f"images ({image_kinds()}) and videos ({videos}); beside an image, its mask "
         f"(<name>{MASK_MARK}.png or {MASK_FOLDER}/<name>.png, any image extension), its sketch "
         f"(<name>{SKETCH_ENDING}), its ControlNet images (<name>{CONTROL_MARK}.png, "
-        f"<name>{CONTROL_MARK}-<n>.png, or {CONTROL_FOLDER}/ by frame), its IP-Adapter "
-        f"reference (<name>{REFERENCE_MARK}.png, or {REFERENCE_FOLDER}/ for the folder), "
+        f"<name>{CONTROL_MARK}-<n>.png, or {CONTROL_FOLDER}/ by frame), its reference "
+        f"images (<name>{REFERENCE_MARK}.png and <name>{REFERENCE_MARK}-<n>.png, or "
+        f"{REFERENCE_FOLDER}/ for the folder), "
         f"its settings "
         f"({settings}), its prompt (<name>{PROMPT_ENDING}) and its parameters or caption "
         f"(<name>{PARAMETERS_EXTENSION})"

@@ -43,6 +43,7 @@ from daemon.intake.names import (
     is_prompt_name,
     is_reference_stem,
     job_stem,
+    reference_of_stem,
 )
 
 
@@ -138,6 +139,7 @@ class Companions:
     controls: tuple[tuple[int, Path], ...] = ()  # (unit, its control image), by unit
     reference: Path | None = None  # <stem>.reference.png, else the one in reference/
     reference_shared: bool = False  # the folder's: it stays for the folder's other images
+    references: tuple[Path, ...] = ()  # <stem>.reference-<n>.png, by n: an edit's further ones
 
     @property
     def shared(self) -> tuple[Path, ...]:
@@ -163,7 +165,11 @@ class Companions:
         mask = None if self.mask_shared else self.mask
         reference = None if self.reference_shared else self.reference
         found = (mask, self.sketch, self.settings, self.parameters, self.prompt, reference)
-        return (*(p for p in found if p is not None), *(path for _, path in self.controls))
+        return (
+            *(p for p in found if p is not None),
+            *(path for _, path in self.controls),
+            *self.references,
+        )
 
 
 def find_companions(
@@ -210,6 +216,7 @@ def find_companions(
     shared_reference = REFERENCE_FOLDER + "/" + in_folder[0] if in_folder else None
     reference = own_reference or shared_reference
     return Companions(
+        references=_numbered_references(stem, folder, names),
         reference=folder / reference if reference else None,
         reference_shared=own_reference is None and shared_reference is not None,
         controls=_controls(stem, folder, names, control_names or {}),
@@ -269,6 +276,17 @@ def _controls(
     return tuple(sorted(found.items()))
 
 
+def _numbered_references(stem: str, folder: Path, names: set[str]) -> tuple[Path, ...]:
+    """``<stem>.reference-<n>.<ext>`` beside the image, in the order of n."""
+    found: dict[int, Path] = {}
+    for name in sorted(names):
+        whose = reference_of_stem(job_stem(name))
+        is_image = PurePosixPath(name.lower()).suffix in IMAGE_EXTENSIONS
+        if whose and whose[1] > 0 and whose[0].lower() == stem.lower() and is_image:
+            found.setdefault(whose[1], folder / name)
+    return tuple(path for _, path in sorted(found.items()))
+
+
 def image_of_companion(companion: Path) -> Path | None:
     """The image beside `companion` (``a.mask.png``, ``a.sketch.png``, ``a.control-1.png``,
     ``a.yaml``, ``a.txt``, ``a.prompt.txt`` → ``a.png`` or another image type), if there is
@@ -278,14 +296,14 @@ def image_of_companion(companion: Path) -> Path | None:
         return None  # the folder's reference: no one image's
     if is_prompt_name(name):
         name = name[: -len(PROMPT_ENDING)] + PARAMETERS_EXTENSION  # a.prompt.txt: as a.txt
-    for ending in (".mask", ".sketch", ".reference"):
+    for ending in (".mask", ".sketch"):
         stem = PurePosixPath(name).stem
         if stem.endswith(ending):
             name = stem[: -len(ending)]
             break
     else:
         name = PurePosixPath(name).stem
-        whose = control_of_stem(name)
+        whose = control_of_stem(name) or reference_of_stem(name)
         name = whose[0] if whose else name
     try:
         beside = {entry.name.lower(): entry for entry in _files(companion.parent)}

@@ -27,7 +27,12 @@ from daemon.live.live import Live
 from daemon.prepare.canvas import aspect_note, build_canvas, processing_size
 from daemon.prepare.controls import read_controls
 from daemon.prepare.inputs import check_regular_file, merge_settings, storage_safe
-from daemon.prepare.reference import key_frame_reference, read_reference, refers_to_key_frame
+from daemon.prepare.reference import (
+    key_frame_reference,
+    read_edit_references,
+    read_reference,
+    refers_to_key_frame,
+)
 from daemon.prepare.temporal import in_order, with_temporal
 from daemon.render.values import RenderRequest
 from daemon.tasks.registry import task_of
@@ -76,6 +81,9 @@ class Preparer:
         reference, reference_notes = read_reference(
             job, settings, max_pixels=limits.max_image_pixels, max_bytes=limits.max_input_bytes
         )
+        references, references_notes = read_edit_references(
+            job, settings, max_pixels=limits.max_image_pixels, max_bytes=limits.max_input_bytes
+        )
         size = processing_size(settings, *canvas.image.size)
         note = aspect_note(settings, canvas.image.size, size)
         frame = (
@@ -101,6 +109,7 @@ class Preparer:
             colors=colors,
             controls=controls.images,
             reference=reference,
+            references=references,
             # {interrogate}/{tags} describe the input as dropped, without the sketch
             prompt_image=flat if settings.prompt_sources and canvas.image is not flat else None,
             parameters_model_hash=merged.parameters_model_hash,
@@ -109,6 +118,7 @@ class Preparer:
                 *canvas.notes,
                 *controls.notes,
                 *reference_notes,
+                *references_notes,
                 *key_notes,
                 *([note] if note else []),
             ),

@@ -1,5 +1,6 @@
-"""Reading a job's IP-Adapter reference image, at prepare, so that the render side gets
-pixels and an image that does not decode fails its input (with its companions).
+"""Reading a job's reference images, at prepare, so that the render side gets pixels and an
+image that does not decode fails its input (with its companions): the IP-Adapter's one, and
+the edit task's several (:func:`read_edit_references`).
 
 In order: ``<stem>.reference.png`` beside the input, the image in its folder's ``reference/`` (a
 clip's key frame for every frame), else the profile's ``ip_adapter.reference`` path. The
@@ -20,6 +21,7 @@ from daemon.errors import InputError, TransientError
 from daemon.intake.jobs import Job
 from daemon.intake.names import REFERENCE_MARK
 from daemon.prepare.inputs import check_regular_file, storage_safe
+from daemon.tasks.registry import task_of
 
 
 def read_reference(
@@ -29,6 +31,8 @@ def read_reference(
     adapter = settings.ip_adapter
     found = job.companions.reference
     if adapter is None:
+        if task_of(settings).pipeline == "edit":
+            return None, ()  # the edit's own reference: read_edit_references
         unused = f"{found.name}: the profile has no ip_adapter: unused" if found else None
         return None, (unused,) if unused and not job.companions.reference_shared else ()
     if found is not None:
@@ -56,6 +60,29 @@ def read_reference(
         return flatten_on_white(load_image(path, max_pixels=max_pixels)), ()
     except InputError as exc:
         raise TransientError(f"the profile's ip_adapter.reference {path}: {exc}") from exc
+
+
+def read_edit_references(
+    job: Job, settings: Profile, *, max_pixels: int, max_bytes: int
+) -> tuple[tuple[Image.Image, ...], tuple[str, ...]]:
+    """The edit task's reference images: ``<stem>.reference.png`` (or the folder's
+    ``reference/`` image), then ``<stem>.reference-<n>.png`` by n; and notes. Another task
+    takes no numbered ones: they are said unused (and archived with the input)."""
+    companions = job.companions
+    if task_of(settings).pipeline != "edit":
+        return (), tuple(f"{path.name}: only the edit task takes numbered reference images: "
+                         "unused" for path in companions.references)  # fmt: skip
+    images = []
+    for path in (companions.reference, *companions.references):
+        if path is None:
+            continue
+        check_regular_file(path, max_bytes=max_bytes)
+        try:
+            image = storage_safe(load_image, path, max_pixels=max_pixels)
+        except InputError as exc:  # same class: an unreadable one gets the same retries
+            raise type(exc)(f"the reference image {path.name}: {exc}") from exc
+        images.append(flatten_on_white(image))
+    return tuple(images), ()
 
 
 def key_frame_reference(

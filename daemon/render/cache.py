@@ -28,10 +28,12 @@ from daemon.engines.interrogators import Interrogators
 from daemon.engines.ip_adapters import IPAdapters
 from daemon.engines.prompt_cache import PromptCache
 from daemon.errors import ConfigError, TransientError, is_out_of_memory
+from daemon.families import family_of, family_of_class
 from daemon.models.builtin import BUILTIN_PREFIX
-from daemon.models.folder_pipeline import load_folder_pipeline
+from daemon.models.folder_pipeline import edit_class_name, edit_pipeline, load_folder_pipeline
 from daemon.models.hashes import HashCache
 from daemon.models.hub_cache import HubRef
+from daemon.models.model_family import source_family
 from daemon.models.resolve import ModelSource, Search, kind_folders, resolve_model, resolve_vae
 from daemon.models.single_file import load_single_file, load_vae
 from daemon.paths import shown
@@ -169,21 +171,45 @@ class ModelCache:
         out of memory while loading is raised as it is, for the caller's low-memory retry."""
         loaded = self._entry(ref, vae)
         if task not in loaded.pipelines:
-            from diffusers import AutoPipelineForInpainting
+            import diffusers
 
-            pipe = AutoPipelineForInpainting.from_pipe(loaded.pipelines["img2img"])
+            # The family's class for the task, sharing the loaded modules (no weights read).
+            base = loaded.pipelines["img2img"]
+            family = family_of_class(type(base).__name__)
+            if task == "edit":
+                pipe = self._edit_pipeline(loaded)
+            elif family is None:
+                pipe = diffusers.AutoPipelineForInpainting.from_pipe(base)
+            elif task not in family.pipelines:
+                raise ConfigError(f"{family.name} has no {task} pipeline")
+            else:
+                source = self.pipeline(ref, "edit", vae=vae) if task == "edit_inpaint" else base
+                pipe = getattr(diffusers, family.pipelines[task]).from_pipe(source)
             pipe.set_progress_bar_config(disable=True)
             loaded.pipelines[task] = pipe
         return loaded.pipelines[task]
 
+    def _edit_pipeline(self, loaded: _Loaded) -> Any:
+        """An instruction-edit model's edit pipeline; any other model is the profile's
+        mistake, said plainly (its files wait until the profile names an edit model)."""
+        source = loaded.source
+        if source.kind == "single_file" or edit_class_name(source.location) is None:
+            raise ConfigError(
+                f"model {source.name} is not an instruction-edit model: the edit task needs "
+                "Flux Kontext (FLUX.1-Kontext-dev) or Qwen-Image-Edit, as a diffusers folder"
+            )
+        return edit_pipeline(loaded.pipelines["img2img"], source.location)
+
     def adapters(self, ref: str, task: Pipeline, *, vae: str | None = None) -> AdapterManager:
         """LoRAs and embeddings for a loaded model: what is loaded stays between jobs."""
         loaded = self._entry(ref, vae)
+        pipe = self.pipeline(ref, task, vae=vae)
         return AdapterManager(
-            self.pipeline(ref, task, vae=vae),
+            pipe,
             state=loaded.adapters,
             lora_dirs=self.lora_dirs,
-            embedding_dirs=self.embedding_dirs,
+            # A1111's embeddings are CLIP vectors that only the SD families' encoder takes.
+            embedding_dirs=self.embedding_dirs if family_of(pipe).a1111_prompts else [],
             allow_pickle=self.search.allow_pickle,
             hashes=self.hashes,
         )
@@ -230,10 +256,15 @@ class ModelCache:
         return loaded
 
     def _load(self, source: ModelSource, vae: str | None) -> Any:
+        import torch
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()
         device, dtype = self.device
+        family = source_family(source)
+        if family is not None and family.flow and dtype == torch.float16:
+            # T5, Qwen and the flow transformers overflow fp16; bf16 is what they ship in.
+            dtype = torch.bfloat16
         logger.info("loading model {} ({}) on {}", source.name, shown(source.location), device)
         if source.ref.startswith(BUILTIN_PREFIX):
             logger.warning(
@@ -324,6 +355,9 @@ def vae_name(ref: str, path: Path) -> str:
 def _prediction(pipe: Any) -> str:
     """What the model predicts, for the load line: a v-prediction model loaded as epsilon
     (an SD 2.x 768-v file without its yaml) paints only noise, and this says which it got."""
+    family = family_of(pipe)
+    if family.flow:
+        return f"{family.name}, flow matching"
     kind = pipe.scheduler.config.get("prediction_type", "epsilon")
     return "v-prediction" if kind == "v_prediction" else kind
 
@@ -344,12 +378,16 @@ def _tune_for_cuda(pipe: Any, *, compile_unet: bool) -> None:
       set when a model is first put on a CUDA device);
     * ``compile_unet``: torch.compile the UNet (minutes of compiling on the first job at
       each new size, then faster steps): opt-in;
-    * VAE tiling only above a size (:func:`daemon.engines.diffusion.vae_tiling`).
+    * VAE tiling only above a size (:func:`daemon.engines.latents.vae_tiling`).
     """
     import torch
 
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
+    if not hasattr(pipe, "unet"):  # a flow family's transformer has no convolutions
+        if compile_unet:
+            pipe.transformer = torch.compile(pipe.transformer, fullgraph=False)
+        return
     pipe.unet.to(memory_format=torch.channels_last)
     if compile_unet:
         pipe.unet = torch.compile(pipe.unet, mode="reduce-overhead", fullgraph=False)

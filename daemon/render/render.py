@@ -36,11 +36,14 @@ from daemon.engines.controlnet_step import (
     ready_units,
 )
 from daemon.engines.diffusion import Canvas, DiffusionEngine, Painting, batchable
+from daemon.engines.edit import EditEngine
 from daemon.engines.ip_adapter_step import IPAdapterStep, infotext_entry
 from daemon.engines.reference_step import ReferenceStep
 from daemon.engines.temporal_steps import CrossFrameStep, InitialNoise
 from daemon.errors import ConfigError, Superseded, TransientError, is_out_of_memory
+from daemon.families import Family
 from daemon.render.cache import ModelCache
+from daemon.render.family_checks import unet_features
 from daemon.render.parameters import infotext
 from daemon.render.values import RenderRequest, RenderResult, TemporalInputs
 from daemon.tasks.keys import PROMPT_SOURCES
@@ -127,6 +130,7 @@ def _paint(
         if stop is not None and stop():
             raise Superseded(f"{request.label}: stopped for a newer version")
 
+    _refuse_unet_steps(settings, DiffusionEngine(models).family(settings))
     units = _ready_units(request, settings, models)
     steps: list[CallStep] = [ControlNetStep(units), ReferenceStep(units)] if units else []
     ip_adapter = _ip_adapter_step(request, settings, models)
@@ -135,20 +139,36 @@ def _paint(
     temporal = request.temporal
     noise = _initial_noise(temporal)
     steps += [*_cross_frame(request), *([noise] if noise is not None else [])]
-    engine = DiffusionEngine(models, steps=steps)
     init = temporal.init if temporal is not None and temporal.init is not None else request.image
-    painting = engine.paint(
-        Canvas(init, request.mask), settings, width=width, height=height,
-        seed=request.seed, prompt=settings.prompt, negative_prompt=settings.negative_prompt,
-        correct=_correction(request) if request.mask is not None else None,
-        on_step=at_step if stop is not None else None,
-    )  # fmt: skip
+    canvas, on_step = Canvas(init, request.mask), at_step if stop is not None else None
+    if task_of(settings).pipeline == "edit":
+        painting = EditEngine(models, steps=steps).edit(
+            canvas, settings, width=width, height=height, seed=request.seed,
+            prompt=settings.prompt, negative_prompt=settings.negative_prompt,
+            references=request.references, on_step=on_step,
+        )  # fmt: skip
+    else:
+        painting = DiffusionEngine(models, steps=steps).paint(
+            canvas, settings, width=width, height=height, seed=request.seed,
+            prompt=settings.prompt, negative_prompt=settings.negative_prompt,
+            correct=_correction(request) if request.mask is not None else None, on_step=on_step,
+        )  # fmt: skip
     painted, controls = _with_units(painting, units, settings)
     if ip_adapter is not None:
         entry = infotext_entry(ip_adapter.adapter, ip_adapter.scale, len(units))
         painted = replace(painted, params={**painted.params, **entry})
     result = _result(request, settings, painted, controls, model=_ModelInfo.of(settings, models))
     return _with_noise(result, noise)
+
+
+def _refuse_unet_steps(settings: Profile, family: Family) -> None:
+    features = unet_features(settings) if not family.unet_steps else []
+    if features:
+        raise ConfigError(
+            f"model {settings.model} is {family.name}, which {', '.join(features)} cannot "
+            "work with yet (they hook an SD UNet): take them out of the profile, or use an "
+            "SD 1.x/2.x or SDXL model"
+        )
 
 
 def _cross_frame(request: RenderRequest) -> list[CallStep]:
@@ -233,7 +253,7 @@ def share_a_call(first: RenderRequest, other: RenderRequest) -> bool:
         and not (first.alone or other.alone)  # so that a newer version can stop it
         and first.temporal is None  # painted in order: each takes the one before it
         and other.temporal is None
-        and task_of(first.settings).pipeline is not None  # painted (an interrogator: alone)
+        and task_of(first.settings).pipeline in ("img2img", "inpaint")  # painted, not edited
         and not _has_reference_unit(first.settings)  # its step paints one image a call
         and first.settings.ip_adapter is None  # its reference is per input: one call each
         and batchable(first.settings, has_mask=False)

@@ -48,6 +48,7 @@ class RenderRequest:
     # past the end: the unit uses the input.
     controls: tuple[Image.Image | None, ...] = ()
     reference: Image.Image | None = None  # ``ip_adapter``'s reference image (RGB, any size)
+    references: tuple[Image.Image, ...] = ()  # the edit task's reference images, in order
     prompt_image: Image.Image | None = None  # what {interrogate}/{tags} describe (None: image)
     parameters_model_hash: str | None = None  # use_png_info: the model the parameters name
     alone: bool = False  # never in a batch: a live input, which a newer version may stop

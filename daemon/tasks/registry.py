@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from daemon.tasks import img2img, inpaint, inpaint_sketch, interrogate, sketch, tags
+from daemon.tasks import edit, img2img, inpaint, inpaint_sketch, interrogate, sketch, tags
 from daemon.tasks.keys import CommonKeys
 from daemon.tasks.task import Task
 
@@ -23,6 +23,7 @@ TASKS: Mapping[str, Task] = MappingProxyType(
             sketch.TASK,
             inpaint.TASK,
             inpaint_sketch.TASK,
+            edit.TASK,
             interrogate.TASK,
             tags.TASK,
         )

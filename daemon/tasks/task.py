@@ -33,8 +33,9 @@ from daemon.intake.pairing import Companions, Kind
 from daemon.tasks.keys import CaptionKeys, CommonKeys, ImageOutputKeys, Interrogator, MaskKeys
 from daemon.tasks.outputs import OutputGroup, caption_group, image_group
 
-Pipeline = Literal["img2img", "inpaint"]
-"""The diffusers pipelines a painting task paints with."""
+Pipeline = Literal["img2img", "inpaint", "edit", "edit_inpaint"]
+"""The diffusers pipelines a painting task paints with (``edit``: an instruction-edit
+model's; ``edit_inpaint``: the same restricted to a mask)."""
 
 
 @dataclass(frozen=True)

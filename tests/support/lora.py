@@ -66,3 +66,19 @@ def write(path: Path, data: Any, *, pickle: bool = False) -> Path:
     else:
         save_file(data, str(path), metadata={"ss_network_module": "networks.lora"})
     return path
+
+
+def transformer_lora(folder: Path, seed: int) -> dict[str, Any]:
+    """A rank-4 LoRA on the attention of a flow model's transformer (``folder/transformer``),
+    in diffusers' layout (``transformer.<module>.lora_A.weight``), as ai-toolkit saves it."""
+    from diffusers import AutoModel
+    from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
+
+    base = AutoModel.from_pretrained(folder / "transformer")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"],
+                            init_lora_weights=False)  # fmt: skip
+        model = inject_adapter_in_model(config, copy.deepcopy(base))
+        state = get_peft_model_state_dict(model)
+    return {f"transformer.{key}": value.detach().contiguous() for key, value in state.items()}

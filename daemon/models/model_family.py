@@ -1,0 +1,58 @@
+"""Which family a model is, known before it is loaded (for ``check``, and the load's dtype).
+
+A diffusers folder names its pipeline class in ``model_index.json``; a built-in names its own;
+a single file is known by its tensors' names (:mod:`daemon.models.checkpoints`). A hub id not
+yet in the local cache cannot be known without downloading: None, as for anything unknown.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from daemon.errors import ConfigError
+from daemon.families import Family, family_of_class
+from daemon.models.builtin import BUILTIN_PREFIX
+from daemon.models.checkpoints import detect_architecture
+from daemon.models.resolve import ModelSource
+
+BUILTIN_CLASSES = {
+    "tiny-sd": "StableDiffusionPipeline",
+    "tiny-sdxl": "StableDiffusionXLPipeline",
+    "tiny-sd3": "StableDiffusion3Pipeline",
+    "tiny-flux": "FluxPipeline",
+    "tiny-flux-kontext": "FluxKontextPipeline",
+    "tiny-qwen-image": "QwenImagePipeline",
+    "tiny-qwen-image-edit": "QwenImageEditPlusPipeline",
+}
+"""The pipeline class each built-in diffusion model is saved as (known before it is built)."""
+
+_SINGLE_FILE_CLASSES = {
+    "sd1": "StableDiffusionPipeline",
+    "sd2": "StableDiffusionPipeline",
+    "sd2-v": "StableDiffusionPipeline",
+    "sdxl": "StableDiffusionXLPipeline",
+}
+
+
+def folder_family(folder: Path) -> Family | None:
+    """The family a diffusers folder's ``model_index.json`` names (None: not one known)."""
+    try:
+        named = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return family_of_class(named) if isinstance(named, str) else None
+
+
+def source_family(source: ModelSource) -> Family | None:
+    """The family of a resolved model, from its files' names and headers only."""
+    if source.ref.startswith(BUILTIN_PREFIX):
+        named = BUILTIN_CLASSES.get(source.ref.removeprefix(BUILTIN_PREFIX))
+        return family_of_class(named) if named else None
+    location = Path(source.location)
+    if source.kind == "single_file":
+        try:
+            return family_of_class(_SINGLE_FILE_CLASSES[detect_architecture(location)])
+        except (ConfigError, OSError, KeyError):
+            return None
+    return folder_family(location) if location.is_dir() else None

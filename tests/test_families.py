@@ -1,0 +1,179 @@
+"""Today's model families through the real daemon: SD 3.5, Flux.1 and Qwen-Image, each as a
+built-in tiny model with random weights, painting img2img and inpaint from real files.
+
+For each family, in one daemon run: the same input twice paints the same pixels; a LoRA in
+the prompt changes them and is hashed in the infotext; inpainting keeps every unmasked pixel
+(two seeds differ only under the mask); the infotext, read back by ``use_png_info``, paints
+with the same settings again (a second run)."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors.torch import save_file
+
+from daemon.a1111.infotext import Infotext, parse_infotext, png_info
+from daemon.models.builtin import ensure_builtin
+from daemon.ops.service import Daemon
+from daemon.render.cache import ModelCache
+from daemon.render.family_checks import family_problems, family_warnings
+from tests.conftest import DATA, Workspace
+from tests.support.lora import transformer_lora
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+FAMILIES = {
+    "flux": "builtin:tiny-flux",
+    "sd3": "builtin:tiny-sd3",
+    "qwen": "builtin:tiny-qwen-image",
+}
+GUIDANCE = {"distilled_cfg_scale": 2.5, "shift": 2.0, "cfg_scale": 4.0}
+
+
+def painted_with(path: Path) -> Infotext:
+    with Image.open(path) as image:
+        text = png_info(image)
+    assert text is not None, path
+    return parse_infotext(text)
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.int16)
+
+
+@dataclass(frozen=True)
+class Run:
+    workspace: Workspace
+    log: list[str]
+
+
+@pytest.fixture(scope="module")
+def families_run(
+    tmp_path_factory: pytest.TempPathFactory, state_dir: Path, models: ModelCache
+) -> Iterator[Run]:
+    from loguru import logger
+
+    workspace = Workspace(tmp_path_factory.mktemp("families"), state_dir).create()
+    loras = workspace.root / "Lora"
+    loras.mkdir()
+    for family, model in FAMILIES.items():
+        folder = ensure_builtin(model.removeprefix("builtin:"), state_dir / "builtin")
+        save_file(transformer_lora(folder, seed=7), loras / f"{family}-lora.safetensors")
+        workspace.profile(family, model=model, negative_prompt="blurry", **GUIDANCE)
+        for name in ("a", "b", "lora"):
+            workspace.drop(DATA / "chelsea.png", f"{family}/{name}.png")
+        (workspace.inbox / f"{family}/lora.prompt.txt").write_text(f"a test <lora:{family}-lora:1>")
+        workspace.profile(f"{family}-inpaint", model=model, mask_blur=0)
+        for name, seed in (("x", 1), ("y", 2)):
+            workspace.drop(DATA / "astronaut.png", f"{family}-inpaint/{name}.png")
+            workspace.drop(DATA / "astronaut.mask.png", f"{family}-inpaint/{name}.mask.png")
+            (workspace.inbox / f"{family}-inpaint/{name}.yaml").write_text(f"seed: {seed}\n")
+        workspace.profile(f"{family}-reads", model=model, use_png_info=True)
+    workspace.profile("flux-notes", model=FAMILIES["flux"], prompt="a (red:1.3) cat",
+                      inpainting_fill="latent noise")  # fmt: skip
+    workspace.drop(DATA / "astronaut.png", "flux-notes/n.png")
+    workspace.drop(DATA / "astronaut.mask.png", "flux-notes/n.mask.png")
+    log: list[str] = []
+    handler = logger.add(lambda message: log.append(str(message).rstrip()), level="INFO")
+    settings = workspace.settings(lora_dirs=[loras])
+    try:
+        Daemon(settings, models=models, watch=False).run_once(tick=0.01)
+        for family in FAMILIES:  # its own output, infotext and all, painted again
+            shutil.copyfile(workspace.outbox / f"{family}/a.png",
+                            workspace.inbox / f"{family}-reads/again.png")  # fmt: skip
+        Daemon(settings, models=models, watch=False).run_once(tick=0.01)
+    finally:
+        logger.remove(handler)
+    yield Run(workspace, log)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_input_is_painted_and_archived(families_run, family):
+    workspace = families_run.workspace
+    for profile in (family, f"{family}-inpaint", f"{family}-reads"):
+        assert not workspace.failed(profile), [p.read_text() for p in workspace.failed(profile)
+                                               if p.suffix == ".txt"]  # fmt: skip
+    assert len(workspace.done(family)) == 4  # three images and a prompt file
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_same_input_and_seed_paint_the_same_pixels(families_run, family):
+    outbox = families_run.workspace.outbox / family
+    a, b = pixels(outbox / "a.png"), pixels(outbox / "b.png")
+    assert a.shape[0] % 16 == 0 and a.shape[1] % 16 == 0, a.shape  # the family's size rule
+    assert np.array_equal(a, b)
+    assert a.std() > 1  # a picture, not a flat colour
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_lora_in_the_prompt_changes_the_picture_and_is_hashed(families_run, family):
+    outbox = families_run.workspace.outbox / family
+    assert np.abs(pixels(outbox / "lora.png") - pixels(outbox / "a.png")).mean() > 0.5
+    painted = painted_with(outbox / "lora.png")
+    assert painted.params["Lora hashes"].startswith(f'"{family}-lora: ')
+    assert "Lora hashes" not in painted_with(outbox / "a.png").params
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_inpainting_keeps_every_unmasked_pixel(families_run, family):
+    outbox = families_run.workspace.outbox / f"{family}-inpaint"
+    x, y = pixels(outbox / "x.png"), pixels(outbox / "y.png")
+    with Image.open(DATA / "astronaut.mask.png") as mask:
+        repaint = np.asarray(mask.convert("L").resize(x.shape[1::-1])) > 0
+    assert np.array_equal(x[~repaint], y[~repaint])
+    assert np.abs(x[repaint] - y[repaint]).mean() > 1  # the seeds differ where it repaints
+
+
+def test_the_infotext_says_what_each_family_was_guided_by(families_run):
+    outbox = families_run.workspace.outbox
+    flux = painted_with(outbox / "flux/a.png").params
+    assert float(flux["CFG scale"]) == 4 and float(flux["Distilled CFG Scale"]) == 2.5
+    assert float(flux["Shift"]) == 2 and flux["Sampler"] == "Euler"
+    sd3 = painted_with(outbox / "sd3/a.png").params
+    assert float(sd3["CFG scale"]) == 4 and "Distilled CFG Scale" not in sd3
+    qwen = painted_with(outbox / "qwen/a.png").params
+    assert float(qwen["CFG scale"]) == 4 and "Distilled CFG Scale" not in qwen
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_use_png_info_reads_its_own_infotext_back(families_run, family):
+    outbox = families_run.workspace.outbox
+    first = painted_with(outbox / f"{family}/a.png").params
+    again = painted_with(outbox / f"{family}-reads/again.png").params
+    keys = ("Steps", "Sampler", "CFG scale", "Distilled CFG Scale", "Shift", "Seed")
+    assert {k: first.get(k) for k in keys} == {k: again.get(k) for k in keys}
+    assert painted_with(outbox / f"{family}-reads/again.png").negative_prompt == "blurry"
+
+
+def test_settings_a_family_cannot_follow_are_replaced_with_a_note(families_run):
+    log = "\n".join(families_run.log)
+    assert "Flux.1 does not take A1111's emphasis: weights like (word:1.2) were ignored" in log
+    assert "masked content 'latent noise' works on SD latents only; Flux.1 used 'original'" in log
+    assert not families_run.workspace.failed("flux-notes")
+    assert len(families_run.workspace.outputs("flux-notes")) == 1
+
+
+def test_check_warns_of_what_a_family_ignores_and_refuses_what_no_file_gets_past():
+    from daemon.config.profiles import Profile
+    from daemon.families import flux, sd, sd3
+
+    profile = Profile(model="m", prompt="a (red:1.3) cat", clip_skip=2, shift=2.0,
+                      inpainting_fill="latent nothing")  # fmt: skip
+    assert [key for key, _ in family_warnings(profile, flux.FAMILY)] == [
+        "clip_skip", "prompt", "inpainting_fill",
+    ]  # fmt: skip
+    assert [key for key, _ in family_warnings(profile, sd3.FAMILY)] == ["prompt", "inpainting_fill"]
+    assert [key for key, _ in family_warnings(profile, sd.FAMILY)] == ["shift"]
+    editing = Profile(model="m", prompt="a [cat:dog:0.5]", controlnet=[{"module": "canny",
+                      "model": "builtin:tiny-controlnet"}])  # fmt: skip
+    problems = dict(family_problems(editing, flux.FAMILY))
+    assert "ControlNet" in problems["model"] and "its files would wait" in problems["model"]
+    assert "every file would fail" in problems["prompt"]
+    assert family_problems(editing, sd.FAMILY) == []
