@@ -41,7 +41,8 @@ def test_a_text_to_image_folder_maps_to_its_img2img_class(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "index", [None, "not json", json.dumps([1]), json.dumps({"_class_name": "FluxPipeline"})]
+    "index",
+    [None, "not json", json.dumps([1]), json.dumps({"_class_name": "KandinskyV22Pipeline"})],
 )
 def test_other_folders_are_left_to_auto_pipeline(tmp_path, index):
     if index is not None:

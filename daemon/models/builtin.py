@@ -27,8 +27,10 @@ from daemon.models.tiny_controlnet import (
     build_tiny_controlnet_sdxl,
     build_tiny_controlnet_union,
 )
+from daemon.models.tiny_flow import build_tiny_flux, build_tiny_flux_kontext, build_tiny_sd3
 from daemon.models.tiny_interrogator import build_tiny_interrogator
 from daemon.models.tiny_ip_adapter import build_tiny_ip_adapter, build_tiny_ip_adapter_sdxl
+from daemon.models.tiny_qwen import build_tiny_qwen_image, build_tiny_qwen_image_edit
 from daemon.models.tiny_sd import build_tiny_sd, build_tiny_sdxl
 from daemon.models.tiny_tagger import build_tiny_tagger
 
@@ -38,6 +40,11 @@ BUILTIN_PREFIX = "builtin:"
 BUILTIN_MODELS: dict[str, str] = {
     "tiny-sd": "tiny random SD-1-style pipeline (output is noise)",
     "tiny-sdxl": "tiny random SDXL-style pipeline (output is noise)",
+    "tiny-flux": "tiny random Flux.1-dev-style pipeline (output is noise)",
+    "tiny-flux-kontext": "tiny random Flux.1-Kontext-style edit pipeline (tiny-flux's weights)",
+    "tiny-sd3": "tiny random SD 3.5-style pipeline (output is noise)",
+    "tiny-qwen-image": "tiny random Qwen-Image-style pipeline (output is noise)",
+    "tiny-qwen-image-edit": "tiny random Qwen-Image-Edit-2509-style edit pipeline",
     "tiny-interrogator": "tiny random BLIP + CLIP for the CLIP interrogator (words are noise)",
     "tiny-tagger": "tiny random WD14-style ONNX tagger with a short tag list (tags are noise)",
     "tiny-controlnet": "tiny random ControlNet for tiny-sd (a control image moves the noise)",
@@ -98,20 +105,29 @@ def ensure_builtin(name: str, cache_dir: Path) -> Path:
 def model_hash_file(folder: Path) -> Path:
     """Return the file whose sha256 identifies a diffusers folder (A1111's "Model hash").
 
-    That is the UNet weights file: the UNet is what makes a model what it is, and the file is
-    the same bytes however the folder was copied. Folders saved in other variants (fp16,
-    legacy ``.bin``) fall back to those files. Raises FileNotFoundError if there is none.
+    That is the denoiser's weights file, the UNet's (SD, SDXL) or the transformer's (SD 3.5,
+    Flux, Qwen-Image): the denoiser is what makes a model what it is, and the file is the
+    same bytes however the folder was copied. Folders saved in other variants (fp16, legacy
+    ``.bin``) fall back to those files; a sharded one, to its first shard. Raises
+    FileNotFoundError if there is none.
     """
-    unet = Path(folder) / "unet"
-    for filename in (
-        "diffusion_pytorch_model.safetensors",
-        "diffusion_pytorch_model.fp16.safetensors",
-        "diffusion_pytorch_model.bin",
-        "diffusion_pytorch_model.fp16.bin",
-    ):
-        if (unet / filename).is_file():
-            return unet / filename
-    raise FileNotFoundError(f"no UNet weights file in {unet}")
+    for denoiser in (Path(folder) / "unet", Path(folder) / "transformer"):
+        for pattern in _WEIGHTS_FILES:
+            found = sorted(denoiser.glob(pattern))
+            if found:
+                return found[0]
+    raise FileNotFoundError(f"no UNet or transformer weights file in {folder}")
+
+
+_WEIGHTS_FILES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model-*.safetensors",  # sharded: -00001-of-00003 first
+    "diffusion_pytorch_model.fp16-*.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.bin",
+)
+"""A denoiser's weights files, in the order they are preferred."""
 
 
 _DONE_MARK = ".built"
@@ -126,6 +142,11 @@ def _is_complete(folder: Path) -> bool:
 _BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-sd": build_tiny_sd,
     "tiny-sdxl": build_tiny_sdxl,
+    "tiny-flux": build_tiny_flux,
+    "tiny-flux-kontext": build_tiny_flux_kontext,
+    "tiny-sd3": build_tiny_sd3,
+    "tiny-qwen-image": build_tiny_qwen_image,
+    "tiny-qwen-image-edit": build_tiny_qwen_image_edit,
     "tiny-interrogator": build_tiny_interrogator,
     "tiny-tagger": build_tiny_tagger,
     "tiny-controlnet": build_tiny_controlnet,

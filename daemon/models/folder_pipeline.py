@@ -4,7 +4,9 @@
 and the rest) to build its tables: about 0.4 s of a 2-core machine's start-up, on the first
 job's path. For the families below, the folder's ``model_index.json`` names its class, and
 the img2img class it maps to is loaded directly, with the arguments AutoPipeline would pass
-it; any other folder (or a name that is not a folder) still goes through AutoPipeline.
+it; any other folder (or a name that is not a folder) still goes through AutoPipeline. An
+edit model (Flux Kontext, Qwen-Image-Edit) loads as its architecture's img2img pipeline too,
+and :func:`edit_pipeline` makes its instruction-edit pipeline from that one.
 
 A folder downloaded as the hub offers it to save space (``--include "*.fp16.safetensors"``)
 holds only ``<name>.fp16.safetensors`` weights; diffusers loads those only when asked for
@@ -17,23 +19,58 @@ import json
 from pathlib import Path
 from typing import Any
 
+from daemon.models.qwen_processor import processor_from_folder
+
 # model_index.json's _class_name -> the img2img pipeline AutoPipelineForImage2Image picks
+# (for the edit models, the img2img pipeline of their architecture: their weights are a
+# fine-tune of it, and an img2img or inpaint job with an edit model is still valid)
 IMG2IMG_CLASS = {
     "StableDiffusionPipeline": "StableDiffusionImg2ImgPipeline",
     "StableDiffusionImg2ImgPipeline": "StableDiffusionImg2ImgPipeline",
     "StableDiffusionXLPipeline": "StableDiffusionXLImg2ImgPipeline",
     "StableDiffusionXLImg2ImgPipeline": "StableDiffusionXLImg2ImgPipeline",
+    "FluxPipeline": "FluxImg2ImgPipeline",  # FLUX.1-dev, -schnell, -Krea-dev
+    "FluxImg2ImgPipeline": "FluxImg2ImgPipeline",
+    "FluxKontextPipeline": "FluxImg2ImgPipeline",  # FLUX.1-Kontext-dev
+    "StableDiffusion3Pipeline": "StableDiffusion3Img2ImgPipeline",  # SD 3 and 3.5
+    "StableDiffusion3Img2ImgPipeline": "StableDiffusion3Img2ImgPipeline",
+    "QwenImagePipeline": "QwenImageImg2ImgPipeline",
+    "QwenImageImg2ImgPipeline": "QwenImageImg2ImgPipeline",
+    "QwenImageEditPipeline": "QwenImageImg2ImgPipeline",  # Qwen-Image-Edit
+    "QwenImageEditPlusPipeline": "QwenImageImg2ImgPipeline",  # Qwen-Image-Edit-2509, -2511
 }
 
+# model_index.json's _class_name -> the instruction-edit pipeline (the `edit` task) of an
+# edit model; other models have none
+EDIT_CLASS = {
+    "FluxKontextPipeline": "FluxKontextPipeline",
+    "QwenImageEditPipeline": "QwenImageEditPipeline",
+    "QwenImageEditPlusPipeline": "QwenImageEditPlusPipeline",
+}
 
-def img2img_class_name(folder: str | Path) -> str | None:
-    """The img2img pipeline class for a diffusers folder, when it is one of ours to name."""
+_NEEDS_PROCESSOR = frozenset({"QwenImageEditPipeline", "QwenImageEditPlusPipeline"})
+"""Edit pipelines that read the input through Qwen2-VL's processor (see qwen_processor)."""
+
+
+def _index_class_name(folder: str | Path) -> str | None:
+    """The ``_class_name`` of a diffusers folder's ``model_index.json``, if it has one."""
     try:
         index = json.loads((Path(folder) / "model_index.json").read_text())
     except (OSError, ValueError):
         return None
     named = index.get("_class_name") if isinstance(index, dict) else None
-    return IMG2IMG_CLASS.get(named) if isinstance(named, str) else None
+    return named if isinstance(named, str) else None
+
+
+def img2img_class_name(folder: str | Path) -> str | None:
+    """The img2img pipeline class for a diffusers folder, when it is one of ours to name."""
+    return IMG2IMG_CLASS.get(_index_class_name(folder) or "")
+
+
+def edit_class_name(folder: str | Path) -> str | None:
+    """The instruction-edit pipeline class of an edit model's folder (Flux Kontext,
+    Qwen-Image-Edit); None for any other model, which cannot run the `edit` task."""
+    return EDIT_CLASS.get(_index_class_name(folder) or "")
 
 
 def weights_variant(folder: str | Path) -> str | None:
@@ -61,3 +98,23 @@ def load_folder_pipeline(folder: str | Path, **options: Any) -> Any:
             folder, local_files_only=True, **options
         )
     return getattr(diffusers, name).from_pretrained(folder, local_files_only=True, **options)
+
+
+def edit_pipeline(img2img_pipe: Any, folder: str | Path) -> Any:
+    """The instruction-edit pipeline of an edit model's folder, sharing the modules of its
+    loaded img2img pipeline (:func:`load_folder_pipeline`): no weights are loaded twice.
+
+    Qwen-Image-Edit also gets its processor, built without torchvision from the folder's
+    files (see :mod:`daemon.models.qwen_processor`). Raises ValueError for a folder that
+    is not an edit model (see :func:`edit_class_name`).
+    """
+    import diffusers
+
+    name = edit_class_name(folder)
+    if name is None:
+        raise ValueError(
+            f"{folder} is not an instruction-edit model (Flux Kontext, Qwen-Image-Edit): "
+            "use one for the edit task"
+        )
+    extra = {"processor": processor_from_folder(folder)} if name in _NEEDS_PROCESSOR else {}
+    return getattr(diffusers, name).from_pipe(img2img_pipe, **extra)

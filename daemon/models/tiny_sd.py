@@ -107,7 +107,7 @@ def _write_tokenizer_files(folder: Path) -> None:
     (folder / "merges.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def _tiny_tokenizer(folder: Path, pad_token: str) -> Any:
+def tiny_clip_tokenizer(folder: Path, pad_token: str) -> Any:
     """The tiny CLIP tokenizer, written to `folder` and loaded from there (the real path)."""
     from transformers import CLIPTokenizer
 
@@ -191,7 +191,7 @@ def build_tiny_sd(folder: Path) -> None:
     )
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    tokenizer = _tiny_tokenizer(folder / "tokenizer", pad_token=_SPECIAL_EOS)
+    tokenizer = tiny_clip_tokenizer(folder / "tokenizer", pad_token=_SPECIAL_EOS)
     eos_id = tokenizer.eos_token_id
 
     # fork_rng: seeding must not disturb the random state of the process that asked for it.
@@ -258,8 +258,8 @@ def build_tiny_sdxl(folder: Path) -> None:
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
-    tokenizer = _tiny_tokenizer(folder / "tokenizer", pad_token=_SPECIAL_EOS)
-    tokenizer_2 = _tiny_tokenizer(folder / "tokenizer_2", pad_token="!")
+    tokenizer = tiny_clip_tokenizer(folder / "tokenizer", pad_token=_SPECIAL_EOS)
+    tokenizer_2 = tiny_clip_tokenizer(folder / "tokenizer_2", pad_token="!")
     bos_id, eos_id = tokenizer.bos_token_id, tokenizer.eos_token_id
 
     def text_config(hidden: int, act: str, **extra: Any) -> Any:
