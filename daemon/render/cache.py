@@ -399,7 +399,8 @@ def _tune_for_cpu(pipe: Any) -> None:
     measurable). Only float rounding changes (3e-5 at most on a decoded image)."""
     import torch
 
-    pipe.vae.to(memory_format=torch.channels_last)
+    if type(pipe.vae).__name__ == "AutoencoderKL":  # Qwen-Image's video VAE has 5-D weights
+        pipe.vae.to(memory_format=torch.channels_last)
 
 
 def _low_memory(pipe: Any) -> None:

@@ -74,7 +74,7 @@ def transformer_lora(folder: Path, seed: int) -> dict[str, Any]:
     from diffusers import AutoModel
     from peft import LoraConfig, get_peft_model_state_dict, inject_adapter_in_model
 
-    base = AutoModel.from_pretrained(folder / "transformer")
+    base = AutoModel.from_pretrained(str(folder / "transformer"))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         config = LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"],
