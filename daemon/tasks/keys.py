@@ -92,6 +92,10 @@ class PaintingKeys(Keys):
     scheduler: str = "Automatic"
     steps: int = Field(20, ge=1, le=150)
     cfg_scale: float = Field(7.0, ge=0.0, le=30.0)
+    # Forge's "Distilled CFG Scale": the guidance Flux-dev was distilled to follow (one pass)
+    distilled_cfg_scale: float = Field(3.5, ge=0.0, le=30.0)
+    # A flow model's static schedule shift; None: the model's own (static or from image size)
+    shift: float | None = Field(None, gt=0.0, le=100.0)
     seed: int = Field(-1, ge=-1, le=2**32 - 1)
     width: int | None = Field(None, ge=8, le=8192)
     height: int | None = Field(None, ge=8, le=8192)
@@ -133,7 +137,7 @@ class PaintingKeys(Keys):
 
     @property
     def sampler(self) -> SamplerChoice:
-        return parse_sampler(self.sampler_name, self.scheduler)
+        return parse_sampler(self.sampler_name, self.scheduler, shift=self.shift)
 
     @property
     def prompt_sources(self) -> tuple[Interrogator, ...]:
