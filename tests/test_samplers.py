@@ -269,10 +269,12 @@ def test_simple_is_forges_every_nth_timestep_from_the_last() -> None:
     assert [round(float(t)) for t in sched.timesteps] == [999 - x * 100 for x in range(10)]
 
 
-def test_beta_needs_scipy_and_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("config_class", ["PNDMScheduler", "FlowMatchEulerDiscreteScheduler"])
+def test_beta_needs_scipy_and_says_so(monkeypatch: pytest.MonkeyPatch, config_class: str) -> None:
     real = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else real(name, *a)
     )
+    config = {**BASE_CONFIG, "_class_name": config_class}
     with pytest.raises(ImportError, match="pip install scipy"):
-        build_scheduler(parse_sampler("Euler", "Beta"), BASE_CONFIG)
+        build_scheduler(parse_sampler("Euler", "Beta"), config)
