@@ -84,9 +84,36 @@ def img2img_start(
 
 
 def test_flow_configs_are_told_apart_from_epsilon_ones() -> None:
+    import diffusers
+
     assert all(is_flow_config(config) for config in FLOW_CONFIGS.values())
     assert not is_flow_config({"_class_name": "PNDMScheduler", "beta_start": 0.00085})
     assert not is_flow_config({})
+    # A live scheduler's config (what the render cache keeps) names no class.
+    for name in ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler"):
+        live = getattr(diffusers, name)(shift=3.0).config
+        assert "_class_name" not in live and is_flow_config(live)
+    for name in (
+        "EulerDiscreteScheduler",
+        "UniPCMultistepScheduler",
+        "DPMSolverMultistepScheduler",
+    ):
+        assert not is_flow_config(getattr(diffusers, name)().config)
+
+
+@pytest.mark.parametrize("schedule", ["Uniform", "Karras"])
+def test_a_live_config_builds_the_same_schedule_as_the_json(schedule: str) -> None:
+    import diffusers
+
+    live = diffusers.FlowMatchEulerDiscreteScheduler.from_config(FLUX_DEV).config
+    starts = []
+    for config in (FLUX_DEV, live):
+        sched: Any = build_scheduler(parse_sampler("DPM++ 2M", schedule), config)
+        assert type(sched).__name__ == "FlowMatchEulerDiscreteScheduler"
+        starts.append(img2img_start(sched, 20, 0.5, mu=flux_mu(FLUX_DEV, 1024), flux=True))
+    assert starts[0] == starts[1]
+    if schedule == "Uniform":  # runs as Simple: the model's own schedule
+        assert starts[0][1] == pytest.approx(0.7595, abs=1e-4)
 
 
 @pytest.mark.parametrize("label", list(SAMPLERS))
@@ -94,9 +121,7 @@ def test_flow_configs_are_told_apart_from_epsilon_ones() -> None:
 def test_every_sampler_builds_a_flow_scheduler(label: str, config: dict[str, Any]) -> None:
     sched: Any = build_scheduler(parse_sampler(label), config)
     assert type(sched).__name__.startswith("FlowMatch")
-    assert (flow_sampler_note(parse_sampler(label), config) is None) == (
-        label == "Euler" or (label == "Heun" and config is SD35)
-    )
+    assert (flow_sampler_note(parse_sampler(label)) is None) == (label == "Euler")
 
 
 def test_sd35_static_shift_matches_the_probe() -> None:
@@ -179,26 +204,30 @@ def test_other_samplers_run_as_euler_and_say_so() -> None:
     assert sched.config.use_karras_sigmas
 
 
-def test_heun_runs_where_the_pipeline_sets_no_image_size_shift() -> None:
-    sched: Any = build_scheduler(parse_sampler("Heun"), SD35)
+def test_heun_runs_where_the_pipeline_passes_no_sigmas() -> None:
+    assert flow_sampler_note(parse_sampler("Heun"), pipeline_passes_sigmas=False) is None
+    sched: Any = build_scheduler(parse_sampler("Heun"), SD35, pipeline_passes_sigmas=False)
     assert type(sched).__name__ == "FlowMatchHeunDiscreteScheduler"
     assert sched.config.shift == 3.0
     steps, start = img2img_start(sched, 20, 0.5)
     assert steps == 10 * 2 - 1 and 0.7 < start < 0.8  # two model calls a step but the first
-    shifted: Any = build_scheduler(parse_sampler("Heun", shift=1.5), SD35)
+    shifted: Any = build_scheduler(
+        parse_sampler("Heun", shift=1.5), SD35, pipeline_passes_sigmas=False
+    )
     assert shifted.config.shift == 1.5
 
 
-def test_heun_cannot_take_flux_size_shift_or_sigma_flags() -> None:
+def test_heun_cannot_take_a_pipelines_sigmas_or_sigma_flags() -> None:
     heun = parse_sampler("Heun")
-    assert flow_plan("Heun", "Simple", FLUX_DEV).class_name == "FlowMatchEulerDiscreteScheduler"
-    assert "image-size shift" in (flow_sampler_note(heun, FLUX_DEV) or "")
+    assert flow_plan("Heun", "Simple").class_name == "FlowMatchEulerDiscreteScheduler"
+    assert "image-size shift" in (flow_sampler_note(heun) or "")
+    assert flow_choice(heun) == SamplerChoice("Euler", "Simple")
     assert type(build_scheduler(heun, FLUX_DEV)).__name__ == "FlowMatchEulerDiscreteScheduler"
     karras = parse_sampler("Heun", "Karras")
-    assert flow_sampler_note(karras, SD35) == (
+    assert flow_sampler_note(karras, pipeline_passes_sigmas=False) == (
         "Heun's flow-matching scheduler has no Karras sigmas; used Euler with Karras"
     )
-    assert flow_choice(karras, SD35) == SamplerChoice("Euler", "Karras")
+    assert flow_choice(karras, pipeline_passes_sigmas=False) == SamplerChoice("Euler", "Karras")
 
 
 def test_the_shift_is_part_of_the_choice_and_the_profile_sets_it() -> None:

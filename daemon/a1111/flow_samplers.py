@@ -1,7 +1,7 @@
 """A1111 sampler choices on flow-matching models (SD 3.5, Flux, Qwen-Image).
 
-A flow model's scheduler config names a FlowMatch class. Only FlowMatchEuler (and, for
-SD3-style static schedules, FlowMatchHeun) can follow such a schedule in diffusers; the
+A flow model's scheduler is a FlowMatch class. Only FlowMatchEuler (and, in pipelines that
+let the scheduler make its own sigmas, FlowMatchHeun) can follow such a schedule; the
 epsilon schedulers the SD table maps to (DPM++ 2M, UniPC…) cannot. So every other sampler
 runs as Euler, as Forge does for Flux and SD3, and :func:`flow_plan` says so in a note.
 
@@ -33,19 +33,17 @@ SIGMA_FLAGS: Mapping[str, str] = {
     "Exponential": "use_exponential_sigmas",
     "Beta": "use_beta_sigmas",
 }
-# Flux, Qwen-Image and Flux.2 compute a shift (μ) from the image size and pass it, with their
-# own sigmas, to set_timesteps on every call; their configs carry these keys. FlowMatchHeun's
-# set_timesteps takes neither, so Heun can only run where the pipeline passes none (SD3).
-_SIZE_SHIFT_KEYS = ("use_dynamic_shifting", "base_image_seq_len", "max_image_seq_len")
 
 
 def is_flow_config(config: Mapping[str, Any]) -> bool:
-    """Whether a model's scheduler config is a flow-matching one."""
-    return config.get("_class_name") in FLOW_SCHEDULERS
+    """Whether a model's scheduler config is a flow-matching one.
 
-
-def _heun_fits(config: Mapping[str, Any]) -> bool:
-    return not any(config.get(key) for key in _SIZE_SHIFT_KEYS)
+    A ``scheduler_config.json`` names its class; a live ``scheduler.config`` (what the
+    render cache keeps) does not, so a config with a ``shift`` and no betas counts too:
+    every epsilon scheduler has ``beta_start``, and neither FlowMatch class has."""
+    if "_class_name" in config:
+        return config["_class_name"] in FLOW_SCHEDULERS
+    return "shift" in config and "beta_start" not in config
 
 
 @dataclass(frozen=True)
@@ -58,9 +56,13 @@ class FlowPlan:
     note: str | None = None
 
 
-def flow_plan(sampler: str, schedule: str, config: Mapping[str, Any] | None = None) -> FlowPlan:
-    """The flow scheduler for ``sampler``/``schedule``; ``config`` (the model's scheduler
-    config) decides whether Heun can run; without it Heun is assumed to fit."""
+def flow_plan(sampler: str, schedule: str, *, pipeline_passes_sigmas: bool = True) -> FlowPlan:
+    """The flow scheduler for ``sampler``/``schedule``.
+
+    Flux, Qwen-Image and Flux.2 pipelines pass their own sigmas and a shift μ from the image
+    size to ``set_timesteps`` on every call (``pipeline_passes_sigmas``); FlowMatchHeun's
+    takes neither and would fail there, so Heun runs only where the pipeline passes none
+    (SD 3.5: ``pipeline_passes_sigmas=False``). The default is the safe one."""
     flat = "Simple" if schedule in _LINEAR else schedule
     if sampler == "Heun":
         if flat != "Simple":
@@ -68,11 +70,11 @@ def flow_plan(sampler: str, schedule: str, config: Mapping[str, Any] | None = No
                 EULER, "Euler", flat,
                 f"Heun's flow-matching scheduler has no {flat} sigmas; used Euler with {flat}",
             )  # fmt: skip
-        if config is not None and not _heun_fits(config):
+        if pipeline_passes_sigmas:
             return FlowPlan(
                 EULER, "Euler", flat,
-                "Heun's flow-matching scheduler cannot take the image-size shift this model's "
-                "pipeline sets on every step; used Euler",
+                "Heun's flow-matching scheduler cannot take the sigmas and image-size shift this "
+                "model's pipeline sets (only SD 3.5's does not); used Euler",
             )  # fmt: skip
         return FlowPlan(HEUN, "Heun", flat)
     if sampler == "Euler":
@@ -108,13 +110,12 @@ def require_scipy_for(schedule: str) -> None:
 
 
 def build_flow_scheduler(
-    sampler: str, schedule: str, shift: float | None, config: Mapping[str, Any]
+    plan: FlowPlan, shift: float | None, config: Mapping[str, Any]
 ) -> SchedulerMixin:
-    """A fresh flow scheduler for an A1111 choice, keeping the model's own schedule
-    (shift, dynamic shifting, terminal stretch…) from ``config`` unless ``shift`` is given."""
+    """A fresh flow scheduler for ``plan``, keeping the model's own schedule (shift, dynamic
+    shifting, terminal stretch…) from ``config`` unless ``shift`` is given."""
     import diffusers
 
-    plan = flow_plan(sampler, schedule, config)
     require_scipy_for(plan.schedule)
     cls = getattr(diffusers, plan.class_name)
     if plan.class_name == HEUN:

@@ -292,28 +292,36 @@ def _scheduler_class(spec: SamplerSpec) -> type[SchedulerMixin]:
     return cls
 
 
-def flow_sampler_note(choice: SamplerChoice, config: Mapping[str, Any] | None = None) -> str | None:
+def flow_sampler_note(choice: SamplerChoice, *, pipeline_passes_sigmas: bool = True) -> str | None:
     """On a flow-matching model: one sentence saying which sampler ran instead of ``choice``
-    and why, or None when it runs as asked. ``config``, the model's scheduler config, tells
-    whether Heun can run (without it, Heun is assumed to)."""
-    return flow_plan(choice.sampler, choice.schedule, config).note
+    and why, or None when it runs as asked. ``pipeline_passes_sigmas``: see
+    :func:`~daemon.a1111.flow_samplers.flow_plan` (False only for SD 3.5)."""
+    return flow_plan(
+        choice.sampler, choice.schedule, pipeline_passes_sigmas=pipeline_passes_sigmas
+    ).note
 
 
-def flow_choice(choice: SamplerChoice, config: Mapping[str, Any] | None = None) -> SamplerChoice:
+def flow_choice(choice: SamplerChoice, *, pipeline_passes_sigmas: bool = True) -> SamplerChoice:
     """The choice that really runs on a flow-matching model, for the infotext: Euler or Heun,
     and "Simple" for the schedules that are all one straight line in t there."""
-    plan = flow_plan(choice.sampler, choice.schedule, config)
+    plan = flow_plan(choice.sampler, choice.schedule, pipeline_passes_sigmas=pipeline_passes_sigmas)
     return SamplerChoice(plan.sampler, plan.schedule, choice.shift)
 
 
-def build_scheduler(choice: SamplerChoice, base_config: Mapping[str, Any]) -> SchedulerMixin:
+def build_scheduler(
+    choice: SamplerChoice, base_config: Mapping[str, Any], *, pipeline_passes_sigmas: bool = True
+) -> SchedulerMixin:
     """A fresh diffusers scheduler for ``choice``, keeping the model's own config
     (betas, prediction type, steps_offset...) from ``base_config``.
 
     A flow-matching config (SD 3.5, Flux, Qwen-Image) gets a flow scheduler, never an
-    epsilon one: see :func:`flow_sampler_note` for what runs instead of other samplers."""
+    epsilon one: :func:`flow_sampler_note` says what runs instead of other samplers, and
+    ``pipeline_passes_sigmas`` (False only for SD 3.5) whether Heun can. SD models ignore it."""
     if is_flow_config(base_config):
-        return build_flow_scheduler(choice.sampler, choice.schedule, choice.shift, base_config)
+        plan = flow_plan(
+            choice.sampler, choice.schedule, pipeline_passes_sigmas=pipeline_passes_sigmas
+        )
+        return build_flow_scheduler(plan, choice.shift, base_config)
     require_scipy_for(choice.schedule)
     spec = SAMPLERS[choice.sampler]
     cls = _scheduler_class(spec)
