@@ -72,7 +72,9 @@ def test_declared_schedules_match_the_diffusers_class(label: str) -> None:
     if "use_exponential_sigmas" in params:
         expected.append("Exponential")
     if "timestep_spacing" in params:
-        expected.append("SGM Uniform")
+        expected += ["SGM Uniform", "Simple"]
+    if "use_beta_sigmas" in params:
+        expected.append("Beta")
     assert spec.schedules == tuple(expected)
     assert spec.automatic in spec.schedules
 
@@ -90,8 +92,8 @@ def check_scheduler(sched: Any, choice: SamplerChoice) -> None:
         assert cfg["steps_offset"] == 1
     assert cfg.get("use_karras_sigmas", False) is (choice.schedule == "Karras")
     assert cfg.get("use_exponential_sigmas", False) is (choice.schedule == "Exponential")
-    assert cfg.get("use_beta_sigmas", False) is False
-    if choice.schedule == "SGM Uniform":
+    assert cfg.get("use_beta_sigmas", False) is (choice.schedule == "Beta")
+    if choice.schedule in ("SGM Uniform", "Simple"):
         assert cfg["timestep_spacing"] == "trailing"
     elif choice.schedule == "Uniform" and "timestep_spacing" in cfg:
         assert cfg["timestep_spacing"] == (spec.uniform_spacing or "leading")
@@ -257,3 +259,22 @@ def test_base_config_is_not_mutated() -> None:
     before = dict(BASE_CONFIG)
     build_scheduler(parse_sampler("DPM++ 2M SDE"), BASE_CONFIG)
     assert before == BASE_CONFIG
+
+
+def test_simple_is_forges_every_nth_timestep_from_the_last() -> None:
+    # Forge's "Simple" on an SD model: sigmas[-(1 + int(x * 1000 / n))], i.e. timesteps
+    # 999 - int(x * 100) for n = 10: diffusers' trailing spacing.
+    sched: Any = build_scheduler(parse_sampler("Euler", "Simple"), BASE_CONFIG)
+    sched.set_timesteps(10)
+    assert [round(float(t)) for t in sched.timesteps] == [999 - x * 100 for x in range(10)]
+
+
+@pytest.mark.parametrize("config_class", ["PNDMScheduler", "FlowMatchEulerDiscreteScheduler"])
+def test_beta_needs_scipy_and_says_so(monkeypatch: pytest.MonkeyPatch, config_class: str) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else real(name, *a)
+    )
+    config = {**BASE_CONFIG, "_class_name": config_class}
+    with pytest.raises(ImportError, match="pip install scipy"):
+        build_scheduler(parse_sampler("Euler", "Beta"), config)

@@ -25,6 +25,8 @@ KEY_ORDER: tuple[str, ...] = (
     "Sampler",
     "Schedule type",
     "CFG scale",
+    "Distilled CFG Scale",  # Forge, right after CFG scale; Flux-dev's embedded guidance
+    "Shift",  # a flow model's static shift, when a profile sets one (Forge writes none)
     "Image CFG scale",
     "Seed",
     "Size",

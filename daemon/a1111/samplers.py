@@ -1,7 +1,8 @@
 """A1111 sampler labels and schedule types, mapped onto diffusers schedulers.
 
 Pure data plus one builder. diffusers (and with it torch) is imported only inside
-:func:`build_scheduler`, so configuration checks can validate sampler names cheaply.
+:func:`build_scheduler`, so configuration checks can validate sampler names cheaply. A model
+whose scheduler is a flow-matching one gets a flow scheduler instead (:mod:`.flow_samplers`).
 """
 
 from __future__ import annotations
@@ -14,17 +15,33 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+from daemon.a1111.flow_samplers import (
+    build_flow_scheduler,
+    flow_plan,
+    is_flow_config,
+    require_scipy_for,
+)
+
 if TYPE_CHECKING:
     from diffusers import SchedulerMixin
 
-SCHEDULE_TYPES: tuple[str, ...] = ("Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform")
+SCHEDULE_TYPES: tuple[str, ...] = (
+    "Automatic", "Uniform", "Karras", "Exponential", "SGM Uniform", "Simple", "Beta",
+)  # fmt: skip
 
 # The diffusers config flags that pick a sigma schedule; at most one may be on at a time.
 _SIGMA_FLAGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
-_SCHEDULE_FLAG = {"Karras": "use_karras_sigmas", "Exponential": "use_exponential_sigmas"}
+_SCHEDULE_FLAG = {
+    "Karras": "use_karras_sigmas",
+    "Exponential": "use_exponential_sigmas",
+    "Beta": "use_beta_sigmas",
+}
+# Forge's "Simple" takes every (1000/N)-th training timestep from the last one down: 999, 949…
+# for N = 20, which is diffusers' "trailing" spacing (as SGM Uniform is).
+_SPACING = {"SGM Uniform": "trailing", "Simple": "trailing"}
 
-_ALL_SCHEDULES = ("Uniform", "Karras", "Exponential", "SGM Uniform")
-_NO_SIGMA_FLAGS = ("Uniform", "SGM Uniform")
+_ALL_SCHEDULES = ("Uniform", "Karras", "Exponential", "SGM Uniform", "Simple", "Beta")
+_NO_SIGMA_FLAGS = ("Uniform", "SGM Uniform", "Simple")
 
 
 @dataclass(frozen=True)
@@ -71,9 +88,9 @@ _DPMPP_SDE = (
         "DPMSolverSinglestepScheduler",
         _frozen(algorithm_type="dpmsolver++", solver_order=2),
         automatic="Karras",
-        # The single-step solver has no timestep_spacing, so neither SGM Uniform nor the
-        # linspace override applies.
-        schedules=("Uniform", "Karras", "Exponential"),
+        # The single-step solver has no timestep_spacing, so neither SGM Uniform, Simple
+        # nor the linspace override applies.
+        schedules=("Uniform", "Karras", "Exponential", "Beta"),
         uniform_spacing=None,
         aliases=("k_dpmpp_sde",),
         note="torchsde missing: deterministic DPM++ 2S stand-in, not A1111's stochastic sampler",
@@ -87,9 +104,12 @@ SAMPLERS: dict[str, SamplerSpec] = {
         schedules=_NO_SIGMA_FLAGS,  # diffusers' Euler a has no Karras/Exponential sigmas
         aliases=("k_euler_a", "k_euler_ancestral"),
     ),
-    "Euler": SamplerSpec("EulerDiscreteScheduler", aliases=("k_euler",)),
+    # "… FlowMatch" are SD.Next's labels for the flow-matching schedulers.
+    "Euler": SamplerSpec("EulerDiscreteScheduler", aliases=("k_euler", "Euler FlowMatch")),
     "LMS": SamplerSpec("LMSDiscreteScheduler", aliases=("k_lms",), note="needs scipy"),
-    "Heun": SamplerSpec("HeunDiscreteScheduler", aliases=("k_heun",), second_order=True),
+    "Heun": SamplerSpec(
+        "HeunDiscreteScheduler", aliases=("k_heun", "Heun FlowMatch"), second_order=True
+    ),
     "DPM2": SamplerSpec(
         "KDPM2DiscreteScheduler", automatic="Karras", aliases=("k_dpm_2",), second_order=True
     ),
@@ -136,10 +156,16 @@ SAMPLERS: dict[str, SamplerSpec] = {
 
 @dataclass(frozen=True)
 class SamplerChoice:
-    """A canonical A1111 sampler label and a concrete (never "Automatic") schedule type."""
+    """A canonical A1111 sampler label and a concrete (never "Automatic") schedule type.
+
+    ``shift`` is a flow model's static schedule shift (Forge's/SD.Next's "Shift"); None keeps
+    the model's own (static, or dynamic from the image size). SD models ignore it. It is part
+    of the value, so schedulers cached per choice differ per shift.
+    """
 
     sampler: str
     schedule: str
+    shift: float | None = None
 
 
 def _norm(text: str) -> str:
@@ -188,7 +214,9 @@ def _split_label(sampler_name: str) -> tuple[str, str | None]:
     raise ValueError(f"unknown sampler {sampler_name!r}; valid: {_valid_samplers()}")
 
 
-def parse_sampler(sampler_name: str, scheduler: str = "Automatic") -> SamplerChoice:
+def parse_sampler(
+    sampler_name: str, scheduler: str = "Automatic", *, shift: float | None = None
+) -> SamplerChoice:
     """Read an A1111 sampler (new or old combined label) and schedule into a concrete choice.
 
     As in A1111, a schedule carried in the label ("DPM++ 2M Karras") wins over the separate
@@ -205,7 +233,7 @@ def parse_sampler(sampler_name: str, scheduler: str = "Automatic") -> SamplerCho
             f"sampler {label!r} cannot use schedule type {schedule!r}; "
             f"it supports: Automatic, {', '.join(spec.schedules)}"
         )
-    return SamplerChoice(label, schedule)
+    return SamplerChoice(label, schedule, shift)
 
 
 def second_order(choice: SamplerChoice) -> bool:
@@ -237,7 +265,7 @@ def scheduler_kwargs(choice: SamplerChoice, accepted: frozenset[str] | set[str])
     for flag in _SIGMA_FLAGS:
         if flag in accepted:
             kwargs[flag] = flag == wanted
-    spacing = {"SGM Uniform": "trailing", "Uniform": spec.uniform_spacing}.get(choice.schedule)
+    spacing = {**_SPACING, "Uniform": spec.uniform_spacing}.get(choice.schedule)
     if spacing is not None:
         if "timestep_spacing" not in accepted:
             raise ValueError(
@@ -264,9 +292,37 @@ def _scheduler_class(spec: SamplerSpec) -> type[SchedulerMixin]:
     return cls
 
 
-def build_scheduler(choice: SamplerChoice, base_config: Mapping[str, Any]) -> SchedulerMixin:
+def flow_sampler_note(choice: SamplerChoice, *, pipeline_passes_sigmas: bool = True) -> str | None:
+    """On a flow-matching model: one sentence saying which sampler ran instead of ``choice``
+    and why, or None when it runs as asked. ``pipeline_passes_sigmas``: see
+    :func:`~daemon.a1111.flow_samplers.flow_plan` (False only for SD 3.5)."""
+    return flow_plan(
+        choice.sampler, choice.schedule, pipeline_passes_sigmas=pipeline_passes_sigmas
+    ).note
+
+
+def flow_choice(choice: SamplerChoice, *, pipeline_passes_sigmas: bool = True) -> SamplerChoice:
+    """The choice that really runs on a flow-matching model, for the infotext: Euler or Heun,
+    and "Simple" for the schedules that are all one straight line in t there."""
+    plan = flow_plan(choice.sampler, choice.schedule, pipeline_passes_sigmas=pipeline_passes_sigmas)
+    return SamplerChoice(plan.sampler, plan.schedule, choice.shift)
+
+
+def build_scheduler(
+    choice: SamplerChoice, base_config: Mapping[str, Any], *, pipeline_passes_sigmas: bool = True
+) -> SchedulerMixin:
     """A fresh diffusers scheduler for ``choice``, keeping the model's own config
-    (betas, prediction type, steps_offset...) from ``base_config``."""
+    (betas, prediction type, steps_offset...) from ``base_config``.
+
+    A flow-matching config (SD 3.5, Flux, Qwen-Image) gets a flow scheduler, never an
+    epsilon one: :func:`flow_sampler_note` says what runs instead of other samplers, and
+    ``pipeline_passes_sigmas`` (False only for SD 3.5) whether Heun can. SD models ignore it."""
+    if is_flow_config(base_config):
+        plan = flow_plan(
+            choice.sampler, choice.schedule, pipeline_passes_sigmas=pipeline_passes_sigmas
+        )
+        return build_flow_scheduler(plan, choice.shift, base_config)
+    require_scipy_for(choice.schedule)
     spec = SAMPLERS[choice.sampler]
     cls = _scheduler_class(spec)
     accepted = frozenset(inspect.signature(cls.__init__).parameters) - {"self"}

@@ -137,7 +137,7 @@ class PaintingKeys(Keys):
 
     @property
     def sampler(self) -> SamplerChoice:
-        return parse_sampler(self.sampler_name, self.scheduler)
+        return parse_sampler(self.sampler_name, self.scheduler, shift=self.shift)
 
     @property
     def prompt_sources(self) -> tuple[Interrogator, ...]:
