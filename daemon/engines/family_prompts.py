@@ -63,6 +63,9 @@ def family_conditioning(
             )
         texts.append(plain)
     prompt, negative_prompt = texts
+    sampling = family.sampler(settings.sampler.sampler, settings.sampler.schedule)
+    if sampling is not None and sampling.note:
+        notes.append(sampling.note)
     guidance = family.guide(
         pipe, cfg_scale=settings.cfg_scale, negative_prompt=negative_prompt,
         distilled_cfg_scale=settings.distilled_cfg_scale,
@@ -80,8 +83,11 @@ def job_params(conditioned: Conditioned, settings: Profile) -> dict[str, object]
     """What the job adds to the infotext: the family's guidance, a flow schedule's shift
     when the profile sets one (Forge writes none; SD.Next's "Sampler shift" is read back
     too), and the adapters' hashes."""
-    shift = settings.shift if conditioned.family.flow and settings.shift is not None else None
+    family = conditioned.family
+    shift = settings.shift if family.flow and settings.shift is not None else None
+    plan = family.sampler(settings.sampler.sampler, settings.sampler.schedule)
     return {
+        **({"Sampler": plan.sampler, "Schedule type": plan.schedule} if plan else {}),
         **conditioned.guidance.infotext,
         **({"Shift": shift} if shift is not None else {}),
         **conditioned.applied.infotext_params(),

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from daemon.a1111.flow_samplers import FlowPlan, flow_plan
+
 
 @dataclass(frozen=True)
 class Guidance:
@@ -53,6 +55,9 @@ class Family:
     edit_inputs: EditInputs | None = None  # None: no instruction-edit model in the family
     size_multiple: int = 8  # width and height are multiples of this
     flow: bool = False  # a flow-matching (rectified flow) schedule, not an epsilon one
+    # The pipeline sets the scheduler's sigmas (and μ from the image size) on every call,
+    # which FlowMatchHeun cannot take: Flux's and Qwen's do, SD 3.5's does not.
+    sets_sigmas: bool = True
     clip_skip: bool = True  # whether A1111's "Clip skip" means anything to its encoders
     latent_fill: bool = True  # inpainting fill "latent noise"/"latent nothing", latent upscale
     unet_steps: bool = True  # ControlNet, IP-Adapter, reference, key-frame attention: UNet hooks
@@ -69,6 +74,13 @@ class Family:
         """The largest size of the family's multiple within (width, height) (at least one)."""
         step = self.size_multiple
         return max(step, width // step * step), max(step, height // step * step)
+
+    def sampler(self, sampler: str, schedule: str) -> FlowPlan | None:
+        """What a flow family runs for an A1111 sampler and schedule (None: an SD family,
+        which runs them as asked)."""
+        if not self.flow:
+            return None
+        return flow_plan(sampler, schedule, pipeline_passes_sigmas=self.sets_sigmas)
 
     def steps_run(self, num_inference_steps: int, strength: float) -> int:
         """Sampling steps a diffusers img2img call runs: SD truncates ``N·s``; the flow

@@ -44,6 +44,7 @@ FAMILY = Family(
     encode=encode,
     size_multiple=16,
     flow=True,
+    sets_sigmas=False,
     latent_fill=False,
     unet_steps=False,
     max_sequence_length=256,

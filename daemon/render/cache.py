@@ -223,7 +223,10 @@ class ModelCache:
         scheduler configuration (``set_timesteps`` resets it for every call)."""
         loaded = self._entry(ref, vae)
         if choice not in loaded.schedulers:
-            loaded.schedulers[choice] = build_scheduler(choice, loaded.scheduler_config)
+            family = family_of(loaded.pipelines["img2img"])
+            loaded.schedulers[choice] = build_scheduler(
+                choice, loaded.scheduler_config, pipeline_passes_sigmas=family.sets_sigmas
+            )
         return loaded.schedulers[choice]
 
     def vae_source(self, ref: str) -> Path:

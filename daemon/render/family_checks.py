@@ -74,6 +74,9 @@ def family_warnings(profile: Profile, family: Family) -> list[Finding]:
     if not family.latent_fill and profile.resize_mode is ResizeMode.LATENT_UPSCALE:
         found.append(("resize_mode", f"latent upscale works on SD latents only: {family.name} "
                                      "uses just resize"))  # fmt: skip
+    plan = family.sampler(profile.sampler.sampler, profile.sampler.schedule)
+    if plan is not None and plan.note:
+        found.append(("sampler_name", plan.note))
     if profile.shift is not None and not family.flow:
         found.append(("shift", f"shift applies to flow-matching models; {family.name} "
                                "ignores it"))  # fmt: skip
