@@ -185,6 +185,20 @@ def test_an_edit_at_64_px(cache: Path, pipes: dict[str, Any], name: str) -> None
     assert pixels.std() > 0
 
 
+def test_the_first_qwen_edit_model_runs_as_its_own_pipeline(
+    pipes: dict[str, Any], cache: Path, tmp_path: Path
+) -> None:
+    """Qwen-Image-Edit (before 2509) names QwenImageEditPipeline: one image, no list."""
+    copy = shutil.copytree(ensure_builtin("tiny-qwen-image-edit", cache), tmp_path / "edit")
+    index = json.loads((copy / "model_index.json").read_text())
+    index["_class_name"] = "QwenImageEditPipeline"
+    (copy / "model_index.json").write_text(json.dumps(index))
+    edit = edit_pipeline(pipes["tiny-qwen-image-edit"], copy)
+    assert type(edit).__name__ == "QwenImageEditPipeline"
+    run = {"image": _image(), "prompt": "make it blue", "width": SIZE, "height": SIZE}
+    assert _pixels(edit(**run, num_inference_steps=2, generator=_seed(1))).std() > 0
+
+
 def test_the_qwen_edit_processor_comes_from_the_hub_layout_or_the_tokenizer(
     cache: Path, tmp_path: Path
 ) -> None:
