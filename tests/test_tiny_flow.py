@@ -4,6 +4,7 @@ img2img, inpaint and edit pipelines the daemon runs."""
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -19,6 +20,7 @@ from daemon.libraries import quiet_libraries
 from daemon.models.builtin import BUILTIN_MODELS, ensure_builtin, model_hash_file
 from daemon.models.folder_pipeline import edit_class_name, edit_pipeline, load_folder_pipeline
 from daemon.models.qwen_processor import image_only_processor_class, processor_from_folder
+from daemon.models.resolve import Search, resolve_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -36,8 +38,14 @@ SIZE = 64
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("cache")
+def state(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("state")
+
+
+@pytest.fixture(scope="module")
+def cache(state: Path) -> Path:
+    """Where the daemon keeps built-in models: ``<state folder>/builtin``."""
+    return state / "builtin"
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +112,7 @@ def test_a_build_is_the_same_bytes_every_time(tmp_path: Path, name: str) -> None
     for file in files:
         assert (first / file).read_bytes() == (second / file).read_bytes(), file
     size = sum((first / file).stat().st_size for file in files)
-    assert size < 4_000_000, f"{name} is {size} bytes: a tiny model should stay small"
+    assert size < 2_000_000, f"{name} is {size} bytes: a tiny model should stay small"
 
 
 def test_a_built_model_is_reused(cache: Path) -> None:
@@ -116,9 +124,13 @@ def test_a_built_model_is_reused(cache: Path) -> None:
 
 
 @pytest.mark.parametrize("name", FAMILIES)
-def test_the_model_hash_is_the_transformer_file(cache: Path, name: str) -> None:
+def test_a_profile_names_it_and_its_hash_is_the_transformer_file(
+    state: Path, cache: Path, name: str
+) -> None:
+    source = resolve_model(f"builtin:{name}", Search(None, state))
     folder = ensure_builtin(name, cache)
-    assert model_hash_file(folder) == folder / "transformer/diffusion_pytorch_model.safetensors"
+    assert (source.kind, Path(source.location)) == ("folder", folder)
+    assert source.hash_file == folder / "transformer/diffusion_pytorch_model.safetensors"
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -173,6 +185,20 @@ def test_an_edit_at_64_px(cache: Path, pipes: dict[str, Any], name: str) -> None
     assert pixels.std() > 0
 
 
+def test_the_first_qwen_edit_model_runs_as_its_own_pipeline(
+    pipes: dict[str, Any], cache: Path, tmp_path: Path
+) -> None:
+    """Qwen-Image-Edit (before 2509) names QwenImageEditPipeline: one image, no list."""
+    copy = shutil.copytree(ensure_builtin("tiny-qwen-image-edit", cache), tmp_path / "edit")
+    index = json.loads((copy / "model_index.json").read_text())
+    index["_class_name"] = "QwenImageEditPipeline"
+    (copy / "model_index.json").write_text(json.dumps(index))
+    edit = edit_pipeline(pipes["tiny-qwen-image-edit"], copy)
+    assert type(edit).__name__ == "QwenImageEditPipeline"
+    run = {"image": _image(), "prompt": "make it blue", "width": SIZE, "height": SIZE}
+    assert _pixels(edit(**run, num_inference_steps=2, generator=_seed(1))).std() > 0
+
+
 def test_the_qwen_edit_processor_comes_from_the_hub_layout_or_the_tokenizer(
     cache: Path, tmp_path: Path
 ) -> None:
@@ -195,6 +221,19 @@ def test_the_qwen_edit_processor_comes_from_the_hub_layout_or_the_tokenizer(
         processor_from_folder(copy)
 
 
+def test_the_qwen_edit_processor_reads_the_hub_settings(cache: Path, tmp_path: Path) -> None:
+    """The hub's preprocessor_config.json names the torchvision class and pixel bounds."""
+    copy = shutil.copytree(ensure_builtin("tiny-qwen-image-edit", cache), tmp_path / "hub")
+    settings = copy / "processor/preprocessor_config.json"
+    hub = {"image_processor_type": "Qwen2VLImageProcessor", "min_pixels": 3136,
+           "max_pixels": 12845056, "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2,
+           "image_mean": [0.48145466, 0.4578275, 0.40821073],
+           "image_std": [0.26862954, 0.26130258, 0.27577711]}  # fmt: skip
+    settings.write_text(json.dumps(hub))
+    size = processor_from_folder(copy).image_processor.size
+    assert (size.shortest_edge, size.longest_edge) == (3136, 12845056)
+
+
 def test_loading_an_edit_model_as_img2img_ignores_its_processor(cache: Path) -> None:
     """The processor cannot be loaded without torchvision: the img2img load must not try."""
     pipe = load_folder_pipeline(ensure_builtin("tiny-qwen-image-edit", cache))
@@ -211,3 +250,29 @@ def test_the_empty_float32_advice_of_from_pipe_is_not_logged() -> None:
     empty = "There are modules in FluxTransformer2DModel that should be kept in float32: []."
     assert not logger.filter(record(empty))
     assert logger.filter(record("There are modules in X that should be kept in float32: ['a']"))
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        (["diffusion_pytorch_model.fp16.safetensors"], 0),
+        (
+            [
+                "diffusion_pytorch_model-00002-of-00002.safetensors",
+                "diffusion_pytorch_model-00001-of-00002.safetensors",
+                "diffusion_pytorch_model.safetensors.index.json",
+            ],
+            1,
+        ),
+    ],
+)
+def test_the_hash_of_a_variant_or_sharded_transformer(
+    tmp_path: Path, files: list[str], expected: int
+) -> None:
+    """Hub folders of these families are often sharded (FLUX.1-dev: 3 shards) or fp16 only."""
+    (tmp_path / "transformer").mkdir()
+    for name in files:
+        (tmp_path / "transformer" / name).write_bytes(b"")
+    assert model_hash_file(tmp_path) == tmp_path / "transformer" / files[expected]
+    (tmp_path / "unet").mkdir()  # a UNet's file comes first (none here: still the transformer)
+    assert model_hash_file(tmp_path) == tmp_path / "transformer" / files[expected]
