@@ -115,9 +115,10 @@ def test_the_same_input_and_seed_paint_the_same_pixels(families_run, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_a_lora_in_the_prompt_changes_the_picture_and_is_hashed(families_run, family):
     outbox = families_run.workspace.outbox / family
-    assert np.abs(pixels(outbox / "lora.png") - pixels(outbox / "a.png")).mean() > 0.5
+    changed = np.abs(pixels(outbox / "lora.png") - pixels(outbox / "a.png")).max(axis=-1) > 0
+    assert changed.mean() > 0.05  # (a random LoRA on random weights: small, but everywhere)
     painted = painted_with(outbox / "lora.png")
-    assert painted.params["Lora hashes"].startswith(f'"{family}-lora: ')
+    assert painted.params["Lora hashes"].startswith(f"{family}-lora: ")
     assert "Lora hashes" not in painted_with(outbox / "a.png").params
 
 
@@ -179,8 +180,8 @@ def test_check_warns_of_what_a_family_ignores_and_refuses_what_no_file_gets_past
     assert "sampler_name" not in dict(family_warnings(profile.model_copy(
         update={"sampler_name": "Euler"}), flux.FAMILY))  # fmt: skip
     assert [key for key, _ in family_warnings(profile, sd.FAMILY)] == ["shift"]
-    editing = Profile(model="m", prompt="a [cat:dog:0.5]", controlnet=[{"module": "canny",
-                      "model": "builtin:tiny-controlnet"}])  # fmt: skip
+    unit = {"enabled": True, "module": "canny", "model": "builtin:tiny-controlnet"}
+    editing = Profile(model="m", prompt="a [cat:dog:0.5]", controlnet=[unit])
     problems = dict(family_problems(editing, flux.FAMILY))
     assert "ControlNet" in problems["model"] and "its files would wait" in problems["model"]
     assert "every file would fail" in problems["prompt"]

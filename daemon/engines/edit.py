@@ -84,5 +84,7 @@ class EditEngine(DiffusionEngine):
             images = [overlay_original(result, image, overlay_mask) for result in images]
         return Painting(
             images, seeds, width, height, inpainted=mask is not None, notes=tuple(notes),
-            params=job_params(conditioned, settings),
+            # Without a mask the edit starts from noise: no denoising strength applies.
+            params={**job_params(conditioned, settings),
+                    **({"Denoising strength": None} if mask is None else {})},  # fmt: skip
         )  # fmt: skip
