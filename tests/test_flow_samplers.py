@@ -16,6 +16,7 @@ from daemon.a1111.samplers import (
     SamplerChoice,
     build_scheduler,
     flow_choice,
+    flow_infotext_fields,
     flow_sampler_note,
     parse_sampler,
 )
@@ -252,3 +253,16 @@ def test_sd_models_ignore_the_shift() -> None:
     plain: Any = build_scheduler(parse_sampler("Euler"), BASE_CONFIG)
     shifted: Any = build_scheduler(parse_sampler("Euler", shift=3.0), BASE_CONFIG)
     assert dict(plain.config) == dict(shifted.config)
+
+
+def test_the_infotext_names_what_ran_and_the_shift_when_set() -> None:
+    assert flow_infotext_fields(parse_sampler("DPM++ 2M")) == {
+        "Sampler": "Euler",
+        "Schedule type": "Karras",
+    }
+    heun = parse_sampler("Heun", shift=2.0)
+    assert flow_infotext_fields(heun, pipeline_passes_sigmas=False) == {
+        "Sampler": "Heun",
+        "Schedule type": "Simple",
+        "Shift": 2.0,
+    }

@@ -201,6 +201,9 @@ def test_combined_label_schedule_wins() -> None:
         ("k_lms_ka", "Automatic", SamplerChoice("LMS", "Karras")),
         ("k_dpmpp_2m_sde_ka", "Automatic", SamplerChoice("DPM++ 2M SDE", "Karras")),
         ("ddim", "Automatic", SamplerChoice("DDIM", "Uniform")),
+        ("Euler", "simple", SamplerChoice("Euler", "Simple")),
+        ("Euler FlowMatch", "BETA", SamplerChoice("Euler", "Beta")),
+        ("heun flowmatch", "Automatic", SamplerChoice("Heun", "Uniform")),
     ],
 )
 def test_case_whitespace_and_aliases(text: str, scheduler: str, expected: SamplerChoice) -> None:

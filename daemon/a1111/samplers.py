@@ -246,6 +246,18 @@ def infotext_fields(choice: SamplerChoice) -> dict[str, str]:
     return {"Sampler": choice.sampler, "Schedule type": choice.schedule}
 
 
+def flow_infotext_fields(
+    choice: SamplerChoice, *, pipeline_passes_sigmas: bool = True
+) -> dict[str, object]:
+    """The infotext entries for what really ran on a flow model, as Forge writes them, plus
+    ``Shift`` when the profile set one (Forge has no such key; SD.Next's is "Sampler shift")."""
+    ran = flow_choice(choice, pipeline_passes_sigmas=pipeline_passes_sigmas)
+    fields: dict[str, object] = dict(infotext_fields(ran))
+    if choice.shift is not None:
+        fields["Shift"] = choice.shift
+    return fields
+
+
 def scheduler_kwargs(choice: SamplerChoice, accepted: frozenset[str] | set[str]) -> dict[str, Any]:
     """The from_config overrides for ``choice``, given the parameters the class accepts.
 
