@@ -25,6 +25,7 @@ from daemon.render.cache import ModelCache
 from daemon.render.family_checks import family_problems, family_warnings
 from tests.conftest import DATA, Workspace
 from tests.support.lora import transformer_lora
+from tests.support.media import make_test_clip
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -74,6 +75,9 @@ def families_run(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> I
             workspace.drop(DATA / "astronaut.mask.png", f"{family}-inpaint/{name}.mask.png")
             (workspace.inbox / f"{family}-inpaint/{name}.yaml").write_text(f"seed: {seed}\n")
         workspace.profile(f"{family}-reads", model=model, use_png_info=True)
+        # Its frames in one pipeline call of two (the video's max_batch).
+        workspace.profile(f"{family}-video", model=model, max_batch=2)
+        make_test_clip(workspace.inbox / f"{family}-video/v.mp4", frames=2, audio=False)
     workspace.profile("flux-notes", model=FAMILIES["flux"], prompt="a (red:1.3) cat",
                       inpainting_fill="latent noise")  # fmt: skip
     workspace.drop(DATA / "astronaut.png", "flux-notes/n.png")
@@ -132,6 +136,18 @@ def test_inpainting_keeps_every_unmasked_pixel(families_run, family):
         repaint = np.asarray(small) > 0
     assert np.array_equal(x[~repaint], y[~repaint])
     assert np.abs(x[repaint] - y[repaint]).mean() > 1  # the seeds differ where it repaints
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_video_is_painted_frame_by_frame_two_frames_a_call(families_run, family):
+    import av
+
+    outbox = families_run.workspace.outbox / f"{family}-video"
+    with av.open(str(outbox / "v.mp4")) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert len(frames) == 2 and frames[0].shape[:2] == (48, 64)
+    assert "\nFrames: 2, " in (outbox / "v.txt").read_text()
+    assert frames[0].std() > 1  # painted, not blank
 
 
 def test_the_infotext_says_what_each_family_was_guided_by(families_run):

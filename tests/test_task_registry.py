@@ -59,7 +59,9 @@ def own_defaults(name: str) -> dict[str, Any]:
 
 
 def test_the_table_holds_every_kind_of_work_once_by_name():
-    assert list(TASKS) == ["img2img", "sketch", "inpaint", "inpaint_sketch", "interrogate", "tags"]
+    assert list(TASKS) == [
+        "img2img", "sketch", "inpaint", "inpaint_sketch", "edit", "interrogate", "tags",
+    ]  # fmt: skip
     assert all(task.name == name for name, task in TASKS.items())
     assert DEFAULT_TASK == "img2img"
 
@@ -71,7 +73,8 @@ def test_a_task_declares_keys_companions_and_what_the_model_works_on(name):
     assert set(task.keys.model_fields) <= set(Profile.model_fields)  # one effective type
     assert not task.companions.required & task.companions.optional
     if isinstance(task, Painting):
-        assert task.pipeline in ("img2img", "inpaint") and task.interrogator("clip") is None
+        assert task.pipeline in ("img2img", "inpaint", "edit")
+        assert task.interrogator("clip") is None
     else:
         assert isinstance(task, Describing)
         assert task.pipeline is None and not task.takes_video and not task.companions.required

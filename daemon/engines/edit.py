@@ -82,9 +82,9 @@ class EditEngine(DiffusionEngine):
             images = [result.resize((width, height), Image.Resampling.LANCZOS) for result in images]
         if mask is not None and overlay_mask is not None:
             images = [overlay_original(result, image, overlay_mask) for result in images]
+        # Without a mask the edit starts from noise: no denoising strength applies.
+        unused = {"Denoising strength": None} if mask is None else {}
         return Painting(
             images, seeds, width, height, inpainted=mask is not None, notes=tuple(notes),
-            # Without a mask the edit starts from noise: no denoising strength applies.
-            params={**job_params(conditioned, settings),
-                    **({"Denoising strength": None} if mask is None else {})},  # fmt: skip
+            params={**job_params(conditioned, settings), **unused},
         )  # fmt: skip

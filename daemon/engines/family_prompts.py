@@ -13,6 +13,7 @@ from typing import Any
 
 from daemon.a1111.prompt_plan import PromptPlan
 from daemon.a1111.prompts import without_emphasis
+from daemon.a1111.samplers import flow_infotext_fields, flow_sampler_note
 from daemon.a1111.sizes import ResizeMode
 from daemon.config.profiles import Profile
 from daemon.engines.adapter_values import AppliedAdapters
@@ -63,9 +64,9 @@ def family_conditioning(
             )
         texts.append(plain)
     prompt, negative_prompt = texts
-    sampling = family.sampler(settings.sampler.sampler, settings.sampler.schedule)
-    if sampling is not None and sampling.note:
-        notes.append(sampling.note)
+    sampler_note = flow_sampler_note(settings.sampler, pipeline_passes_sigmas=family.sets_sigmas)
+    if sampler_note:
+        notes.append(sampler_note)
     guidance = family.guide(
         pipe, cfg_scale=settings.cfg_scale, negative_prompt=negative_prompt,
         distilled_cfg_scale=settings.distilled_cfg_scale,
@@ -84,14 +85,12 @@ def job_params(conditioned: Conditioned, settings: Profile) -> dict[str, object]
     when the profile sets one (Forge writes none; SD.Next's "Sampler shift" is read back
     too), and the adapters' hashes."""
     family = conditioned.family
-    shift = settings.shift if family.flow and settings.shift is not None else None
-    plan = family.sampler(settings.sampler.sampler, settings.sampler.schedule)
-    return {
-        **({"Sampler": plan.sampler, "Schedule type": plan.schedule} if plan else {}),
-        **conditioned.guidance.infotext,
-        **({"Shift": shift} if shift is not None else {}),
-        **conditioned.applied.infotext_params(),
-    }
+    sampler = (
+        flow_infotext_fields(settings.sampler, pipeline_passes_sigmas=family.sets_sigmas)
+        if family.flow
+        else {}
+    )
+    return {**sampler, **conditioned.guidance.infotext, **conditioned.applied.infotext_params()}
 
 
 def fit_size(family: Family, width: int, height: int, notes: list[str]) -> tuple[int, int]:

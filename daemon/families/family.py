@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from daemon.a1111.flow_samplers import FlowPlan, flow_plan
-
 
 @dataclass(frozen=True)
 class Guidance:
@@ -74,13 +72,6 @@ class Family:
         """The largest size of the family's multiple within (width, height) (at least one)."""
         step = self.size_multiple
         return max(step, width // step * step), max(step, height // step * step)
-
-    def sampler(self, sampler: str, schedule: str) -> FlowPlan | None:
-        """What a flow family runs for an A1111 sampler and schedule (None: an SD family,
-        which runs them as asked)."""
-        if not self.flow:
-            return None
-        return flow_plan(sampler, schedule, pipeline_passes_sigmas=self.sets_sigmas)
 
     def steps_run(self, num_inference_steps: int, strength: float) -> int:
         """Sampling steps a diffusers img2img call runs: SD truncates ``N·s``; the flow

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from daemon.a1111.prompt_plan import plan_prompts
 from daemon.a1111.prompts import without_emphasis
+from daemon.a1111.samplers import flow_sampler_note
 from daemon.a1111.sizes import ResizeMode
 from daemon.config.profiles import Profile
 from daemon.config.settings import Settings
@@ -74,9 +75,9 @@ def family_warnings(profile: Profile, family: Family) -> list[Finding]:
     if not family.latent_fill and profile.resize_mode is ResizeMode.LATENT_UPSCALE:
         found.append(("resize_mode", f"latent upscale works on SD latents only: {family.name} "
                                      "uses just resize"))  # fmt: skip
-    plan = family.sampler(profile.sampler.sampler, profile.sampler.schedule)
-    if plan is not None and plan.note:
-        found.append(("sampler_name", plan.note))
+    note = flow_sampler_note(profile.sampler, pipeline_passes_sigmas=family.sets_sigmas)
+    if family.flow and note:
+        found.append(("sampler_name", note))
     if profile.shift is not None and not family.flow:
         found.append(("shift", f"shift applies to flow-matching models; {family.name} "
                                "ignores it"))  # fmt: skip
