@@ -39,7 +39,12 @@ from daemon.ops.unit import enable_hint, install_unit, unit_file, writable_dirs
 from daemon.paths import escaped_lines, shown
 from daemon.render.availability import missing_models
 from daemon.render.cache import ModelCache
-from daemon.render.family_checks import family_problems, family_warnings, profile_family
+from daemon.render.family_checks import (
+    edit_problems,
+    family_problems,
+    family_warnings,
+    profile_family,
+)
 from daemon.render.hub_refs import hub_report
 from daemon.tasks import interrogate
 from daemon.tasks.keys import DEFAULT_INTERROGATE_MODEL
@@ -244,8 +249,9 @@ def _problems_of(
         problems += [f"{shown(profile.files[0])}: {problem}" for problem in found]
         family = None if found else profile_family(profile.settings, settings)
         if family is not None and task_of(profile.settings).pipeline is not None:
-            problems += [f"{profile.where(key)}: {key}: {problem}"
-                         for key, problem in family_problems(profile.settings, family)]  # fmt: skip
+            findings = [*family_problems(profile.settings, family),
+                        *edit_problems(profile.settings, settings)]  # fmt: skip
+            problems += [f"{profile.where(key)}: {key}: {problem}" for key, problem in findings]
     return problems
 
 

@@ -123,3 +123,15 @@ def test_a_model_that_cannot_edit_holds_its_files_and_says_why(edit_run):
     assert (workspace.inbox / "cannot/cat.png").exists()
     assert not workspace.failed("cannot") and not workspace.outputs("cannot")
     assert any("is not an instruction-edit model" in line for line in edit_run.log)
+
+
+def test_check_says_an_edit_profile_needs_an_edit_model(workspace: Workspace):
+    from daemon.cli import check_problems
+
+    workspace.profile("cannot", task="edit", model="builtin:tiny-flux")
+    workspace.profile("can", task="edit", model=KONTEXT)
+    workspace.profile("qwen", task="edit", model=QWEN_EDIT)
+    problems = check_problems(workspace.settings())
+    assert len(problems) == 1, problems
+    assert "cannot.yaml" in problems[0]
+    assert "builtin-tiny-flux is not an instruction-edit model" in problems[0]

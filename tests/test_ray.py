@@ -387,6 +387,27 @@ def test_a_temporal_clip_paints_on_the_workers_as_it_does_locally(
         assert np.abs(ours - theirs).max() <= 2
 
 
+def test_flux_and_an_instruction_edit_paint_on_the_workers_as_locally(
+    cluster: Any, workspace: Workspace, tmp_path: Path
+):
+    """Today's families take the same road: a Flux img2img and a Kontext edit (with its
+    instruction beside the image) paint on the workers what this process paints."""
+    results = []
+    for where, settings in ((workspace, ray_settings(cluster)), (None, {})):
+        place = where or Workspace(tmp_path / "local", workspace.state_dir).create()
+        place.profile("flux", model="builtin:tiny-flux", negative_prompt="blurry")
+        place.profile("edit", task="edit", model="builtin:tiny-flux-kontext")
+        place.drop("chelsea.png", "flux/cat.png")
+        place.drop("chelsea.png", "edit/cat.png")
+        (place.inbox / "edit/cat.prompt.txt").write_text("make it night")
+        run_once(place, **settings)
+        assert not place.failed("flux") and not place.failed("edit")
+        results.append([place.outbox / f"{p}/cat.png" for p in ("flux", "edit")])
+    for ours, theirs in zip(*results, strict=True):
+        assert np.abs(pixels(ours) - pixels(theirs)).max() <= 2
+        assert ours.with_suffix(".txt").read_text() == theirs.with_suffix(".txt").read_text()
+
+
 def test_status_lists_the_workers(cluster: Any, workspace: Workspace):
     workspace.profile("p")
     drop_images(workspace, "p", 2)

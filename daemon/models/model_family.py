@@ -14,6 +14,7 @@ from daemon.errors import ConfigError
 from daemon.families import Family, family_of_class
 from daemon.models.builtin import BUILTIN_PREFIX
 from daemon.models.checkpoints import detect_architecture
+from daemon.models.folder_pipeline import EDIT_CLASS, edit_class_name
 from daemon.models.resolve import ModelSource
 
 BUILTIN_CLASSES = {
@@ -33,6 +34,18 @@ _SINGLE_FILE_CLASSES = {
     "sd2-v": "StableDiffusionPipeline",
     "sdxl": "StableDiffusionXLPipeline",
 }
+
+
+def is_edit_model(source: ModelSource) -> bool | None:
+    """Whether a resolved model is an instruction-edit model (Flux Kontext, Qwen-Image-Edit),
+    from its files' names only; None when that cannot be known without it (a hub id not in
+    the cache)."""
+    if source.ref.startswith(BUILTIN_PREFIX):
+        return BUILTIN_CLASSES.get(source.ref.removeprefix(BUILTIN_PREFIX)) in EDIT_CLASS
+    if source.kind == "single_file":
+        return False  # (edit models load from diffusers folders today)
+    location = Path(source.location)
+    return edit_class_name(location) is not None if location.is_dir() else None
 
 
 def folder_family(folder: Path) -> Family | None:

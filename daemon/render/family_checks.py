@@ -17,8 +17,9 @@ from daemon.config.profiles import Profile
 from daemon.config.settings import Settings
 from daemon.errors import ConfigError
 from daemon.families import Family
-from daemon.models.model_family import source_family
-from daemon.models.resolve import Search, resolve_model
+from daemon.models.model_family import is_edit_model, source_family
+from daemon.models.resolve import ModelSource, Search, resolve_model
+from daemon.tasks.registry import task_of
 
 Finding = tuple[str, str]  # (profile key, what to say)
 
@@ -26,8 +27,23 @@ Finding = tuple[str, str]  # (profile key, what to say)
 def profile_family(profile: Profile, settings: Settings) -> Family | None:
     """The family of the profile's model, without loading or building it (None: not known
     yet, e.g. a model that is missing, which is reported on its own)."""
+    source = _source(profile, settings)
+    return source_family(source) if source is not None else None
+
+
+def edit_problems(profile: Profile, settings: Settings) -> list[Finding]:
+    """An edit profile whose model cannot edit: every file of it would wait."""
+    source = _source(profile, settings) if task_of(profile).pipeline == "edit" else None
+    if source is None or is_edit_model(source) is not False:
+        return []
+    return [("model", f"{source.name} is not an instruction-edit model: the edit task needs "
+                      "Flux Kontext (FLUX.1-Kontext-dev) or Qwen-Image-Edit, as a diffusers "
+                      "folder; its files would wait")]  # fmt: skip
+
+
+def _source(profile: Profile, settings: Settings) -> ModelSource | None:
     try:
-        return source_family(resolve_model(profile.model, Search.of(settings), build=False))
+        return resolve_model(profile.model, Search.of(settings), build=False)
     except ConfigError:
         return None
 
