@@ -78,6 +78,12 @@ def families_run(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> I
         # Its frames in one pipeline call of two (the video's max_batch).
         workspace.profile(f"{family}-video", model=model, max_batch=2)
         make_test_clip(workspace.inbox / f"{family}-video/v.mp4", frames=2, audio=False)
+    # A clip whose frames follow each other: the noise carried along (scale_noise).
+    workspace.profile(
+        "flux-temporal", model=FAMILIES["flux"], temporal=["flow_init", "warped_noise"]
+    )
+    for number, name in enumerate(("astronaut.png", "astronaut.png", "chelsea.png")):
+        workspace.drop(DATA / name, f"flux-temporal/shot/frame_{number + 1:04d}.png")
     workspace.profile("flux-notes", model=FAMILIES["flux"], prompt="a (red:1.3) cat",
                       inpainting_fill="latent noise")  # fmt: skip
     workspace.drop(DATA / "astronaut.png", "flux-notes/n.png")
@@ -148,6 +154,15 @@ def test_a_video_is_painted_frame_by_frame_two_frames_a_call(families_run, famil
     assert len(frames) == 2 and frames[0].shape[:2] == (48, 64)
     assert "\nFrames: 2, " in (outbox / "v.txt").read_text()
     assert frames[0].std() > 1  # painted, not blank
+
+
+def test_a_flux_clip_carries_its_noise_and_its_picture_from_frame_to_frame(families_run):
+    workspace = families_run.workspace
+    assert not workspace.failed("flux-temporal") and len(workspace.done("flux-temporal")) == 3
+    shot = workspace.outbox / "flux-temporal/shot"
+    for number in (1, 2, 3):
+        params = painted_with(shot / f"frame_{number:04d}.png").params
+        assert params["Temporal"] == "flow_init+warped_noise"
 
 
 def test_the_infotext_says_what_each_family_was_guided_by(families_run):

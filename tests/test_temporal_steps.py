@@ -139,6 +139,29 @@ def test_recorded_noise_replayed_paints_the_same_pixels(models, mask, strength):
     assert untouched(models, "img2img" if mask is None else "inpaint")
 
 
+@pytest.mark.parametrize(
+    "model", ["builtin:tiny-flux", "builtin:tiny-sd3", "builtin:tiny-qwen-image"]
+)
+@pytest.mark.parametrize(
+    ("mask", "strength"),
+    [(None, 0.5), (MASK, 0.75), (MASK, 1.0)],
+    ids=["img2img", "inpaint", "inpaint-full-strength"],
+)
+def test_a_flow_models_noise_is_recorded_and_replayed_packed_or_not(models, model, mask, strength):
+    """scale_noise instead of add_noise; packed tokens in the inpaint loop; Qwen's 5-D
+    video latents; SD 3.5's full-strength inpaint starting from the noise itself."""
+    keys = {"model": model, "mask": mask, "denoising_strength": strength}
+    plain = paint(models, **keys)
+    recorder = InitialNoise([None], record=True)
+    assert np.array_equal(paint(models, recorder, **keys), plain)
+    [kept] = recorder.recorded
+    assert kept.shape == (16, SIZE // 8, SIZE // 8) and kept.dtype == np.float32
+    assert np.array_equal(paint(models, InitialNoise([kept]), **keys), plain)
+    assert not np.array_equal(paint(models, InitialNoise([-kept]), **keys), plain)
+    pipe = models.pipeline(model, "img2img" if mask is None else "inpaint")
+    assert "scale_noise" not in pipe.scheduler.__dict__ and "prepare_latents" not in pipe.__dict__
+
+
 def test_given_noise_changes_the_image_and_none_keeps_the_drawn_one(models):
     plain = paint(models)
     assert np.array_equal(paint(models, InitialNoise([None])), plain)

@@ -119,6 +119,10 @@ class InitialNoise:
     @contextmanager
     def _hooked(self, pipe: Any, given: list[np.ndarray | None]) -> Iterator[None]:
         scheduler = pipe.scheduler
+        if hasattr(scheduler, "scale_noise"):  # a flow-matching model's
+            with self._flow_hooked(pipe, given):
+                yield
+            return
         original_add_noise = scheduler.add_noise
         original_prepare = pipe.prepare_latents
         seen = False  # whether the call's initial noise went by (recorded once)
@@ -127,7 +131,7 @@ class InitialNoise:
             nonlocal seen
             noise = _substituted(noise, given)
             if self.record and not seen:
-                self.recorded += [row.detach().float().cpu().numpy().copy() for row in noise]
+                self._remember(noise)
             seen = True
             return noise
 
@@ -145,6 +149,59 @@ class InitialNoise:
 
         with (
             _replaced(scheduler, "add_noise", add_noise),
+            _replaced(pipe, "prepare_latents", prepare_latents),
+        ):
+            yield
+
+    def _remember(self, noise: Any) -> None:
+        self.recorded += [row.detach().float().cpu().numpy().copy() for row in noise]
+
+    @contextmanager
+    def _flow_hooked(self, pipe: Any, given: list[np.ndarray | None]) -> Iterator[None]:
+        """Flow-matching pipelines (SD 3.5, Flux, Qwen-Image) mix noise with
+        ``scheduler.scale_noise``: first the whole initial noise, as (B, C, h, w) (Qwen's
+        video VAE: (B, 1, C, h, w)); then, inpainting, every step re-noises the original
+        with the same noise, as it was or *packed* into tokens (B, h/2·w/2, 4C). SD 3.5's
+        inpainting at full strength starts from the noise itself (``prepare_latents``
+        returns it, as SD's does). The first noise is substituted and recorded; every later
+        call gets the same noise, in its own layout."""
+        scheduler = pipe.scheduler
+        original_scale_noise = scheduler.scale_noise
+        original_prepare = pipe.prepare_latents
+        first: Any = None  # the call's initial noise as painted, (B, C, h, w)
+
+        def initial(noise: Any) -> Any:
+            nonlocal first
+            first = _substituted(noise, given)
+            if self.record:
+                self._remember(first)
+            return first
+
+        def in_layout(noise: Any) -> Any:
+            if noise.ndim == 3:  # packed tokens
+                b, c, h, w = first.shape
+                return pipe._pack_latents(first, b, c, h, w).to(noise)
+            return (first.unsqueeze(1) if noise.ndim == 5 else first).to(noise)
+
+        def scale_noise(sample: Any, timestep: Any, noise: Any = None, **kwargs: Any) -> Any:
+            if noise is not None and first is None and noise.ndim != 3:
+                frames = noise.ndim == 5  # (B, 1, C, h, w): one frame of a video VAE
+                initial(noise[:, 0] if frames else noise)
+            if noise is not None and first is not None:
+                noise = in_layout(noise)
+            return original_scale_noise(sample, timestep, noise, **kwargs)
+
+        def prepare_latents(*args: Any, **kwargs: Any) -> Any:
+            outputs = original_prepare(*args, **kwargs)
+            if first is not None or not (
+                kwargs.get("is_strength_max") and kwargs.get("return_noise")
+            ):
+                return outputs
+            noise = initial(outputs[1])  # σ = 1 at full strength: the latents are the noise
+            return (noise, noise, *outputs[2:])
+
+        with (
+            _replaced(scheduler, "scale_noise", scale_noise),
             _replaced(pipe, "prepare_latents", prepare_latents),
         ):
             yield

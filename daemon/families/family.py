@@ -59,6 +59,9 @@ class Family:
     clip_skip: bool = True  # whether A1111's "Clip skip" means anything to its encoders
     latent_fill: bool = True  # inpainting fill "latent noise"/"latent nothing", latent upscale
     unet_steps: bool = True  # ControlNet, IP-Adapter, reference, key-frame attention: UNet hooks
+    # temporal warped_noise: the initial noise taken over where the pipeline mixes it
+    # (add_noise, or scale_noise with SD 3.5's, Flux's and Qwen's latent layouts)
+    warped_noise: bool = True
     max_sequence_length: int = 512  # the T5 / Qwen token budget (unused by CLIP-only families)
     notes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 

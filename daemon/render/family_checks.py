@@ -48,24 +48,27 @@ def _source(profile: Profile, settings: Settings) -> ModelSource | None:
         return None
 
 
-def unet_features(settings: Profile) -> list[str]:
-    """What the settings use that works by hooking an SD UNet (the SD families only)."""
+def unsupported_features(settings: Profile, family: Family) -> list[str]:
+    """What the settings use that the family's pipelines cannot take: the hooks on an SD
+    UNet, and the initial noise where the family does not mix it as the others do."""
     wanted = {
-        "ControlNet": bool(settings.enabled_units),
-        "IP-Adapter": settings.ip_adapter is not None,
-        "temporal key_frame_attention": settings.uses("key_frame_attention"),
-        "temporal warped_noise": settings.uses("warped_noise"),
+        "ControlNet": bool(settings.enabled_units) and not family.unet_steps,
+        "IP-Adapter": settings.ip_adapter is not None and not family.unet_steps,
+        "temporal key_frame_attention": (
+            settings.uses("key_frame_attention") and not family.unet_steps
+        ),
+        "temporal warped_noise": settings.uses("warped_noise") and not family.warped_noise,
     }
     return [name for name, used in wanted.items() if used]
 
 
 def family_problems(profile: Profile, family: Family) -> list[Finding]:
     found: list[Finding] = []
-    features = [] if family.unet_steps else unet_features(profile)
+    features = unsupported_features(profile, family)
     if features:
-        found.append(("model", f"{family.name} cannot use {', '.join(features)} yet (they hook "
-                               "an SD UNet): its files would wait; take them out of the profile, "
-                               "or use an SD 1.x/2.x or SDXL model"))  # fmt: skip
+        found.append(("model", f"{family.name} cannot use {', '.join(features)} yet: its "
+                               "files would wait; take them out of the profile, or use an "
+                               "SD 1.x/2.x or SDXL model"))  # fmt: skip
     if not family.a1111_prompts:
         plan = plan_prompts(profile.prompt, profile.negative_prompt, profile.steps)
         if not plan.plain:

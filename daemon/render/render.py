@@ -43,7 +43,7 @@ from daemon.engines.temporal_steps import CrossFrameStep, InitialNoise
 from daemon.errors import ConfigError, Superseded, TransientError, is_out_of_memory
 from daemon.families import Family
 from daemon.render.cache import ModelCache
-from daemon.render.family_checks import unet_features
+from daemon.render.family_checks import unsupported_features
 from daemon.render.parameters import infotext
 from daemon.render.values import RenderRequest, RenderResult, TemporalInputs
 from daemon.tasks.keys import PROMPT_SOURCES
@@ -130,7 +130,7 @@ def _paint(
         if stop is not None and stop():
             raise Superseded(f"{request.label}: stopped for a newer version")
 
-    _refuse_unet_steps(settings, DiffusionEngine(models).family(settings))
+    _refuse_unsupported(settings, DiffusionEngine(models).family(settings))
     units = _ready_units(request, settings, models)
     steps: list[CallStep] = [ControlNetStep(units), ReferenceStep(units)] if units else []
     ip_adapter = _ip_adapter_step(request, settings, models)
@@ -161,13 +161,12 @@ def _paint(
     return _with_noise(result, noise)
 
 
-def _refuse_unet_steps(settings: Profile, family: Family) -> None:
-    features = unet_features(settings) if not family.unet_steps else []
+def _refuse_unsupported(settings: Profile, family: Family) -> None:
+    features = unsupported_features(settings, family)
     if features:
         raise ConfigError(
             f"model {settings.model} is {family.name}, which {', '.join(features)} cannot "
-            "work with yet (they hook an SD UNet): take them out of the profile, or use an "
-            "SD 1.x/2.x or SDXL model"
+            "work with yet: take them out of the profile, or use an SD 1.x/2.x or SDXL model"
         )
 
 
