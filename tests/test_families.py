@@ -24,7 +24,7 @@ from daemon.ops.service import Daemon
 from daemon.render.cache import ModelCache
 from daemon.render.family_checks import family_problems, family_warnings
 from tests.conftest import DATA, Workspace
-from tests.support.lora import transformer_lora
+from tests.support.lora import kohya_flux_lora, transformer_lora
 from tests.support.media import make_test_clip
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -84,6 +84,9 @@ def families_run(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> I
     )
     for number, name in enumerate(("astronaut.png", "astronaut.png", "chelsea.png")):
         workspace.drop(DATA / name, f"flux-temporal/shot/frame_{number + 1:04d}.png")
+    save_file(kohya_flux_lora(seed=3), loras / "kohya-flux.safetensors")
+    workspace.drop(DATA / "chelsea.png", "flux/kohya.png")
+    (workspace.inbox / "flux/kohya.prompt.txt").write_text("a test <lora:kohya-flux:1>")
     workspace.profile("flux-notes", model=FAMILIES["flux"], prompt="a (red:1.3) cat",
                       inpainting_fill="latent noise")  # fmt: skip
     workspace.drop(DATA / "astronaut.png", "flux-notes/n.png")
@@ -110,7 +113,8 @@ def test_every_input_is_painted_and_archived(families_run, family):
     for profile in (family, f"{family}-inpaint", f"{family}-reads"):
         assert not workspace.failed(profile), [p.read_text() for p in workspace.failed(profile)
                                                if p.suffix == ".txt"]  # fmt: skip
-    assert len(workspace.done(family)) == 4  # three images and a prompt file
+    # three images and their prompt file (Flux: and a kohya LoRA's image and prompt)
+    assert len(workspace.done(family)) == (6 if family == "flux" else 4)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -130,6 +134,13 @@ def test_a_lora_in_the_prompt_changes_the_picture_and_is_hashed(families_run, fa
     painted = painted_with(outbox / "lora.png")
     assert painted.params["Lora hashes"].startswith(f"{family}-lora: ")
     assert "Lora hashes" not in painted_with(outbox / "a.png").params
+
+
+def test_a_kohya_flux_lora_from_civitai_applies(families_run):
+    outbox = families_run.workspace.outbox / "flux"
+    changed = np.abs(pixels(outbox / "kohya.png") - pixels(outbox / "a.png")).max(axis=-1) > 0
+    assert changed.mean() > 0.05
+    assert painted_with(outbox / "kohya.png").params["Lora hashes"].startswith("kohya-flux: ")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -82,3 +82,22 @@ def transformer_lora(folder: Path, seed: int) -> dict[str, Any]:
         model = inject_adapter_in_model(config, copy.deepcopy(base))
         state = get_peft_model_state_dict(model)
     return {f"transformer.{key}": value.detach().contiguous() for key, value in state.items()}
+
+
+def kohya_flux_lora(seed: int, *, width: int = 32, rank: int = 4) -> dict[str, Any]:
+    """A LoRA on a Flux transformer's double blocks in kohya's layout (BFL module names,
+    ``lora_unet_double_blocks_0_img_attn_qkv.lora_down.weight``), as kohya's sd-scripts and
+    most civitai Flux LoRAs save it. Double blocks only: diffusers' converter splits the
+    single blocks' fused projection at Flux's full width (3072), which a tiny model lacks."""
+    shapes = {  # (out, in) of each BFL linear at `width` (heads × head dim)
+        "img_attn_qkv": (3 * width, width), "txt_attn_qkv": (3 * width, width),
+        "img_attn_proj": (width, width), "txt_attn_proj": (width, width),
+    }  # fmt: skip
+    generator = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+    for module, (out_dim, in_dim) in shapes.items():
+        base = f"lora_unet_double_blocks_0_{module}"
+        state[f"{base}.lora_down.weight"] = torch.randn(rank, in_dim, generator=generator)
+        state[f"{base}.lora_up.weight"] = torch.randn(out_dim, rank, generator=generator) * 0.1
+        state[f"{base}.alpha"] = torch.tensor(float(rank))
+    return state
