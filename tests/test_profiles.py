@@ -358,6 +358,7 @@ def test_every_shipped_profile_validates():
     loaded, problems = check_all(SHIPPED)
     assert problems == []
     assert sorted(loaded) == [
+        "edit",
         "img2img",
         "inpaint",
         "inpaint_sketch",
@@ -371,6 +372,8 @@ def test_every_shipped_profile_validates():
     assert (live.task, live.live, live.seed) == ("img2img", True, 1234), "a kept seed"
     assert live.denoising_strength <= 0.4
     assert loaded.pop("interrogate").settings.model == "builtin:tiny-interrogator"
+    edit = loaded.pop("edit").settings
+    assert (edit.task, edit.model) == ("edit", "builtin:tiny-flux-kontext")
     tags = loaded.pop("tags").settings
     assert (tags.task, tags.interrogator, tags.model) == (
         "interrogate",
