@@ -161,8 +161,8 @@ def test_check_passes_on_the_shipped_profiles(tmp_path, state_dir):
     result = cli(root, "check")
     assert result.returncode == 0, result.stdout
     assert (
-        "7 profile(s) are valid: img2img, inpaint, inpaint_sketch, interrogate, live, sketch, tags"
-        in result.stdout
+        "8 profile(s) are valid: edit, img2img, inpaint, inpaint_sketch, interrogate, live, "
+        "sketch, tags" in result.stdout
     )
     assert not (root / "inbox").exists()  # check only reads
 
