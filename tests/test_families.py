@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,6 @@ import pytest
 from PIL import Image, ImageFilter
 from safetensors.torch import save_file
 
-from daemon.a1111.infotext import Infotext, parse_infotext, png_info
 from daemon.models.builtin import ensure_builtin
 from daemon.ops.service import Daemon
 from daemon.render.cache import ModelCache
@@ -26,6 +24,7 @@ from daemon.render.family_checks import family_problems, family_warnings
 from tests.conftest import DATA, Workspace
 from tests.support.lora import kohya_flux_lora, transformer_lora
 from tests.support.media import make_test_clip
+from tests.support.painted import Run, painted_with, pixels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -35,24 +34,6 @@ FAMILIES = {
     "qwen": "builtin:tiny-qwen-image",
 }
 GUIDANCE = {"distilled_cfg_scale": 2.5, "shift": 2.0, "cfg_scale": 4.0}
-
-
-def painted_with(path: Path) -> Infotext:
-    with Image.open(path) as image:
-        text = png_info(image)
-    assert text is not None, path
-    return parse_infotext(text)
-
-
-def pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.int16)
-
-
-@dataclass(frozen=True)
-class Run:
-    workspace: Workspace
-    log: list[str]
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,208 @@
+"""Flux.2 through the real daemon, with the built-in tiny Klein-shaped model: img2img (its
+inpaint pipeline with the whole picture masked), inpaint, a LoRA, the infotext read back,
+and the ``edit`` task (the input and its references as the pipeline's conditions), from
+real files in one daemon run (and a second run that reads the first's infotext back).
+
+Flux.2 [dev] (Mistral Small 3.1 through a Pixtral processor) has no tiny model: only its
+family's rules are tested here, without weights."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+from safetensors.torch import save_file
+
+from daemon.families import Guidance, family_of_class, flux2
+from daemon.models.builtin import ensure_builtin
+from daemon.ops.service import Daemon
+from daemon.render.cache import ModelCache
+from tests.conftest import DATA, Workspace
+from tests.support.lora import transformer_lora
+from tests.support.painted import Run, logged, painted_with, pixels
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+MODEL = "builtin:tiny-flux2"
+
+
+def repainted(shape: tuple[int, ...]) -> np.ndarray:
+    """Where astronaut.mask.png repaints, at `shape` (widened by 2 px: the engine resizes
+    the mask its own way)."""
+    with Image.open(DATA / "astronaut.mask.png") as mask:
+        small = mask.convert("L").resize(shape[1::-1]).filter(ImageFilter.MaxFilter(5))
+    return np.asarray(small) > 0
+
+
+@pytest.fixture(scope="module")
+def flux2_run(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> Iterator[Run]:
+    workspace = Workspace(tmp_path_factory.mktemp("flux2"), state_dir).create()
+    inbox = workspace.inbox
+    loras = workspace.root / "Lora"
+    loras.mkdir()
+    folder = ensure_builtin(MODEL.removeprefix("builtin:"), state_dir / "builtin")
+    save_file(transformer_lora(folder, seed=7), loras / "klein-lora.safetensors")
+    common = {"model": MODEL, "steps": 4, "cfg_scale": 4.0}
+    workspace.profile("paint", negative_prompt="blurry", denoising_strength=0.6, **common)
+    for name in ("a", "b", "lora"):
+        workspace.drop(DATA / "chelsea.png", f"paint/{name}.png")
+    (inbox / "paint/lora.prompt.txt").write_text("a test <lora:klein-lora:1>")
+    workspace.profile("inpaint", mask_blur=0, **common)
+    for name, seed in (("x", 1), ("y", 2)):
+        workspace.drop(DATA / "astronaut.png", f"inpaint/{name}.png")
+        workspace.drop(DATA / "astronaut.mask.png", f"inpaint/{name}.mask.png")
+        (inbox / f"inpaint/{name}.yaml").write_text(f"seed: {seed}\n")
+    workspace.profile("reads", model=MODEL, use_png_info=True)
+    workspace.profile("edit", task="edit", prompt="make it watercolor", **common)
+    for name in ("cat", "twin", "with"):
+        workspace.drop(DATA / "chelsea.png", f"edit/{name}.png")
+        (inbox / f"edit/{name}.prompt.txt").write_text("make it night\n")
+    workspace.drop(DATA / "astronaut.png", "edit/with.reference.png")
+    for name, seed in (("x", 1), ("y", 2)):
+        workspace.drop(DATA / "astronaut.png", f"edit/{name}.png")
+        workspace.drop(DATA / "astronaut.mask.png", f"edit/{name}.mask.png")
+        (inbox / f"edit/{name}.yaml").write_text(f"seed: {seed}\nmask_blur: 0\n")
+    settings = workspace.settings(lora_dirs=[loras])
+    models = ModelCache(models_dir=None, state_dir=state_dir, device="cpu", lora_dirs=[loras])
+    with logged() as log:
+        Daemon(settings, models=models, watch=False).run_once(tick=0.01)
+        # Its own output, infotext and all, painted again.
+        shutil.copyfile(workspace.outbox / "paint/a.png", inbox / "reads/again.png")
+        Daemon(settings, models=models, watch=False).run_once(tick=0.01)
+    yield Run(workspace, log)
+
+
+def test_every_input_is_painted_and_archived(flux2_run):
+    workspace = flux2_run.workspace
+    for profile in ("paint", "inpaint", "reads", "edit"):
+        assert not workspace.failed(profile), [p.read_text() for p in workspace.failed(profile)
+                                               if p.suffix == ".txt"]  # fmt: skip
+    assert len(workspace.done("paint")) == 4  # three images and a prompt file
+
+
+def test_img2img_paints_the_same_pixels_for_the_same_seed_at_the_size_rule(flux2_run):
+    outbox = flux2_run.workspace.outbox / "paint"
+    a, b = pixels(outbox / "a.png"), pixels(outbox / "b.png")
+    assert a.shape[0] % 16 == 0 and a.shape[1] % 16 == 0, a.shape
+    assert np.array_equal(a, b)
+    assert a.std() > 1  # a picture, not a flat colour
+    with Image.open(DATA / "chelsea.png") as original:
+        assert not np.array_equal(a, np.asarray(original.convert("RGB").resize(a.shape[1::-1])))
+    painted = painted_with(outbox / "a.png").params
+    assert float(painted["CFG scale"]) == 4 and "Distilled CFG Scale" not in painted
+    assert float(painted["Denoising strength"]) == 0.6  # img2img, though painted as inpaint
+    assert "Mask blur" not in painted
+
+
+def test_a_lora_in_the_prompt_changes_the_picture_and_is_hashed(flux2_run):
+    outbox = flux2_run.workspace.outbox / "paint"
+    changed = np.abs(pixels(outbox / "lora.png") - pixels(outbox / "a.png")).max(axis=-1) > 0
+    assert changed.mean() > 0.05
+    assert painted_with(outbox / "lora.png").params["Lora hashes"].startswith("klein-lora: ")
+
+
+def test_inpainting_keeps_every_unmasked_pixel(flux2_run):
+    outbox = flux2_run.workspace.outbox / "inpaint"
+    x, y = pixels(outbox / "x.png"), pixels(outbox / "y.png")
+    repaint = repainted(x.shape)
+    with Image.open(DATA / "astronaut.png") as original:
+        kept = np.asarray(original.convert("RGB").resize(x.shape[1::-1]), dtype=np.int16)
+    assert np.array_equal(x[~repaint], y[~repaint])
+    assert np.abs(x[repaint] - y[repaint]).mean() > 1  # the seeds differ where it repaints
+    assert np.abs(x[~repaint] - kept[~repaint]).mean() < 3  # the original, laid back
+
+
+def test_use_png_info_reads_its_own_infotext_back(flux2_run):
+    outbox = flux2_run.workspace.outbox
+    first = painted_with(outbox / "paint/a.png")
+    again = painted_with(outbox / "reads/again.png")
+    keys = ("Steps", "Sampler", "CFG scale", "Seed", "Denoising strength", "Size")
+    assert {k: first.params.get(k) for k in keys} == {k: again.params.get(k) for k in keys}
+    assert again.negative_prompt == "blurry"
+
+
+def test_an_instruction_beside_the_image_edits_it(flux2_run):
+    outbox = flux2_run.workspace.outbox / "edit"
+    painted = painted_with(outbox / "cat.png")
+    assert painted.prompt == "make it night"
+    assert "Denoising strength" not in painted.params  # it starts from noise
+    cat, twin = pixels(outbox / "cat.png"), pixels(outbox / "twin.png")
+    assert f"{cat.shape[1]}x{cat.shape[0]}" == painted.params["Size"]
+    assert np.array_equal(cat, twin)
+    assert cat.std() > 1
+
+
+def test_a_reference_image_is_a_further_condition_of_the_edit(flux2_run):
+    workspace = flux2_run.workspace
+    alone, together = (
+        pixels(workspace.outbox / "edit/cat.png"),
+        pixels(workspace.outbox / "edit/with.png"),
+    )
+    assert alone.shape == together.shape and not np.array_equal(alone, together)
+    assert "with.reference.png" in {p.name for p in workspace.done("edit")}
+
+
+def test_a_mask_restricts_the_edit(flux2_run):
+    outbox = flux2_run.workspace.outbox / "edit"
+    x, y = pixels(outbox / "x.png"), pixels(outbox / "y.png")
+    repaint = repainted(x.shape)
+    assert np.array_equal(x[~repaint], y[~repaint])
+    assert np.abs(x[repaint] - y[repaint]).mean() > 1
+
+
+def test_the_families_know_klein_and_dev_by_their_classes():
+    assert family_of_class("Flux2KleinPipeline") is flux2.KLEIN
+    assert family_of_class("Flux2KleinInpaintPipeline") is flux2.KLEIN
+    assert family_of_class("Flux2Pipeline") is flux2.DEV
+    assert flux2.KLEIN.img2img_as_inpaint and "inpaint" in flux2.KLEIN.pipelines
+    assert not flux2.DEV.pipelines  # diffusers 0.42.1: [dev] only edits
+
+
+def _pipe(*, guidance_embeds: bool, is_distilled: bool = False) -> SimpleNamespace:
+    return SimpleNamespace(
+        transformer=SimpleNamespace(config=SimpleNamespace(guidance_embeds=guidance_embeds)),
+        config={"is_distilled": is_distilled},
+    )
+
+
+def test_guidance_klein_real_cfg_unless_step_distilled_dev_distilled():
+    def guide(pipe: SimpleNamespace, cfg: float) -> Guidance:
+        return flux2.guide(pipe, cfg_scale=cfg, distilled_cfg_scale=2.5, negative_prompt="x")
+
+    base = guide(_pipe(guidance_embeds=False), 4.0)
+    assert dict(base.call) == {"guidance_scale": 4.0} and base.negative == "x"
+    distilled = guide(_pipe(guidance_embeds=False, is_distilled=True), 4.0)
+    assert dict(distilled.call) == {"guidance_scale": 1.0} and distilled.negative is None
+    assert dict(distilled.infotext) == {"CFG scale": 1}
+    dev = guide(_pipe(guidance_embeds=True), 4.0)
+    assert dict(dev.call) == {"guidance_scale": 2.5} and dev.negative is None
+    assert dict(dev.infotext)["Distilled CFG Scale"] == 2.5
+
+
+def test_the_text_layers_are_the_pipelines_own_where_the_encoder_has_them():
+    def pipe(layers: int, default: tuple[int, ...]) -> SimpleNamespace:
+        def encode_prompt(prompt: str, text_encoder_out_layers: tuple[int, ...] = default) -> None:
+            return None
+
+        config = SimpleNamespace(get_text_config=lambda: SimpleNamespace(num_hidden_layers=layers))
+        return SimpleNamespace(encode_prompt=encode_prompt,
+                               text_encoder=SimpleNamespace(config=config))  # fmt: skip
+
+    assert flux2.text_encoder_out_layers(pipe(36, (9, 18, 27))) == (9, 18, 27)  # Klein
+    assert flux2.text_encoder_out_layers(pipe(40, (10, 20, 30))) == (10, 20, 30)  # [dev]
+    assert flux2.text_encoder_out_layers(pipe(4, (9, 18, 27))) == (1, 2, 3)  # the tiny one
+
+
+def test_check_says_dev_paints_only_edits():
+    from daemon.config.profiles import Profile
+    from daemon.render.family_checks import family_problems
+
+    problems = dict(family_problems(Profile(model="m"), flux2.DEV))
+    assert "no img2img or inpaint pipeline" in problems["model"]
+    assert family_problems(Profile(model="m", task="edit"), flux2.DEV) == []
+    assert family_problems(Profile(model="m"), flux2.KLEIN) == []
