@@ -3,8 +3,9 @@ inpaint pipeline with the whole picture masked), inpaint, a LoRA, the infotext r
 and the ``edit`` task (the input and its references as the pipeline's conditions), from
 real files in one daemon run (and a second run that reads the first's infotext back).
 
-Flux.2 [dev] (Mistral Small 3.1 through a Pixtral processor) has no tiny model: only its
-family's rules are tested here, without weights."""
+FLUX.2 [dev] (``builtin:tiny-flux2-dev``: a Mistral3 text encoder, distilled guidance) edits
+from references; asked for img2img, its files wait with the reason (diffusers has no Flux.2
+[dev] img2img or inpaint pipeline)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from tests.support.painted import Run, logged, painted_with, pixels
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 MODEL = "builtin:tiny-flux2"
+DEV = "builtin:tiny-flux2-dev"
 
 
 def repainted(shape: tuple[int, ...]) -> np.ndarray:
@@ -67,6 +69,12 @@ def flux2_run(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> Iter
         workspace.drop(DATA / "astronaut.png", f"edit/{name}.png")
         workspace.drop(DATA / "astronaut.mask.png", f"edit/{name}.mask.png")
         (inbox / f"edit/{name}.yaml").write_text(f"seed: {seed}\nmask_blur: 0\n")
+    workspace.profile("dev", task="edit", model=DEV, steps=2, distilled_cfg_scale=2.5)
+    for name in ("cat", "twin"):
+        workspace.drop(DATA / "chelsea.png", f"dev/{name}.png")
+    workspace.drop(DATA / "astronaut.png", "dev/twin.reference.png")
+    workspace.profile("dev-paint", model=DEV)
+    workspace.drop(DATA / "chelsea.png", "dev-paint/cat.png")
     settings = workspace.settings(lora_dirs=[loras])
     models = ModelCache(models_dir=None, state_dir=state_dir, device="cpu", lora_dirs=[loras])
     with logged() as log:
@@ -79,7 +87,7 @@ def flux2_run(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> Iter
 
 def test_every_input_is_painted_and_archived(flux2_run):
     workspace = flux2_run.workspace
-    for profile in ("paint", "inpaint", "reads", "edit"):
+    for profile in ("paint", "inpaint", "reads", "edit", "dev"):
         assert not workspace.failed(profile), [p.read_text() for p in workspace.failed(profile)
                                                if p.suffix == ".txt"]  # fmt: skip
     assert len(workspace.done("paint")) == 4  # three images and a prompt file
@@ -153,6 +161,23 @@ def test_a_mask_restricts_the_edit(flux2_run):
     repaint = repainted(x.shape)
     assert np.array_equal(x[~repaint], y[~repaint])
     assert np.abs(x[repaint] - y[repaint]).mean() > 1
+
+
+def test_dev_edits_from_references_with_distilled_guidance(flux2_run):
+    outbox = flux2_run.workspace.outbox / "dev"
+    cat, twin = pixels(outbox / "cat.png"), pixels(outbox / "twin.png")
+    assert cat.shape == twin.shape and cat.std() > 1
+    assert not np.array_equal(cat, twin)  # the reference is a further condition
+    painted = painted_with(outbox / "cat.png").params
+    assert float(painted["Distilled CFG Scale"]) == 2.5 and float(painted["CFG scale"]) == 1
+
+
+def test_dev_asked_for_img2img_holds_its_files_and_says_why(flux2_run):
+    workspace = flux2_run.workspace
+    assert (workspace.inbox / "dev-paint/cat.png").exists()
+    assert not workspace.failed("dev-paint") and not workspace.outputs("dev-paint")
+    assert any("Flux.2 [dev] has no img2img or inpaint pipeline" in line
+               for line in flux2_run.log)  # fmt: skip
 
 
 def test_the_families_know_klein_and_dev_by_their_classes():

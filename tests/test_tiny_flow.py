@@ -32,7 +32,8 @@ FAMILIES = {
     "tiny-qwen-image": ("QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline"),
     "tiny-qwen-image-edit": ("QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline"),
 }
-BUILT = [*FAMILIES, "tiny-flux2"]  # (Flux.2 runs through the daemon in test_flux2.py)
+# (Flux.2 runs through the daemon in test_flux2.py)
+BUILT = [*FAMILIES, "tiny-flux2", "tiny-flux2-dev"]
 EDIT_MODELS = {"tiny-flux-kontext": "FluxKontextPipeline",
                "tiny-qwen-image-edit": "QwenImageEditPlusPipeline"}  # fmt: skip
 SIZE = 64

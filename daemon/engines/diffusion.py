@@ -42,7 +42,7 @@ from daemon.engines.family_prompts import (
 from daemon.engines.latents import encode_image, latent_mask, vae_tiling
 from daemon.engines.prompt_cache import PromptCache
 from daemon.engines.prompt_encoder import Embedded, PromptEncoder
-from daemon.errors import InputError
+from daemon.errors import ConfigError, InputError
 from daemon.families import Family, family_of
 from daemon.tasks.task import Pipeline
 
@@ -423,7 +423,12 @@ class DiffusionEngine:
 def _whole_mask(family: Family, width: int, height: int) -> Image.Image | None:
     """The mask an img2img job is painted through by a family that paints img2img as
     inpaint (white: repaint everything); None for the others."""
-    return Image.new("L", (width, height), 255) if family.img2img_as_inpaint else None
+    if not family.img2img_as_inpaint:
+        return None
+    if "inpaint" not in family.pipelines:
+        raise ConfigError(f"{family.name} has no img2img or inpaint pipeline in diffusers: "
+                          "use it with task: edit")  # fmt: skip
+    return Image.new("L", (width, height), 255)
 
 
 def _steps_run(family: Family, settings: Profile) -> int:

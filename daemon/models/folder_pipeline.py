@@ -55,6 +55,11 @@ EDIT_CLASS = {
     "Flux2Pipeline": "Flux2Pipeline",
 }
 
+_TOKENIZER_ALONE = frozenset({"Flux2Pipeline"})
+"""Pipelines whose folder names a processor (FLUX.2 [dev]: ``PixtralProcessor``) of which
+only the tokenizer is used: the prompt is text alone. transformers 5.25 cannot import
+Pixtral's processor without torchvision, so the tokenizer is loaded by itself."""
+
 _NEEDS_PROCESSOR = frozenset({"QwenImageEditPipeline", "QwenImageEditPlusPipeline"})
 """Edit pipelines that read the input through Qwen2-VL's processor (see qwen_processor)."""
 
@@ -104,7 +109,17 @@ def load_folder_pipeline(folder: str | Path, **options: Any) -> Any:
         return diffusers.AutoPipelineForImage2Image.from_pretrained(
             folder, local_files_only=True, **options
         )
-    return getattr(diffusers, name).from_pretrained(folder, local_files_only=True, **options)
+    if name not in _TOKENIZER_ALONE:
+        return getattr(diffusers, name).from_pretrained(folder, local_files_only=True, **options)
+    from transformers import AutoTokenizer
+
+    # (Passed as tokenizer=, diffusers would check it against the class the folder names.)
+    pipe = getattr(diffusers, name).from_pretrained(
+        folder, local_files_only=True, tokenizer=None, **options
+    )
+    tokenizer = AutoTokenizer.from_pretrained(Path(folder) / "tokenizer", local_files_only=True)
+    pipe.register_modules(tokenizer=tokenizer)
+    return pipe
 
 
 def edit_pipeline(img2img_pipe: Any, folder: str | Path) -> Any:
