@@ -1,5 +1,6 @@
-"""Today's model families through the real daemon: SD 3.5, Flux.1 and Qwen-Image, each as a
-built-in tiny model with random weights, painting img2img and inpaint from real files.
+"""Today's model families through the real daemon: SD 3.5, Flux.1, Flux.2 Klein and
+Qwen-Image, each as a built-in tiny model with random weights, painting img2img and inpaint
+from real files.
 
 For each family, in one daemon run: the same input twice paints the same pixels; a LoRA in
 the prompt changes them and is hashed in the infotext; inpainting keeps every unmasked pixel
@@ -32,6 +33,7 @@ FAMILIES = {
     "flux": "builtin:tiny-flux",
     "sd3": "builtin:tiny-sd3",
     "qwen": "builtin:tiny-qwen-image",
+    "flux2": "builtin:tiny-flux2",  # Klein (and its edits: test_flux2.py)
 }
 GUIDANCE = {"distilled_cfg_scale": 2.5, "shift": 2.0, "cfg_scale": 4.0}
 

@@ -1,7 +1,8 @@
-"""Flux.2 through the real daemon, with the built-in tiny Klein-shaped model: img2img (its
-inpaint pipeline with the whole picture masked), inpaint, a LoRA, the infotext read back,
-and the ``edit`` task (the input and its references as the pipeline's conditions), from
-real files in one daemon run (and a second run that reads the first's infotext back).
+"""Flux.2 through the real daemon, with the built-in tiny Klein-shaped model: what differs
+from the other families: img2img painted by the inpaint pipeline with the whole picture
+masked, and the ``edit`` task (the input and its references as the pipeline's conditions).
+Determinism, inpaint, a LoRA, videos and the infotext read back are tested with the other
+families' in test_families.py.
 
 FLUX.2 [dev] (``builtin:tiny-flux2-dev``: a Mistral3 text encoder, distilled guidance) edits
 from references; asked for img2img, its files wait with the reason (diffusers has no Flux.2
@@ -9,7 +10,6 @@ from references; asked for img2img, its files wait with the reason (diffusers ha
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -17,14 +17,11 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
-from safetensors.torch import save_file
 
 from daemon.families import Guidance, family_of_class, flux2
-from daemon.models.builtin import ensure_builtin
 from daemon.ops.service import Daemon
 from daemon.render.cache import ModelCache
 from tests.conftest import DATA, Workspace
-from tests.support.lora import transformer_lora
 from tests.support.painted import Run, logged, painted_with, pixels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -42,24 +39,15 @@ def repainted(shape: tuple[int, ...]) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def flux2_run(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> Iterator[Run]:
+def flux2_run(
+    tmp_path_factory: pytest.TempPathFactory, state_dir: Path, models: ModelCache
+) -> Iterator[Run]:
     workspace = Workspace(tmp_path_factory.mktemp("flux2"), state_dir).create()
     inbox = workspace.inbox
-    loras = workspace.root / "Lora"
-    loras.mkdir()
-    folder = ensure_builtin(MODEL.removeprefix("builtin:"), state_dir / "builtin")
-    save_file(transformer_lora(folder, seed=7), loras / "klein-lora.safetensors")
     common = {"model": MODEL, "steps": 4, "cfg_scale": 4.0}
     workspace.profile("paint", negative_prompt="blurry", denoising_strength=0.6, **common)
-    for name in ("a", "b", "lora"):
+    for name in ("a", "b"):
         workspace.drop(DATA / "chelsea.png", f"paint/{name}.png")
-    (inbox / "paint/lora.prompt.txt").write_text("a test <lora:klein-lora:1>")
-    workspace.profile("inpaint", mask_blur=0, **common)
-    for name, seed in (("x", 1), ("y", 2)):
-        workspace.drop(DATA / "astronaut.png", f"inpaint/{name}.png")
-        workspace.drop(DATA / "astronaut.mask.png", f"inpaint/{name}.mask.png")
-        (inbox / f"inpaint/{name}.yaml").write_text(f"seed: {seed}\n")
-    workspace.profile("reads", model=MODEL, use_png_info=True)
     workspace.profile("edit", task="edit", prompt="make it watercolor", **common)
     for name in ("cat", "twin", "with"):
         workspace.drop(DATA / "chelsea.png", f"edit/{name}.png")
@@ -75,22 +63,17 @@ def flux2_run(tmp_path_factory: pytest.TempPathFactory, state_dir: Path) -> Iter
     workspace.drop(DATA / "astronaut.png", "dev/twin.reference.png")
     workspace.profile("dev-paint", model=DEV)
     workspace.drop(DATA / "chelsea.png", "dev-paint/cat.png")
-    settings = workspace.settings(lora_dirs=[loras])
-    models = ModelCache(models_dir=None, state_dir=state_dir, device="cpu", lora_dirs=[loras])
     with logged() as log:
-        Daemon(settings, models=models, watch=False).run_once(tick=0.01)
-        # Its own output, infotext and all, painted again.
-        shutil.copyfile(workspace.outbox / "paint/a.png", inbox / "reads/again.png")
-        Daemon(settings, models=models, watch=False).run_once(tick=0.01)
+        Daemon(workspace.settings(), models=models, watch=False).run_once(tick=0.01)
     yield Run(workspace, log)
 
 
 def test_every_input_is_painted_and_archived(flux2_run):
     workspace = flux2_run.workspace
-    for profile in ("paint", "inpaint", "reads", "edit", "dev"):
+    for profile in ("paint", "edit", "dev"):
         assert not workspace.failed(profile), [p.read_text() for p in workspace.failed(profile)
                                                if p.suffix == ".txt"]  # fmt: skip
-    assert len(workspace.done("paint")) == 4  # three images and a prompt file
+    assert len(workspace.done("paint")) == 2
 
 
 def test_img2img_paints_the_same_pixels_for_the_same_seed_at_the_size_rule(flux2_run):
@@ -105,33 +88,6 @@ def test_img2img_paints_the_same_pixels_for_the_same_seed_at_the_size_rule(flux2
     assert float(painted["CFG scale"]) == 4 and "Distilled CFG Scale" not in painted
     assert float(painted["Denoising strength"]) == 0.6  # img2img, though painted as inpaint
     assert "Mask blur" not in painted
-
-
-def test_a_lora_in_the_prompt_changes_the_picture_and_is_hashed(flux2_run):
-    outbox = flux2_run.workspace.outbox / "paint"
-    changed = np.abs(pixels(outbox / "lora.png") - pixels(outbox / "a.png")).max(axis=-1) > 0
-    assert changed.mean() > 0.05
-    assert painted_with(outbox / "lora.png").params["Lora hashes"].startswith("klein-lora: ")
-
-
-def test_inpainting_keeps_every_unmasked_pixel(flux2_run):
-    outbox = flux2_run.workspace.outbox / "inpaint"
-    x, y = pixels(outbox / "x.png"), pixels(outbox / "y.png")
-    repaint = repainted(x.shape)
-    with Image.open(DATA / "astronaut.png") as original:
-        kept = np.asarray(original.convert("RGB").resize(x.shape[1::-1]), dtype=np.int16)
-    assert np.array_equal(x[~repaint], y[~repaint])
-    assert np.abs(x[repaint] - y[repaint]).mean() > 1  # the seeds differ where it repaints
-    assert np.abs(x[~repaint] - kept[~repaint]).mean() < 3  # the original, laid back
-
-
-def test_use_png_info_reads_its_own_infotext_back(flux2_run):
-    outbox = flux2_run.workspace.outbox
-    first = painted_with(outbox / "paint/a.png")
-    again = painted_with(outbox / "reads/again.png")
-    keys = ("Steps", "Sampler", "CFG scale", "Seed", "Denoising strength", "Size")
-    assert {k: first.params.get(k) for k in keys} == {k: again.params.get(k) for k in keys}
-    assert again.negative_prompt == "blurry"
 
 
 def test_an_instruction_beside_the_image_edits_it(flux2_run):
