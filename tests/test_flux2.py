@@ -187,3 +187,15 @@ def test_check_says_dev_paints_only_edits():
     assert "no img2img or inpaint pipeline" in problems["model"]
     assert family_problems(Profile(model="m", task="edit"), flux2.DEV) == []
     assert family_problems(Profile(model="m"), flux2.KLEIN) == []
+
+
+def test_check_accepts_flux2_edits_and_refuses_dev_img2img(workspace: Workspace):
+    from daemon.cli import check_problems
+
+    workspace.profile("klein", task="edit", model=MODEL)
+    workspace.profile("klein-paint", model=MODEL)
+    workspace.profile("dev", task="edit", model=DEV)
+    workspace.profile("dev-paint", model=DEV)
+    problems = check_problems(workspace.settings())
+    assert len(problems) == 1, problems
+    assert "dev-paint.yaml" in problems[0] and "use it with task: edit" in problems[0]
