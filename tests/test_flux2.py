@@ -57,6 +57,10 @@ def flux2_run(
         workspace.drop(DATA / "astronaut.png", f"edit/{name}.png")
         workspace.drop(DATA / "astronaut.mask.png", f"edit/{name}.mask.png")
         (inbox / f"edit/{name}.yaml").write_text(f"seed: {seed}\nmask_blur: 0\n")
+    # A clip whose frames follow each other: the previous result warped in (an image step).
+    workspace.profile("clip", model=MODEL, temporal=["flow_init"])
+    for number, name in enumerate(("astronaut.png", "astronaut.png", "chelsea.png")):
+        workspace.drop(DATA / name, f"clip/shot/frame_{number + 1:04d}.png")
     workspace.profile("dev", task="edit", model=DEV, steps=2, distilled_cfg_scale=2.5)
     for name in ("cat", "twin"):
         workspace.drop(DATA / "chelsea.png", f"dev/{name}.png")
@@ -117,6 +121,14 @@ def test_a_mask_restricts_the_edit(flux2_run):
     repaint = repainted(x.shape)
     assert np.array_equal(x[~repaint], y[~repaint])
     assert np.abs(x[repaint] - y[repaint]).mean() > 1
+
+
+def test_a_clip_is_painted_frame_after_frame_with_flow_init(flux2_run):
+    workspace = flux2_run.workspace
+    assert not workspace.failed("clip") and len(workspace.done("clip")) == 3
+    for number in (1, 2, 3):
+        frame = workspace.outbox / f"clip/shot/frame_{number:04d}.png"
+        assert painted_with(frame).params["Temporal"] == "flow_init"
 
 
 def test_dev_edits_from_references_with_distilled_guidance(flux2_run):
@@ -196,6 +208,8 @@ def test_check_accepts_flux2_edits_and_refuses_dev_img2img(workspace: Workspace)
     workspace.profile("klein-paint", model=MODEL)
     workspace.profile("dev", task="edit", model=DEV)
     workspace.profile("dev-paint", model=DEV)
+    workspace.profile("warped", model=MODEL, temporal=["flow_init", "warped_noise"])
     problems = check_problems(workspace.settings())
-    assert len(problems) == 1, problems
+    assert len(problems) == 2, problems
     assert "dev-paint.yaml" in problems[0] and "use it with task: edit" in problems[0]
+    assert "warped.yaml" in problems[1] and "temporal warped_noise" in problems[1]
