@@ -6,40 +6,21 @@ input's reference images; a model that cannot edit holds its files with a plain 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from daemon.a1111.infotext import Infotext, parse_infotext, png_info
 from daemon.ops.service import Daemon
 from daemon.render.cache import ModelCache
 from tests.conftest import DATA, Workspace
+from tests.support.painted import Run, painted_with, pixels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 KONTEXT = "builtin:tiny-flux-kontext"
 QWEN_EDIT = "builtin:tiny-qwen-image-edit"
-
-
-def painted_with(path: Path) -> Infotext:
-    with Image.open(path) as image:
-        text = png_info(image)
-    assert text is not None, path
-    return parse_infotext(text)
-
-
-def pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.int16)
-
-
-@dataclass(frozen=True)
-class Run:
-    workspace: Workspace
-    log: list[str]
 
 
 @pytest.fixture(scope="module")

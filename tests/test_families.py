@@ -1,5 +1,6 @@
-"""Today's model families through the real daemon: SD 3.5, Flux.1 and Qwen-Image, each as a
-built-in tiny model with random weights, painting img2img and inpaint from real files.
+"""Today's model families through the real daemon: SD 3.5, Flux.1, Flux.2 Klein and
+Qwen-Image, each as a built-in tiny model with random weights, painting img2img and inpaint
+from real files.
 
 For each family, in one daemon run: the same input twice paints the same pixels; a LoRA in
 the prompt changes them and is hashed in the infotext; inpainting keeps every unmasked pixel
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,6 @@ import pytest
 from PIL import Image, ImageFilter
 from safetensors.torch import save_file
 
-from daemon.a1111.infotext import Infotext, parse_infotext, png_info
 from daemon.models.builtin import ensure_builtin
 from daemon.ops.service import Daemon
 from daemon.render.cache import ModelCache
@@ -26,6 +25,7 @@ from daemon.render.family_checks import family_problems, family_warnings
 from tests.conftest import DATA, Workspace
 from tests.support.lora import kohya_flux_lora, transformer_lora
 from tests.support.media import make_test_clip
+from tests.support.painted import Run, painted_with, pixels
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -33,26 +33,9 @@ FAMILIES = {
     "flux": "builtin:tiny-flux",
     "sd3": "builtin:tiny-sd3",
     "qwen": "builtin:tiny-qwen-image",
+    "flux2": "builtin:tiny-flux2",  # Klein (and its edits: test_flux2.py)
 }
 GUIDANCE = {"distilled_cfg_scale": 2.5, "shift": 2.0, "cfg_scale": 4.0}
-
-
-def painted_with(path: Path) -> Infotext:
-    with Image.open(path) as image:
-        text = png_info(image)
-    assert text is not None, path
-    return parse_infotext(text)
-
-
-def pixels(path: Path) -> np.ndarray:
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.int16)
-
-
-@dataclass(frozen=True)
-class Run:
-    workspace: Workspace
-    log: list[str]
 
 
 @pytest.fixture(scope="module")

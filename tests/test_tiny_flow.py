@@ -32,6 +32,8 @@ FAMILIES = {
     "tiny-qwen-image": ("QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline"),
     "tiny-qwen-image-edit": ("QwenImageImg2ImgPipeline", "QwenImageInpaintPipeline"),
 }
+# (Flux.2 runs through the daemon in test_flux2.py)
+BUILT = [*FAMILIES, "tiny-flux2", "tiny-flux2-dev"]
 EDIT_MODELS = {"tiny-flux-kontext": "FluxKontextPipeline",
                "tiny-qwen-image-edit": "QwenImageEditPlusPipeline"}  # fmt: skip
 SIZE = 64
@@ -98,11 +100,11 @@ def _img2img(pipe: Any, seed: int) -> np.ndarray:
 
 
 def test_every_one_is_listed_with_a_description() -> None:
-    for name in FAMILIES:
+    for name in BUILT:
         assert BUILTIN_MODELS[name].startswith("tiny random ")
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", BUILT)
 def test_a_build_is_the_same_bytes_every_time(tmp_path: Path, name: str) -> None:
     first = ensure_builtin(name, tmp_path / "one")
     second = ensure_builtin(name, tmp_path / "two")
@@ -123,7 +125,7 @@ def test_a_built_model_is_reused(cache: Path) -> None:
     assert weights.stat().st_mtime_ns == stamp
 
 
-@pytest.mark.parametrize("name", FAMILIES)
+@pytest.mark.parametrize("name", BUILT)
 def test_a_profile_names_it_and_its_hash_is_the_transformer_file(
     state: Path, cache: Path, name: str
 ) -> None:

@@ -42,7 +42,7 @@ from daemon.engines.family_prompts import (
 from daemon.engines.latents import encode_image, latent_mask, vae_tiling
 from daemon.engines.prompt_cache import PromptCache
 from daemon.engines.prompt_encoder import Embedded, PromptEncoder
-from daemon.errors import InputError
+from daemon.errors import ConfigError, InputError
 from daemon.families import Family, family_of
 from daemon.tasks.task import Pipeline
 
@@ -158,18 +158,22 @@ class DiffusionEngine:
         if mask is not None and settings.inpainting_fill == "fill":
             image = fill_masked(image, mask)
 
-        task: Pipeline = "inpaint" if mask is not None else "img2img"
+        # A family without an img2img pipeline paints img2img as inpaint, the whole picture masked.
+        whole = _whole_mask(family, width, height) if mask is None else None
+        task: Pipeline = "img2img" if mask is None and whole is None else "inpaint"
         conditioned = self._conditioning(
             settings, task, width * height, prompt, negative_prompt, notes
         )
         pipe, flow = conditioned.pipe, conditioned.family.flow
 
         def inputs_for(generators: list[torch.Generator]) -> dict[str, Any]:
-            if mask is None:
+            if mask is None and whole is None:
                 init = self._init_image(pipe, image, settings, width, height, generators)
                 # Flow pipelines paint at 1024² unless told the size, whatever the input.
                 return {"image": init, **({"width": width, "height": height} if flow else {})}
-            inputs = self._inpaint_inputs(pipe, image, mask, settings, generators)
+            repaint = mask if mask is not None else whole
+            assert repaint is not None
+            inputs = self._inpaint_inputs(pipe, image, repaint, settings, generators)
             return {**inputs, "width": width, "height": height}
 
         images, seeds = self._sample(conditioned, settings, inputs_for, seed=seed, on_step=on_step)
@@ -344,14 +348,18 @@ class DiffusionEngine:
         rounding (the batch sums in another order). Plain img2img only (see
         :func:`batchable`)."""
         notes: list[str] = []
+        whole = _whole_mask(self.family(settings), width, height)
         conditioned = self._conditioning(
-            settings, "img2img", width * height, prompt, negative_prompt, notes
-        )
+            settings, "img2img" if whole is None else "inpaint", width * height, prompt,
+            negative_prompt, notes,
+        )  # fmt: skip
         resized = [resize_image(image, settings.resize_mode, width, height) for image in images]
         context = CallContext(images=len(images), per_prompt=1)  # one prompt row per image
         inputs: dict[str, Any] = {"image": resized}
         if conditioned.family.flow:
             inputs.update(width=width, height=height)
+        if whole is not None:
+            inputs.update(mask_image=[whole] * len(images))
         painted = self._call(conditioned, settings, context, (), _generators(seeds), inputs)
         params = job_params(conditioned, settings)
         paintings = []
@@ -410,6 +418,17 @@ class DiffusionEngine:
             "mask_image": mask,
             "masked_image_latents": encode_image(pipe, masked, generators[0]),
         }
+
+
+def _whole_mask(family: Family, width: int, height: int) -> Image.Image | None:
+    """The mask an img2img job is painted through by a family that paints img2img as
+    inpaint (white: repaint everything); None for the others."""
+    if not family.img2img_as_inpaint:
+        return None
+    if "inpaint" not in family.pipelines:
+        raise ConfigError(f"{family.name} has no img2img or inpaint pipeline in diffusers: "
+                          "use it with task: edit")  # fmt: skip
+    return Image.new("L", (width, height), 255)
 
 
 def _steps_run(family: Family, settings: Profile) -> int:

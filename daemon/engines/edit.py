@@ -1,5 +1,5 @@
 """The ``edit`` task on diffusers: an instruction ("make it night", "remove the cup") applied
-to the input by an instruction-edit model, Flux Kontext or Qwen-Image-Edit (Plus).
+to the input by an instruction-edit model: Flux Kontext, Qwen-Image-Edit (Plus) or Flux.2.
 
 The family says how its edit pipeline takes the input, a mask and further reference images
 (:attr:`daemon.families.Family.edit_inputs`); the rest is the painting engine's: the warm
@@ -48,7 +48,7 @@ class EditEngine(DiffusionEngine):
         if family.edit_inputs is None:
             raise ConfigError(
                 f"model {settings.model} is {family.name}, which has no instruction-edit "
-                "model: the edit task needs Flux Kontext or Qwen-Image-Edit"
+                "model: the edit task needs Flux Kontext, Qwen-Image-Edit or Flux.2"
             )
         width, height = fit_size(family, width, height, notes)
         settings = followable(family, settings, notes)

@@ -1,14 +1,16 @@
-"""Model families: one module each (sd, sdxl, sd3, flux, qwen_image), one table here.
+"""Model families: one module each (sd, sdxl, sd3, flux, flux2, qwen_image), one table here.
 
 Who asks: the model cache (which pipeline class runs a task), the engine (prompt encoding,
 guidance, size rule, schedule), ``check`` (what a family cannot follow), the infotext."""
 
 from __future__ import annotations
 
-from daemon.families import flux, qwen_image, sd, sd3, sdxl
+from daemon.families import flux, flux2, qwen_image, sd, sd3, sdxl
 from daemon.families.family import Family, Guidance
 
-FAMILIES: tuple[Family, ...] = (sd.FAMILY, sdxl.FAMILY, sd3.FAMILY, flux.FAMILY, qwen_image.FAMILY)
+FAMILIES: tuple[Family, ...] = (
+    sd.FAMILY, sdxl.FAMILY, sd3.FAMILY, flux.FAMILY, flux2.KLEIN, flux2.DEV, qwen_image.FAMILY,
+)  # fmt: skip
 
 _BY_CLASS = {name: family for family in FAMILIES for name in family.classes}
 

@@ -1,7 +1,7 @@
 """What a model family is, as the rest of the daemon asks it: one value per family.
 
 A family is the set of diffusers pipelines one kind of model runs in (SD 1.x/2.x, SDXL,
-SD 3.5, Flux.1, Qwen-Image), and the facts that differ between them: which pipeline class
+SD 3.5, Flux.1, Flux.2, Qwen-Image), and the facts that differ between them: which pipeline class
 does each task, the size rule, how the prompt becomes embeddings, which guidance knob
 ``cfg_scale`` turns, and which A1111 features the family cannot follow. Each family is one
 module beside this one; nothing else in the daemon branches on a family's name.
@@ -63,6 +63,9 @@ class Family:
     # (add_noise, or scale_noise with SD 3.5's, Flux's and Qwen's latent layouts)
     warped_noise: bool = True
     max_sequence_length: int = 512  # the T5 / Qwen token budget (unused by CLIP-only families)
+    # No img2img pipeline (Flux.2): img2img runs as its inpaint pipeline with a mask that
+    # covers the whole picture, at the job's denoising strength.
+    img2img_as_inpaint: bool = False
     notes: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property

@@ -28,6 +28,7 @@ from daemon.models.tiny_controlnet import (
     build_tiny_controlnet_union,
 )
 from daemon.models.tiny_flow import build_tiny_flux, build_tiny_flux_kontext, build_tiny_sd3
+from daemon.models.tiny_flux2 import build_tiny_flux2, build_tiny_flux2_dev
 from daemon.models.tiny_interrogator import build_tiny_interrogator
 from daemon.models.tiny_ip_adapter import build_tiny_ip_adapter, build_tiny_ip_adapter_sdxl
 from daemon.models.tiny_qwen import build_tiny_qwen_image, build_tiny_qwen_image_edit
@@ -43,6 +44,8 @@ BUILTIN_MODELS: dict[str, str] = {
     "tiny-flux": "tiny random Flux.1-dev-style pipeline (output is noise)",
     "tiny-flux-kontext": "tiny random Flux.1-Kontext-style edit pipeline (tiny-flux's weights)",
     "tiny-sd3": "tiny random SD 3.5-style pipeline (output is noise)",
+    "tiny-flux2": "tiny random Flux.2-Klein-style pipeline, img2img, inpaint and edit",
+    "tiny-flux2-dev": "tiny random FLUX.2-dev-style pipeline (Mistral3 encoder), edit only",
     "tiny-qwen-image": "tiny random Qwen-Image-style pipeline (output is noise)",
     "tiny-qwen-image-edit": "tiny random Qwen-Image-Edit-2509-style edit pipeline",
     "tiny-interrogator": "tiny random BLIP + CLIP for the CLIP interrogator (words are noise)",
@@ -145,6 +148,8 @@ _BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-flux": build_tiny_flux,
     "tiny-flux-kontext": build_tiny_flux_kontext,
     "tiny-sd3": build_tiny_sd3,
+    "tiny-flux2": build_tiny_flux2,
+    "tiny-flux2-dev": build_tiny_flux2_dev,
     "tiny-qwen-image": build_tiny_qwen_image,
     "tiny-qwen-image-edit": build_tiny_qwen_image_edit,
     "tiny-interrogator": build_tiny_interrogator,

@@ -6,7 +6,8 @@ job's path. For the families below, the folder's ``model_index.json`` names its 
 the img2img class it maps to is loaded directly, with the arguments AutoPipeline would pass
 it; any other folder (or a name that is not a folder) still goes through AutoPipeline. An
 edit model (Flux Kontext, Qwen-Image-Edit) loads as its architecture's img2img pipeline too,
-and :func:`edit_pipeline` makes its instruction-edit pipeline from that one.
+and :func:`edit_pipeline` makes its instruction-edit pipeline from that one. Flux.2, which
+has no img2img pipeline, loads as its own class, which is also its edit pipeline.
 
 A folder downloaded as the hub offers it to save space (``--include "*.fp16.safetensors"``)
 holds only ``<name>.fp16.safetensors`` weights; diffusers loads those only when asked for
@@ -38,6 +39,10 @@ IMG2IMG_CLASS = {
     "QwenImageImg2ImgPipeline": "QwenImageImg2ImgPipeline",
     "QwenImageEditPipeline": "QwenImageImg2ImgPipeline",  # Qwen-Image-Edit
     "QwenImageEditPlusPipeline": "QwenImageImg2ImgPipeline",  # Qwen-Image-Edit-2509, -2511
+    # Flux.2 has no img2img pipeline: its folder loads as itself (the family's img2img and
+    # inpaint pipelines are made from it; see daemon/families/flux2.py)
+    "Flux2KleinPipeline": "Flux2KleinPipeline",  # FLUX.2-klein-4B, -9B (and -base)
+    "Flux2Pipeline": "Flux2Pipeline",  # FLUX.2-dev
 }
 
 # model_index.json's _class_name -> the instruction-edit pipeline (the `edit` task) of an
@@ -46,7 +51,14 @@ EDIT_CLASS = {
     "FluxKontextPipeline": "FluxKontextPipeline",
     "QwenImageEditPipeline": "QwenImageEditPipeline",
     "QwenImageEditPlusPipeline": "QwenImageEditPlusPipeline",
+    "Flux2KleinPipeline": "Flux2KleinPipeline",  # every Flux.2 model edits from references
+    "Flux2Pipeline": "Flux2Pipeline",
 }
+
+_TOKENIZER_ALONE = frozenset({"Flux2Pipeline"})
+"""Pipelines whose folder names a processor (FLUX.2 [dev]: ``PixtralProcessor``) of which
+only the tokenizer is used: the prompt is text alone. transformers 5.25 cannot import
+Pixtral's processor without torchvision, so the tokenizer is loaded by itself."""
 
 _NEEDS_PROCESSOR = frozenset({"QwenImageEditPipeline", "QwenImageEditPlusPipeline"})
 """Edit pipelines that read the input through Qwen2-VL's processor (see qwen_processor)."""
@@ -97,7 +109,17 @@ def load_folder_pipeline(folder: str | Path, **options: Any) -> Any:
         return diffusers.AutoPipelineForImage2Image.from_pretrained(
             folder, local_files_only=True, **options
         )
-    return getattr(diffusers, name).from_pretrained(folder, local_files_only=True, **options)
+    if name not in _TOKENIZER_ALONE:
+        return getattr(diffusers, name).from_pretrained(folder, local_files_only=True, **options)
+    from transformers import AutoTokenizer
+
+    # (Passed as tokenizer=, diffusers would check it against the class the folder names.)
+    pipe = getattr(diffusers, name).from_pretrained(
+        folder, local_files_only=True, tokenizer=None, **options
+    )
+    tokenizer = AutoTokenizer.from_pretrained(Path(folder) / "tokenizer", local_files_only=True)
+    pipe.register_modules(tokenizer=tokenizer)
+    return pipe
 
 
 def edit_pipeline(img2img_pipe: Any, folder: str | Path) -> Any:
@@ -113,8 +135,8 @@ def edit_pipeline(img2img_pipe: Any, folder: str | Path) -> Any:
     name = edit_class_name(folder)
     if name is None:
         raise ValueError(
-            f"{folder} is not an instruction-edit model (Flux Kontext, Qwen-Image-Edit): "
-            "use one for the edit task"
+            f"{folder} is not an instruction-edit model (Flux Kontext, Qwen-Image-Edit, "
+            "Flux.2): use one for the edit task"
         )
     extra = {"processor": processor_from_folder(folder)} if name in _NEEDS_PROCESSOR else {}
     return getattr(diffusers, name).from_pipe(img2img_pipe, **extra)

@@ -25,6 +25,8 @@ BUILTIN_CLASSES = {
     "tiny-flux-kontext": "FluxKontextPipeline",
     "tiny-qwen-image": "QwenImagePipeline",
     "tiny-qwen-image-edit": "QwenImageEditPlusPipeline",
+    "tiny-flux2": "Flux2KleinPipeline",
+    "tiny-flux2-dev": "Flux2Pipeline",
 }
 """The pipeline class each built-in diffusion model is saved as (known before it is built)."""
 

@@ -196,7 +196,8 @@ class ModelCache:
         if source.kind == "single_file" or edit_class_name(source.location) is None:
             raise ConfigError(
                 f"model {source.name} is not an instruction-edit model: the edit task needs "
-                "Flux Kontext (FLUX.1-Kontext-dev) or Qwen-Image-Edit, as a diffusers folder"
+                "Flux Kontext (FLUX.1-Kontext-dev), Qwen-Image-Edit or Flux.2, as a diffusers "
+                "folder"
             )
         return edit_pipeline(loaded.pipelines["img2img"], source.location)
 

@@ -37,8 +37,8 @@ def edit_problems(profile: Profile, settings: Settings) -> list[Finding]:
     if source is None or is_edit_model(source) is not False:
         return []
     return [("model", f"{source.name} is not an instruction-edit model: the edit task needs "
-                      "Flux Kontext (FLUX.1-Kontext-dev) or Qwen-Image-Edit, as a diffusers "
-                      "folder; its files would wait")]  # fmt: skip
+                      "Flux Kontext (FLUX.1-Kontext-dev), Qwen-Image-Edit or Flux.2, as a "
+                      "diffusers folder; its files would wait")]  # fmt: skip
 
 
 def _source(profile: Profile, settings: Settings) -> ModelSource | None:
@@ -69,6 +69,11 @@ def family_problems(profile: Profile, family: Family) -> list[Finding]:
         found.append(("model", f"{family.name} cannot use {', '.join(features)} yet: its "
                                "files would wait; take them out of the profile, or use an "
                                "SD 1.x/2.x or SDXL model"))  # fmt: skip
+    painted = task_of(profile).pipeline in ("img2img", "inpaint")
+    if painted and family.img2img_as_inpaint and "inpaint" not in family.pipelines:
+        found.append(("model", f"{family.name} has no img2img or inpaint pipeline in "
+                               "diffusers: its files would wait; use it with task: "
+                               "edit"))  # fmt: skip
     if not family.a1111_prompts:
         plan = plan_prompts(profile.prompt, profile.negative_prompt, profile.steps)
         if not plan.plain:
