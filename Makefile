@@ -30,7 +30,7 @@ help:
 	@echo "               (a tiny model trained here for 4 CPU minutes the first time, then cached)"
 	@echo "make bench-prompts  prompt editing, alternation and AND: time and encoder calls"
 	@echo "make bench-ray  executor: ray, 16 frames on one worker then two (a local Ray cluster)"
-	@echo "make bench-gpu  on a CUDA GPU: full-size random SD 1.5 and SDXL, img2imgd once vs a plain script"
+	@echo "make bench-gpu  on a CUDA GPU: full-size random SD 1.5, SDXL and FLUX.1-dev, img2imgd once vs a plain script"
 	@echo "               (BENCH_GPU_ARGS=--quick: SD 1.5 only, 8 images); without CUDA it says so and stops"
 	@echo "make soak     drop files for a while, killing and restarting the daemon; check nothing is lost or duplicated"
 

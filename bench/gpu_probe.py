@@ -12,10 +12,13 @@ both are measured the same way. At exit it writes:
   from outside, so that ``torch.compile`` sees it untouched: a CUDA event is recorded when the
   Euler a scheduler scales the UNet's input and one when it takes the UNet's output
   (``scale_model_input`` and ``step``, plain Python around every UNet call in diffusers'
-  loop). Events do not wait for the GPU; they are read once, at exit.
+  loop). Flux's pipelines call nothing of their scheduler before the transformer, so there
+  the transformer's ``forward`` itself is timed (Flux is not compiled in the benchmark).
+  Events do not wait for the GPU; they are read once, at exit.
 
-The scheduler is patched when its module is first imported (an import hook), not before:
-importing torch and diffusers up front would change when the daemon imports them.
+The scheduler and the transformer are patched when their modules are first imported (an
+import hook), not before: importing torch and diffusers up front would change when the
+daemon imports them.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from types import ModuleType
 from typing import Any
 
 SCHEDULER_MODULE = "diffusers.schedulers.scheduling_euler_ancestral_discrete"
+FLUX_MODULE = "diffusers.models.transformers.transformer_flux"
 _events: list[tuple[Any, Any, int]] = []  # (before the UNet, after it, images in the call)
 _started: list[Any] = []
 
@@ -60,13 +64,37 @@ def _patch(module: ModuleType) -> None:
     scheduler.step = timed_step
 
 
+def _patch_flux(module: ModuleType) -> None:
+    import torch
+
+    transformer = module.FluxTransformer2DModel
+    forward = transformer.forward
+
+    def timed_forward(self: Any, hidden_states: Any, *args: Any, **kwargs: Any) -> Any:
+        if not hidden_states.is_cuda:
+            return forward(self, hidden_states, *args, **kwargs)
+        started, done = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        started.record()
+        output = forward(self, hidden_states, *args, **kwargs)
+        done.record()
+        _events.append((started, done, int(hidden_states.shape[0])))
+        return output
+
+    transformer.forward = timed_forward
+
+
 class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Finds the scheduler's module with the other finders, and patches it once loaded."""
+    """Finds the patched modules with the other finders, and patches each once loaded."""
+
+    def __init__(self) -> None:
+        self.pending = {SCHEDULER_MODULE: _patch, FLUX_MODULE: _patch_flux}
 
     def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
-        if name != SCHEDULER_MODULE:
+        patch = self.pending.pop(name, None)
+        if patch is None:
             return None
-        sys.meta_path.remove(self)  # once only; and the other finders find the real module
+        if not self.pending:
+            sys.meta_path.remove(self)  # each once; and the other finders find the real module
         spec = importlib.machinery.PathFinder.find_spec(name, path)
         if spec is None or spec.loader is None:
             return spec
@@ -74,7 +102,7 @@ class _PatchOnImport(importlib.abc.MetaPathFinder):
 
         def exec_module(module: ModuleType) -> None:
             real_exec(module)
-            _patch(module)
+            patch(module)
 
         loader.exec_module = exec_module  # type: ignore[method-assign]
         return spec

@@ -49,8 +49,9 @@ MAX_EXTENDS_DEPTH = 8
 # ControlNet units name models too: an input's own units name them by name only
 # (daemon/controlnet/per_image.py).
 NOT_PER_IMAGE = frozenset(
-    {"model", "vae", "extends", "interrogate_model", "tagger_model", "labels_dir", "ip_adapter"}
-)
+    {"model", "vae", "extends", "interrogate_model", "tagger_model", "labels_dir", "ip_adapter",
+     "offload"}
+)  # fmt: skip
 
 
 class Profile(

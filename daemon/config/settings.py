@@ -26,6 +26,7 @@ from daemon.config.validation import describe
 from daemon.config.yamlsafe import YamlProblem, key_lines, read_mapping
 from daemon.errors import ConfigError
 from daemon.paths import shown
+from daemon.tasks.keys import Offload
 
 DEFAULT_CONFIG_NAME = "img2imgd.yaml"
 EXAMPLE_CONFIG = Path(__file__).parent.parent / "data" / "img2imgd.example.yaml"
@@ -50,6 +51,9 @@ class Settings(BaseModel):
     download_models: bool = False
     device: Literal["auto", "cpu", "cuda", "mps"] | str = "auto"
     compile_unet: bool = False  # CUDA: torch.compile the UNet (minutes at first, then faster)
+    # CUDA: a model's weights all on the GPU (none), moved there part by part (model) or layer
+    # by layer (sequential); auto chooses from the model's size and the GPU's free memory
+    offload: Offload = "auto"
     # Frames of a video painted in one pipeline call; auto: 8 on a CPU, from free memory on CUDA
     max_batch: Literal["auto"] | Annotated[int, Field(ge=1, le=64)] = "auto"
     # Where rendering runs: `local` in this process; `ray` on every GPU of a Ray cluster

@@ -44,6 +44,7 @@ from daemon.engines.prompt_cache import PromptCache
 from daemon.engines.prompt_encoder import Embedded, PromptEncoder
 from daemon.errors import ConfigError, InputError
 from daemon.families import Family, family_of
+from daemon.tasks.keys import Offload
 from daemon.tasks.task import Pipeline
 
 if TYPE_CHECKING:
@@ -55,7 +56,9 @@ Region = tuple[int, int, int, int]
 class Pipelines(Protocol):
     """Where the engine gets its warm pipelines (the render side's model cache)."""
 
-    def pipeline(self, ref: str, task: Pipeline, *, vae: str | None = None) -> Any: ...
+    def pipeline(
+        self, ref: str, task: Pipeline, *, vae: str | None = None, offload: Offload | None = None
+    ) -> Any: ...
     def scheduler(self, ref: str, choice: SamplerChoice, *, vae: str | None = None) -> Any: ...
     def adapters(self, ref: str, task: Pipeline, *, vae: str | None = None) -> AdapterManager: ...
     def prompts(self, ref: str, *, vae: str | None = None) -> PromptCache: ...
@@ -195,7 +198,11 @@ class DiffusionEngine:
 
     def family(self, settings: Profile) -> Family:
         """The family of the profile's model (loading it: every job needs it loaded)."""
-        return family_of(self.models.pipeline(settings.model, "img2img", vae=settings.vae))
+        return family_of(
+            self.models.pipeline(
+                settings.model, "img2img", vae=settings.vae, offload=settings.offload
+            )
+        )
 
     def _sample(
         self,
@@ -268,7 +275,8 @@ class DiffusionEngine:
     ) -> Conditioned:
         """The warm pipeline for `task`, set up for this job: its sampler, VAE tiling, the
         LoRAs and embeddings the prompts name, and the prompts' embeddings."""
-        pipe = self.models.pipeline(settings.model, task, vae=settings.vae)
+        offload = settings.offload
+        pipe = self.models.pipeline(settings.model, task, vae=settings.vae, offload=offload)
         pipe.scheduler = self.models.scheduler(settings.model, settings.sampler, vae=settings.vae)
         low_memory = self.models.low_memory(settings.model, vae=settings.vae)
         vae_tiling(pipe, pixels, low_memory=low_memory)

@@ -42,7 +42,7 @@ def vae_tiling(pipe: Any, pixels: int, *, low_memory: bool) -> None:
     """Tile the VAE for large outputs on a GPU; never on a CPU (memory is the machine's)."""
     if low_memory:
         return  # low-memory mode keeps tiling on for good
-    if pipe.device.type == "cuda" and pixels > VAE_TILING_ABOVE:
+    if pipe._execution_device.type == "cuda" and pixels > VAE_TILING_ABOVE:  # offloaded too
         pipe.vae.enable_tiling()
     else:
         pipe.vae.disable_tiling()

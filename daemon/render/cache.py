@@ -38,6 +38,8 @@ from daemon.models.resolve import ModelSource, Search, kind_folders, resolve_mod
 from daemon.models.single_file import load_single_file, load_vae
 from daemon.paths import shown
 from daemon.render.memory import release_memory
+from daemon.render.offload import NAMES, Mode, place, place_derived, placement_for, stronger
+from daemon.tasks.keys import Offload
 from daemon.tasks.task import Pipeline
 
 if TYPE_CHECKING:
@@ -69,6 +71,9 @@ class _Loaded:
     adapters: AdapterState = field(default_factory=AdapterState)  # shared by both pipelines
     prompts: PromptCache = field(default_factory=PromptCache)  # both share the text encoders
     last_used: float = 0.0
+    offload: Offload = "auto"  # as asked when it loaded (a later profile's other value waits)
+    placement: Mode = "none"
+    told: set[Offload] = field(default_factory=set)  # other values already warned about
 
 
 class ModelCache:
@@ -87,8 +92,10 @@ class ModelCache:
         download_models: bool = False,
         on_load: Callable[[str, float], None] = lambda name, seconds: None,
         controlnet_configs: Mapping[str, Path] | None = None,
+        offload: Offload = "auto",
     ) -> None:
         self.compile_unet = compile_unet
+        self.offload = offload  # the daemon's; a profile's own wins when it loads the model
         self.search = Search(
             models_dir, state_dir, allow_pickle=allow_pickle, download=download_models
         )
@@ -101,6 +108,8 @@ class ModelCache:
         self.hashes = HashCache(state_dir / "hashes.json")
         self._loaded: dict[str, _Loaded] = {}
         self._low_memory: set[str] = set()  # models that ran out of memory once
+        self._placed: dict[str, Mode] = {}  # flow models' placement at their last load
+        self._forced: dict[str, Mode] = {}  # offload chosen after running out of memory
         self._device: tuple[str, torch.dtype] | None = None
         self.on_load = on_load  # a model loaded in so many seconds (the metrics)
         self.interrogators = Interrogators(
@@ -134,6 +143,7 @@ class ModelCache:
             compile_unet=settings.compile_unet,
             download_models=settings.download_models,
             on_load=on_load,
+            offload=settings.offload,
         )
 
     @property
@@ -164,12 +174,15 @@ class ModelCache:
         digest = self.hashes.sha256(path)[:10] if path.is_file() else None
         return vae_name(ref, path), digest
 
-    def pipeline(self, ref: str, task: Pipeline, *, vae: str | None = None) -> Any:
-        """The warm pipeline of model ``ref`` (with VAE ``vae``) for ``task``; loads it once.
+    def pipeline(
+        self, ref: str, task: Pipeline, *, vae: str | None = None, offload: Offload | None = None
+    ) -> Any:
+        """The warm pipeline of model ``ref`` (with VAE ``vae``) for ``task``; loads it once,
+        with its weights placed as ``offload`` asks (None: the daemon's setting).
 
         A model that cannot be loaded is never the input's fault (TransientError); running
         out of memory while loading is raised as it is, for the caller's low-memory retry."""
-        loaded = self._entry(ref, vae)
+        loaded = self._entry(ref, vae, offload)
         if task not in loaded.pipelines:
             import diffusers
 
@@ -186,6 +199,7 @@ class ModelCache:
                 source = self.pipeline(ref, "edit", vae=vae) if task == "edit_inpaint" else base
                 pipe = getattr(diffusers, family.pipelines[task]).from_pipe(source)
             pipe.set_progress_bar_config(disable=True)
+            place_derived(pipe, loaded.placement, self.device[0])
             loaded.pipelines[task] = pipe
         return loaded.pipelines[task]
 
@@ -233,14 +247,15 @@ class ModelCache:
     def vae_source(self, ref: str) -> Path:
         return resolve_vae(ref, self.search)
 
-    def _entry(self, ref: str, vae: str | None) -> _Loaded:
+    def _entry(self, ref: str, vae: str | None, offload: Offload | None = None) -> _Loaded:
         key = _key(ref, vae)
         loaded = self._loaded.get(key)
+        asked = offload or self.offload
         if loaded is None:
             source = self.source(ref)
             started = time.monotonic()
             try:
-                pipe = self._load(source, vae)
+                pipe, placement = self._load(source, vae, asked)
             except ConfigError as exc:  # e.g. an unknown checkpoint layout: say it plainly
                 raise TransientError(f"could not load model {source.name}: {exc}") from exc
             except Exception as exc:
@@ -253,13 +268,22 @@ class ModelCache:
             seconds = time.monotonic() - started
             logger.info("loaded model {} in {:.1f} s ({})", source.name, seconds, _prediction(pipe))
             self.on_load(source.ref, seconds)  # as profiles name it
-            loaded = self._loaded[key] = _Loaded(source, {"img2img": pipe}, pipe.scheduler.config)
+            loaded = self._loaded[key] = _Loaded(
+                source, {"img2img": pipe}, pipe.scheduler.config, offload=asked, placement=placement
+            )
             if key in self._low_memory:
                 _low_memory(pipe)
+        elif offload is not None and asked != loaded.offload and asked not in loaded.told:
+            loaded.told.add(asked)  # one model, one placement: reloading would cost minutes
+            logger.warning(
+                "model {} stays as loaded with offload: {} ({}); offload: {} applies when it "
+                "loads again (after unload_after idle, or a restart)",
+                loaded.source.name, loaded.offload, NAMES[loaded.placement], asked,
+            )  # fmt: skip
         loaded.last_used = time.monotonic()
         return loaded
 
-    def _load(self, source: ModelSource, vae: str | None) -> Any:
+    def _load(self, source: ModelSource, vae: str | None, offload: Offload) -> tuple[Any, Mode]:
         import torch
         from diffusers.utils import logging as diffusers_logging
 
@@ -290,13 +314,41 @@ class ModelCache:
             path = self.vae_source(vae)
             logger.info("using VAE {} for model {}", vae_name(vae, path), source.name)
             pipe.vae = load_vae(path, dtype=dtype, like=pipe.vae)
-        pipe = pipe.to(device)
+        placement = self._placement(source, offload)
+        place(pipe, placement, device)
         pipe.set_progress_bar_config(disable=True)
-        if device == "cuda":
-            _tune_for_cuda(pipe, compile_unet=self.compile_unet)
+        if device.startswith("cuda"):
+            # torch.compile and offload hooks moving weights under it do not mix
+            compile_unet = self.compile_unet and placement == "none"
+            _tune_for_cuda(pipe, compile_unet=compile_unet)
         elif device == "cpu":
             _tune_for_cpu(pipe)
-        return pipe
+        return pipe, placement
+
+    def _placement(self, source: ModelSource, offload: Offload) -> Mode:
+        """Where the weights go, said in the log; a flow model's is kept, so that running out
+        of memory can step to the next mode (:meth:`offload_further`)."""
+        key = _key(source.ref, None)
+        family = source_family(source)
+        placement = placement_for(
+            source, offload, family=family, device=self.device[0], forced=self._forced.get(key)
+        )
+        logger.info("model {}: {}", source.name, placement.reason)
+        if family is not None and family.flow:
+            self._placed[key] = placement.mode
+        return placement.mode
+
+    def offload_further(self, ref: str, *, vae: str | None = None) -> Mode | None:
+        """After running out of memory: a flow model on a GPU is unloaded, to load again with
+        its weights offloaded one step further (none → model → sequential), kept until a
+        restart. Returns that mode; None where there is no further step (or not a flow model,
+        or not a GPU), and the caller tries low-memory mode instead."""
+        placed = self._placed.get(_key(ref, None))
+        further = stronger(placed, device=self.device[0]) if placed is not None else None
+        if further is not None:
+            self._forced[_key(ref, None)] = self._placed[_key(ref, None)] = further
+            self.unload(ref, vae=vae)
+        return further
 
     def low_memory(self, ref: str, *, vae: str | None = None) -> bool:
         return _key(ref, vae) in self._low_memory

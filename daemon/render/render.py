@@ -7,7 +7,8 @@ whose own caches (built-in models, file hashes, label embeddings) live in the st
 the machine that renders.
 
 Running out of memory (a CPU ``MemoryError`` or the GPU's out-of-memory error, while loading
-a model, a VAE, a LoRA or while painting) is retried once at once with the model in
+a model, a VAE, a LoRA or while painting) is retried at once: a flow model on a GPU first
+with its weights offloaded further (daemon/render/offload.py), then once with the model in
 low-memory mode; if that fails too, the request fails with a TransientError and the daemon
 defers its input. Every other error is raised as it is, for :func:`daemon.errors.classify`.
 """
@@ -44,6 +45,7 @@ from daemon.errors import ConfigError, Superseded, TransientError, is_out_of_mem
 from daemon.families import Family
 from daemon.render.cache import ModelCache
 from daemon.render.family_checks import unsupported_features
+from daemon.render.offload import NAMES
 from daemon.render.parameters import infotext
 from daemon.render.values import RenderRequest, RenderResult, TemporalInputs
 from daemon.tasks.keys import PROMPT_SOURCES
@@ -86,7 +88,8 @@ def warm(settings: Profile, models: ModelCache) -> None:
         if kind is not None:
             models.interrogators.warm(kind, settings.interrogation_model(kind))
         elif task.pipeline is not None:
-            models.pipeline(settings.model, task.pipeline, vae=settings.vae)
+            offload = settings.offload
+            models.pipeline(settings.model, task.pipeline, vae=settings.vae, offload=offload)
 
     try:
         with_low_memory_retry(models, f"loading {settings.model}", settings, load)
@@ -97,19 +100,31 @@ def warm(settings: Profile, models: ModelCache) -> None:
 def with_low_memory_retry(
     models: ModelCache, label: str, settings: Profile, attempt: Callable[[], _T]
 ) -> _T:
-    """`attempt()`; out of memory → once more at once with the model in low-memory mode."""
-    for last_try in (False, True):
+    """`attempt()`; out of memory → a flow model on a GPU again at once with its weights
+    offloaded one step further (model, then sequential CPU offload); then, or for any other
+    model, once more in low-memory mode; out of memory again → TransientError."""
+    low_memory_tried = False
+    while True:
         try:
             return attempt()
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
             _empty_cuda_cache()
-            if last_try:
+            further = models.offload_further(settings.model, vae=settings.vae)
+            if further is not None:
+                logger.warning(
+                    "{}: out of memory; loading the model again with {} (slower, far less GPU "
+                    "memory), kept for this model until a restart",
+                    label, NAMES[further],
+                )  # fmt: skip
+                continue
+            if low_memory_tried:
                 raise TransientError(
                     "out of memory even with low-memory settings; lower max_pixels or "
                     "batch_size, or free memory on the GPU or machine"
                 ) from exc
+        low_memory_tried = True
         logger.warning(
             "{}: out of memory; retrying once with attention slicing and VAE tiling (slower, "
             "much less memory), kept on for this model",
@@ -117,7 +132,6 @@ def with_low_memory_retry(
         )
         models.use_low_memory(settings.model, vae=settings.vae)
         models.interrogators.unload_all()
-    raise AssertionError("unreachable: the last try returns or raises")
 
 
 def _paint(

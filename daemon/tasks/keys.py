@@ -30,6 +30,10 @@ PROMPT_SOURCES: dict[str, Interrogator] = {"{interrogate}": "clip", "{tags}": "d
 """Placeholders a painting prompt may hold, and the interrogator that fills each."""
 MaskedContent = Literal["fill", "original", "latent noise", "latent nothing"]
 MASKED_CONTENT: tuple[MaskedContent, ...] = ("fill", "original", "latent noise", "latent nothing")
+Offload = Literal["auto", "none", "model", "sequential"]
+"""Where a diffusion model's weights live between uses (daemon/render/offload.py): ``auto``
+decides from the model's size and the GPU's free memory; ``none`` all on the GPU; ``model``
+each part moved to the GPU while it runs; ``sequential`` layer by layer (slowest, least)."""
 
 
 def _comma_list(value: Any) -> Any:
@@ -107,6 +111,9 @@ class PaintingKeys(Keys):
     batch_size: int = Field(1, ge=1, le=16)
     n_iter: int = Field(1, ge=1, le=100)
     use_png_info: bool = False  # A1111 batch "PNG info": settings from the input's parameters
+    # GPU memory: the daemon's `offload` when unset. The first profile to load a model decides
+    # for as long as it stays loaded (daemon/render/offload.py).
+    offload: Offload | None = None
 
     @field_validator("width", "height", mode="before")
     @classmethod

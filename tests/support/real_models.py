@@ -13,7 +13,10 @@ them from the configs the daemon ships (``daemon/data/configs``), offline
 * ``lora``: a kohya LoRA of rank 128 for SD 1.5 (about 150 MB), as civitai ships them;
 * ``vae``: SD's VAE as one fp32 file in the original layout (335 MB);
 * ``controlnet-sd15``: a ControlNet 1.1 for SD 1.5 as lllyasviel's files, one fp16 file in
-  the original layout (723 MB), in ``ControlNet/``.
+  the original layout (723 MB), in ``ControlNet/``;
+* ``flux``: FLUX.1-dev as a diffusers folder of bf16 files (33.7 GB, built by
+  :mod:`tests.support.real_flux`); ``flux-shallow``: every width of it, 2 + 4 of its 19 + 38
+  blocks (12.6 GB, three quarters of it T5).
 
 Each is built once into ``<folder>/<A1111 sub-folder>/<name>`` (so the folder works as the
 daemon's ``models_dir``) and reused; bump :data:`BUILD_VERSION` when a recipe changes, so an
@@ -35,7 +38,8 @@ from pathlib import Path
 from typing import Literal
 
 from daemon.models.single_file import CONFIGS_DIR, ensure_config_dir
-from tests.support import real_weights
+from tests.support import real_flux, real_weights
+from tests.support.real_flux import FLUX_DEV, FLUX_SHALLOW
 
 BUILD_VERSION = 2
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -52,7 +56,7 @@ _SUBFOLDER: dict[Kind, str] = {
 @dataclass(frozen=True)
 class RealModel:
     stem: str  # the file's name without version and suffix
-    architecture: str  # its shipped config folder in daemon/data/configs
+    architecture: str  # its shipped config folder in daemon/data/configs (flux: real_flux's)
     size: int  # the side of the square images it is made for
     kind: Kind = "checkpoint"
 
@@ -67,7 +71,10 @@ REAL_MODELS = {
     "controlnet-sd15": RealModel(
         "random-control_v11p_sd15", "controlnet-sd1", 512, kind="controlnet"
     ),
+    "flux": RealModel("random-flux1-dev-diffusers", "flux", 1024, kind="folder"),
+    "flux-shallow": RealModel("random-flux1-dev-width3072-2x4-blocks", "flux", 1024, kind="folder"),
 }
+FLUX_SHAPES = {"flux": FLUX_DEV, "flux-shallow": FLUX_SHALLOW}
 CHECKPOINTS = [name for name, model in REAL_MODELS.items() if model.kind == "checkpoint"]
 
 
@@ -113,6 +120,8 @@ def _build(name: str, folder: Path, target: Path) -> None:
         if model.architecture in real_weights.V_SIDECAR_ARCHITECTURES:
             # Beside the final name, before the file appears: never a v-model without it.
             real_weights.write_v_sidecar(checkpoint_path(name, folder))
+    elif name in FLUX_SHAPES:
+        real_flux.build_flux_folder(target, FLUX_SHAPES[name])
     elif model.kind == "folder":
         complete = ensure_config_dir(model.architecture, folder)  # type: ignore[arg-type]
         real_weights.build_diffusers_folder(complete, target)

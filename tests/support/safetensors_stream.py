@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -27,9 +27,16 @@ _DTYPES = {
 
 
 def save_streaming(
-    tensors: Mapping[str, torch.Tensor], path: Path, *, metadata: Mapping[str, str] | None = None
+    tensors: Mapping[str, torch.Tensor],
+    path: Path,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    fill: Callable[[str, torch.Tensor], torch.Tensor] | None = None,
 ) -> Path:
-    """Write `tensors` to `path` as a .safetensors file, holding one tensor's copy at most."""
+    """Write `tensors` to `path` as a .safetensors file, holding one tensor's copy at most.
+
+    `fill(name, tensor)`: the values to write for each tensor, made only when it is written
+    (`tensors` may then be on the meta device: only their shapes and dtypes are read)."""
     header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
     names = sorted(tensors)
     offset = 0
@@ -47,6 +54,7 @@ def save_streaming(
     with open(path, "wb") as file:
         file.write(struct.pack("<Q", len(encoded)) + encoded)
         for name in names:
-            raw = tensors[name].detach().contiguous().reshape(-1).view(torch.uint8)
+            tensor = fill(name, tensors[name]) if fill else tensors[name]
+            raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8)
             file.write(memoryview(raw.numpy()))
     return path
