@@ -22,8 +22,8 @@ from daemon.controlnet.ip_adapter_keys import IPAdapterSettings
 from daemon.controlnet.modules import module_named
 from daemon.engines.labels import load_label_lists
 from daemon.models.builtin import is_builtin
-from daemon.models.checkpoints import detect_architecture
 from daemon.models.controlnet_layout import controlnet_layout
+from daemon.models.flow_files import detect_file
 from daemon.models.hub_cache import HubRole
 from daemon.models.resolve import (
     ModelNotFound,
@@ -64,7 +64,7 @@ def named_models(profile: Profile, settings: Settings) -> list[NamedModel]:
         def diffusion_model() -> str:
             source = resolve_model(model, search, build=False)
             if source.kind == "single_file":
-                detect_architecture(Path(source.location))  # reads the key layout only
+                detect_file(Path(source.location))  # reads the key layout only
             return source.location
 
         named.append(NamedModel("model", "model", model, diffusion_model, "pipeline"))
