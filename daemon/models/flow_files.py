@@ -23,7 +23,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from daemon.errors import ConfigError
-from daemon.models.checkpoints import Architecture, classify_layout, read_layout
+from daemon.models.checkpoints import (
+    Architecture,
+    classify_layout,
+    detect_architecture,
+    read_layout,
+)
 
 TRANSFORMER_PREFIX = "model.diffusion_model."
 TEXT_ENCODER_PREFIX = "text_encoders."
@@ -167,8 +172,6 @@ def _shape(entry: Any) -> list[int]:
 def detect_file(path: Path) -> Architecture | FlowFile:
     """What a single-file checkpoint is: an SD architecture (see
     :func:`daemon.models.checkpoints.detect_architecture`) or a flow family's file."""
-    from daemon.models.checkpoints import detect_architecture
-
     path = Path(path)
     header = read_layout(path)
     flow = classify_flow(path, header)

@@ -21,11 +21,12 @@ def infotext(
     model_name: str,
     model_hash: str | None,
     vae: tuple[str, str | None] | None = None,
+    modules: tuple[str, ...] = (),
 ) -> str:
     """The parameters of image `index` of `painting`, as A1111 writes them."""
     params = infotext_params(
         settings, painting, painting.seeds[index], index,
-        model_name=model_name, model_hash=model_hash, vae=vae,
+        model_name=model_name, model_hash=model_hash, vae=vae, modules=modules,
     )  # fmt: skip
     return format_infotext(settings.prompt, settings.negative_prompt, params)
 
@@ -39,6 +40,7 @@ def infotext_params(
     model_name: str,
     model_hash: str | None,
     vae: tuple[str, str | None] | None = None,
+    modules: tuple[str, ...] = (),
 ) -> dict[str, object]:
     """A1111's parameter line for one image, in its key names."""
     params: dict[str, object] = {"Steps": settings.steps}
@@ -71,4 +73,6 @@ def infotext_params(
     if settings.img2img_fix_steps:
         params["Img2img fix steps"] = True
     params["Version"] = f"img2imgd v{__version__}"
+    # Forge's names for the separate text-encoder and VAE files a single file is painted with
+    params.update({f"Module {i}": name for i, name in enumerate(modules, 1)})
     return params

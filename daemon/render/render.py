@@ -313,11 +313,15 @@ class _ModelInfo:
     name: str
     hash: str | None
     vae: tuple[str, str | None] | None
+    modules: tuple[str, ...] = ()  # Forge's Module 1..n: a single file's separate parts
 
     @classmethod
     def of(cls, settings: Profile, models: ModelCache) -> _ModelInfo:
         source = models.source(settings.model)
-        return cls(source.name, models.model_hash(source), models.vae_info(settings.vae))
+        return cls(
+            source.name, models.model_hash(source), models.vae_info(settings.vae),
+            models.modules(source),
+        )  # fmt: skip
 
 
 def _result(
@@ -332,7 +336,13 @@ def _result(
     mismatch = model_note(request.parameters_model_hash, model.hash, model.name)
     texts = [
         infotext(
-            settings, painting, index, model_name=model.name, model_hash=model.hash, vae=model.vae
+            settings,
+            painting,
+            index,
+            model_name=model.name,
+            model_hash=model.hash,
+            vae=model.vae,
+            modules=model.modules,
         )
         for index in range(len(painting.images))
     ]
