@@ -20,9 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from PIL import Image
-from safetensors.torch import save_file
 
 from daemon.a1111.infotext import parse_infotext, png_info
 from daemon.config.profiles import load_profile
@@ -30,22 +28,11 @@ from daemon.models.builtin import ensure_builtin
 from daemon.ops.service import Daemon
 from daemon.render.availability import missing_models
 from tests.conftest import DATA, Workspace
+from tests.support.flow_headers import qwen_transformer_file
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TRANSFORMER = "qwen_image_tiny"
-
-
-def qwen_transformer_file(path: Path) -> Path:
-    from diffusers import QwenImageTransformer2DModel
-
-    torch.manual_seed(0)
-    model = QwenImageTransformer2DModel(
-        patch_size=2, in_channels=64, out_channels=16, num_layers=1, attention_head_dim=128,
-        num_attention_heads=1, joint_attention_dim=16, axes_dims_rope=(16, 56, 56),
-    )  # fmt: skip
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
 
 
 def comfy_tokenizer(source: Path, target: Path) -> None:
