@@ -78,7 +78,9 @@ def test_a_scaled_fp8_transformer_file_loads_to_its_dequantized_weights(tmp_path
     from daemon.models.single_file import CONFIGS_DIR
 
     weights = dequantize(load_file(str(file)), torch.float32)
-    model = load_transformer(weights, flow, CONFIGS_DIR / "qwen-image", torch.float32)
+    model = load_transformer(
+        weights, _shapes(weights), flow, CONFIGS_DIR / "qwen-image", torch.float32
+    )
     loaded = model.state_dict()
     assert loaded.keys() == original.keys()
     for key, tensor in original.items():  # e4m3 keeps 3 mantissa bits: within 1/16 of a row's max
@@ -216,3 +218,7 @@ def test_tokenizers_are_found_where_forge_and_our_own_folder_keep_them(tmp_path:
     _place(own, "tokenizers/qwen25/merges.txt")
     assert find_tokenizer("qwen25", Search(own)) == own / "tokenizers" / "qwen25"
     assert classify_flow(tmp_path, QWEN) is not None
+
+
+def _shapes(weights: dict[str, torch.Tensor]) -> dict[str, list[int]]:
+    return {k: list(v.shape) for k, v in weights.items()}

@@ -169,11 +169,35 @@ def _shape(entry: Any) -> list[int]:
     return [int(n) for n in shape] if isinstance(shape, list) else []
 
 
+GGUF_SUFFIX = ".gguf"
+
+
+def read_model_layout(path: Path) -> dict[str, Any]:
+    """``{key: {"shape", "dtype"}}`` of a checkpoint: safetensors, an allowed pickle, or GGUF
+    (city96's quantized transformers; shapes in torch's order)."""
+    if Path(path).suffix.lower() != GGUF_SUFFIX:
+        return read_layout(path)
+    try:
+        from gguf import GGUFReader
+    except ImportError as exc:
+        raise ConfigError(
+            f"{path}: a GGUF file; GGUF needs the gguf package: pip install 'img2imgd[gguf]'"
+        ) from exc
+    try:
+        reader = GGUFReader(path)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not a readable GGUF file ({exc})") from exc
+    return {
+        t.name: {"shape": [int(n) for n in reversed(t.shape.tolist())], "dtype": t.tensor_type.name}
+        for t in reader.tensors
+    }
+
+
 def detect_file(path: Path) -> Architecture | FlowFile:
     """What a single-file checkpoint is: an SD architecture (see
     :func:`daemon.models.checkpoints.detect_architecture`) or a flow family's file."""
     path = Path(path)
-    header = read_layout(path)
+    header = read_model_layout(path)
     flow = classify_flow(path, header)
     if flow is not None:
         return flow

@@ -20,12 +20,20 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from daemon.errors import ConfigError
 from daemon.models.flow_components import FlowParts, find_parts, group
-from daemon.models.flow_files import VAE_PREFIXES, FlowFile, block_counts, detect_file
+from daemon.models.flow_files import (
+    GGUF_SUFFIX,
+    VAE_PREFIXES,
+    FlowFile,
+    block_counts,
+    detect_file,
+    read_model_layout,
+)
 from daemon.models.folder_pipeline import IMG2IMG_CLASS
 from daemon.models.fp8 import dequantize
 from daemon.models.resolve import Search
@@ -35,6 +43,7 @@ if TYPE_CHECKING:
     import torch
 
 Tensors = dict[str, "torch.Tensor"]
+_V = TypeVar("_V")
 LOADABLE = ("flux-dev", "flux-schnell", "sd3-medium", "sd35-medium", "sd35-large", "qwen-image")
 _SLOTS = {  # encoder name -> the pipeline's component
     "flux": {"clip_l": "text_encoder", "t5xxl": "text_encoder_2"},
@@ -66,8 +75,7 @@ def load_flow_file(
     kind = group(flow.variant)
     config = ensure_config_dir(flow.variant, cache_dir)  # with CLIP's generated vocabulary
     index = json.loads((config / "model_index.json").read_text())
-    state = _read(path, dtype)
-    transformer = load_transformer(_within(state, flow), flow, config, dtype)
+    state, transformer = _file_and_transformer(path, flow, config, dtype)
     if fp8_storage and flow.fp8 is not None:
         import torch
 
@@ -75,8 +83,8 @@ def load_flow_file(
     modules: dict[str, Any] = {"transformer": transformer}
     for name, slot in _SLOTS[kind].items():
         found = parts.encoders[name]
-        weights = _encoder_weights(state, name) if found is None else None
-        modules[slot] = load_text_encoder(found, weights, index[slot][1], config / slot, dtype)
+        inside = _encoder_weights(state, name) if found is None else None
+        modules[slot] = load_text_encoder(found, inside, index[slot][1], config / slot, dtype)
     own_vae = _strip(state, flow.vae_prefix) if flow.vae_prefix else None
     modules["vae"] = load_flow_vae(parts.vae, own_vae, index["vae"][1], config / "vae", dtype)
     del state
@@ -85,6 +93,21 @@ def load_flow_file(
     modules["scheduler"] = scheduler_class.from_pretrained(config / "scheduler")
     pipeline = getattr(diffusers, IMG2IMG_CLASS[index["_class_name"]])
     return pipeline(**modules), parts
+
+
+def _file_and_transformer(
+    path: Path, flow: FlowFile, config: Path, dtype: torch.dtype
+) -> tuple[Tensors, Any]:
+    """The file's weights (fp8 cast up) and its transformer; a GGUF file holds only a
+    quantized transformer (city96's), which stays quantized."""
+    if path.suffix.lower() == GGUF_SUFFIX:
+        shapes = {k: v["shape"] for k, v in read_model_layout(path).items()}
+        shapes = _strip(shapes, flow.prefix) if flow.prefix else shapes
+        return {}, load_transformer(str(path), shapes, flow, config, dtype)
+    state = _read(path, dtype)
+    weights = _within(state, flow)
+    shapes = {k: list(v.shape) for k, v in weights.items()}
+    return state, load_transformer(weights, shapes, flow, config, dtype)
 
 
 def _read(path: Path, dtype: torch.dtype) -> Tensors:
@@ -101,7 +124,7 @@ def _within(state: Tensors, flow: FlowFile) -> Tensors:
     return {k: v for k, v in state.items() if not k.startswith(others)}
 
 
-def _strip(state: Tensors, prefix: str) -> Tensors:
+def _strip(state: Mapping[str, _V], prefix: str) -> dict[str, _V]:
     return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
 
 
@@ -114,36 +137,50 @@ def _encoder_weights(state: Tensors, name: str) -> Tensors:
 # The transformer
 
 
-def load_transformer(weights: Tensors, flow: FlowFile, config: Path, dtype: torch.dtype) -> Any:
-    """The transformer, its config the shipped one with what the weights say overriding it."""
+def load_transformer(
+    weights: Tensors | str,
+    shapes: Mapping[str, Sequence[int]],
+    flow: FlowFile,
+    config: Path,
+    dtype: torch.dtype,
+) -> Any:
+    """The transformer from `weights` (a state dict, or a GGUF file's path, kept quantized
+    and computed in `dtype`), its config the shipped one with what the weights' `shapes`
+    say overriding it."""
     import diffusers
 
     settings = json.loads((config / "transformer" / "config.json").read_text())
-    settings |= transformer_overrides(group(flow.variant), weights, settings)
+    settings |= transformer_overrides(group(flow.variant), shapes, settings)
     model_class = getattr(diffusers, settings["_class_name"])
+    options: dict[str, Any] = {}
+    if isinstance(weights, str):
+        options["quantization_config"] = diffusers.GGUFQuantizationConfig(compute_dtype=dtype)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "transformer").mkdir()
         (Path(tmp) / "transformer" / "config.json").write_text(json.dumps(settings))
         return model_class.from_single_file(
-            weights, config=tmp, subfolder="transformer", local_files_only=True, torch_dtype=dtype
-        )
+            weights, config=tmp, subfolder="transformer", local_files_only=True,
+            torch_dtype=dtype, **options,
+        )  # fmt: skip
 
 
-def transformer_overrides(kind: str, weights: Tensors, shipped: dict[str, Any]) -> dict[str, Any]:
+def transformer_overrides(
+    kind: str, shapes: Mapping[str, Sequence[int]], shipped: dict[str, Any]
+) -> dict[str, Any]:
     """Config values the weights decide: depth and input channels (any family); Qwen-Image's
     widths too (its names are diffusers', so any width loads; Flux's converter fixes them)."""
-    blocks = block_counts(weights)
+    blocks = block_counts(shapes)
     if kind == "flux":
         return {
             "num_layers": blocks.get("double_blocks", shipped["num_layers"]),
             "num_single_layers": blocks.get("single_blocks", shipped["num_single_layers"]),
-            "in_channels": int(weights["img_in.weight"].shape[1]),
-            "guidance_embeds": "guidance_in.in_layer.weight" in weights,
+            "in_channels": int(shapes["img_in.weight"][1]),
+            "guidance_embeds": "guidance_in.in_layer.weight" in shapes,
         }
     if kind == "sd3":
         return {"num_layers": blocks.get("joint_blocks", shipped["num_layers"])}
-    head = int(weights["transformer_blocks.0.attn.norm_q.weight"].shape[0])
-    inner, in_channels = (int(n) for n in weights["img_in.weight"].shape)
+    head = int(shapes["transformer_blocks.0.attn.norm_q.weight"][0])
+    inner, in_channels = (int(n) for n in shapes["img_in.weight"])
     if sum(shipped["axes_dims_rope"]) != head:
         raise ConfigError(
             f"a Qwen-Image transformer with {head}-wide attention heads: only 128 (Qwen-Image's "
@@ -154,9 +191,9 @@ def transformer_overrides(kind: str, weights: Tensors, shipped: dict[str, Any]) 
         "num_layers": blocks.get("transformer_blocks", shipped["num_layers"]),
         "attention_head_dim": head,
         "num_attention_heads": inner // head,
-        "joint_attention_dim": int(weights["txt_in.weight"].shape[1]),
+        "joint_attention_dim": int(shapes["txt_in.weight"][1]),
         "in_channels": in_channels,
-        "out_channels": int(weights["proj_out.weight"].shape[0]) // (patch * patch),
+        "out_channels": int(shapes["proj_out.weight"][0]) // (patch * patch),
     }
 
 

@@ -322,7 +322,8 @@ class ModelCache:
         else:
             # A folder, or a hub model's folder in the local cache: never the network.
             pipe = load_folder_pipeline(source.location, **options)
-        if vae is not None:
+        built_with_vae = source.kind == "single_file" and family is not None and family.flow
+        if vae is not None and not built_with_vae:  # (a flow file was built with it)
             path = self.vae_source(vae)
             logger.info("using VAE {} for model {}", vae_name(vae, path), source.name)
             pipe.vae = load_vae(path, dtype=dtype, like=pipe.vae)

@@ -30,8 +30,12 @@ def _weight_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in WEIGHT_SUFFIXES
 
 
+GGUF_SUFFIXES = (".gguf",)  # city96's quantized transformers (the gguf extra reads them)
+
+
 def _checkpoint(path: Path) -> bool:
-    return (path / "model_index.json").is_file() or _weight_file(path)
+    gguf = path.is_file() and path.suffix.lower() in GGUF_SUFFIXES
+    return (path / "model_index.json").is_file() or _weight_file(path) or gguf
 
 
 def _file_or_folder(path: Path) -> bool:
@@ -80,6 +84,7 @@ KINDS: dict[str, Kind] = {
         "a diffusers folder or a checkpoint file",
         # A1111's and Forge's folder, then ComfyUI's: checkpoints, transformer-only files.
         ("", "Stable-diffusion", "checkpoints", "diffusion_models", "unet"),
+        suffixes=(*WEIGHT_SUFFIXES, *GGUF_SUFFIXES),
         hub="pipeline",
         accepts=_checkpoint,
     ),
