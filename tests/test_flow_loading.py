@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from daemon.errors import ConfigError
 from daemon.models.builtin import ensure_builtin
@@ -18,13 +18,16 @@ from daemon.models.checkpoints import read_layout
 from daemon.models.flow_components import find_parts, find_tokenizer
 from daemon.models.flow_files import classify_flow
 from daemon.models.flow_loading import (
+    encoder_weights,
     load_flow_vae,
     load_text_encoder,
     load_transformer,
+    strip_prefix,
 )
 from daemon.models.fp8 import dequantize
 from daemon.models.resolve import Search
 from tests.support.flow_headers import QWEN, flux_shapes, header_only, qwen_transformer_file
+from tests.support.ldm import vae_to_ldm
 
 E4M3 = torch.float8_e4m3fn
 
@@ -60,8 +63,6 @@ def tiny_qwen(state_dir: Path) -> Path:
 
 
 def test_a_scaled_fp8_transformer_file_loads_to_its_dequantized_weights(tmp_path: Path) -> None:
-    from safetensors.torch import load_file
-
     original = load_file(str(qwen_transformer_file(tmp_path / "bf16.safetensors")))
     scaled: dict[str, torch.Tensor] = {"scaled_fp8": torch.zeros(0, dtype=E4M3)}
     for key, tensor in original.items():
@@ -222,3 +223,38 @@ def test_tokenizers_are_found_where_forge_and_our_own_folder_keep_them(tmp_path:
 
 def _shapes(weights: dict[str, torch.Tensor]) -> dict[str, list[int]]:
     return {k: list(v.shape) for k, v in weights.items()}
+
+
+def test_an_all_in_one_files_encoders_and_vae_load_from_their_prefixes(
+    state_dir: Path, tmp_path: Path
+) -> None:
+    """Forge's / civitai's all-in-one layout: CLIP-L and T5 under ``text_encoders.<name>.
+    transformer.``, the VAE in LDM names under ``vae.`` (Flux's ae.safetensors is the same
+    VAE without the prefix)."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, T5EncoderModel
+
+    flux = ensure_builtin("tiny-flux", state_dir / "builtin")
+    clip = CLIPTextModel.from_pretrained(flux / "text_encoder")
+    t5 = T5EncoderModel.from_pretrained(flux / "text_encoder_2")
+    vae = AutoencoderKL.from_pretrained(flux / "vae")
+    state = {
+        f"text_encoders.clip_l.transformer.text_model.{k}": v for k, v in clip.state_dict().items()
+    }
+    state |= {f"text_encoders.t5xxl.transformer.{k}": v for k, v in t5.state_dict().items()}
+    state |= {f"vae.{k}": v for k, v in vae_to_ldm(vae).items()}
+    del state["text_encoders.t5xxl.transformer.encoder.embed_tokens.weight"]  # tied: not saved
+    file = tmp_path / "flux1-dev-aio.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(file))
+    saved = load_file(str(file))
+    got_clip = load_text_encoder(None, encoder_weights(saved, "clip_l"), "CLIPTextModel",
+                                 flux / "text_encoder", torch.float32)  # fmt: skip
+    got_t5 = load_text_encoder(None, encoder_weights(saved, "t5xxl"), "T5EncoderModel",
+                               flux / "text_encoder_2", torch.float32)  # fmt: skip
+    got_vae = load_flow_vae(
+        None, strip_prefix(saved, "vae."), "AutoencoderKL", flux / "vae", torch.float32
+    )
+    for got, want in ((got_clip, clip), (got_t5, t5), (got_vae, vae)):
+        mine = got.state_dict()
+        for key, tensor in want.state_dict().items():
+            torch.testing.assert_close(mine[key], tensor, msg=key)

@@ -83,9 +83,9 @@ def load_flow_file(
     modules: dict[str, Any] = {"transformer": transformer}
     for name, slot in _SLOTS[kind].items():
         found = parts.encoders[name]
-        inside = _encoder_weights(state, name) if found is None else None
+        inside = encoder_weights(state, name) if found is None else None
         modules[slot] = load_text_encoder(found, inside, index[slot][1], config / slot, dtype)
-    own_vae = _strip(state, flow.vae_prefix) if flow.vae_prefix else None
+    own_vae = strip_prefix(state, flow.vae_prefix) if flow.vae_prefix else None
     modules["vae"] = load_flow_vae(parts.vae, own_vae, index["vae"][1], config / "vae", dtype)
     del state
     modules |= _tokenizers(kind, config, parts)
@@ -102,7 +102,7 @@ def _file_and_transformer(
     quantized transformer (city96's), which stays quantized."""
     if path.suffix.lower() == GGUF_SUFFIX:
         shapes = {k: v["shape"] for k, v in read_model_layout(path).items()}
-        shapes = _strip(shapes, flow.prefix) if flow.prefix else shapes
+        shapes = strip_prefix(shapes, flow.prefix) if flow.prefix else shapes
         return {}, load_transformer(str(path), shapes, flow, config, dtype)
     state = _read(path, dtype)
     weights = _within(state, flow)
@@ -119,18 +119,18 @@ def _read(path: Path, dtype: torch.dtype) -> Tensors:
 def _within(state: Tensors, flow: FlowFile) -> Tensors:
     """The transformer's weights, without the file's prefix."""
     if flow.prefix:
-        return _strip(state, flow.prefix)
+        return strip_prefix(state, flow.prefix)
     others = ("text_encoders.", *VAE_PREFIXES)
     return {k: v for k, v in state.items() if not k.startswith(others)}
 
 
-def _strip(state: Mapping[str, _V], prefix: str) -> dict[str, _V]:
+def strip_prefix(state: Mapping[str, _V], prefix: str) -> dict[str, _V]:
     return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
 
 
-def _encoder_weights(state: Tensors, name: str) -> Tensors:
-    inside = _strip(state, f"text_encoders.{name}.")
-    return _strip(inside, "transformer.") or inside
+def encoder_weights(state: Tensors, name: str) -> Tensors:
+    inside = strip_prefix(state, f"text_encoders.{name}.")
+    return strip_prefix(inside, "transformer.") or inside
 
 
 # ---------------------------------------------------------------------------------------------
