@@ -68,8 +68,7 @@ def load_flow_file(
     ConfigError, saying what to put where, when a part is missing or the file is a family
     whose single files are not supported; `fp8_storage`: keep an fp8 file's transformer
     weights in fp8 (CUDA: half the memory; computed in `dtype`)."""
-    check_flow_parts(path, flow, search, vae=vae)
-    parts = find_parts(path, flow, search, vae=vae)
+    parts = require_flow_parts(path, flow, search, vae=vae)
     import diffusers
 
     kind = group(flow.variant)
@@ -341,16 +340,17 @@ def file_modules(path: Path, search: Search) -> tuple[str, ...]:
     return tuple(p.stem if p.is_file() else p.name for p in find_parts(path, found, search).modules)
 
 
-def check_flow_parts(
+def require_flow_parts(
     path: Path, flow: FlowFile, search: Search, *, vae: Path | None = None
-) -> None:
-    """ConfigError saying what to put where when `flow` cannot be loaded as it stands (for
-    ``check`` and the preflight: names and folders only, nothing is read)."""
+) -> FlowParts:
+    """The parts `flow` is loaded with; ConfigError saying what to put where when it cannot
+    be loaded as it stands (``check`` and the preflight ask too: names and folders only)."""
     if flow.variant not in LOADABLE:
         raise ConfigError(
             f"{path.name} is a {flow.label}: its single files are not supported yet; use its "
             "diffusers folder (e.g. `img2imgd pull` the hub repo)"
         )
-    missing = find_parts(path, flow, search, vae=vae).missing
-    if missing:
-        raise ConfigError("; ".join(missing))
+    parts = find_parts(path, flow, search, vae=vae)
+    if parts.missing:
+        raise ConfigError("; ".join(parts.missing))
+    return parts
