@@ -44,7 +44,7 @@ def test_a_q8_gguf_transformer_is_found_told_apart_and_loads_quantized(tmp_path:
     (models / "diffusion_models").mkdir(parents=True)
     file = write_q8_gguf(weights, models / "diffusion_models" / "qwen-image-Q8_0.gguf")
 
-    source = resolve_model("qwen-image-Q8_0", Search(models))
+    source = resolve_model("qwen-image-Q8_0.gguf", Search(models))  # named with its extension
     assert (source.kind, Path(source.location)) == ("single_file", file)
     flow = detect_file(file)
     assert isinstance(flow, FlowFile) and flow.variant == "qwen-image"

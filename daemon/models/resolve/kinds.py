@@ -30,7 +30,8 @@ def _weight_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in WEIGHT_SUFFIXES
 
 
-GGUF_SUFFIXES = (".gguf",)  # city96's quantized transformers (the gguf extra reads them)
+GGUF_SUFFIXES = (".gguf",)
+"""city96's quantized transformers (the gguf extra reads them): named with their extension."""
 
 
 def _checkpoint(path: Path) -> bool:
@@ -84,7 +85,6 @@ KINDS: dict[str, Kind] = {
         "a diffusers folder or a checkpoint file",
         # A1111's and Forge's folder, then ComfyUI's: checkpoints, transformer-only files.
         ("", "Stable-diffusion", "checkpoints", "diffusion_models", "unet"),
-        suffixes=(*WEIGHT_SUFFIXES, *GGUF_SUFFIXES),
         hub="pipeline",
         accepts=_checkpoint,
     ),
