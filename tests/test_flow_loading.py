@@ -18,14 +18,17 @@ from daemon.models.checkpoints import read_layout
 from daemon.models.flow_components import find_parts, find_tokenizer
 from daemon.models.flow_files import classify_flow
 from daemon.models.flow_loading import (
+    LOADABLE,
     encoder_weights,
     load_flow_vae,
     load_text_encoder,
     load_transformer,
     strip_prefix,
 )
+from daemon.models.folder_pipeline import IMG2IMG_CLASS
 from daemon.models.fp8 import dequantize
 from daemon.models.resolve import Search
+from daemon.models.single_file import ensure_config_dir
 from tests.support.flow_headers import QWEN, flux_shapes, header_only, qwen_transformer_file
 from tests.support.ldm import vae_to_ldm
 
@@ -261,3 +264,33 @@ def test_an_all_in_one_files_encoders_and_vae_load_from_their_prefixes(
         mine = got.state_dict()
         for key, tensor in want.state_dict().items():
             torch.testing.assert_close(mine[key], tensor, msg=key)
+
+
+@pytest.mark.parametrize("variant", LOADABLE)
+def test_shipped_flow_configs_build_their_models(variant: str, tmp_path: Path) -> None:
+    """Each shipped config folder is whole and consistent: every model it names builds at
+    its real size (on the meta device: no memory), its tokenizers load, and the pipeline
+    class has an img2img class."""
+    import diffusers
+    import transformers
+    from accelerate import init_empty_weights
+
+    folder = ensure_config_dir(variant, tmp_path)
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] in IMG2IMG_CLASS
+    with init_empty_weights():
+        for slot, entry in index.items():
+            if slot.startswith(("_", "tokenizer", "scheduler")):
+                continue
+            library, name = entry
+            if library == "diffusers":
+                model_class = getattr(diffusers, name)
+                model_class.from_config(model_class.load_config(folder / slot))
+            else:
+                model_class = getattr(transformers, name)
+                model_class(model_class.config_class.from_pretrained(folder / slot))
+    scheduler = getattr(diffusers, index["scheduler"][1]).from_pretrained(folder / "scheduler")
+    assert scheduler.config.num_train_timesteps == 1000
+    for slot in ("tokenizer", "tokenizer_2"):
+        if (folder / slot).is_dir():
+            assert len(transformers.CLIPTokenizer.from_pretrained(folder / slot)) == 49408
