@@ -31,6 +31,7 @@ from daemon.models.resolve import Search
 from daemon.models.single_file import ensure_config_dir
 from tests.support.flow_headers import QWEN, flux_shapes, header_only, qwen_transformer_file
 from tests.support.ldm import vae_to_ldm
+from tests.support.wan_vae import to_wan
 
 E4M3 = torch.float8_e4m3fn
 
@@ -294,3 +295,22 @@ def test_shipped_flow_configs_build_their_models(variant: str, tmp_path: Path) -
     for slot in ("tokenizer", "tokenizer_2"):
         if (folder / slot).is_dir():
             assert len(transformers.CLIPTokenizer.from_pretrained(folder / slot)) == 49408
+
+
+def test_comfyui_qwen_vae_file_in_wan_names_loads(tmp_path: Path) -> None:
+    """ComfyUI's qwen_image_vae.safetensors uses Wan's original names (ComfyUI runs it as
+    its Wan VAE): converted with diffusers' Wan converter into the Qwen-Image VAE."""
+    from diffusers import AutoencoderKLQwenImage
+
+    torch.manual_seed(0)
+    vae = AutoencoderKLQwenImage(
+        base_dim=8, z_dim=16, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+        temperal_downsample=[False, True, True], latents_mean=[0.0] * 16, latents_std=[1.0] * 16,
+    )  # fmt: skip
+    vae.save_config(tmp_path / "vae")
+    file = tmp_path / "qwen_image_vae.safetensors"
+    save_file({k: v.contiguous() for k, v in to_wan(vae.state_dict()).items()}, str(file))
+    assert "decoder.upsamples.4.shortcut.weight" in load_file(str(file))  # Wan's names
+    loaded = load_flow_vae(file, None, "AutoencoderKLQwenImage", tmp_path / "vae", torch.float32)
+    for key, tensor in vae.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], tensor, msg=key)
