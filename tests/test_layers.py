@@ -43,7 +43,7 @@ LAYERS: list[set[str]] = [
 HEAVY = {
     "torch", "diffusers", "transformers", "onnxruntime", "onnx", "av", "skimage",
     "safetensors", "huggingface_hub", "peft", "scipy", "torchsde", "accelerate", "ray",
-    "controlnet_aux", "cv2", "tokenizers",
+    "controlnet_aux", "cv2", "tokenizers", "gguf",
 }  # fmt: skip
 """Libraries that take seconds to import: only inside the functions that need them, so that
 ``check``, ``status`` and the pure tests start fast."""

@@ -1,7 +1,8 @@
 """Which family a model is, known before it is loaded (for ``check``, and the load's dtype).
 
 A diffusers folder names its pipeline class in ``model_index.json``; a built-in names its own;
-a single file is known by its tensors' names (:mod:`daemon.models.checkpoints`). A hub id not
+a single file is known by its tensors' names (:mod:`daemon.models.checkpoints`,
+:mod:`daemon.models.flow_files`). A hub id not
 yet in the local cache cannot be known without downloading: None, as for anything unknown.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 from daemon.errors import ConfigError
 from daemon.families import Family, family_of_class
 from daemon.models.builtin import BUILTIN_PREFIX
-from daemon.models.checkpoints import detect_architecture
+from daemon.models.flow_files import FlowFile, detect_file
 from daemon.models.folder_pipeline import EDIT_CLASS, edit_class_name
 from daemon.models.resolve import ModelSource
 
@@ -67,7 +68,9 @@ def source_family(source: ModelSource) -> Family | None:
     location = Path(source.location)
     if source.kind == "single_file":
         try:
-            return family_of_class(_SINGLE_FILE_CLASSES[detect_architecture(location)])
-        except (ConfigError, OSError, KeyError):
+            found = detect_file(location)
+        except (ConfigError, OSError):
             return None
+        named = found.pipeline if isinstance(found, FlowFile) else _SINGLE_FILE_CLASSES[found]
+        return family_of_class(named)
     return folder_family(location) if location.is_dir() else None

@@ -114,7 +114,7 @@ def ensure_clip_tokenizer_files(cache_dir: Path | None = None) -> Path:
     return _build_atomically(final, build, done="vocab.json")
 
 
-def ensure_config_dir(architecture: Architecture, cache_dir: Path | None = None) -> Path:
+def ensure_config_dir(architecture: str, cache_dir: Path | None = None) -> Path:
     """A complete local diffusers config folder for `architecture`, for ``from_single_file``.
 
     The shipped JSON configs plus ``vocab.json`` / ``merges.txt`` in each tokenizer folder,

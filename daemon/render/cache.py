@@ -30,12 +30,13 @@ from daemon.engines.prompt_cache import PromptCache
 from daemon.errors import ConfigError, TransientError, is_out_of_memory
 from daemon.families import family_of, family_of_class
 from daemon.models.builtin import BUILTIN_PREFIX
+from daemon.models.flow_loading import file_modules, load_file_pipeline
 from daemon.models.folder_pipeline import edit_class_name, edit_pipeline, load_folder_pipeline
 from daemon.models.hashes import HashCache
 from daemon.models.hub_cache import HubRef
 from daemon.models.model_family import source_family
 from daemon.models.resolve import ModelSource, Search, kind_folders, resolve_model, resolve_vae
-from daemon.models.single_file import load_single_file, load_vae
+from daemon.models.single_file import load_vae
 from daemon.paths import shown
 from daemon.render.memory import release_memory
 from daemon.render.offload import NAMES, Mode, place, place_derived, placement_for, stronger
@@ -165,6 +166,12 @@ class ModelCache:
     def model_hash(self, source: ModelSource) -> str | None:
         file = source.hash_file
         return self.hashes.sha256(file)[:10] if file and file.is_file() else None
+
+    def modules(self, source: ModelSource) -> tuple[str, ...]:
+        """Forge's ``Module 1..n``: a single file's separate text encoders and VAE."""
+        if source.kind != "single_file":
+            return ()
+        return file_modules(Path(source.location), self.search)
 
     def vae_info(self, ref: str | None) -> tuple[str, str | None] | None:
         """A1111's "VAE" (file name) and "VAE hash" (10 hex of its sha256)."""
@@ -305,12 +312,18 @@ class ModelCache:
             # As A1111; and `pull` leaves the checker out, so it must not be loaded.
             options.update(safety_checker=None, requires_safety_checker=False)
         if source.kind == "single_file":
-            # Offline: the architecture's configs ship with the project (daemon/data).
-            pipe = load_single_file(source.location, dtype=dtype, cache_dir=self.state_dir)
+            # Offline: the architecture's configs ship with the project (daemon/data); a
+            # flow family's text encoders, VAE and tokenizer are found beside it.
+            pipe = load_file_pipeline(
+                Path(source.location), dtype=dtype, search=self.search,
+                cache_dir=self.state_dir, fp8_storage=device == "cuda",
+                vae=self.vae_source(vae) if vae is not None else None,
+            )  # fmt: skip
         else:
             # A folder, or a hub model's folder in the local cache: never the network.
             pipe = load_folder_pipeline(source.location, **options)
-        if vae is not None:
+        built_with_vae = source.kind == "single_file" and family is not None and family.flow
+        if vae is not None and not built_with_vae:  # (a flow file was built with it)
             path = self.vae_source(vae)
             logger.info("using VAE {} for model {}", vae_name(vae, path), source.name)
             pipe.vae = load_vae(path, dtype=dtype, like=pipe.vae)

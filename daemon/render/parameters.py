@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from daemon import __version__
 from daemon.a1111.infotext import format_infotext
 from daemon.a1111.samplers import infotext_fields
@@ -13,32 +15,24 @@ from daemon.temporal.infotext import temporal_params
 MASK_MODES = {False: "Inpaint masked", True: "Inpaint not masked"}
 
 
-def infotext(
-    settings: Profile,
-    painting: Painting,
-    index: int,
-    *,
-    model_name: str,
-    model_hash: str | None,
-    vae: tuple[str, str | None] | None = None,
-) -> str:
+@dataclass(frozen=True)
+class ModelFields:
+    """What the parameter text says of the model."""
+
+    name: str
+    hash: str | None
+    vae: tuple[str, str | None] | None = None  # its file name and hash
+    modules: tuple[str, ...] = ()  # Forge's Module 1..n: a single file's separate parts
+
+
+def infotext(settings: Profile, painting: Painting, index: int, *, model: ModelFields) -> str:
     """The parameters of image `index` of `painting`, as A1111 writes them."""
-    params = infotext_params(
-        settings, painting, painting.seeds[index], index,
-        model_name=model_name, model_hash=model_hash, vae=vae,
-    )  # fmt: skip
+    params = infotext_params(settings, painting, painting.seeds[index], index, model=model)
     return format_infotext(settings.prompt, settings.negative_prompt, params)
 
 
 def infotext_params(
-    settings: Profile,
-    painting: Painting,
-    seed: int,
-    index: int,
-    *,
-    model_name: str,
-    model_hash: str | None,
-    vae: tuple[str, str | None] | None = None,
+    settings: Profile, painting: Painting, seed: int, index: int, *, model: ModelFields
 ) -> dict[str, object]:
     """A1111's parameter line for one image, in its key names."""
     params: dict[str, object] = {"Steps": settings.steps}
@@ -47,10 +41,10 @@ def infotext_params(
         "CFG scale": settings.cfg_scale,
         "Seed": seed,
         "Size": f"{painting.width}x{painting.height}",
-        "Model hash": model_hash,
-        "Model": model_name,
-        "VAE hash": vae[1] if vae else None,
-        "VAE": vae[0] if vae else None,
+        "Model hash": model.hash,
+        "Model": model.name,
+        "VAE hash": model.vae[1] if model.vae else None,
+        "VAE": model.vae[0] if model.vae else None,
         "Denoising strength": settings.denoising_strength,
         "Clip skip": settings.clip_skip,
     })  # fmt: skip
@@ -71,4 +65,6 @@ def infotext_params(
     if settings.img2img_fix_steps:
         params["Img2img fix steps"] = True
     params["Version"] = f"img2imgd v{__version__}"
+    # Forge's names for the separate text-encoder and VAE files a single file is painted with
+    params.update({f"Module {i}": name for i, name in enumerate(model.modules, 1)})
     return params

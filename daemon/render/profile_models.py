@@ -22,8 +22,9 @@ from daemon.controlnet.ip_adapter_keys import IPAdapterSettings
 from daemon.controlnet.modules import module_named
 from daemon.engines.labels import load_label_lists
 from daemon.models.builtin import is_builtin
-from daemon.models.checkpoints import detect_architecture
 from daemon.models.controlnet_layout import controlnet_layout
+from daemon.models.flow_files import FlowFile, detect_file
+from daemon.models.flow_loading import require_flow_parts
 from daemon.models.hub_cache import HubRole
 from daemon.models.resolve import (
     ModelNotFound,
@@ -64,7 +65,10 @@ def named_models(profile: Profile, settings: Settings) -> list[NamedModel]:
         def diffusion_model() -> str:
             source = resolve_model(model, search, build=False)
             if source.kind == "single_file":
-                detect_architecture(Path(source.location))  # reads the key layout only
+                found = detect_file(Path(source.location))  # reads the key layout only
+                if isinstance(found, FlowFile):  # its text encoders, VAE and tokenizer
+                    given = Path(profile.vae) if profile.vae else None  # (found on its own)
+                    require_flow_parts(Path(source.location), found, search, vae=given)
             return source.location
 
         named.append(NamedModel("model", "model", model, diffusion_model, "pipeline"))

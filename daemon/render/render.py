@@ -16,7 +16,7 @@ defers its input. Every other error is raised as it is, for :func:`daemon.errors
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from functools import partial
 from typing import TypeVar
 
@@ -46,7 +46,7 @@ from daemon.families import Family
 from daemon.render.cache import ModelCache
 from daemon.render.family_checks import unsupported_features
 from daemon.render.offload import NAMES
-from daemon.render.parameters import infotext
+from daemon.render.parameters import ModelFields, infotext
 from daemon.render.values import RenderRequest, RenderResult, TemporalInputs
 from daemon.tasks.keys import PROMPT_SOURCES
 from daemon.tasks.registry import task_of
@@ -306,18 +306,16 @@ def _correction(request: RenderRequest) -> Callable[[Image.Image], Image.Image] 
     return partial(apply_color_correction, request.colors)
 
 
-@dataclass(frozen=True)
-class _ModelInfo:
+class _ModelInfo(ModelFields):
     """What the parameter text says of the model: found and hashed once per call."""
-
-    name: str
-    hash: str | None
-    vae: tuple[str, str | None] | None
 
     @classmethod
     def of(cls, settings: Profile, models: ModelCache) -> _ModelInfo:
         source = models.source(settings.model)
-        return cls(source.name, models.model_hash(source), models.vae_info(settings.vae))
+        return cls(
+            source.name, models.model_hash(source), models.vae_info(settings.vae),
+            models.modules(source),
+        )  # fmt: skip
 
 
 def _result(
@@ -331,10 +329,7 @@ def _result(
     """The painting with A1111's parameters, and what the user should know about it."""
     mismatch = model_note(request.parameters_model_hash, model.hash, model.name)
     texts = [
-        infotext(
-            settings, painting, index, model_name=model.name, model_hash=model.hash, vae=model.vae
-        )
-        for index in range(len(painting.images))
+        infotext(settings, painting, index, model=model) for index in range(len(painting.images))
     ]
     return RenderResult(
         request.settings,

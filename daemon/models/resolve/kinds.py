@@ -30,8 +30,13 @@ def _weight_file(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in WEIGHT_SUFFIXES
 
 
+GGUF_SUFFIXES = (".gguf",)
+"""city96's quantized transformers (the gguf extra reads them): named with their extension."""
+
+
 def _checkpoint(path: Path) -> bool:
-    return (path / "model_index.json").is_file() or _weight_file(path)
+    gguf = path.is_file() and path.suffix.lower() in GGUF_SUFFIXES
+    return (path / "model_index.json").is_file() or _weight_file(path) or gguf
 
 
 def _file_or_folder(path: Path) -> bool:
@@ -78,11 +83,14 @@ KINDS: dict[str, Kind] = {
     "model": Kind(
         "model",
         "a diffusers folder or a checkpoint file",
-        ("", "Stable-diffusion"),
+        # A1111's and Forge's folder, then ComfyUI's: checkpoints, transformer-only files.
+        ("", "Stable-diffusion", "checkpoints", "diffusion_models", "unet"),
         hub="pipeline",
         accepts=_checkpoint,
     ),
-    "vae": Kind("vae", "a VAE file or folder", ("VAE", ""), hub="model", accepts=_file_or_folder),
+    "vae": Kind(
+        "vae", "a VAE file or folder", ("VAE", "", "vae"), hub="model", accepts=_file_or_folder
+    ),
     "lora": Kind("LoRA", "a LoRA file", ("Lora", "LyCORIS"), recursive=True),
     "embedding": Kind(
         "embedding",
@@ -137,6 +145,26 @@ KINDS: dict[str, Kind] = {
         # ComfyUI's folder, then where the extension downloads clip_h.pth / clip_g.pth.
         ("clip_vision", f"{BESIDE}extensions/sd-webui-controlnet/annotator/downloads/clip_vision"),
         accepts=_folder_or_weight_file,
+    ),
+    # The flow families' separate parts (daemon.models.flow_components picks them by name).
+    "text_encoder": Kind(
+        "text encoder",
+        "a text-encoder file (clip_l, clip_g, t5xxl, qwen_2.5_vl …) or a folder with config.json",
+        ("text_encoders", "clip", "text_encoder"),  # ComfyUI's folders, then Forge's
+        accepts=_folder_or_weight_file,
+    ),
+    "tokenizer": Kind(
+        "tokenizer",
+        "a tokenizer folder (tokenizer.json, or vocab.json and merges.txt)",
+        # Our own folder, then where ComfyUI and Forge keep the ones they ship.
+        (
+            "tokenizers",
+            f"{BESIDE}comfy/text_encoders",
+            f"{BESIDE}backend/huggingface/black-forest-labs/FLUX.1-dev",
+            f"{BESIDE}backend/huggingface/stabilityai/stable-diffusion-3-medium-diffusers",
+        ),
+        suffixes=(),
+        accepts=_file_or_folder,
     ),
 }
 """Every kind of model, by the name callers use (``find("lora", …)``)."""
