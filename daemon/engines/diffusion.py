@@ -38,11 +38,12 @@ from daemon.engines.family_prompts import (
     fit_size,
     followable,
     job_params,
+    whole_mask,
 )
 from daemon.engines.latents import encode_image, latent_mask, vae_tiling
 from daemon.engines.prompt_cache import PromptCache
 from daemon.engines.prompt_encoder import Embedded, PromptEncoder
-from daemon.errors import ConfigError, InputError
+from daemon.errors import InputError
 from daemon.families import Family, family_of
 from daemon.tasks.keys import Offload
 from daemon.tasks.task import Pipeline
@@ -162,7 +163,7 @@ class DiffusionEngine:
             image = fill_masked(image, mask)
 
         # A family without an img2img pipeline paints img2img as inpaint, the whole picture masked.
-        whole = _whole_mask(family, width, height) if mask is None else None
+        whole = whole_mask(family, width, height) if mask is None else None
         task: Pipeline = "img2img" if mask is None and whole is None else "inpaint"
         conditioned = self._conditioning(
             settings, task, width * height, prompt, negative_prompt, notes
@@ -356,7 +357,7 @@ class DiffusionEngine:
         rounding (the batch sums in another order). Plain img2img only (see
         :func:`batchable`)."""
         notes: list[str] = []
-        whole = _whole_mask(self.family(settings), width, height)
+        whole = whole_mask(self.family(settings), width, height)
         conditioned = self._conditioning(
             settings, "img2img" if whole is None else "inpaint", width * height, prompt,
             negative_prompt, notes,
@@ -426,17 +427,6 @@ class DiffusionEngine:
             "mask_image": mask,
             "masked_image_latents": encode_image(pipe, masked, generators[0]),
         }
-
-
-def _whole_mask(family: Family, width: int, height: int) -> Image.Image | None:
-    """The mask an img2img job is painted through by a family that paints img2img as
-    inpaint (white: repaint everything); None for the others."""
-    if not family.img2img_as_inpaint:
-        return None
-    if "inpaint" not in family.pipelines:
-        raise ConfigError(f"{family.name} has no img2img or inpaint pipeline in diffusers: "
-                          "use it with task: edit")  # fmt: skip
-    return Image.new("L", (width, height), 255)
 
 
 def _steps_run(family: Family, settings: Profile) -> int:

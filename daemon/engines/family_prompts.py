@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
+from PIL import Image
+
 from daemon.a1111.prompt_plan import PromptPlan
 from daemon.a1111.prompts import without_emphasis
 from daemon.a1111.samplers import flow_infotext_fields, flow_sampler_note
@@ -19,7 +21,7 @@ from daemon.config.profiles import Profile
 from daemon.engines.adapter_values import AppliedAdapters
 from daemon.engines.conditioning import PromptConditioning
 from daemon.engines.prompt_cache import PromptCache
-from daemon.errors import InputError
+from daemon.errors import ConfigError, InputError
 from daemon.families import Family, Guidance
 
 
@@ -117,3 +119,14 @@ def followable(family: Family, settings: Profile, notes: list[str]) -> Profile:
         update["resize_mode"] = ResizeMode.JUST_RESIZE
         notes.append(f"latent upscale works on SD latents only; {family.name} used just resize")
     return settings.model_copy(update=update) if update else settings
+
+
+def whole_mask(family: Family, width: int, height: int) -> Image.Image | None:
+    """The mask an img2img job is painted through by a family that paints img2img as
+    inpaint (white: repaint everything); None for the others."""
+    if not family.img2img_as_inpaint:
+        return None
+    if "inpaint" not in family.pipelines:
+        raise ConfigError(f"{family.name} has no img2img or inpaint pipeline in diffusers: "
+                          "use it with task: edit")  # fmt: skip
+    return Image.new("L", (width, height), 255)
