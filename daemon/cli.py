@@ -31,14 +31,18 @@ from daemon.config.settings import DEFAULT_CONFIG_NAME, Settings, example_config
 from daemon.errors import ConfigError, Img2ImgdError
 from daemon.intake.jobs import Job
 from daemon.libraries import quiet_libraries
+from daemon.ops.install import PLATFORMS, daemon_command, install, this_platform
+from daemon.ops.privacy import configured_folders, protected_folder_warnings
 from daemon.ops.pull import pull_models
 from daemon.ops.quick_exit import end_process
 from daemon.ops.service import JOURNAL_NAME, Daemon, Observers
 from daemon.ops.status import status_report
-from daemon.ops.unit import enable_hint, install_unit, unit_file, writable_dirs
+from daemon.ops.windowless import redirect_missing_streams
+from daemon.ops.workspace import set_up_folders
 from daemon.paths import escaped_lines, shown
 from daemon.render.availability import missing_models
 from daemon.render.cache import ModelCache
+from daemon.render.device import enable_mps_fallback
 from daemon.render.family_checks import (
     edit_problems,
     family_problems,
@@ -64,10 +68,12 @@ STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGBREAK")
 def entry() -> NoReturn:
     """The process's entry point (the ``img2imgd`` command, ``python -m daemon``): ``main``,
     then an exit that skips tearing torch and the rest down, once all is written."""
+    redirect_missing_streams(Path.cwd())  # pythonw.exe (the Windows logon task) has none
     end_process(main())
 
 
 def main(argv: list[str] | None = None) -> int:
+    enable_mps_fallback()  # before anything imports torch, which reads it only then
     quiet_libraries()
     parser = _parser()
     args = parser.parse_args(argv)
@@ -145,9 +151,15 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     service = commands.add(
         "install-service", cmd_install_service,
-        "write a systemd unit for `img2imgd run` and say how to enable it",
+        "write a service for `img2imgd run` (systemd, launchd or a Windows logon task) and "
+        "say how to start it",
     )  # fmt: skip
     service.add_argument("--user", action="store_true", help="a user unit (no root needed)")
+    service.add_argument(
+        "--platform", choices=PLATFORMS, default=None,
+        help="write a systemd unit (linux), a launchd agent (macos) or a logon task (windows); "
+        "default: this system's",
+    )  # fmt: skip
     service.add_argument(
         "--print", dest="print_only", action="store_true", help="print the unit, write nothing"
     )
@@ -263,6 +275,11 @@ def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
         logger.info(line)
     for warning in _prompt_warnings(loaded.values(), settings):
         logger.warning(warning)
+    folders = configured_folders(settings.resolved(Path.cwd()))
+    for warning in protected_folder_warnings(
+        folders, platform=sys.platform, home=Path.home(), python=sys.executable
+    ):
+        logger.warning(warning)
     problems = _problems_of(settings, checked)
     for problem in problems:
         logger.error(problem)
@@ -280,16 +297,20 @@ def cmd_check(settings: Settings, _args: argparse.Namespace) -> int:
 
 def cmd_init(args: argparse.Namespace) -> int:
     target: Path = args.config or Path.cwd() / DEFAULT_CONFIG_NAME
-    if target.exists():
-        logger.error("{} already exists; edit it (img2imgd check validates it)", target)
-        return EXIT_CONFIG
     text = example_config(args.models_dir.expanduser().resolve() if args.models_dir else None)
     try:
-        write_text(target, text)
+        if target.exists():
+            logger.info("{} already exists; left as it is", target)
+        else:
+            write_text(target, text)
+            logger.success("wrote {}", target)
+        # Beside the config: its relative folders are taken from there.
+        made = set_up_folders(target.parent)
     except OSError as exc:
-        logger.error("could not write {}: {}", target, exc)
+        logger.error("could not write {}: {}; check that the folder is writable", exc.filename, exc)
         return EXIT_CONFIG
-    logger.success("wrote {}", target)
+    for path in made:
+        logger.success("made {}", path)
     if args.models_dir is None:
         logger.info(
             "next: set models_dir in it to the folder holding your checkpoints (an A1111 "
@@ -306,26 +327,17 @@ def cmd_status(settings: Settings, _args: argparse.Namespace) -> int:
 
 
 def cmd_install_service(settings: Settings, args: argparse.Namespace) -> int:
-    command = [sys.executable, "-m", "daemon"]
-    if args.config is not None:
-        command += ["--config", str(args.config.resolve())]
-    elif (Path.cwd() / "img2imgd.yaml").is_file():
-        command += ["--config", str((Path.cwd() / "img2imgd.yaml").resolve())]
-    text = unit_file(
-        exec_start=[*command, "run"], working_dir=Path.cwd(), settings=settings, user=args.user
-    )
-    if args.print_only:
-        sys.stdout.write(text)
-        return EXIT_OK
-    for folder in writable_dirs(settings):  # systemd refuses to start without them
-        folder.mkdir(parents=True, exist_ok=True)
+    platform = args.platform or this_platform()
+    command = daemon_command(args.config, Path.cwd())
     try:
-        path = install_unit(text, user=args.user)
+        path, text = install(settings, platform, command=command, cwd=Path.cwd(),
+                             user=args.user, print_only=args.print_only)  # fmt: skip
     except PermissionError:
         logger.error("cannot write the system unit: run this with sudo, or use --user")
         return EXIT_CONFIG
-    logger.success("wrote {}", path)
-    sys.stdout.write(enable_hint(path, user=args.user) + "\n")
+    if path is not None:
+        logger.success("wrote {}", path)
+    sys.stdout.write(text + "\n")
     return EXIT_OK
 
 

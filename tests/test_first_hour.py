@@ -128,10 +128,11 @@ def test_init_writes_a_config_that_check_accepts_and_global_options_follow_the_c
     assert text.count("  # ") > 20  # the example's comments come along
 
     again = cli(root, "init", "--config", "conf/img2imgd.yaml")
-    assert again.returncode == 2 and "already exists" in again.stdout
+    assert again.returncode == 0 and "already exists; left as it is" in again.stdout
     assert config.read_text() == text  # never overwritten
 
     # --config after the command, as before it; the relative folders are the config's.
+    shutil.rmtree(root / "conf" / "profiles")  # init's copy of the shipped ones
     shutil.move(root / "profiles", root / "conf" / "profiles")
     checked = cli(root, "check", "--config", "conf/img2imgd.yaml")
     assert checked.returncode == 0, checked.stdout

@@ -38,6 +38,7 @@ from daemon.models.model_family import source_family
 from daemon.models.resolve import ModelSource, Search, kind_folders, resolve_model, resolve_vae
 from daemon.models.single_file import load_vae
 from daemon.paths import shown
+from daemon.render.device import flow_dtype, pick_device
 from daemon.render.memory import release_memory
 from daemon.render.offload import NAMES, Mode, place, place_derived, placement_for, stronger
 from daemon.tasks.keys import Offload
@@ -45,22 +46,6 @@ from daemon.tasks.task import Pipeline
 
 if TYPE_CHECKING:
     import torch
-
-
-def pick_device(requested: str) -> tuple[str, torch.dtype]:
-    """``auto`` → CUDA with fp16 when present, else Apple MPS (fp16), else CPU (fp32)."""
-    import torch
-
-    device = requested
-    if requested == "auto":
-        if torch.cuda.is_available():
-            device = "cuda"
-        elif getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            device = "mps"
-        else:
-            device = "cpu"
-    dtype = torch.float32 if device == "cpu" else torch.float16
-    return device, dtype
 
 
 @dataclass
@@ -299,7 +284,7 @@ class ModelCache:
         family = source_family(source)
         if family is not None and family.flow and dtype == torch.float16:
             # T5, Qwen and the flow transformers overflow fp16; bf16 is what they ship in.
-            dtype = torch.bfloat16
+            dtype = flow_dtype(device)
         logger.info("loading model {} ({}) on {}", source.name, shown(source.location), device)
         if source.ref.startswith(BUILTIN_PREFIX):
             logger.warning(
