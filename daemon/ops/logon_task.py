@@ -74,6 +74,7 @@ def task_xml(*, program: Sequence[str], working_dir: str, user: str) -> bytes:
     _text(exec_, "Command", program[0])
     _text(exec_, "Arguments", subprocess.list2cmdline(list(program[1:])))
     _text(exec_, "WorkingDirectory", working_dir)
+    ET.indent(task)  # for a person reading the file before registering it
     body = ET.tostring(task, encoding="unicode")
     return ('<?xml version="1.0" encoding="UTF-16"?>\r\n' + body).encode("utf-16")
 
