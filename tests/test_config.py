@@ -118,7 +118,7 @@ def test_an_empty_config_file_means_the_defaults_beside_it(tmp_path):
 def test_the_shipped_example_config_is_valid(tmp_path):
     settings = load_settings(REPO / "img2imgd.example.yaml")
     assert settings.inbox == REPO / "inbox"
-    assert settings.profiles == REPO / "profiles"
+    assert settings.profiles == (REPO / "profiles").resolve()  # a link to daemon/data/profiles
     assert settings.state_dir == REPO / "state"
     assert settings.stability_delay == 2.0
     assert settings.max_input_bytes == 536870912
