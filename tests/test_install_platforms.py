@@ -12,6 +12,7 @@ from __future__ import annotations
 import plistlib
 import signal
 import subprocess
+import sys
 from pathlib import Path, PurePath
 from xml.etree import ElementTree as ET
 
@@ -242,3 +243,15 @@ def test_a_folder_under_desktop_gets_a_warning_on_macos_only():
     assert protected_folder_warnings(folders, platform="linux", home=home, python="p") == []
     clear = {"inbox": home / "DesktopArt/in", "state_dir": home / "Documents2"}
     assert protected_folder_warnings(clear, platform="darwin", home=home, python="p") == []
+
+
+def test_without_console_streams_as_under_pythonw_the_log_goes_to_a_file(tmp_path, state_dir):
+    # pythonw.exe starts Python with sys.stdout and sys.stderr set to None; imitated here.
+    root = workspace(tmp_path, state_dir, {"img2img": FAST})
+    windowless = "import sys; sys.stdout = sys.stderr = None; from daemon.cli import entry; entry()"
+    result = subprocess.run(
+        [sys.executable, "-c", windowless, "check"], cwd=root, env={**ENV, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=QUICK,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stdout == result.stderr == ""
+    assert "config and 1 profile(s) are valid: img2img" in (root / "img2imgd.log").read_text()
