@@ -307,7 +307,8 @@ def cmd_init(args: argparse.Namespace) -> int:
         # Beside the config: its relative folders are taken from there.
         made = set_up_folders(target.parent)
     except OSError as exc:
-        logger.error("could not write {}: {}; check that the folder is writable", exc.filename, exc)
+        logger.error("could not write {}: {}; check that the folder is writable",
+                     exc.filename or target, exc)  # fmt: skip
         return EXIT_CONFIG
     for path in made:
         logger.success("made {}", path)
