@@ -102,19 +102,11 @@ class InboxWatcher:
     """Start/stop a watchdog observer on the inbox root."""
 
     def __init__(
-        self,
-        root: Path,
-        on_path: OnPath,
-        *,
-        polling: bool,
-        poll_interval: float,
+        self, root: Path, on_path: OnPath, *, polling: bool, poll_interval: float,
         on_lost: OnLost = lambda: None,
-    ) -> None:
-        self.root = root
-        self.on_path = on_path
-        self.on_lost = on_lost
-        self.poll_interval = poll_interval
-        self.polling = polling
+    ) -> None:  # fmt: skip
+        self.root, self.on_path, self.on_lost = root, on_path, on_lost
+        self.polling, self.poll_interval = polling, poll_interval
         self._observer: BaseObserver | None = None
 
     def start(self) -> None:
