@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
+from daemon.errors import is_held
+
 _TEMPORARY = re.compile(r"^\..+\.\d+\.tmp$")
 
 
@@ -47,12 +49,30 @@ def written_path(target: Path, *, durable: bool = True) -> Iterator[Path]:
         yield temporary
         if durable:
             _fsync_file(temporary)
-        os.replace(temporary, target)
+        replace_when_free(temporary, target)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
     if durable:
         fsync_dir(target.parent)
+
+
+# A viewer, an antivirus scan or Photoshop that holds the target makes Windows refuse the
+# rename (WinError 32 or 5) for a moment; waited for here a little, and beyond that the
+# caller's storage-error path retries the whole write later (never the input's fault).
+HELD_WAITS = (0.05, 0.1, 0.2, 0.4, 0.8)  # s; about 1.5 s in all
+
+
+def replace_when_free(source: Path, target: Path) -> None:
+    """``os.replace``, tried again while another program holds `target`."""
+    for wait in (*HELD_WAITS, None):
+        try:
+            os.replace(source, target)
+            return
+        except OSError as exc:
+            if wait is None or not is_held(exc):
+                raise
+            time.sleep(wait)
 
 
 @contextlib.contextmanager

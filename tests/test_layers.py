@@ -19,7 +19,8 @@ import pytest
 
 PACKAGE = Path(__file__).parent.parent / "daemon"
 LAYERS: list[set[str]] = [
-    {"__init__", "errors", "atomic", "paths", "libraries"},  # the core every layer may use
+    {"errors"},  # what kind of problem an error is (the core's writers ask it too)
+    {"__init__", "atomic", "paths", "libraries", "platform_seam"},  # the core all may use
     {"intake"},  # names, stability, watching, pairing, jobs: no image library
     {"a1111", "media"},  # A1111's behaviour as pure functions; video files in and out
     {"controlnet"},  # the ControlNet extension's units, infotext, preprocessors (pure)

@@ -20,6 +20,7 @@ from daemon.atomic import write_bytes
 from daemon.errors import ConfigError, Fault, classify
 from daemon.journal.lock import StateLock, lock_owner
 from tests.conftest import Workspace, wait_for
+from tests.support.imitate import UNIX_ONLY_MODULES
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = REPO / "daemon"
@@ -30,6 +31,7 @@ ENV = {
     "PYTHONUNBUFFERED": "1",
     "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
 }
+IMITATE = REPO / "tests" / "support" / "imitate.py"
 JOBS = 240  # s; a run that loads torch and the model (generous for a loaded machine)
 
 # ----------------------------------------------------------------- a file held by another program
@@ -197,7 +199,6 @@ time.sleep(600)
 
 # ----------------------------------------------------------------- no Unix-only module
 
-UNIX_ONLY_MODULES = {"fcntl", "pwd", "grp", "termios", "tty", "pty", "resource", "syslog"}
 UNIX_ONLY_NAMES = {
     "os": {"O_DIRECTORY", "O_NOFOLLOW", "getuid", "geteuid", "getgid", "fork", "setsid", "killpg"},
     "socket": {"AF_UNIX", "SOCK_CLOEXEC"},
@@ -232,47 +233,10 @@ def test_the_daemon_imports_no_unix_only_module_and_looks_up_platform_names():
     assert not findings, "use getattr(module, name, None) instead: " + ", ".join(findings)
 
 
-# Run before the daemon's code, as on Windows: the daemon's own modules cannot import a
-# Unix-only module, the signals Windows lacks do not exist, and no folder opens as a file.
-# Libraries stay free to import what they like: they choose their Windows code by
-# sys.platform, which no imitation can change (transformers fails here without `resource`).
-# An import hook, not a meta-path finder, so that a module already loaded by a library is
-# refused to the daemon too. The last lines run the CLI as `img2imgd` does.
-WINDOWS_LIKE = """
-import builtins, os, signal, sys
-
-UNIX_ONLY = UNIX_ONLY_MODULES
-WINDOWS_SIGNALS = {"SIGABRT", "SIGFPE", "SIGILL", "SIGINT", "SIGSEGV", "SIGTERM", "SIGBREAK"}
-library_import = builtins.__import__
-
-
-def windows_import(name, globals=None, locals=None, fromlist=(), level=0):
-    importer = (globals or {}).get("__name__") or ""
-    if level == 0 and name.split(".")[0] in UNIX_ONLY and importer.split(".")[0] == "daemon":
-        raise ModuleNotFoundError(f"No module named {name!r} (imitating Windows)", name=name)
-    return library_import(name, globals, locals, fromlist, level)
-
-
-builtins.__import__ = windows_import
-for name in [s.name for s in signal.Signals if s.name not in WINDOWS_SIGNALS]:
-    delattr(signal, name)
-if hasattr(os, "O_DIRECTORY"):
-    del os.O_DIRECTORY
-try:
-    exec("import fcntl", {"__name__": "daemon.probe"})
-except ModuleNotFoundError:
-    print("imitating Windows: no fcntl, no SIGKILL", flush=True)
-
-from daemon.cli import main
-
-sys.exit(main(sys.argv[1:]))
-"""
-
-
 def windows_like(config: Path, command: str) -> subprocess.CompletedProcess[str]:
-    prelude = WINDOWS_LIKE.replace("UNIX_ONLY_MODULES", repr(sorted(UNIX_ONLY_MODULES)))
+    """`command` run as on Windows (see tests/support/imitate.py)."""
     return subprocess.run(
-        [sys.executable, "-c", prelude, "--config", str(config), command],
+        [sys.executable, str(IMITATE), "windows", "--config", str(config), command],
         cwd=config.parent, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, timeout=JOBS,
     )  # fmt: skip

@@ -13,6 +13,7 @@ from pathlib import Path
 from daemon.atomic import atomic_writer
 from daemon.deliver.outputs import failure_report, move_into
 from daemon.intake.jobs import Job
+from daemon.platform_seam import name_taken
 
 DONE_FOLDER = "_done"
 FAILED_FOLDER = "_failed"
@@ -76,7 +77,7 @@ def report_path(folder: Path, image_name: str) -> Path:
     gets ``-N``, as ``move_into`` does), so image and report always pair up."""
     head, dot, rest = image_name.partition(".")
     target, counter = image_name, 0
-    while (folder / target).exists() or (folder / target).is_symlink():
+    while name_taken(folder, target):
         counter += 1
         target = f"{head}-{counter}{dot}{rest}"
     return folder / f"{Path(target).stem}.error.txt"

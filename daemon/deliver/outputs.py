@@ -20,6 +20,7 @@ from daemon.a1111.infotext import exif_with_user_comment, pnginfo_chunk
 from daemon.atomic import atomic_writer
 from daemon.errors import Img2ImgdError
 from daemon.paths import escaped, escaped_lines
+from daemon.platform_seam import fit_stem, name_taken
 
 PIL_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}
 
@@ -29,14 +30,18 @@ def claim_names(
 ) -> list[str]:
     """Stems for a group of outputs such that no file of the group exists yet.
 
-    ``suffixes`` are the extensions each stem is written with (``.png``, ``.txt``). With
-    ``overwrite`` the plain stems are returned as they are.
+    ``suffixes`` are the extensions each stem is written with (``.png``, ``.txt``). A name is
+    taken as the platform compares names (case-insensitively on Windows and macOS), and a
+    stem too long for the platform is shortened first. With ``overwrite`` the stems are
+    returned without a tag.
     """
+    room = len("-99999") + max((len(suffix) for suffix in suffixes), default=0)
+    stems = [fit_stem(folder, stem, room=room) for stem in stems]
     for attempt in range(100_000):
         tag = "" if attempt == 0 else f"-{attempt}"
         candidates = [f"{stem}{tag}" for stem in stems]
         if overwrite or not any(
-            (folder / f"{candidate}{suffix}").exists()
+            name_taken(folder, f"{candidate}{suffix}")
             for candidate in candidates
             for suffix in suffixes
         ):
@@ -84,7 +89,7 @@ def move_into(sources: Sequence[Path], folder: Path) -> list[Path]:
         stem, suffix = _split(source.name)
         target = folder / source.name
         counter = 0
-        while target.exists() or target.is_symlink():
+        while name_taken(folder, target.name):  # `Cat.png` takes `cat.png` where case is ignored
             counter += 1
             target = folder / f"{stem}-{counter}{suffix}"
         try:

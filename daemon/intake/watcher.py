@@ -18,6 +18,7 @@ from loguru import logger
 from watchdog.events import (
     DirCreatedEvent,
     DirMovedEvent,
+    EventsLostEvent,
     FileClosedEvent,
     FileCreatedEvent,
     FileDeletedEvent,
@@ -31,8 +32,10 @@ from watchdog.observers.api import BaseObserver
 from watchdog.observers.polling import PollingObserver
 
 from daemon.intake.names import is_ignored_dir, is_ignored_name
+from daemon.platform_seam import current
 
 OnPath = Callable[[Path, bool], None]  # (path, closed_after_write)
+OnLost = Callable[[], None]  # events were lost: look at the whole inbox again
 
 
 def walk_files(root: Path) -> Iterator[Path]:
@@ -50,9 +53,10 @@ def walk_files(root: Path) -> Iterator[Path]:
 
 
 class _Handler(FileSystemEventHandler):
-    def __init__(self, root: Path, on_path: OnPath) -> None:
+    def __init__(self, root: Path, on_path: OnPath, on_lost: OnLost) -> None:
         self.root = root
         self.on_path = on_path
+        self.on_lost = on_lost
 
     def dispatch(self, event: FileSystemEvent) -> None:
         try:
@@ -61,8 +65,18 @@ class _Handler(FileSystemEventHandler):
             logger.exception("watcher: could not handle {}", event)
 
     def _dispatch(self, event: FileSystemEvent) -> None:
-        if isinstance(event, FileClosedEvent):
-            self._report(_str(event.src_path), closed=True)
+        # Windows (ReadDirectoryChangesW) and macOS (FSEvents) have no close event; where the
+        # simulation imitates them, inotify's are dropped, so only quiet time completes a file.
+        # Repeated and coalesced events (FSEvents) only refresh the stability wait.
+        if isinstance(event, EventsLostEvent):
+            logger.warning(
+                "watcher: the system dropped file events (its buffer overflowed); "
+                "rescanning the inbox so that no file is missed"
+            )
+            self.on_lost()
+        elif isinstance(event, FileClosedEvent):
+            if current().close_events:
+                self._report(_str(event.src_path), closed=True)
         elif isinstance(event, FileCreatedEvent | FileModifiedEvent | FileDeletedEvent):
             self._report(_str(event.src_path), closed=False)  # a delete: the path is gone
         elif isinstance(event, FileMovedEvent):
@@ -87,15 +101,16 @@ def _str(value: str | bytes) -> str:
 class InboxWatcher:
     """Start/stop a watchdog observer on the inbox root."""
 
-    def __init__(self, root: Path, on_path: OnPath, *, polling: bool, poll_interval: float) -> None:
-        self.root = root
-        self.on_path = on_path
-        self.poll_interval = poll_interval
-        self.polling = polling
+    def __init__(
+        self, root: Path, on_path: OnPath, *, polling: bool, poll_interval: float,
+        on_lost: OnLost = lambda: None,
+    ) -> None:  # fmt: skip
+        self.root, self.on_path, self.on_lost = root, on_path, on_lost
+        self.polling, self.poll_interval = polling, poll_interval
         self._observer: BaseObserver | None = None
 
     def start(self) -> None:
-        handler = _Handler(self.root, self.on_path)
+        handler = _Handler(self.root, self.on_path, self.on_lost)
         try:
             self._observer = self._make_observer(polling=self.polling)
             self._observer.schedule(handler, str(self.root), recursive=True)

@@ -227,6 +227,7 @@ class Daemon:
                 self.admission.noticed,
                 polling=self.settings.polling,
                 poll_interval=self.settings.poll_interval,
+                on_lost=self.admission.rescan,  # watchdog's events-lost signal (Windows)
             )
             self._watcher.start()
             self._scheduler = BackgroundScheduler(daemon=True)
