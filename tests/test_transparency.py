@@ -10,9 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from loguru import logger
 from PIL import Image
 from sd_parsers import ParserManager
 
+from daemon.a1111.alpha import result_alpha
 from daemon.a1111.imaging import resize_image
 from daemon.a1111.infotext import png_info
 from daemon.a1111.sizes import ResizeMode
@@ -55,8 +57,17 @@ def mask() -> Image.Image:
 
 
 @pytest.fixture(scope="module")
+def daemon_log() -> list[str]:
+    """The log lines of the module's daemon run."""
+    return []
+
+
+@pytest.fixture(scope="module")
 def painted(
-    tmp_path_factory: pytest.TempPathFactory, state_dir: Path, models: ModelCache
+    tmp_path_factory: pytest.TempPathFactory,
+    state_dir: Path,
+    models: ModelCache,
+    daemon_log: list[str],
 ) -> Workspace:
     """Every profile paints the transparent input, and ``crop``/``off`` an opaque one too."""
     root = tmp_path_factory.mktemp("transparency")
@@ -73,7 +84,11 @@ def painted(
         workspace.drop(staged / "layer.png", f"{name}/layer.png")
     for name in ("crop", "off"):
         workspace.drop(staged / "opaque.png", f"{name}/opaque.png")
-    Daemon(workspace.settings(), models=models, watch=False).run_once(tick=0.01)
+    handler = logger.add(lambda message: daemon_log.append(str(message).rstrip()), level="INFO")
+    try:
+        Daemon(workspace.settings(), models=models, watch=False).run_once(tick=0.01)
+    finally:
+        logger.remove(handler)
     return workspace
 
 
@@ -127,13 +142,17 @@ def test_only_masked_inpainting_keeps_the_alpha_of_the_whole_picture(painted: Wo
     assert np.array_equal(alpha_of(image), np.asarray(input_alpha()))
 
 
-def test_webp_keeps_the_alpha_and_jpeg_is_written_without_it(painted: Workspace) -> None:
+def test_webp_keeps_the_alpha_and_jpeg_is_written_without_it_saying_so(
+    painted: Workspace, daemon_log: list[str]
+) -> None:
     webp = result(painted, "webp", "layer.webp")
     assert webp.mode == "RGBA"
     expected = np.asarray(resize_image(input_alpha(), ResizeMode.CROP_AND_RESIZE, 64, 64))
     assert np.abs(alpha_of(webp).astype(int) - expected).max() <= 2  # lossy even at 100
     assert result(painted, "jpg", "layer.jpg").mode == "RGB"
     assert (painted.outbox / "jpg" / "layer.txt").exists(), "delivered, with its parameters"
+    said = [line for line in daemon_log if "JPEG has no transparency" in line]
+    assert len(said) == 1 and "jpg/layer.png" in said[0] and "output_format: png" in said[0]
 
 
 def test_without_keep_alpha_the_result_is_rgb_as_before(painted: Workspace) -> None:
@@ -162,3 +181,11 @@ def test_the_parameters_stay_readable_in_a_transparent_png(painted: Workspace) -
         parsed = ParserManager().parse(image)  # an independent reader of A1111 metadata
     assert text is not None and text.startswith("a test")
     assert parsed is not None and parsed.full_prompt == "a test"
+
+
+def test_resize_and_fill_side_bands_are_transparent_too() -> None:
+    """A tall input fitted into a square: the fill is left and right."""
+    alpha = Image.new("L", (20, 40), 200)
+    placed = np.asarray(result_alpha(alpha, ResizeMode.RESIZE_AND_FILL, (64, 64)))
+    assert not placed[:, :16].any() and not placed[:, 48:].any()
+    assert (placed[:, 16:48] == 200).all()
