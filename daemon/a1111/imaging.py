@@ -280,10 +280,9 @@ def resize_image(img: Image.Image, mode: ResizeMode, width: int, height: int) ->
         return canvas
 
     # RESIZE_AND_FILL
-    src_w = width if ratio < src_ratio else img.width * height // img.height
-    src_h = height if ratio >= src_ratio else img.height * width // img.width
+    x, y, src_w, src_h = fill_placement(img.size, width, height)
     resized = img.resize((src_w, src_h), lanczos)
-    canvas.paste(resized, (width // 2 - src_w // 2, height // 2 - src_h // 2))
+    canvas.paste(resized, (x, y))
     if ratio < src_ratio:
         fill_height = height // 2 - src_h // 2
         if fill_height > 0:
@@ -301,6 +300,15 @@ def resize_image(img: Image.Image, mode: ResizeMode, width: int, height: int) ->
             canvas.paste(left, (0, 0))
             canvas.paste(right, (fill_width + src_w, 0))
     return canvas
+
+
+def fill_placement(size: tuple[int, int], width: int, height: int) -> tuple[int, int, int, int]:
+    """Resize and Fill's placement of a ``size`` image on a ``width`` x ``height`` canvas:
+    (left, top, scaled width, scaled height); the bands around it are the fill."""
+    ratio, src_ratio = width / height, size[0] / size[1]
+    src_w = width if ratio < src_ratio else size[0] * height // size[1]
+    src_h = height if ratio >= src_ratio else size[1] * width // size[0]
+    return width // 2 - src_w // 2, height // 2 - src_h // 2, src_w, src_h
 
 
 def _resizable(img: Image.Image) -> Image.Image:

@@ -63,7 +63,8 @@ def write_image(
         if infotext:
             options["exif"] = exif_with_user_comment(infotext)
         options["quality"] = quality
-        if image.mode not in ("RGB", "L"):
+        # WebP keeps an alpha channel (keep_alpha); JPEG has none.
+        if image.mode not in ("RGB", "L") and not (pil_format == "WEBP" and image.mode == "RGBA"):
             image = image.convert("RGB")
     with atomic_writer(path) as handle:
         image.save(handle, format=pil_format, **options)

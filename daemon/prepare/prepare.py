@@ -14,6 +14,7 @@ from dataclasses import KW_ONLY, dataclass, replace
 
 from PIL import Image
 
+from daemon.a1111.alpha import input_alpha
 from daemon.a1111.color import color_reference
 from daemon.a1111.imaging import flatten_on_white, load_image
 from daemon.a1111.seeds import draw_seed, frame_seed
@@ -123,8 +124,22 @@ class Preparer:
                 *([note] if note else []),
             ),
         )
+        request = self._alpha(job, request, image)
         request = self._temporal(job, request, frame, canvas.image)
         return Prepared(job, self.live.request(job, request), frame)
+
+    def _alpha(self, job: Job, request: RenderRequest, image: Image.Image) -> RenderRequest:
+        """keep_alpha (None: on for a live input): the input's transparency for its result."""
+        settings = request.settings
+        keep = settings.keep_alpha if settings.keep_alpha is not None else self.live.in_place(job)
+        alpha = input_alpha(image) if keep else None
+        if alpha is None:
+            return request
+        if settings.output_format == "jpg":
+            note = ("keep_alpha: JPEG has no transparency, so the result is written without "
+                    "the input's alpha; set output_format: png or webp to keep it")  # fmt: skip
+            return replace(request, notes=(*request.notes, note))
+        return replace(request, alpha=alpha)
 
     def _temporal(
         self, job: Job, request: RenderRequest, frame: ClipFrame | None, source: Image.Image

@@ -23,6 +23,7 @@ from typing import TypeVar
 from loguru import logger
 from PIL import Image
 
+from daemon.a1111.alpha import result_alpha
 from daemon.a1111.color import apply_color_correction
 from daemon.a1111.pnginfo import model_note
 from daemon.config.profiles import Profile
@@ -341,7 +342,15 @@ def _result(
         negative_prompt=settings.negative_prompt,
         notes=(*request.notes, *([mismatch] if mismatch else []), *painting.notes),
         colors=request.colors if request.mask is None else None,
+        alpha=_alpha(request, settings, painting),
     )
+
+
+def _alpha(request: RenderRequest, settings: Profile, painting: Painting) -> Image.Image | None:
+    """The input's alpha resized as the input was painted (keep_alpha), or None."""
+    if request.alpha is None or not painting.images:
+        return None
+    return result_alpha(request.alpha, settings.resize_mode, painting.images[0].size)
 
 
 def fill_prompt_sources(request: RenderRequest, models: ModelCache) -> Profile:

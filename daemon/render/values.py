@@ -54,6 +54,7 @@ class RenderRequest:
     alone: bool = False  # never in a batch: a live input, which a newer version may stop
     notes: tuple[str, ...] = ()  # what preparing found that the user should know
     temporal: TemporalInputs | None = None  # a clip's frame with temporal methods
+    alpha: Image.Image | None = None  # keep_alpha: the input's alpha (L, the input's size)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class RenderResult:
     # thread), so that the renderer paints the next frame meanwhile.
     colors: ColorReference | None = None
     noise: np.ndarray | None = None  # warped_noise: the initial noise used, (C, h, w)
+    alpha: Image.Image | None = None  # keep_alpha: the results' alpha (L, at their size)
 
 
 def colors_corrected(result: RenderResult) -> RenderResult:

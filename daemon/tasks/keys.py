@@ -169,6 +169,9 @@ class ImageOutputKeys(Keys):
 
     output_format: Annotated[Literal["png", "jpg", "webp"], BeforeValidator(_output_format)] = "png"
     output_quality: int = Field(95, ge=1, le=100)
+    # The input's transparency on its result (PNG/WebP; JPEG has none). None: on for live
+    # profiles (a layer round trip through an editor), off otherwise
+    keep_alpha: bool | None = None
 
 
 class SequenceKeys(Keys):

@@ -15,6 +15,7 @@ from typing import Any
 
 from PIL import Image
 
+from daemon.a1111.alpha import with_alpha
 from daemon.paths import portable_name
 
 
@@ -66,17 +67,22 @@ def image_group(
     output_format: str,
     quality: int,
     controls: Sequence[Image.Image] = (),
+    alpha: Image.Image | None = None,
 ) -> OutputGroup:
     """Each image, and its parameters again in ``<stem>.txt``; each control image beside it
     as ``<stem>.control.png`` (unit 0) and ``<stem>.control-<n>.png``, the names a control
-    image dropped beside an input has."""
+    image dropped beside an input has. `alpha` (keep_alpha) makes each image RGBA."""
     stems = output_stems(portable_name(source.stem), len(images))
     control_files = tuple(ImageFile(control, "", "png", quality) for control in controls)
     return OutputGroup(
         stems=tuple(stems),
         suffixes=(f".{output_format}", ".txt", *map(control_suffix, range(len(controls)))),
         contents=tuple(
-            (ImageFile(image, text, output_format, quality), TextFile(text + "\n"), *control_files)
+            (
+                ImageFile(with_alpha(image, alpha), text, output_format, quality),
+                TextFile(text + "\n"),
+                *control_files,
+            )
             for image, text in zip(images, infotexts, strict=True)
         ),
     )

@@ -91,6 +91,9 @@ class Rendered(Protocol):
     def controls(self) -> tuple[Image.Image, ...]: ...
 
     @property
+    def alpha(self) -> Image.Image | None: ...
+
+    @property
     def interrogation(self) -> Described | None: ...
 
 
@@ -169,6 +172,7 @@ class Painting(Task):
         return image_group(
             source, result.images, result.infotexts, controls=result.controls,
             output_format=settings.output_format, quality=settings.output_quality,
+            alpha=result.alpha,
         )  # fmt: skip
 
 
