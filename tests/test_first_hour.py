@@ -50,8 +50,11 @@ def test_run_serves_the_good_profile_while_a_broken_one_and_a_missing_model_wait
         )
         process.wait_for_line("done portraits/b.png", JOBS)
         process.wait_for_line("done portraits/a.png", JOBS)
-        # The profile is fixed: its file goes too.
-        broken.write_text(yaml.safe_dump(FAST))
+        # The profile is fixed: its file goes too. (Saved whole, as editors save: a file
+        # truncated and then written may be read empty in between, and said invalid again.)
+        fixed = broken.with_name(".broken.yaml.tmp")
+        fixed.write_text(yaml.safe_dump(FAST))
+        fixed.replace(broken)
         process.wait_for_line("done broken/a.png", JOBS)
         assert process.popen.poll() is None, process.output  # it never stopped
     finally:
